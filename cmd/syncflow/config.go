@@ -1,0 +1,172 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/telemetry"
+	"github.com/syncflow/syncflow/streams"
+)
+
+// Defaults for a local setup.
+const (
+	defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable"
+	defaultNATSURL     = "nats://127.0.0.1:4222"
+)
+
+// flags wraps a FlagSet whose every flag can also come from a SYNCFLOW_* variable.
+type flags struct {
+	*flag.FlagSet
+	env map[string]string // flag name -> variable
+}
+
+func newFlags(name, usageLine string) *flags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	f := &flags{FlagSet: fs, env: map[string]string{}}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: syncflow %s\n\nFlags:\n", usageLine)
+		fs.PrintDefaults()
+	}
+	return f
+}
+
+func envName(flagName string) string {
+	return "SYNCFLOW_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (f *flags) string(p *string, name, def, usage string) {
+	f.env[name] = envName(name)
+	f.StringVar(p, name, def, usage+" ($"+envName(name)+")")
+}
+
+func (f *flags) duration(p *time.Duration, name string, def time.Duration, usage string) {
+	f.env[name] = envName(name)
+	f.DurationVar(p, name, def, usage+" ($"+envName(name)+")")
+}
+
+func (f *flags) int(p *int, name string, def int, usage string) {
+	f.env[name] = envName(name)
+	f.IntVar(p, name, def, usage+" ($"+envName(name)+")")
+}
+
+func (f *flags) bool(p *bool, name string, def bool, usage string) {
+	f.env[name] = envName(name)
+	f.BoolVar(p, name, def, usage+" ($"+envName(name)+")")
+}
+
+// parse applies environment variables first, so that flags on the command line win.
+func (f *flags) parse(args []string) error {
+	var errs []error
+	f.VisitAll(func(fl *flag.Flag) {
+		if v, ok := os.LookupEnv(f.env[fl.Name]); ok && f.env[fl.Name] != "" {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("$%s: %v", f.env[fl.Name], err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		return fmt.Errorf("%w: %v (see --help)", errUsage, err)
+	}
+	return nil
+}
+
+// common holds the settings shared by the commands.
+type common struct {
+	databaseURL string
+	logFormat   string
+	logLevel    string
+}
+
+func (c *common) register(f *flags) {
+	f.string(&c.databaseURL, "database-url", defaultDatabaseURL, "PostgreSQL URL")
+	f.string(&c.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text or json")
+	f.string(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (c *common) logger(w io.Writer) (*slog.Logger, error) {
+	log, _, err := telemetry.NewLogger(w, c.logFormat, c.logLevel)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return log, nil
+}
+
+// natsFlags are the connection settings for NATS.
+type natsFlags struct{ cfg stream.Config }
+
+func (n *natsFlags) register(f *flags) {
+	f.string(&n.cfg.URL, "nats-url", defaultNATSURL, "NATS server URL(s), comma-separated")
+	f.string(&n.cfg.CredsFile, "nats-creds", "", "NATS credentials file (.creds)")
+	f.string(&n.cfg.NKeyFile, "nats-nkey", "", "NATS nkey seed file")
+	f.string(&n.cfg.User, "nats-user", "", "NATS user name")
+	f.string(&n.cfg.Password, "nats-password", "", "NATS password (prefer the environment variable)")
+	f.string(&n.cfg.Token, "nats-token", "", "NATS token (prefer the environment variable)")
+	f.string(&n.cfg.TLSCA, "nats-tls-ca", "", "CA certificate (PEM) to trust for the NATS server")
+	f.string(&n.cfg.TLSCert, "nats-tls-cert", "", "client certificate (PEM) for NATS")
+	f.string(&n.cfg.TLSKey, "nats-tls-key", "", "client key (PEM) for NATS")
+}
+
+// definitions says where the catalog and the stream definitions come from.
+type definitions struct {
+	catalogPath string
+	streamsDir  string
+}
+
+func (d *definitions) register(f *flags) {
+	f.string(&d.catalogPath, "catalog", "", "entity catalog YAML (default: the one built in)")
+	f.string(&d.streamsDir, "streams-dir", "", "folder with stream and consumer JSON (default: the ones built in)")
+}
+
+func (d *definitions) catalog() (*catalog.Catalog, error) {
+	var data []byte
+	var err error
+	if d.catalogPath != "" {
+		data, err = os.ReadFile(d.catalogPath)
+	} else {
+		data, err = fs.ReadFile(streams.FS, streams.CatalogFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cat, err := catalog.Parse(data)
+	if err != nil {
+		where := "built-in catalog"
+		if d.catalogPath != "" {
+			where = d.catalogPath
+		}
+		return nil, fmt.Errorf("%s is invalid, fix it and start again:\n%w", where, err)
+	}
+	return cat, nil
+}
+
+func (d *definitions) streams(cat *catalog.Catalog) (stream.Definitions, error) {
+	var fsys fs.FS = streams.FS
+	if d.streamsDir != "" {
+		fsys = os.DirFS(d.streamsDir)
+	}
+	return stream.LoadDefinitions(fsys, []string{streams.Realtime, streams.Backfill}, cat.Names())
+}
+
+func atoiArg(s, what string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s must be a number, got %q", errUsage, what, s)
+	}
+	return n, nil
+}

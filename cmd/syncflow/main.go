@@ -1,0 +1,65 @@
+// Command syncflow keeps ScheduleHub in sync with the IFS ERP: it consumes APISmith's
+// change events from NATS JetStream and writes them into PostgreSQL.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string) error
+}
+
+var commands = []command{
+	{"run", "consume change events and write them to ScheduleHub (the service)", runCmd},
+	{"migrate", "apply or inspect the bridge schema migrations: up | down [N] | version | force V", migrateCmd},
+	{"streams", "create or update the JetStream streams and consumers: apply", streamsCmd},
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, "syncflow keeps ScheduleHub in sync with the IFS ERP through NATS JetStream.\n\nUsage: syncflow COMMAND [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(os.Stderr, "\nRun `syncflow COMMAND --help` for a command's flags. Every flag can also be set\nwith a SYNCFLOW_* environment variable, named in the flag's help.\n")
+}
+
+// errUsage marks a mistake on the command line: exit code 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, c := range commands {
+		if c.name == os.Args[1] {
+			err := c.run(ctx, os.Args[2:])
+			switch {
+			case err == nil:
+				return
+			case errors.Is(err, errUsage):
+				fmt.Fprintf(os.Stderr, "syncflow %s: %v\n", c.name, err)
+				os.Exit(2)
+			default:
+				fmt.Fprintf(os.Stderr, "syncflow %s: %v\n", c.name, err)
+				os.Exit(1)
+			}
+		}
+	}
+	fmt.Fprintf(os.Stderr, "syncflow: unknown command %q\n\n", os.Args[1])
+	usage()
+	os.Exit(2)
+}

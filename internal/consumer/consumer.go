@@ -1,0 +1,227 @@
+// Package consumer is the service loop of one durable consumer: fetch a batch,
+// run the pipeline, write it in one transaction, and only then ack.
+//
+// # Settling messages
+//
+// One switch decides what happens to the messages of a batch (settle):
+//
+//   - the transaction committed: ack every message, dead letters included (they are
+//     in bridge.failed_records now);
+//   - an infrastructure failure (database unreachable, serialization failure,
+//     deadlock): retried in-process with exponential backoff while the messages'
+//     ack timers are kept alive; when that budget is spent, nak with a delay so
+//     JetStream redelivers later. Nothing is dead-lettered because of an outage;
+//   - shutdown: nak at once, never a dead letter.
+package consumer
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+)
+
+// Fetcher pulls batches (stream.Fetcher).
+type Fetcher interface {
+	Fetch(ctx context.Context, n int, wait time.Duration) ([]stream.Message, error)
+}
+
+// Writer commits prepared batches (store.Store).
+type Writer interface {
+	ApplyBatch(ctx context.Context, b store.Batch) (store.Result, error)
+	CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error
+}
+
+// Config tunes one consumer.
+type Config struct {
+	// BatchSize is the most messages fetched at once (default 500).
+	BatchSize int
+	// FetchWait is how long an idle fetch waits for the first message (default 1s).
+	FetchWait time.Duration
+	// BatchWindow is how long one rolling sync_batches row collects counts (default 1m).
+	BatchWindow time.Duration
+	// RetryFor bounds the in-process retries of one batch after an infrastructure
+	// failure (default 20s) before its messages are nakked.
+	RetryFor time.Duration
+	// NakDelay is the redelivery delay after an infrastructure failure (default 5s).
+	NakDelay time.Duration
+	// Replica names this process in sync_batches (default the host name).
+	Replica string
+}
+
+func (c *Config) defaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 500
+	}
+	if c.FetchWait <= 0 {
+		c.FetchWait = time.Second
+	}
+	if c.BatchWindow <= 0 {
+		c.BatchWindow = time.Minute
+	}
+	if c.RetryFor <= 0 {
+		c.RetryFor = 20 * time.Second
+	}
+	if c.NakDelay <= 0 {
+		c.NakDelay = 5 * time.Second
+	}
+}
+
+// Rules holds the current mapping rules; a batch takes one snapshot and keeps it.
+type Rules struct{ p atomic.Pointer[mapping.Set] }
+
+// Load returns the current rules.
+func (r *Rules) Load() *mapping.Set { return r.p.Load() }
+
+// Store replaces the rules for the batches that start after it.
+func (r *Rules) Store(s *mapping.Set) { r.p.Store(s) }
+
+// Consumer runs one durable consumer of one entity.
+type Consumer struct {
+	Entity  *catalog.Entity
+	Catalog *catalog.Catalog
+	Source  pipeline.Source
+	Fetcher Fetcher
+	Writer  Writer
+	Rules   *Rules
+	Config  Config
+	Logger  *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+
+	batchUID   uuid.UUID
+	batchStart time.Time
+	batchNew   bool // no transaction counted in batchUID has committed yet
+}
+
+// Run consumes until ctx ends, then closes its rolling batch and returns nil.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.Config.defaults()
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	log := c.Logger.With("entity", c.Entity.Name, "source", string(c.Source))
+	defer c.closeBatch(log)
+	fetchBackoff := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		msgs, err := c.Fetcher.Fetch(ctx, c.Config.BatchSize, c.Config.FetchWait)
+		if err != nil {
+			c.settle(ctx, log, msgs, nil, err)
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait := fetchBackoff.NextBackOff()
+			log.Warn("fetch failed; retrying", "err", err, "retry_in", wait)
+			sleep(ctx, wait)
+			continue
+		}
+		fetchBackoff.Reset()
+		if len(msgs) == 0 {
+			continue
+		}
+		res, err := c.process(ctx, log, msgs)
+		c.settle(ctx, log, msgs, &res, err)
+	}
+	return nil
+}
+
+func (c *Consumer) process(ctx context.Context, log *slog.Logger, msgs []stream.Message) (store.Result, error) {
+	c.rollBatch(log)
+	ds := make([]pipeline.Delivery, len(msgs))
+	for i, m := range msgs {
+		ds[i] = m.Delivery
+	}
+	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: c.Rules.Load()}.Prepare(ds)
+	b := store.Batch{Entity: c.Entity, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: syncType(c.Source), Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
+	return backoff.RetryNotifyWithData(func() (store.Result, error) {
+		res, err := c.Writer.ApplyBatch(ctx, b)
+		if err != nil && !store.Retryable(err) {
+			return res, backoff.Permanent(err)
+		}
+		if err == nil {
+			c.batchNew = false
+		}
+		return res, err
+	}, bo, func(err error, next time.Duration) {
+		log.Warn("batch write failed; retrying", "err", err, "retry_in", next, "batch_size", len(msgs))
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+	})
+}
+
+// settle is the one place that decides what happens to fetched messages.
+func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.Message, res *store.Result, err error) {
+	switch {
+	case err == nil && res != nil:
+		for _, m := range msgs {
+			if aerr := m.Ack(); aerr != nil {
+				log.Warn("ack failed; the message will be redelivered and found unchanged", "err", aerr, "stream_seq", m.Delivery.StreamSeq)
+			}
+		}
+		log.Debug("batch committed", "batch_size", len(msgs), "inserted", res.Counts.Inserted, "updated", res.Counts.Updated,
+			"unchanged", res.Counts.Unchanged, "stale", res.Counts.Stale, "deleted", res.Counts.Deleted, "failed", res.Counts.Failed)
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		for _, m := range msgs {
+			_ = m.NakWithDelay(0)
+		}
+	default:
+		if len(msgs) > 0 {
+			log.Error("batch not written; redelivery requested", "err", err, "batch_size", len(msgs), "nak_delay", c.Config.NakDelay)
+		}
+		for _, m := range msgs {
+			_ = m.NakWithDelay(c.Config.NakDelay)
+		}
+	}
+}
+
+// rollBatch starts a new rolling sync_batches row when the window has passed.
+func (c *Consumer) rollBatch(log *slog.Logger) {
+	now := c.Now()
+	if c.batchUID != uuid.Nil && now.Sub(c.batchStart) < c.Config.BatchWindow {
+		return
+	}
+	c.closeBatch(log)
+	c.batchUID, c.batchStart, c.batchNew = uuid.Must(uuid.NewV7()), now, true
+}
+
+func (c *Consumer) closeBatch(log *slog.Logger) {
+	if c.batchUID == uuid.Nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Writer.CloseBatch(ctx, c.batchUID, nil); err != nil {
+		log.Warn("closing batch failed; it stays running", "batch_uid", c.batchUID, "err", err)
+	}
+	c.batchUID = uuid.Nil
+}
+
+func syncType(s pipeline.Source) string {
+	if s == pipeline.Backfill {
+		return "background"
+	}
+	return "realtime"
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

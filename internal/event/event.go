@@ -1,0 +1,124 @@
+// Package event is the change event APISmith publishes: its JSON form, its
+// rowversion and the business-key hash that identifies the row it describes.
+//
+// # The event
+//
+//	{"entity": "sites", "op": "upsert", "source_system": "oracle_ifs",
+//	 "rowversion": "2026-11-26T10:15:03Z", "data": {"CONTRACT": "S1", ...}}
+//
+// op is upsert or delete; a delete needs only the key fields in data. Numbers in
+// data are kept exactly as sent (json.Number), never through float64.
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxSize is the largest event body accepted; it matches the streams' max_msg_size.
+const MaxSize = 1 << 20
+
+// Op is what happened to the row.
+type Op string
+
+const (
+	OpUpsert Op = "upsert"
+	OpDelete Op = "delete"
+)
+
+// Event is one decoded change event.
+type Event struct {
+	Entity       string
+	Op           Op
+	SourceSystem string
+	// RowVersion is the rowversion exactly as sent (a JSON string or number); the
+	// entity's catalog block decides how it is parsed.
+	RowVersion json.RawMessage
+	// Data holds the row's fields as sent: string, json.Number, bool, nil, or nested
+	// []any / map[string]any.
+	Data map[string]any
+}
+
+// ErrDecode marks every decoding failure.
+var ErrDecode = errors.New("decode")
+
+type wire struct {
+	Entity       *string         `json:"entity"`
+	Op           *string         `json:"op"`
+	SourceSystem *string         `json:"source_system"`
+	RowVersion   json.RawMessage `json:"rowversion"`
+	Data         json.RawMessage `json:"data"`
+}
+
+// Decode parses one message body. subjectEntity, when not empty, is the entity named
+// by the message's subject; the body must name the same entity.
+func Decode(body []byte, subjectEntity string) (Event, error) {
+	fail := func(format string, args ...any) (Event, error) {
+		return Event{}, fmt.Errorf("%w: "+format, append([]any{ErrDecode}, args...)...)
+	}
+	if len(body) > MaxSize {
+		return fail("body of %d bytes exceeds the %d-byte limit", len(body), MaxSize)
+	}
+	var w wire
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&w); err != nil {
+		return fail("malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return fail("malformed JSON: trailing data after the event object")
+	}
+	if w.Entity == nil || strings.TrimSpace(*w.Entity) == "" {
+		return fail(`missing "entity"`)
+	}
+	ev := Event{Entity: strings.TrimSpace(*w.Entity)}
+	if subjectEntity != "" && ev.Entity != subjectEntity {
+		return fail("entity %q in the body does not match the subject's entity %q", ev.Entity, subjectEntity)
+	}
+	if w.Op == nil {
+		return fail(`missing "op" (upsert or delete)`)
+	}
+	switch op := Op(strings.ToLower(strings.TrimSpace(*w.Op))); op {
+	case OpUpsert, OpDelete:
+		ev.Op = op
+	default:
+		return fail("op %q is not upsert or delete", *w.Op)
+	}
+	if w.SourceSystem != nil {
+		ev.SourceSystem = strings.TrimSpace(*w.SourceSystem)
+	}
+	if len(w.RowVersion) == 0 || string(w.RowVersion) == "null" {
+		return fail(`missing "rowversion"`)
+	}
+	ev.RowVersion = w.RowVersion
+	if len(w.Data) == 0 || string(w.Data) == "null" {
+		return fail(`missing "data"`)
+	}
+	dd := json.NewDecoder(bytes.NewReader(w.Data))
+	dd.UseNumber()
+	if err := dd.Decode(&ev.Data); err != nil {
+		return fail(`"data" must be a JSON object: %v`, err)
+	}
+	return ev, nil
+}
+
+// Subject prefixes: realtime events on apismith.cdc.<entity>, backfill on
+// apismith.backfill.<entity>.
+const (
+	RealtimePrefix = "apismith.cdc."
+	BackfillPrefix = "apismith.backfill."
+)
+
+// SubjectEntity returns the entity token of a SyncFlow subject, or "" when the
+// subject is not one.
+func SubjectEntity(subject string) string {
+	for _, p := range []string{RealtimePrefix, BackfillPrefix} {
+		if rest, ok := strings.CutPrefix(subject, p); ok && rest != "" && !strings.Contains(rest, ".") {
+			return rest
+		}
+	}
+	return ""
+}

@@ -1,0 +1,74 @@
+package event
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+)
+
+// KeyValue returns the canonical text of one business-key value, or false when the
+// value cannot be part of a key (null, empty, or a nested object or array).
+//
+// Strings are trimmed; numbers are written in plain decimal without exponent,
+// leading zeros or trailing fractional zeros ("10", "10.0" and 1e1 are all "10");
+// booleans are "true" or "false". A number and a string with the same text are
+// therefore the same key value, so a child that sends its parent's key as a string
+// still finds a parent that sent it as a number.
+func KeyValue(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		s := strings.TrimSpace(x)
+		return s, s != ""
+	case json.Number:
+		return canonicalNumber(string(x))
+	case float64:
+		return canonicalNumber(strconv.FormatFloat(x, 'f', -1, 64))
+	case int64:
+		return strconv.FormatInt(x, 10), true
+	case int:
+		return strconv.Itoa(x), true
+	case bool:
+		return strconv.FormatBool(x), true
+	default:
+		return "", false
+	}
+}
+
+func canonicalNumber(s string) (string, bool) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return strconv.FormatInt(n, 10), true
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok {
+		return "", false
+	}
+	if r.IsInt() {
+		return r.Num().String(), true
+	}
+	for digits := 1; digits <= 64; digits++ {
+		out := r.FloatString(digits)
+		if back, ok := new(big.Rat).SetString(out); ok && back.Cmp(r) == 0 {
+			return out, true
+		}
+	}
+	return r.FloatString(64), true
+}
+
+// HashKey returns bk_hash, the identity of a row within its entity: the lower-case
+// hex SHA-256 of the canonical key values (see KeyValue) in catalog order, each
+// written as its byte length in decimal, a colon, and its bytes: ["S1"] hashes
+// "2:S1" and ["WO-1", "10"] hashes "4:WO-12:10". The length prefixes make the
+// encoding unambiguous. The entity is not part of the hash, so a child computes its
+// parent's bk_hash from its own fields. This definition is part of the stored state
+// (golden tests pin it): changing it orphans every ledger row.
+func HashKey(values []string) string {
+	h := sha256.New()
+	for _, v := range values {
+		fmt.Fprintf(h, "%d:%s", len(v), v)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,117 @@
+// Package normalize turns a decoded event into a Record with canonical field names,
+// clean values, a parsed rowversion and its business key.
+//
+// # Rules
+//
+//   - Field names are matched case-insensitively and upper-cased (IFS spells its
+//     columns in upper case); two fields that differ only in case are an error.
+//   - Strings are trimmed; an empty string becomes NULL. Nested objects and arrays
+//     are kept as sent.
+//   - The rowversion is parsed as the catalog says (date or number); see
+//     event.ParseRowVersion.
+//   - The business key is the catalog's key fields in order, each as its canonical
+//     text (event.KeyValue), hashed with event.HashKey. A missing key field is an
+//     error. Parent references are hashed the same way from the child's fields; a
+//     parent whose fields are all NULL is not referenced.
+//
+// Every error here is a record failure at stage normalization.
+package normalize
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+)
+
+// ErrNormalize marks every normalization failure.
+var ErrNormalize = errors.New("normalization")
+
+// Record is a normalized event.
+type Record struct {
+	Entity       string
+	Op           event.Op
+	SourceSystem string
+	RowVersion   event.RowVersion
+	// Key holds the canonical business-key values in catalog order.
+	Key []string
+	// BKHash identifies the row within its entity.
+	BKHash string
+	// Fields holds the row's fields under upper-case names.
+	Fields map[string]any
+	// Parents holds a reference for every parent whose key fields are present.
+	Parents []ParentRef
+}
+
+// ParentRef names the parent row a record depends on.
+type ParentRef struct {
+	Entity string
+	BKHash string
+	Key    []string
+}
+
+// Normalize normalizes ev for entity e. defaultSource fills an empty source_system.
+func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record, error) {
+	fail := func(format string, args ...any) (Record, error) {
+		return Record{}, fmt.Errorf("%w: "+format, append([]any{ErrNormalize}, args...)...)
+	}
+	rec := Record{Entity: e.Name, Op: ev.Op, SourceSystem: ev.SourceSystem, Fields: make(map[string]any, len(ev.Data))}
+	if rec.SourceSystem == "" {
+		rec.SourceSystem = defaultSource
+	}
+	for name, v := range ev.Data {
+		up := strings.ToUpper(strings.TrimSpace(name))
+		if up == "" {
+			return fail("data has a field with an empty name")
+		}
+		if _, dup := rec.Fields[up]; dup {
+			return fail("data has field %q more than once (names are case-insensitive)", up)
+		}
+		rec.Fields[up] = Value(v)
+	}
+	rv, err := event.ParseRowVersion(ev.RowVersion, e.RowVersion)
+	if err != nil {
+		return fail("%v", err)
+	}
+	rec.RowVersion = rv
+	rec.Key = make([]string, len(e.Key))
+	for i, f := range e.Key {
+		v, ok := event.KeyValue(rec.Fields[f])
+		if !ok {
+			return fail("key field %s is missing or empty", f)
+		}
+		rec.Key[i] = v
+	}
+	rec.BKHash = event.HashKey(rec.Key)
+	for _, p := range e.Parents {
+		key := make([]string, 0, len(p.Fields))
+		for _, f := range p.Fields {
+			if v, ok := event.KeyValue(rec.Fields[f]); ok {
+				key = append(key, v)
+			}
+		}
+		switch len(key) {
+		case 0:
+			// No reference to this parent.
+		case len(p.Fields):
+			rec.Parents = append(rec.Parents, ParentRef{Entity: p.Entity, BKHash: event.HashKey(key), Key: key})
+		default:
+			return fail("parent %s: fields %s are only partly present", p.Entity, strings.Join(p.Fields, ", "))
+		}
+	}
+	return rec, nil
+}
+
+// Value normalizes one field value: strings trimmed, empty strings to nil.
+func Value(v any) any {
+	if s, ok := v.(string); ok {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return nil
+		}
+		return s
+	}
+	return v
+}

@@ -1,0 +1,287 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/normalize"
+)
+
+// Source is the stream a delivery came from.
+type Source string
+
+const (
+	Realtime Source = "realtime"
+	Backfill Source = "backfill"
+)
+
+// Stage names where a record failed; the values are bridge.failed_records.stage_failed.
+type Stage string
+
+const (
+	StageDecode        Stage = "decode"
+	StageNormalization Stage = "normalization"
+	StageMapping       Stage = "mapping"
+	StageWrite         Stage = "write"
+	StageMaxDeliver    Stage = "max_deliver"
+)
+
+// Outcome is what happened to one delivery.
+type Outcome string
+
+const (
+	Inserted  Outcome = "inserted"
+	Updated   Outcome = "updated"
+	Unchanged Outcome = "unchanged"
+	Stale     Outcome = "stale"
+	Deleted   Outcome = "deleted"
+	Parked    Outcome = "parked"
+	Failed    Outcome = "failed"
+)
+
+// Delivery is one message as fetched from a stream.
+type Delivery struct {
+	Subject   string
+	Source    Source
+	Stream    string
+	StreamSeq uint64
+	Data      []byte
+}
+
+// Failure is a record that cannot be applied; it becomes a dead letter.
+type Failure struct {
+	Index  int // into the batch's deliveries
+	Stage  Stage
+	Entity string
+	BKHash string
+	// Normalized holds the normalized fields where normalization succeeded.
+	Normalized map[string]any
+	Err        error
+}
+
+// Candidate is a record ready to be written, once Decide agrees.
+type Candidate struct {
+	Index  int
+	Record normalize.Record
+	// Row is the mapped target row (only the key columns for a delete).
+	Row map[string]any
+	// PayloadHash is the SHA-256 of Row's JSON (nil for a delete).
+	PayloadHash []byte
+	Version     Version
+}
+
+// Version orders the versions of one key.
+type Version struct {
+	Ord    int64
+	Source Source
+	Seq    uint64
+	Hash   []byte
+}
+
+// Supersedes reports whether in should replace applied (see the package doc).
+// The store's ledger upsert encodes the same rule in SQL.
+func Supersedes(in, applied Version) bool {
+	switch {
+	case in.Ord != applied.Ord:
+		return in.Ord > applied.Ord
+	case in.Source != applied.Source:
+		return false
+	case in.Seq != applied.Seq:
+		return in.Seq > applied.Seq
+	default:
+		return string(in.Hash) != string(applied.Hash)
+	}
+}
+
+// Prepared is a batch after decode, normalize, map and collapse.
+type Prepared struct {
+	// Candidates holds the newest version of every key in the batch.
+	Candidates []Candidate
+	// Superseded lists deliveries replaced by a newer version of their key in the batch.
+	Superseded []int
+	Failures   []Failure
+	// Normalized and Mapped count the deliveries that passed each stage.
+	Normalized, Mapped int
+}
+
+// Preparer runs the pure stages against one catalog and one set of rules.
+type Preparer struct {
+	Catalog *catalog.Catalog
+	Rules   *mapping.Set
+}
+
+// Prepare decodes, normalizes and maps every delivery and collapses versions of the
+// same key to the newest.
+func (p Preparer) Prepare(ds []Delivery) Prepared {
+	var out Prepared
+	byKey := make(map[string]int, len(ds))
+	for i, d := range ds {
+		c, f := p.one(i, d)
+		if f != nil {
+			out.Failures = append(out.Failures, *f)
+			if f.Stage != StageDecode && f.Stage != StageNormalization {
+				out.Normalized++
+			}
+			continue
+		}
+		out.Normalized++
+		out.Mapped++
+		key := c.Record.Entity + "\x00" + c.Record.BKHash
+		if j, seen := byKey[key]; seen {
+			prev := out.Candidates[j]
+			if newerInBatch(c.Version, prev.Version) {
+				out.Superseded = append(out.Superseded, prev.Index)
+				out.Candidates[j] = c
+			} else {
+				out.Superseded = append(out.Superseded, c.Index)
+			}
+			continue
+		}
+		byKey[key] = len(out.Candidates)
+		out.Candidates = append(out.Candidates, c)
+	}
+	return out
+}
+
+// newerInBatch orders two deliveries of one key from the same fetch.
+func newerInBatch(a, b Version) bool {
+	if a.Ord != b.Ord {
+		return a.Ord > b.Ord
+	}
+	return a.Seq > b.Seq
+}
+
+func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
+	subjectEntity := event.SubjectEntity(d.Subject)
+	ev, err := event.Decode(d.Data, subjectEntity)
+	if err != nil {
+		return Candidate{}, &Failure{Index: i, Stage: StageDecode, Entity: subjectEntity, Err: err}
+	}
+	e, ok := p.Catalog.Entity(ev.Entity)
+	if !ok {
+		return Candidate{}, &Failure{Index: i, Stage: StageDecode, Entity: ev.Entity,
+			Err: fmt.Errorf("%w: unknown entity %q (not in the catalog)", event.ErrDecode, ev.Entity)}
+	}
+	rec, err := normalize.Normalize(ev, e, p.Catalog.SourceSystem)
+	if err != nil {
+		return Candidate{}, &Failure{Index: i, Stage: StageNormalization, Entity: e.Name, Err: err}
+	}
+	fail := func(err error) (Candidate, *Failure) {
+		return Candidate{}, &Failure{Index: i, Stage: StageMapping, Entity: e.Name, BKHash: rec.BKHash, Normalized: rec.Fields, Err: err}
+	}
+	isDelete := rec.Op == event.OpDelete
+	row, err := p.Rules.Apply(rec, e.Key, isDelete)
+	if err != nil {
+		return fail(err)
+	}
+	for _, col := range e.Target.Key {
+		if row[col] == nil {
+			return fail(fmt.Errorf("%w: target key column %s is empty after mapping (map a key field to it)", mapping.ErrMapping, col))
+		}
+	}
+	c := Candidate{Index: i, Record: rec, Row: row, Version: Version{Ord: rec.RowVersion.Ord, Source: d.Source, Seq: d.StreamSeq}}
+	if !isDelete {
+		body, err := json.Marshal(row) // map keys are sorted: a stable payload hash
+		if err != nil {
+			return fail(fmt.Errorf("%w: %v", mapping.ErrMapping, err))
+		}
+		sum := sha256.Sum256(body)
+		c.PayloadHash = sum[:]
+		c.Version.Hash = c.PayloadHash
+	}
+	return c, nil
+}
+
+// Applied is what the ledger holds for one key.
+type Applied struct {
+	Version Version
+	Deleted bool
+}
+
+// Decision says what to do with one candidate.
+type Decision struct {
+	Candidate
+	Outcome Outcome
+	// Ledger is true when the ledger row is written (guarded by Supersedes in SQL).
+	Ledger bool
+	// Target is true when the target row is upserted (or deleted, for a delete).
+	Target bool
+}
+
+// Decide compares every candidate with the applied version of its key (absent from
+// applied when the key is new).
+func Decide(cands []Candidate, applied map[string]Applied) []Decision {
+	out := make([]Decision, len(cands))
+	for i, c := range cands {
+		a, known := applied[c.Record.BKHash]
+		d := Decision{Candidate: c}
+		isDelete := c.Record.Op == event.OpDelete
+		switch {
+		case !known && isDelete:
+			d.Outcome, d.Ledger, d.Target = Deleted, true, true
+		case !known:
+			d.Outcome, d.Ledger, d.Target = Inserted, true, true
+		case !Supersedes(c.Version, a.Version):
+			same := c.Version.Seq == a.Version.Seq && c.Version.Source == a.Version.Source && c.Version.Ord == a.Version.Ord
+			if same || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {
+				d.Outcome = Unchanged
+			} else {
+				d.Outcome = Stale
+			}
+		case isDelete && a.Deleted:
+			d.Outcome, d.Ledger = Unchanged, true
+		case isDelete:
+			d.Outcome, d.Ledger, d.Target = Deleted, true, true
+		case a.Deleted:
+			d.Outcome, d.Ledger, d.Target = Inserted, true, true
+		case string(c.PayloadHash) == string(a.Version.Hash):
+			d.Outcome, d.Ledger = Unchanged, true
+		default:
+			d.Outcome, d.Ledger, d.Target = Updated, true, true
+		}
+		out[i] = d
+	}
+	return out
+}
+
+// Counts are the per-batch counters of bridge.sync_batches.
+type Counts struct {
+	Fetched, Normalized, Mapped                                            int64
+	Inserted, Updated, Unchanged, Stale, Deleted, Parked, Released, Failed int64
+}
+
+// Add counts one outcome.
+func (c *Counts) Add(o Outcome) {
+	switch o {
+	case Inserted:
+		c.Inserted++
+	case Updated:
+		c.Updated++
+	case Unchanged:
+		c.Unchanged++
+	case Stale:
+		c.Stale++
+	case Deleted:
+		c.Deleted++
+	case Parked:
+		c.Parked++
+	case Failed:
+		c.Failed++
+	}
+}
+
+// Balanced reports whether every fetched delivery has exactly one outcome.
+func (c Counts) Balanced() bool {
+	return c.Fetched == c.Inserted+c.Updated+c.Unchanged+c.Stale+c.Deleted+c.Parked+c.Failed
+}
+
+// IsRecordError reports whether err is a failure of the record itself (as opposed to
+// the infrastructure), i.e. one of the stage errors of this pipeline.
+func IsRecordError(err error) bool {
+	return errors.Is(err, event.ErrDecode) || errors.Is(err, normalize.ErrNormalize) || errors.Is(err, mapping.ErrMapping)
+}

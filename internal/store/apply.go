@@ -1,0 +1,369 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// Batch is one fetched batch of one entity, prepared by the pipeline.
+type Batch struct {
+	Entity *catalog.Entity
+	// BatchUID is the sync_batches row the batch is counted in (created if new).
+	BatchUID uuid.UUID
+	SyncType string // realtime or background
+	// NewBatch is true until a transaction counted in BatchUID has committed: the
+	// sync_batches row is created first, as the rows written reference it.
+	NewBatch   bool
+	Replica    string
+	Deliveries []pipeline.Delivery
+	Prepared   pipeline.Prepared
+}
+
+// Result is what happened to every delivery of a committed batch.
+type Result struct {
+	Outcomes []pipeline.Outcome // by delivery index
+	Counts   pipeline.Counts
+}
+
+// ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
+// the batch's keys, lets the pipeline decide, writes ledger and target set-based
+// (isolating rows the target rejects), records dead letters, counts the batch and
+// advances the checkpoint. An error means nothing was committed; Retryable tells
+// whether trying again can help.
+func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
+	t, err := s.target(b.Entity.Name)
+	if err != nil {
+		return Result{}, err
+	}
+	var res Result
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		res = Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries))}
+		if b.NewBatch {
+			if err := countBatch(ctx, tx, b, pipeline.Counts{}); err != nil {
+				return err
+			}
+		}
+		applied, err := lockLedger(ctx, tx, b.Entity.Name, b.Prepared.Candidates)
+		if err != nil {
+			return err
+		}
+		decisions := pipeline.Decide(b.Prepared.Candidates, applied)
+		failures, err := s.writeIsolated(ctx, tx, t, b.BatchUID, decisions)
+		if err != nil {
+			return err
+		}
+		failures = append(slices.Clone(b.Prepared.Failures), failures...)
+		for _, d := range decisions {
+			res.Outcomes[d.Index] = d.Outcome
+		}
+		for _, i := range b.Prepared.Superseded {
+			res.Outcomes[i] = pipeline.Stale
+		}
+		for _, f := range failures {
+			res.Outcomes[f.Index] = pipeline.Failed
+		}
+		res.Counts = pipeline.Counts{Fetched: int64(len(b.Deliveries)), Normalized: int64(b.Prepared.Normalized), Mapped: int64(b.Prepared.Mapped)}
+		for _, o := range res.Outcomes {
+			res.Counts.Add(o)
+		}
+		if !res.Counts.Balanced() {
+			return fmt.Errorf("store: batch counts do not add up: %+v", res.Counts)
+		}
+		if err := s.insertFailures(ctx, tx, b, failures); err != nil {
+			return err
+		}
+		if err := countBatch(ctx, tx, b, res.Counts); err != nil {
+			return err
+		}
+		return advanceCheckpoint(ctx, tx, b.BatchUID, decisions)
+	})
+	return res, err
+}
+
+const lockLedgerSQL = `
+SELECT bk_hash, rowversion_ord, source_stream, stream_seq, payload_hash, deleted
+FROM bridge.synced_records
+WHERE entity_name = $1 AND bk_hash = ANY ($2::text[])
+ORDER BY bk_hash
+FOR UPDATE`
+
+// lockLedger reads and locks the ledger rows of the candidates' keys (in key order,
+// so that two replicas lock in the same order).
+func lockLedger(ctx context.Context, tx pgx.Tx, entity string, cands []pipeline.Candidate) (map[string]pipeline.Applied, error) {
+	applied := make(map[string]pipeline.Applied, len(cands))
+	if len(cands) == 0 {
+		return applied, nil
+	}
+	hashes := make([]string, len(cands))
+	for i, c := range cands {
+		hashes[i] = c.Record.BKHash
+	}
+	rows, err := tx.Query(ctx, lockLedgerSQL, entity, hashes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			hash, src string
+			ord, seq  int64
+			payload   []byte
+			deleted   bool
+		)
+		if err := rows.Scan(&hash, &ord, &src, &seq, &payload, &deleted); err != nil {
+			return nil, err
+		}
+		applied[hash] = pipeline.Applied{
+			Version: pipeline.Version{Ord: ord, Source: pipeline.Source(src), Seq: uint64(seq), Hash: payload},
+			Deleted: deleted,
+		}
+	}
+	return applied, rows.Err()
+}
+
+// writeIsolated writes the decisions under a savepoint. When the target rejects some
+// rows (a class 22/23 error), it rolls the savepoint back and bisects, so that only
+// the rows to blame become failures (stage write) and the rest is written.
+// Decisions are updated in place: a ledger write that lost a race becomes stale, a
+// rejected row becomes failed.
+func (s *Store) writeIsolated(ctx context.Context, tx pgx.Tx, t *target, batchUID uuid.UUID, ds []pipeline.Decision) ([]pipeline.Failure, error) {
+	var writes []int
+	for i, d := range ds {
+		if d.Ledger {
+			writes = append(writes, i)
+		}
+	}
+	var failures []pipeline.Failure
+	var run func(idx []int) error
+	run = func(idx []int) error {
+		if len(idx) == 0 {
+			return nil
+		}
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		err = writeOnce(ctx, sp, t, batchUID, ds, idx)
+		if err == nil {
+			return sp.Commit(ctx)
+		}
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return rbErr
+		}
+		if !rowError(err) {
+			return err
+		}
+		if len(idx) == 1 {
+			d := &ds[idx[0]]
+			failures = append(failures, pipeline.Failure{
+				Index: d.Index, Stage: pipeline.StageWrite, Entity: d.Record.Entity, BKHash: d.Record.BKHash,
+				Normalized: d.Record.Fields, Err: fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err),
+			})
+			d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
+			return nil
+		}
+		mid := len(idx) / 2
+		if err := run(idx[:mid]); err != nil {
+			return err
+		}
+		return run(idx[mid:])
+	}
+	if err := run(writes); err != nil {
+		return nil, err
+	}
+	return failures, nil
+}
+
+const upsertLedgerSQL = `
+INSERT INTO bridge.synced_records AS r
+    (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
+     stream_seq, payload_hash, deleted, batch_uid)
+SELECT $1, u.bk_hash, u.business_key::jsonb, u.rowversion, u.ord, u.src, u.seq, u.hash, u.deleted, $2
+FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], $10::bool[])
+    AS u (bk_hash, business_key, rowversion, ord, src, seq, hash, deleted)
+ON CONFLICT (entity_name, bk_hash) DO UPDATE SET
+    business_key = excluded.business_key, rowversion = excluded.rowversion,
+    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream,
+    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
+    deleted = excluded.deleted, batch_uid = excluded.batch_uid, updated_at = now()
+WHERE excluded.rowversion_ord > r.rowversion_ord
+   OR (excluded.rowversion_ord = r.rowversion_ord AND excluded.source_stream = r.source_stream
+       AND (excluded.stream_seq > r.stream_seq
+            OR (excluded.stream_seq = r.stream_seq AND excluded.payload_hash IS DISTINCT FROM r.payload_hash)))
+RETURNING bk_hash`
+
+// writeOnce writes the ledger rows of ds[idx] (guarded by the supersede rule), then
+// the target rows of those the ledger accepted.
+func writeOnce(ctx context.Context, tx pgx.Tx, t *target, batchUID uuid.UUID, ds []pipeline.Decision, idx []int) error {
+	n := len(idx)
+	var (
+		hashes   = make([]string, n)
+		keys     = make([]string, n)
+		versions = make([]string, n)
+		ords     = make([]int64, n)
+		srcs     = make([]string, n)
+		seqs     = make([]int64, n)
+		payloads = make([][]byte, n)
+		deleted  = make([]bool, n)
+	)
+	for j, i := range idx {
+		d := ds[i]
+		key, _ := json.Marshal(d.Record.Key)
+		hashes[j], keys[j] = d.Record.BKHash, string(key)
+		versions[j], ords[j] = d.Record.RowVersion.Text, d.Record.RowVersion.Ord
+		srcs[j], seqs[j] = string(d.Version.Source), int64(d.Version.Seq)
+		payloads[j], deleted[j] = d.PayloadHash, d.Record.Op == event.OpDelete
+	}
+	rows, err := tx.Query(ctx, upsertLedgerSQL, t.entity.Name, batchUID, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)
+	if err != nil {
+		return err
+	}
+	won, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	accepted := make(map[string]bool, len(won))
+	for _, h := range won {
+		accepted[h] = true
+	}
+	upserts := map[string][]map[string]any{}
+	var deletes []map[string]any
+	for _, i := range idx {
+		d := &ds[i]
+		if !accepted[d.Record.BKHash] {
+			// Another replica committed a newer version of this key first.
+			d.Outcome, d.Ledger, d.Target = pipeline.Stale, false, false
+			continue
+		}
+		if !d.Target {
+			continue
+		}
+		if d.Record.Op == event.OpDelete {
+			deletes = append(deletes, d.Row)
+			continue
+		}
+		cols := t.writable(d.Row)
+		row := make(map[string]any, len(cols))
+		for _, c := range cols {
+			row[c] = d.Row[c]
+		}
+		sig := strings.Join(cols, ",")
+		upserts[sig] = append(upserts[sig], row)
+	}
+	for _, sig := range slices.Sorted(maps.Keys(upserts)) {
+		body, err := json.Marshal(upserts[sig])
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, t.upsertSQL(strings.Split(sig, ",")), body); err != nil {
+			return err
+		}
+	}
+	if len(deletes) > 0 {
+		body, err := json.Marshal(deletes)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, t.deleteSQL(), body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const countBatchSQL = `
+INSERT INTO bridge.sync_batches AS b
+    (uid, entity_name, source_system, sync_type, status, replica,
+     rows_fetched, rows_normalized, rows_mapped, rows_inserted, rows_updated, rows_unchanged,
+     rows_stale, rows_deleted, rows_parked, rows_released, rows_failed)
+VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+ON CONFLICT (uid) DO UPDATE SET
+    rows_fetched = b.rows_fetched + excluded.rows_fetched,
+    rows_normalized = b.rows_normalized + excluded.rows_normalized,
+    rows_mapped = b.rows_mapped + excluded.rows_mapped,
+    rows_inserted = b.rows_inserted + excluded.rows_inserted,
+    rows_updated = b.rows_updated + excluded.rows_updated,
+    rows_unchanged = b.rows_unchanged + excluded.rows_unchanged,
+    rows_stale = b.rows_stale + excluded.rows_stale,
+    rows_deleted = b.rows_deleted + excluded.rows_deleted,
+    rows_parked = b.rows_parked + excluded.rows_parked,
+    rows_released = b.rows_released + excluded.rows_released,
+    rows_failed = b.rows_failed + excluded.rows_failed`
+
+// countBatch creates the batch row on first use and adds the counts to it.
+func countBatch(ctx context.Context, tx pgx.Tx, b Batch, c pipeline.Counts) error {
+	_, err := tx.Exec(ctx, countBatchSQL, b.BatchUID, b.Entity.Name, sourceSystemOf(b), b.SyncType, b.Replica,
+		c.Fetched, c.Normalized, c.Mapped, c.Inserted, c.Updated, c.Unchanged, c.Stale, c.Deleted, c.Parked, c.Released, c.Failed)
+	return err
+}
+
+func sourceSystemOf(b Batch) string {
+	for _, c := range b.Prepared.Candidates {
+		if c.Record.SourceSystem != "" {
+			return c.Record.SourceSystem
+		}
+	}
+	return "oracle_ifs"
+}
+
+const checkpointSQL = `
+INSERT INTO bridge.erp_sync_state AS s
+    (uid, entity_name, source_system, last_sync_rowversion, rowversion_ord, last_sync_timestamp, last_batch_uid)
+VALUES ($1, $2, $3, $4, $5, now(), $6)
+ON CONFLICT (entity_name, source_system) DO UPDATE SET
+    last_sync_rowversion = CASE WHEN s.rowversion_ord IS NULL OR excluded.rowversion_ord > s.rowversion_ord
+                                THEN excluded.last_sync_rowversion ELSE s.last_sync_rowversion END,
+    rowversion_ord = GREATEST(s.rowversion_ord, excluded.rowversion_ord),
+    last_sync_timestamp = now(),
+    last_batch_uid = excluded.last_batch_uid`
+
+// advanceCheckpoint raises erp_sync_state to the highest rowversion the batch applied,
+// per source system; it never lowers it.
+func advanceCheckpoint(ctx context.Context, tx pgx.Tx, batchUID uuid.UUID, ds []pipeline.Decision) error {
+	type high struct {
+		ord  int64
+		text string
+	}
+	best := map[string]high{}
+	entity := ""
+	for _, d := range ds {
+		if !d.Ledger {
+			continue
+		}
+		entity = d.Record.Entity
+		src := d.Record.SourceSystem
+		if h, ok := best[src]; !ok || d.Record.RowVersion.Ord > h.ord {
+			best[src] = high{d.Record.RowVersion.Ord, d.Record.RowVersion.Text}
+		}
+	}
+	for _, src := range slices.Sorted(maps.Keys(best)) {
+		h := best[src]
+		if _, err := tx.Exec(ctx, checkpointSQL, newUID(), entity, src, h.text, h.ord, batchUID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CloseBatch marks a rolling batch completed (or failed, with the reason).
+func (s *Store) CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error {
+	status, msg := "completed", (*string)(nil)
+	if failure != nil {
+		status = "failed"
+		m := sanitizeText(failure.Error())
+		msg = &m
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE bridge.sync_batches SET status = $2, error_message = $3, finished_at = greatest(now(), started_at) WHERE uid = $1 AND status = 'running'`, uid, status, msg)
+	return err
+}

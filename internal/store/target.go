@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+)
+
+// target is what the store knows about one ScheduleHub table: its columns (mapped
+// fields that are not columns are not written) and the SQL built for it.
+type target struct {
+	entity  *catalog.Entity
+	ident   string // sanitized "schema"."table"
+	columns map[string]bool
+	key     []string
+
+	mu      sync.Mutex
+	upserts map[string]string // by sorted column list
+}
+
+type targets struct {
+	mu sync.RWMutex
+	m  map[string]*target
+}
+
+func newTargets() *targets { return &targets{m: map[string]*target{}} }
+
+const columnsSQL = `
+SELECT a.attname
+FROM pg_attribute a
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`
+
+// uniqueKeySQL finds a unique index or constraint whose columns are exactly $2, as
+// ON CONFLICT needs one.
+const uniqueKeySQL = `
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+    WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+           FROM pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = $2::text[]
+      AND cardinality(i.indkey::int2[]) = cardinality($2::text[]))`
+
+// PrepareTargets checks every catalog entity's target table: it must exist, have the
+// key columns with a unique index on exactly them, and the soft-delete column when the
+// entity uses one. The error names the entity and what to fix.
+func (s *Store) PrepareTargets(ctx context.Context, cat *catalog.Catalog) error {
+	var errs []string
+	for _, e := range cat.Entities() {
+		t, err := s.loadTarget(ctx, e)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("entity %q: %v", e.Name, err))
+			continue
+		}
+		s.targets.mu.Lock()
+		s.targets.m[e.Name] = t
+		s.targets.mu.Unlock()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("target tables: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (s *Store) loadTarget(ctx context.Context, e *catalog.Entity) (*target, error) {
+	name := e.Target.QualifiedName()
+	var exists bool
+	if err := s.pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{e.Target.Schema, e.Target.Table}.Sanitize()).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if !exists {
+		return nil, fmt.Errorf("target table %s does not exist (create it, e.g. with deploy/schedulehub.sql)", name)
+	}
+	ident := pgx.Identifier{e.Target.Schema, e.Target.Table}.Sanitize()
+	rows, err := s.pool.Query(ctx, columnsSQL, ident)
+	if err != nil {
+		return nil, err
+	}
+	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	t := &target{entity: e, ident: ident, columns: map[string]bool{}, key: e.Target.Key, upserts: map[string]string{}}
+	for _, c := range cols {
+		t.columns[c] = true
+	}
+	for _, k := range e.Target.Key {
+		if !t.columns[k] {
+			return nil, fmt.Errorf("target table %s has no key column %s", name, k)
+		}
+	}
+	if e.Delete == catalog.DeleteSoft && !t.columns[e.SoftDeleteColumn] {
+		return nil, fmt.Errorf("target table %s has no soft-delete column %s", name, e.SoftDeleteColumn)
+	}
+	sorted := slices.Sorted(slices.Values(e.Target.Key))
+	var unique bool
+	if err := s.pool.QueryRow(ctx, uniqueKeySQL, ident, sorted).Scan(&unique); err != nil {
+		return nil, err
+	}
+	if !unique {
+		return nil, fmt.Errorf("target table %s needs a unique index or primary key on exactly (%s)", name, strings.Join(e.Target.Key, ", "))
+	}
+	return t, nil
+}
+
+func (s *Store) target(entity string) (*target, error) {
+	s.targets.mu.RLock()
+	defer s.targets.mu.RUnlock()
+	t, ok := s.targets.m[entity]
+	if !ok {
+		return nil, fmt.Errorf("store: target of entity %q was not prepared", entity)
+	}
+	return t, nil
+}
+
+// writable returns the row's fields that are columns of the target, sorted.
+func (t *target) writable(row map[string]any) []string {
+	cols := make([]string, 0, len(row))
+	for c := range row {
+		if t.columns[c] {
+			cols = append(cols, c)
+		}
+	}
+	slices.Sort(cols)
+	return cols
+}
+
+// upsertSQL returns the multi-row upsert for one set of columns. Rows travel as one
+// JSON array; jsonb_populate_recordset converts each value to its column's type, so
+// a value the column cannot take fails the statement with a class 22 error.
+func (t *target) upsertSQL(cols []string) string {
+	sig := strings.Join(cols, ",")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if q, ok := t.upserts[sig]; ok {
+		return q
+	}
+	quoted := make([]string, len(cols))
+	var set []string
+	for i, c := range cols {
+		quoted[i] = pgx.Identifier{c}.Sanitize()
+		if !slices.Contains(t.key, c) {
+			set = append(set, quoted[i]+" = excluded."+quoted[i])
+		}
+	}
+	if t.entity.Delete == catalog.DeleteSoft && !slices.Contains(cols, t.entity.SoftDeleteColumn) {
+		sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
+		set = append(set, sd+" = NULL")
+	}
+	keys := make([]string, len(t.key))
+	for i, k := range t.key {
+		keys[i] = pgx.Identifier{k}.Sanitize()
+	}
+	list := strings.Join(quoted, ", ")
+	q := "INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
+		" FROM jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) ON CONFLICT (" + strings.Join(keys, ", ") + ") DO "
+	if len(set) == 0 {
+		q += "NOTHING"
+	} else {
+		q += "UPDATE SET " + strings.Join(set, ", ")
+	}
+	t.upserts[sig] = q
+	return q
+}
+
+// deleteSQL removes (or, for soft delete, marks) the rows whose keys are in $1.
+func (t *target) deleteSQL() string {
+	conds := make([]string, len(t.key))
+	for i, k := range t.key {
+		q := pgx.Identifier{k}.Sanitize()
+		conds[i] = "t." + q + " = d." + q
+	}
+	from := " jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) AS d WHERE " + strings.Join(conds, " AND ")
+	if t.entity.Delete == catalog.DeleteSoft {
+		sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
+		return "UPDATE " + t.ident + " AS t SET " + sd + " = now() FROM" + from + " AND t." + sd + " IS NULL"
+	}
+	return "DELETE FROM " + t.ident + " AS t USING" + from
+}

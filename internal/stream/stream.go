@@ -1,0 +1,264 @@
+// Package stream is SyncFlow's JetStream adapter: connecting, creating the streams
+// and durable consumers from the JSON definitions in streams/, fetching batches and
+// acknowledging them. It is the only package besides cmd that imports nats.go.
+package stream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// Config says how to reach NATS.
+type Config struct {
+	// URL is the server URL list (default nats://127.0.0.1:4222).
+	URL string
+	// Name identifies the connection in the server's monitoring.
+	Name string
+	// CredsFile is a .creds file (JWT + nkey seed); empty for none.
+	CredsFile string
+	// NKeyFile is an nkey seed file; empty for none.
+	NKeyFile string
+	// User and Password authenticate with user/password when User is set.
+	User, Password string
+	// Token authenticates with a token when set.
+	Token string
+	// TLSCA, TLSCert and TLSKey configure TLS (the CA to trust, a client certificate).
+	TLSCA, TLSCert, TLSKey string
+	// Logger receives connection events.
+	Logger *slog.Logger
+}
+
+// Connect connects to NATS and keeps reconnecting forever: a broker restart is
+// ridden out, never fatal.
+func Connect(cfg Config) (*nats.Conn, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats error", "err", err) }),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.NKeyFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey file %s: %w", cfg.NKeyFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.TLSCA != "" || cfg.TLSCert != "" {
+		tc, err := tlsConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	url := cfg.URL
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.TLSCA != "" {
+		pem, err := os.ReadFile(cfg.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("nats TLS CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("nats TLS CA %s: no PEM certificate found", cfg.TLSCA)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("nats TLS client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Definitions are the stream and consumer configurations read from streams/.
+type Definitions struct {
+	Streams   map[string]jetstream.StreamConfig
+	Consumers map[string]map[string]jetstream.ConsumerConfig // stream -> entity -> config
+}
+
+// LoadDefinitions reads <STREAM>.json for each stream and
+// consumers/<STREAM>/<entity>.json for each entity. A missing consumer definition is
+// an error that names the file to add.
+func LoadDefinitions(fsys fs.FS, streamNames, entities []string) (Definitions, error) {
+	defs := Definitions{Streams: map[string]jetstream.StreamConfig{}, Consumers: map[string]map[string]jetstream.ConsumerConfig{}}
+	var errs []error
+	for _, s := range streamNames {
+		var sc jetstream.StreamConfig
+		if err := readJSON(fsys, s+".json", &sc); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if sc.Name != s {
+			errs = append(errs, fmt.Errorf("%s.json: name is %q, want %q", s, sc.Name, s))
+		}
+		defs.Streams[s] = sc
+		defs.Consumers[s] = map[string]jetstream.ConsumerConfig{}
+		for _, e := range entities {
+			var cc jetstream.ConsumerConfig
+			file := path.Join("consumers", s, e+".json")
+			if err := readJSON(fsys, file, &cc); err != nil {
+				errs = append(errs, fmt.Errorf("entity %q has no usable consumer for %s: %w", e, s, err))
+				continue
+			}
+			if cc.Durable == "" || cc.AckPolicy != jetstream.AckExplicitPolicy {
+				errs = append(errs, fmt.Errorf("%s: a durable_name and ack_policy explicit are required", file))
+			}
+			defs.Consumers[s][e] = cc
+		}
+	}
+	return defs, errors.Join(errs...)
+}
+
+func readJSON(fsys fs.FS, name string, v any) error {
+	b, err := fs.ReadFile(fsys, name)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// Apply creates or updates every stream and consumer; it is idempotent.
+func Apply(ctx context.Context, js jetstream.JetStream, defs Definitions) error {
+	for name, sc := range defs.Streams {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		for entity, cc := range defs.Consumers[name] {
+			if _, err := js.CreateOrUpdateConsumer(ctx, name, cc); err != nil {
+				return fmt.Errorf("consumer %s on %s (entity %s): %w", cc.Durable, name, entity, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Message is one fetched message with what the pipeline needs and the means to
+// settle it.
+type Message struct {
+	msg      jetstream.Msg
+	Delivery pipeline.Delivery
+	// NumDelivered counts deliveries of this message, this one included.
+	NumDelivered uint64
+}
+
+// Ack acknowledges the message (after its batch committed).
+func (m Message) Ack() error { return m.msg.Ack() }
+
+// NakWithDelay asks for redelivery after d.
+func (m Message) NakWithDelay(d time.Duration) error { return m.msg.NakWithDelay(d) }
+
+// InProgress resets the message's ack timer while its batch is still being written.
+func (m Message) InProgress() error { return m.msg.InProgress() }
+
+// Fetcher pulls batches from one durable consumer.
+type Fetcher struct {
+	consumer jetstream.Consumer
+	source   pipeline.Source
+	stream   string
+}
+
+// NewFetcher binds to an existing durable consumer.
+func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable string, source pipeline.Source) (*Fetcher, error) {
+	c, err := js.Consumer(ctx, stream, durable)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w (run `syncflow streams apply`)", durable, stream, err)
+	}
+	return &Fetcher{consumer: c, source: source, stream: stream}, nil
+}
+
+// Fetch returns up to n messages: whatever is available right away, or, when nothing
+// is, the first message to arrive within wait plus whatever came with it. It never
+// holds a partial batch back for the full wait.
+func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Message, error) {
+	out, err := f.collect(f.consumer.FetchNoWait(n))
+	if err != nil || len(out) > 0 {
+		return out, err
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	first, err := f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
+	cancel()
+	if ctx.Err() != nil {
+		return first, ctx.Err()
+	}
+	if err != nil || len(first) == 0 || n == 1 {
+		return first, err
+	}
+	more, err := f.collect(f.consumer.FetchNoWait(n - 1))
+	return append(first, more...), err
+}
+
+func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out []Message
+	for m := range batch.Messages() {
+		md, err := m.Metadata()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Delivery: pipeline.Delivery{
+			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(),
+		}})
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return out, err
+	}
+	return out, nil
+}

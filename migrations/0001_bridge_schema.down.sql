@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS bridge.synced_records;
+DROP TABLE IF EXISTS bridge.field_mappings;
+DROP FUNCTION IF EXISTS bridge.notify_field_mappings();
+DROP TABLE IF EXISTS bridge.background_sync_schedule;
+DROP TABLE IF EXISTS bridge.erp_sync_state;
+DROP TABLE IF EXISTS bridge.pending_children;
+DROP TABLE IF EXISTS bridge.failed_records;
+DROP TABLE IF EXISTS bridge.sync_batches;
+DROP FUNCTION IF EXISTS bridge.touch_updated_at();
+DROP SCHEMA IF EXISTS bridge;

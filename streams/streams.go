@@ -1,0 +1,20 @@
+// Package streams embeds the JetStream stream and consumer definitions and the entity
+// catalog. The JSON files are in the server's wire format, so the same files work with
+// `nats stream add --config` and `nats consumer add STREAM --config`.
+package streams
+
+import "embed"
+
+// FS holds <STREAM>.json, consumers/<STREAM>/<entity>.json and catalog.yaml.
+//
+//go:embed *.json consumers catalog.yaml
+var FS embed.FS
+
+// Names of the two streams SyncFlow consumes.
+const (
+	Realtime = "APISMITH_CDC"
+	Backfill = "APISMITH_BACKFILL"
+)
+
+// CatalogFile is the name of the entity catalog inside FS.
+const CatalogFile = "catalog.yaml"
