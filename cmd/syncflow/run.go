@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -34,6 +35,7 @@ func runCmd(ctx context.Context, args []string) error {
 		backfill      bool
 		embeddedDir   string
 		mappingResync time.Duration
+		strayInterval time.Duration
 	)
 	host, _ := os.Hostname()
 	f := newFlags("run", "run [flags]")
@@ -50,6 +52,7 @@ func runCmd(ctx context.Context, args []string) error {
 	f.bool(&backfill, "backfill", true, "also consume the backfill stream")
 	f.string(&embeddedDir, "embedded-nats-dir", "", "when no NATS answers at --nats-url, start an embedded JetStream server storing here")
 	f.duration(&mappingResync, "mapping-resync", 30*time.Second, "reload field mappings at least this often (changes also arrive by NOTIFY)")
+	f.duration(&strayInterval, "stray-interval", 10*time.Second, "how often to look for subjects no catalog entity owns (their messages are dead-lettered)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -130,6 +133,16 @@ func runCmd(ctx context.Context, args []string) error {
 		}{streams.Backfill, pipeline.Backfill})
 	}
 	for _, src := range sources {
+		prefix := event.RealtimePrefix
+		if src.source == pipeline.Backfill {
+			prefix = event.BackfillPrefix
+		}
+		finder := &stream.StrayFinder{JS: js, Stream: src.name, Source: src.source, Known: func(subject string) bool {
+			_, ok := cat.Entity(strings.TrimPrefix(subject, prefix))
+			return ok && strings.HasPrefix(subject, prefix)
+		}}
+		strays := &consumer.Strays{Find: finder.Find, Catalog: cat, Source: src.source, Writer: st, Interval: strayInterval, Replica: cfg.Replica, Logger: log}
+		g.Go(func() error { return strays.Run(gctx) })
 		for _, e := range cat.Entities() {
 			durable := sdefs.Consumers[src.name][e.Name].Durable
 			fetcher, err := stream.NewFetcher(ctx, js, src.name, durable, src.source)

@@ -58,4 +58,3 @@ func streamsCmd(ctx context.Context, args []string) error {
 	}
 	return nil
 }
-

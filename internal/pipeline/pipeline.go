@@ -158,6 +158,10 @@ func newerInBatch(a, b Version) bool {
 
 func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 	subjectEntity := event.SubjectEntity(d.Subject)
+	if subjectEntity == "" {
+		return Candidate{}, &Failure{Index: i, Stage: StageDecode,
+			Err: fmt.Errorf("%w: subject %q is not %s<entity> or %s<entity>", event.ErrDecode, d.Subject, event.RealtimePrefix, event.BackfillPrefix)}
+	}
 	ev, err := event.Decode(d.Data, subjectEntity)
 	if err != nil {
 		return Candidate{}, &Failure{Index: i, Stage: StageDecode, Entity: subjectEntity, Err: err}

@@ -18,6 +18,8 @@ import (
 
 // Batch is one fetched batch of one entity, prepared by the pipeline.
 type Batch struct {
+	// Entity is the catalog entity of the consumer; nil for messages on subjects no
+	// catalog entity owns, which can only become dead letters.
 	Entity *catalog.Entity
 	// BatchUID is the sync_batches row the batch is counted in (created if new).
 	BatchUID uuid.UUID
@@ -28,6 +30,16 @@ type Batch struct {
 	Replica    string
 	Deliveries []pipeline.Delivery
 	Prepared   pipeline.Prepared
+}
+
+// UnknownEntity names, in sync_batches, the work on subjects no entity owns.
+const UnknownEntity = "unknown"
+
+func (b Batch) entityName() string {
+	if b.Entity == nil {
+		return UnknownEntity
+	}
+	return b.Entity.Name
 }
 
 // Result is what happened to every delivery of a committed batch.
@@ -42,19 +54,24 @@ type Result struct {
 // advances the checkpoint. An error means nothing was committed; Retryable tells
 // whether trying again can help.
 func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
-	t, err := s.target(b.Entity.Name)
-	if err != nil {
-		return Result{}, err
+	var t *target
+	if b.Entity != nil {
+		var err error
+		if t, err = s.target(b.Entity.Name); err != nil {
+			return Result{}, err
+		}
+	} else if len(b.Prepared.Candidates) > 0 {
+		return Result{}, fmt.Errorf("store: a batch without an entity can only hold failures")
 	}
 	var res Result
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		res = Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries))}
 		if b.NewBatch {
 			if err := countBatch(ctx, tx, b, pipeline.Counts{}); err != nil {
 				return err
 			}
 		}
-		applied, err := lockLedger(ctx, tx, b.Entity.Name, b.Prepared.Candidates)
+		applied, err := lockLedger(ctx, tx, b.entityName(), b.Prepared.Candidates)
 		if err != nil {
 			return err
 		}
@@ -303,7 +320,7 @@ ON CONFLICT (uid) DO UPDATE SET
 
 // countBatch creates the batch row on first use and adds the counts to it.
 func countBatch(ctx context.Context, tx pgx.Tx, b Batch, c pipeline.Counts) error {
-	_, err := tx.Exec(ctx, countBatchSQL, b.BatchUID, b.Entity.Name, sourceSystemOf(b), b.SyncType, b.Replica,
+	_, err := tx.Exec(ctx, countBatchSQL, b.BatchUID, b.entityName(), sourceSystemOf(b), b.SyncType, b.Replica,
 		c.Fetched, c.Normalized, c.Mapped, c.Inserted, c.Updated, c.Unchanged, c.Stale, c.Deleted, c.Parked, c.Released, c.Failed)
 	return err
 }

@@ -40,7 +40,7 @@ func (s *Store) insertFailures(ctx context.Context, tx pgx.Tx, b Batch, fs []pip
 		uids[j] = s.NewUID()
 		entities[j] = sanitizeText(f.Entity)
 		if entities[j] == "" {
-			entities[j] = b.Entity.Name
+			entities[j] = b.entityName()
 		}
 		streams[j], subjects[j], seqs[j] = d.Stream, sanitizeText(d.Subject), int64(d.StreamSeq)
 		if f.BKHash != "" {

@@ -1,0 +1,119 @@
+package catalog
+
+import (
+	"io/fs"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/streams"
+)
+
+func TestShippedCatalog(t *testing.T) {
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"items", "sites", "work_centers", "work_orders", "work_order_operations"}
+	if got := c.Names(); !slices.Equal(got, want) {
+		t.Errorf("Names() = %v, want parents first: %v", got, want)
+	}
+	ops, _ := c.Entity("work_order_operations")
+	if len(ops.Parents) != 2 || ops.Parents[0].Entity != "work_orders" || !slices.Equal(ops.Parents[1].Fields, []string{"CONTRACT", "WORK_CENTER_NO"}) {
+		t.Errorf("work_order_operations parents = %+v", ops.Parents)
+	}
+	items, _ := c.Entity("items")
+	if items.Delete != DeleteSoft || items.SoftDeleteColumn != "deleted_at" || items.RowVersion != event.VersionDate {
+		t.Errorf("items = %+v", items)
+	}
+	if got := c.Children("sites"); len(got) != 2 || got[0].Name != "work_centers" || got[1].Name != "work_orders" {
+		t.Errorf("Children(sites) = %v", got)
+	}
+	if c.SourceSystem != "oracle_ifs" {
+		t.Errorf("SourceSystem = %q", c.SourceSystem)
+	}
+}
+
+const valid = `
+entities:
+  sites:
+    key: [contract]
+    target: {table: schedulehub.sites, key: [contract]}
+  work_centers:
+    key: [CONTRACT, WORK_CENTER_NO]
+    parents: [{entity: sites, fields: [CONTRACT]}]
+    target: {table: schedulehub.work_centers, key: [contract, work_center_no]}
+`
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // every substring must be in the error
+	}{
+		{"unknown parent", strings.Replace(valid, "entity: sites", "entity: plants", 1),
+			[]string{`entity "work_centers"`, `unknown parent entity "plants"`}},
+		{"cycle", `
+entities:
+  a: {key: [K], parents: [{entity: b, fields: [K]}], target: {table: s.a, key: [k]}}
+  b: {key: [K], parents: [{entity: a, fields: [K]}], target: {table: s.b, key: [k]}}
+`, []string{`entity "a"`, "cycle", "a -> b -> a"}},
+		{"self parent", `
+entities:
+  a: {key: [K], parents: [{entity: a, fields: [K]}], target: {table: s.a, key: [k]}}
+`, []string{`entity "a"`, "itself"}},
+		{"missing key", `
+entities:
+  a: {target: {table: s.a, key: []}}
+`, []string{`entity "a"`, "at least one business-key field"}},
+		{"parent fields do not match parent key", strings.Replace(valid, "fields: [CONTRACT]", "fields: [CONTRACT, X]", 1),
+			[]string{`entity "work_centers"`, `"sites" has a 1-field key but 2 fields`}},
+		{"bad table identifier", strings.Replace(valid, "schedulehub.sites", `schedulehub."sites; drop table x"`, 1),
+			[]string{`entity "sites"`, "target.table"}},
+		{"table without schema", strings.Replace(valid, "schedulehub.sites", "sites", 1),
+			[]string{`entity "sites"`, "schema.table"}},
+		{"bridge schema refused", strings.Replace(valid, "schedulehub.sites", "bridge.sites", 1),
+			[]string{`entity "sites"`, "bridge schema"}},
+		{"bad key column", strings.Replace(valid, "key: [contract]}", "key: [Contract-No]}", 1),
+			[]string{`entity "sites"`, `"Contract-No" is not a lower-case SQL identifier`}},
+		{"target key count", strings.Replace(valid, "key: [contract, work_center_no]", "key: [contract]", 1),
+			[]string{`entity "work_centers"`, "1 columns for 2 business-key fields"}},
+		{"bad entity name", strings.Replace(valid, "  sites:", "  Sites.X:", 1) + "", []string{`entity "Sites.X"`}},
+		{"bad rowversion", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    rowversion: timestamp\n", 1),
+			[]string{`entity "sites"`, `rowversion: "timestamp"`}},
+		{"soft delete without column", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    delete: soft\n", 1),
+			[]string{`entity "sites"`, "soft_delete_column"}},
+		{"unknown field", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    keys: [x]\n", 1),
+			[]string{"field keys not found"}},
+		{"empty", "entities: {}", []string{"no entities"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			if err == nil {
+				t.Fatal("Parse accepted an invalid catalog")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	if _, err := Parse([]byte(valid)); err != nil {
+		t.Fatalf("the base of these cases must be valid: %v", err)
+	}
+}
+
+// Every problem is reported at once, not only the first.
+func TestParseReportsAll(t *testing.T) {
+	y := strings.Replace(strings.Replace(valid, "entity: sites", "entity: plants", 1), "schedulehub.sites", "nodot", 1)
+	_, err := Parse([]byte(y))
+	if err == nil || !strings.Contains(err.Error(), "plants") || !strings.Contains(err.Error(), "nodot") {
+		t.Fatalf("err = %v, want both problems", err)
+	}
+}

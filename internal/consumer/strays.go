@@ -1,0 +1,68 @@
+package consumer
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/stream"
+)
+
+// Strays drains the subjects no catalog entity owns into the dead letters, so that
+// no message is left unread where nobody would notice it.
+type Strays struct {
+	Find     func(ctx context.Context) ([]*stream.Fetcher, error)
+	Catalog  *catalog.Catalog
+	Source   pipeline.Source
+	Writer   Writer
+	Interval time.Duration // default 10s
+	Replica  string
+	Logger   *slog.Logger
+}
+
+// Run looks for stray subjects every Interval and dead-letters what they hold.
+func (s *Strays) Run(ctx context.Context) error {
+	interval := s.Interval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	log := s.Logger.With("source", string(s.Source))
+	for {
+		fetchers, err := s.Find(ctx)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("looking for stray subjects failed", "err", err)
+		}
+		for _, f := range fetchers {
+			s.drain(ctx, log, f)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}
+
+func (s *Strays) drain(ctx context.Context, log *slog.Logger, f Fetcher) {
+	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Writer: s.Writer, Rules: &Rules{}, Logger: log,
+		Config: Config{Replica: s.Replica, RetryFor: 5 * time.Second}}
+	c.Config.defaults()
+	c.Now = time.Now
+	c.Rules.Store(&mapping.Set{})
+	defer c.closeBatch(log)
+	for ctx.Err() == nil {
+		msgs, err := f.Fetch(ctx, 500, 10*time.Millisecond)
+		if err != nil || len(msgs) == 0 {
+			c.settle(ctx, log, msgs, nil, err)
+			return
+		}
+		res, err := c.process(ctx, log, msgs)
+		if err == nil {
+			log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
+		}
+		c.settle(ctx, log, msgs, &res, err)
+	}
+}

@@ -1,0 +1,134 @@
+package mapping
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/syncflow/syncflow/internal/normalize"
+)
+
+func ptr(s string) *string { return &s }
+
+func TestTransformations(t *testing.T) {
+	tests := []struct {
+		chain   string
+		in      any
+		want    any
+		wantErr bool
+	}{
+		{"none", "x", "x", false},
+		{"trim", "  x ", "x", false},
+		{"uppercase", "abc", "ABC", false},
+		{"lowercase", "ABC", "abc", false},
+		{"trim|uppercase", "  ab ", "AB", false},
+		{"uppercase", json.Number("5"), json.Number("5"), false},
+		{"integer", "42", int64(42), false},
+		{"integer", json.Number("42.0"), int64(42), false},
+		{"integer", "42.5", nil, true},
+		{"integer", "abc", nil, true},
+		{"integer", true, nil, true},
+		{"integer", "99999999999999999999", nil, true},
+		{"decimal", "12.50", json.Number("12.50"), false},
+		{"decimal", json.Number("-3e2"), json.Number("-3e2"), false},
+		{"decimal", "1/3", nil, true},
+		{"decimal", "x", nil, true},
+		{"boolean", "Y", true, false},
+		{"boolean", "FALSE", false, false},
+		{"boolean", json.Number("1"), true, false},
+		{"boolean", true, true, false},
+		{"boolean", "maybe", nil, true},
+		{"date", "2026-11-26T23:30:00+01:00", "2026-11-26", false},
+		{"date", "20261126", "2026-11-26", false},
+		{"date", "20261126101503", "2026-11-26", false},
+		{"date", "26/11/2026", nil, true},
+		{"timestamp", "2026-11-26 10:15:03", "2026-11-26T10:15:03Z", false},
+		{"timestamp", "2026-11-26T11:15:03+01:00", "2026-11-26T10:15:03Z", false},
+		{"timestamp", "20261126101503", "2026-11-26T10:15:03Z", false},
+		{"timestamp", "soon", nil, true},
+	}
+	for _, tt := range tests {
+		s, err := Compile([]Rule{{Entity: "e", SourceField: "F", TargetField: "f", Transformation: tt.chain}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		row, err := s.Apply(normalize.Record{Entity: "e", Fields: map[string]any{"F": tt.in}}, nil, false)
+		if tt.wantErr {
+			if err == nil || !errors.Is(err, ErrMapping) {
+				t.Errorf("%s(%#v) = %#v, %v; want a mapping error", tt.chain, tt.in, row, err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(row["f"], tt.want) {
+			t.Errorf("%s(%#v) = %#v, %v; want %#v", tt.chain, tt.in, row["f"], err, tt.want)
+		}
+	}
+}
+
+func TestApply(t *testing.T) {
+	rules := []Rule{
+		{Entity: "items", SourceField: "part_no", TargetField: "part_no", Transformation: "trim|uppercase", IsRequired: true},
+		{Entity: "items", SourceField: "DESCRIPTION", TargetField: "title"},
+		{Entity: "items", SourceField: "UNIT_MEAS", TargetField: "unit_meas", DefaultValue: ptr("pcs")},
+		{Entity: "items", SourceField: "LEAD_TIME", TargetField: "lead_time_days", Transformation: "integer", DefaultValue: ptr("0")},
+		{Entity: "items", SourceField: "WEIGHT", TargetField: "weight", IsRequired: true},
+	}
+	s, err := Compile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := normalize.Record{Entity: "items", Fields: map[string]any{
+		"PART_NO": "p-1", "DESCRIPTION": "Bolt", "LEAD_TIME": nil, "WEIGHT": json.Number("2"), "COLOR": "red",
+	}}
+	row, err := s.Apply(rec, []string{"PART_NO"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"part_no": "P-1", "title": "Bolt", "unit_meas": "pcs", "lead_time_days": int64(0), "weight": json.Number("2"), "color": "red"}
+	if !reflect.DeepEqual(row, want) {
+		t.Errorf("row = %#v\nwant %#v", row, want)
+	}
+
+	// A required field missing is a mapping failure, except for a delete.
+	delete(rec.Fields, "WEIGHT")
+	if _, err := s.Apply(rec, []string{"PART_NO"}, false); err == nil || !strings.Contains(err.Error(), "required field WEIGHT") {
+		t.Errorf("err = %v, want required WEIGHT", err)
+	}
+	row, err = s.Apply(rec, []string{"PART_NO"}, true)
+	if err != nil || !reflect.DeepEqual(row, map[string]any{"part_no": "P-1"}) {
+		t.Errorf("delete row = %v, %v; want only the key", row, err)
+	}
+
+	// Without rules, fields pass through lower-cased.
+	row, err = s.Apply(normalize.Record{Entity: "sites", Fields: map[string]any{"CONTRACT": "S1", "NOTE": nil}}, []string{"CONTRACT"}, false)
+	if err != nil || !reflect.DeepEqual(row, map[string]any{"contract": "S1", "note": nil}) {
+		t.Errorf("pass-through = %v, %v", row, err)
+	}
+	var nilSet *Set
+	if row, err := nilSet.Apply(normalize.Record{Entity: "x", Fields: map[string]any{"A": 1}}, nil, false); err != nil || row["a"] != 1 {
+		t.Errorf("nil set = %v, %v", row, err)
+	}
+}
+
+func TestCompileRejects(t *testing.T) {
+	for _, tt := range []struct {
+		rules []Rule
+		want  string
+	}{
+		{[]Rule{{Entity: "e", SourceField: "A", TargetField: "a", Transformation: "titlecase"}}, `unknown transformation "titlecase"`},
+		{[]Rule{{Entity: "e", SourceField: "A", TargetField: "a", Transformation: "trim||uppercase"}}, "unknown transformation"},
+		{[]Rule{{Entity: "e", SourceField: "A", TargetField: "Bad Name"}}, "lower-case SQL identifier"},
+		{[]Rule{{Entity: "e", SourceField: "", TargetField: "a"}}, "required"},
+		{[]Rule{{Entity: "e", SourceField: "A", TargetField: "a"}, {Entity: "e", SourceField: "a", TargetField: "a"}}, "duplicate rule"},
+		{[]Rule{{Entity: "e", SourceField: "A", TargetField: "x"}, {Entity: "e", SourceField: "B", TargetField: "x"}}, "already written from A"},
+	} {
+		if _, err := Compile(tt.rules); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Compile(%+v) = %v, want %q", tt.rules, err, tt.want)
+		}
+	}
+	if err := ValidateTransformation("trim|lowercase|none"); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,261 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+var dbURL string
+
+func TestMain(m *testing.M) { os.Exit(testenv.MainDatabase(m, "store", &dbURL)) }
+
+func testUID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
+
+type fixture struct {
+	t     *testing.T
+	ctx   context.Context
+	st    *store.Store
+	cat   *catalog.Catalog
+	conn  *pgx.Conn
+	batch uuid.UUID
+	seq   uint64
+	fresh bool
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	data, _ := streams.FS.ReadFile(streams.CatalogFile)
+	cat, err := catalog.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PrepareTargets(ctx, cat); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	// Tests share the package database: start each from empty tables.
+	if _, err := conn.Exec(ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
+		schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, ctx: ctx, st: st, cat: cat, conn: conn, batch: testUID(), fresh: true}
+}
+
+// apply runs bodies through the pipeline and the store as one batch of entity.
+func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) store.Result {
+	f.t.Helper()
+	ds := make([]pipeline.Delivery, len(bodies))
+	for i, b := range bodies {
+		f.seq++
+		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: f.seq, Data: []byte(b)}
+	}
+	e, _ := f.cat.Entity(entity)
+	prepared := pipeline.Preparer{Catalog: f.cat, Rules: rules}.Prepare(ds)
+	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "test", Deliveries: ds, Prepared: prepared})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.fresh = false
+	return res
+}
+
+func (f *fixture) rows(sql string) string {
+	f.t.Helper()
+	rows, err := f.conn.Query(f.ctx, sql)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		var parts []string
+		for _, v := range vals {
+			parts = append(parts, fmt.Sprint(v))
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rows.Err(); err != nil {
+		f.t.Fatal(err)
+	}
+	return strings.Join(out, "\n")
+}
+
+func siteEvent(op, contract, rv, desc string) string {
+	return fmt.Sprintf(`{"entity":"sites","op":%q,"rowversion":%q,"data":{"CONTRACT":%q,"DESCRIPTION":%q}}`, op, rv, contract, desc)
+}
+
+func TestApplyBatchOrdering(t *testing.T) {
+	f := newFixture(t)
+	res := f.apply("sites", nil,
+		siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "one"),
+		siteEvent("upsert", "S2", "2026-01-01T00:00:01Z", "two"),
+		siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "one v2"), // collapses over the first
+	)
+	if c := res.Counts; c.Inserted != 2 || c.Stale != 1 || c.Fetched != 3 {
+		t.Fatalf("counts %+v", c)
+	}
+	if got, want := f.rows(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`), "S1|one v2\nS2|two"; got != want {
+		t.Fatalf("target:\n%s\nwant\n%s", got, want)
+	}
+	res = f.apply("sites", nil,
+		siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "old"),   // stale
+		siteEvent("upsert", "S2", "2026-01-01T00:00:05Z", "two"),   // newer, same payload
+		siteEvent("delete", "S1", "2026-01-01T00:00:03Z", ""),      // delete
+		siteEvent("upsert", "S3", "2026-01-01T00:00:09Z", "three"), // insert
+	)
+	if c := res.Counts; c.Stale != 1 || c.Unchanged != 1 || c.Deleted != 1 || c.Inserted != 1 {
+		t.Fatalf("counts %+v", c)
+	}
+	// A stale upsert after the delete does not resurrect S1.
+	res = f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "zombie"))
+	if res.Counts.Stale != 1 {
+		t.Fatalf("counts %+v", res.Counts)
+	}
+	if got, want := f.rows(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`), "S2|two\nS3|three"; got != want {
+		t.Fatalf("target:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := f.rows(`SELECT business_key::text, rowversion, deleted FROM bridge.synced_records ORDER BY 1`),
+		`["S1"]|2026-01-01T00:00:03Z|true`+"\n"+`["S2"]|2026-01-01T00:00:05Z|false`+"\n"+`["S3"]|2026-01-01T00:00:09Z|false`; got != want {
+		t.Fatalf("ledger:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := f.rows(`SELECT entity_name, source_system, last_sync_rowversion FROM bridge.erp_sync_state`), "sites|oracle_ifs|2026-01-01T00:00:09Z"; got != want {
+		t.Fatalf("checkpoint %s, want %s", got, want)
+	}
+	// The checkpoint never goes back.
+	f.apply("sites", nil, siteEvent("upsert", "S4", "2025-01-01T00:00:00Z", "early"))
+	if got, want := f.rows(`SELECT last_sync_rowversion FROM bridge.erp_sync_state`), "2026-01-01T00:00:09Z"; got != want {
+		t.Fatalf("checkpoint %s, want %s", got, want)
+	}
+	if got, want := f.rows(`SELECT rows_fetched, rows_inserted, rows_updated, rows_unchanged, rows_stale, rows_deleted, rows_failed, status FROM bridge.sync_batches`),
+		"9|4|0|1|3|1|0|running"; got != want {
+		t.Fatalf("batch %s, want %s", got, want)
+	}
+}
+
+func TestApplyBatchIsolatesRejectedRows(t *testing.T) {
+	f := newFixture(t)
+	var bodies []string
+	for i := range 1000 {
+		lot := "5"
+		if i == 437 {
+			lot = "-1" // violates the target's CHECK (lot_size > 0)
+		}
+		bodies = append(bodies, fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ORDER_NO":"WO-%04d","CONTRACT":"S1","PART_NO":"P1","LOT_SIZE":%s}}`, i, lot))
+	}
+	res := f.apply("work_orders", nil, bodies...)
+	if res.Counts.Inserted != 999 || res.Counts.Failed != 1 || res.Outcomes[437] != pipeline.Failed {
+		t.Fatalf("counts %+v outcome[437]=%s", res.Counts, res.Outcomes[437])
+	}
+	if got := f.rows(`SELECT count(*) FROM schedulehub.work_orders`); got != "999" {
+		t.Fatalf("target has %s rows, want 999", got)
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.synced_records WHERE entity_name = 'work_orders'`); got != "999" {
+		t.Fatalf("ledger has %s rows, want 999 (the rejected row has none)", got)
+	}
+	got := f.rows(`SELECT stage_failed, stream_seq, normalized_data->>'ORDER_NO', convert_from(raw_bytes, 'UTF8') = raw_data::text OR raw_data IS NOT NULL, error_message LIKE '%lot_size%' FROM bridge.failed_records`)
+	if got != "write|438|WO-0437|true|true" {
+		t.Fatalf("dead letter: %s", got)
+	}
+	var raw []byte
+	if err := f.conn.QueryRow(f.ctx, `SELECT raw_bytes FROM bridge.failed_records`).Scan(&raw); err != nil || string(raw) != bodies[437] {
+		t.Fatalf("raw bytes %q, want %q (%v)", raw, bodies[437], err)
+	}
+}
+
+func TestApplyBatchDeadLettersEveryStage(t *testing.T) {
+	f := newFixture(t)
+	rules, err := mapping.Compile([]mapping.Rule{{Entity: "items", SourceField: "LEAD_TIME_DAYS", TargetField: "lead_time_days", Transformation: "integer"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := f.apply("items", rules,
+		"{\"not json\x00",
+		`{"entity":"items","op":"upsert","rowversion":"soon","data":{"PART_NO":"P1"}}`,
+		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P2","LEAD_TIME_DAYS":"four"}}`,
+		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P3","LEAD_TIME_DAYS":"4","DESCRIPTION":"ok \u0000"}}`,
+		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P4","LEAD_TIME_DAYS":4}}`,
+	)
+	if res.Counts.Failed != 4 || res.Counts.Inserted != 1 {
+		t.Fatalf("counts %+v", res.Counts)
+	}
+	got := f.rows(`SELECT stage_failed, stream_seq, raw_data IS NOT NULL, normalized_data IS NOT NULL FROM bridge.failed_records ORDER BY stream_seq`)
+	want := "decode|1|false|false\nnormalization|2|true|false\nmapping|3|true|true\nwrite|4|false|false"
+	if got != want {
+		t.Fatalf("dead letters:\n%s\nwant\n%s", got, want)
+	}
+	if got := f.rows(`SELECT part_no, lead_time_days, deleted_at IS NULL FROM schedulehub.items`); got != "P4|4|true" {
+		t.Fatalf("target %s", got)
+	}
+	// Soft delete marks the row; a newer upsert clears the mark.
+	f.apply("items", rules, `{"entity":"items","op":"delete","rowversion":"2026-01-02T00:00:00Z","data":{"PART_NO":"P4"}}`)
+	if got := f.rows(`SELECT part_no, deleted_at IS NOT NULL FROM schedulehub.items`); got != "P4|true" {
+		t.Fatalf("after soft delete %s", got)
+	}
+	f.apply("items", rules, `{"entity":"items","op":"upsert","rowversion":"2026-01-03T00:00:00Z","data":{"PART_NO":"P4","LEAD_TIME_DAYS":5}}`)
+	if got := f.rows(`SELECT part_no, lead_time_days, deleted_at IS NULL FROM schedulehub.items`); got != "P4|5|true" {
+		t.Fatalf("after resurrection %s", got)
+	}
+}
+
+func TestPrepareTargetsExplains(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cat, err := catalog.Parse([]byte(`
+entities:
+  a: {key: [K], target: {table: schedulehub.nowhere, key: [k]}}
+  b: {key: [DESCRIPTION], target: {table: schedulehub.sites, key: [description]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.PrepareTargets(ctx, cat)
+	for _, want := range []string{`entity "a": target table schedulehub.nowhere does not exist`, `entity "b": target table schedulehub.sites needs a unique index`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %q", err, want)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	if got := store.RedactURL("postgres://bridge_user:s3cret@db:5432/x"); strings.Contains(got, "s3cret") {
+		t.Errorf("RedactURL leaked the password: %s", got)
+	}
+	if got := store.RedactURL("host=db password=s3cret user=x"); strings.Contains(got, "s3cret") {
+		t.Errorf("RedactURL leaked the password: %s", got)
+	}
+	_, err := store.Open(context.Background(), store.Config{URL: "postgres://u:s3cret@127.0.0.1:1/x?connect_timeout=1"})
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Open error %v must exist and not contain the password", err)
+	}
+}
+

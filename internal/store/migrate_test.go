@@ -1,0 +1,159 @@
+package store_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/testenv"
+)
+
+var wantTables = []string{"background_sync_schedule", "erp_sync_state", "failed_records", "field_mappings",
+	"pending_children", "sync_batches", "synced_records"}
+
+var wantIndexes = []string{
+	"ix_sync_batches_entity", "ix_sync_batches_status", "ix_failed_records_batch", "ix_failed_records_retry",
+	"ix_pending_children_parent", "ix_erp_sync_state_entity", "ix_field_mappings_entity",
+	"uq_erp_sync_state_entity_source", "uq_background_sync_schedule_entity", "uq_field_mappings_entity_source_target",
+	"uq_pending_children_child", "pk_synced_records",
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewDatabase(ctx, "migrate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	m, err := store.NewMigrator(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	query := func(sql string, args ...any) []string {
+		t.Helper()
+		rows, err := conn.Query(ctx, sql, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(out)
+		return out
+	}
+	tables := func() []string {
+		return query(`SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'bridge'`)
+	}
+
+	for round := 1; round <= 2; round++ {
+		if err := m.Up(); err != nil {
+			t.Fatalf("round %d: up: %v", round, err)
+		}
+		if got := tables(); !slices.Equal(got, wantTables) {
+			t.Fatalf("round %d: bridge tables = %v, want %v", round, got, wantTables)
+		}
+		indexes := query(`SELECT indexname::text FROM pg_indexes WHERE schemaname = 'bridge'`)
+		for _, ix := range wantIndexes {
+			if !slices.Contains(indexes, ix) {
+				t.Errorf("index %s missing; have %v", ix, indexes)
+			}
+		}
+		// The retry index is partial on unresolved records.
+		def := query(`SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_failed_records_retry'`)
+		if len(def) != 1 || !strings.Contains(def[0], "(next_retry_at) WHERE (resolved_at IS NULL)") {
+			t.Errorf("ix_failed_records_retry = %v", def)
+		}
+		// Foreign keys with their delete rules.
+		fks := query(`SELECT tc.table_name || '.' || kcu.column_name || ' ' || rc.delete_rule
+			FROM information_schema.table_constraints tc
+			JOIN information_schema.key_column_usage kcu USING (constraint_schema, constraint_name)
+			JOIN information_schema.referential_constraints rc USING (constraint_schema, constraint_name)
+			WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = 'bridge'`)
+		wantFKs := []string{"erp_sync_state.last_batch_uid SET NULL", "failed_records.batch_uid CASCADE",
+			"pending_children.batch_uid CASCADE", "synced_records.batch_uid SET NULL"}
+		if !slices.Equal(fks, wantFKs) {
+			t.Errorf("foreign keys = %v, want %v", fks, wantFKs)
+		}
+		checks := query(`SELECT conname::text FROM pg_constraint WHERE contype = 'c' AND connamespace = 'bridge'::regnamespace`)
+		for _, c := range []string{"ck_sync_batches_sync_type", "ck_sync_batches_status", "ck_failed_records_stage", "ck_field_mappings_transformation"} {
+			if !slices.Contains(checks, c) {
+				t.Errorf("check constraint %s missing; have %v", c, checks)
+			}
+		}
+		// Every uid primary key is a uuid, every timestamp a timestamptz.
+		if bad := query(`SELECT table_name || '.' || column_name FROM information_schema.columns
+			WHERE table_schema = 'bridge' AND ((column_name = 'uid' AND data_type <> 'uuid')
+			   OR (column_name LIKE '%_at' AND data_type <> 'timestamp with time zone'))`); len(bad) > 0 {
+			t.Errorf("columns of the wrong type: %v", bad)
+		}
+		testDefaultsAndTriggers(t, ctx, conn)
+
+		v, dirty, applied, err := m.Version()
+		if err != nil || dirty || !applied {
+			t.Fatalf("version = %d dirty=%v applied=%v err=%v", v, dirty, applied, err)
+		}
+		latest, _ := store.Latest()
+		if v != latest {
+			t.Errorf("version %d, latest %d", v, latest)
+		}
+		if err := m.Down(0); err != nil {
+			t.Fatalf("round %d: down: %v", round, err)
+		}
+		if got := tables(); len(got) != 0 {
+			t.Fatalf("round %d: after down, bridge tables remain: %v", round, got)
+		}
+		if s := query(`SELECT nspname::text FROM pg_namespace WHERE nspname = 'bridge'`); len(s) != 0 {
+			t.Fatalf("round %d: schema bridge remains after down", round)
+		}
+	}
+}
+
+func testDefaultsAndTriggers(t *testing.T, ctx context.Context, conn *pgx.Conn) {
+	t.Helper()
+	uid := testUID()
+	if _, err := conn.Exec(ctx, `INSERT INTO bridge.background_sync_schedule (uid, entity_name) VALUES ($1, 'items')`, uid); err != nil {
+		t.Fatal(err)
+	}
+	var days int
+	var created, updated1, updated2 any
+	if err := conn.QueryRow(ctx, `SELECT days_to_complete, created_at, updated_at FROM bridge.background_sync_schedule WHERE uid = $1`, uid).Scan(&days, &created, &updated1); err != nil {
+		t.Fatal(err)
+	}
+	if days != 7 {
+		t.Errorf("days_to_complete default = %d, want 7", days)
+	}
+	// updated_at is kept current by the database (now() is the transaction's time).
+	if _, err := conn.Exec(ctx, `UPDATE bridge.background_sync_schedule SET is_enabled = true WHERE uid = $1`, uid); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT updated_at FROM bridge.background_sync_schedule WHERE uid = $1`, uid).Scan(&updated2); err != nil {
+		t.Fatal(err)
+	}
+	if updated1 == updated2 {
+		t.Errorf("updated_at did not change on update: %v", updated2)
+	}
+	for _, bad := range []string{
+		`INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES (gen_random_uuid(), 'x', 'hourly')`,
+		`INSERT INTO bridge.sync_batches (uid, entity_name, sync_type, status) VALUES (gen_random_uuid(), 'x', 'realtime', 'done')`,
+		`INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation) VALUES (gen_random_uuid(), 'x', 'A', 'a', 'trim|titlecase')`,
+		`INSERT INTO bridge.failed_records (uid, entity_name, raw_bytes, stage_failed, error_message) VALUES (gen_random_uuid(), 'x', '', 'somewhere', 'e')`,
+	} {
+		if _, err := conn.Exec(ctx, bad); err == nil {
+			t.Errorf("accepted: %s", bad)
+		}
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM bridge.background_sync_schedule`); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,126 @@
+// Package testenv gives tests real servers: a freshly migrated PostgreSQL database
+// of their own on the local server, and an embedded JetStream server in a temp dir.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/deploy"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+)
+
+// AdminURL is the server tests create their databases on:
+// $SYNCFLOW_TEST_DATABASE_URL, or the local PostgreSQL with trust auth.
+func AdminURL() string {
+	if u := os.Getenv("SYNCFLOW_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// Database is a database of one test package.
+type Database struct {
+	Name string
+	URL  string
+}
+
+// NewDatabase creates an empty database named after prefix; drop removes it.
+func NewDatabase(ctx context.Context, prefix string) (db Database, drop func(), err error) {
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	name := "syncflow_test_" + strings.ToLower(prefix) + "_" + hex.EncodeToString(suffix)
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		return Database{}, nil, fmt.Errorf("test PostgreSQL at %s: %w (start it, or set SYNCFLOW_TEST_DATABASE_URL)", store.RedactURL(AdminURL()), err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return Database{}, nil, err
+	}
+	u, err := url.Parse(AdminURL())
+	if err != nil {
+		return Database{}, nil, err
+	}
+	u.Path = "/" + name
+	db = Database{Name: name, URL: u.String()}
+	drop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if admin, err := pgx.Connect(ctx, AdminURL()); err == nil {
+			_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+			admin.Close(ctx)
+		}
+	}
+	return db, drop, nil
+}
+
+// NewMigratedDatabase creates a database with the bridge schema migrated up and the
+// demo ScheduleHub target applied.
+func NewMigratedDatabase(ctx context.Context, prefix string) (Database, func(), error) {
+	db, drop, err := NewDatabase(ctx, prefix)
+	if err != nil {
+		return db, nil, err
+	}
+	if err := Migrate(ctx, db.URL); err != nil {
+		drop()
+		return db, nil, err
+	}
+	return db, drop, nil
+}
+
+// Migrate applies the bridge migrations and the demo target to dbURL.
+func Migrate(ctx context.Context, dbURL string) error {
+	m, err := store.NewMigrator(dbURL)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Up(); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, deploy.ScheduleHubSQL)
+	return err
+}
+
+// MainDatabase is for TestMain: it creates the package's database, runs the tests
+// and drops it. The URL is in *url while the tests run.
+func MainDatabase(m *testing.M, prefix string, dbURL *string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	db, drop, err := NewMigratedDatabase(ctx, prefix)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer drop()
+	*dbURL = db.URL
+	return m.Run()
+}
+
+// NATS starts an embedded JetStream server for t, storing in a temp dir; it is shut
+// down when t ends.
+func NATS(t testing.TB) *stream.Embedded {
+	t.Helper()
+	srv, err := stream.StartEmbedded("127.0.0.1", -1, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	return srv
+}
