@@ -258,4 +258,3 @@ func TestRedactURL(t *testing.T) {
 		t.Errorf("Open error %v must exist and not contain the password", err)
 	}
 }
-

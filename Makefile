@@ -1,0 +1,51 @@
+# SyncFlow — the two commands a new user needs are `make run` and `make test`.
+
+GO            ?= go
+BIN           := bin/syncflow
+ADMIN_URL     ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
+DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable
+NATS_URL      ?= nats://127.0.0.1:4222
+DB_NAME       := $(lastword $(subst /, ,$(firstword $(subst ?, ,$(DATABASE_URL)))))
+
+export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
+export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
+
+.PHONY: all build run db test fuzz vet bench tools clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/syncflow
+
+## db: create the database (if missing) and the demo ScheduleHub target tables.
+db:
+	@psql "$(ADMIN_URL)" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
+		|| psql "$(ADMIN_URL)" -qc 'CREATE DATABASE "$(DB_NAME)"'
+	PGOPTIONS="-c client_min_messages=warning" psql "$(DATABASE_URL)" -q -v ON_ERROR_STOP=1 -f deploy/schedulehub.sql
+
+## run: migrate, create the demo target, apply streams and start the consumer. With
+## no NATS at $(NATS_URL), an embedded JetStream server stores under data/nats.
+run: build db
+	$(BIN) run --migrate --apply-streams --embedded-nats-dir data/nats
+
+## test: the whole suite against the local PostgreSQL and embedded NATS servers.
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1)
+	$(GO) vet ./...
+
+## fuzz: run each fuzz target for a while (FUZZTIME, default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./internal/event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/normalize -run '^$$' -fuzz FuzzNormalize -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin data
+
+## tools: the nats CLI the tests use to check the stream definitions.
+tools:
+	@command -v nats >/dev/null || test -x "$$($(GO) env GOPATH)/bin/nats" \
+		|| $(GO) install github.com/nats-io/natscli/nats@v0.5.0

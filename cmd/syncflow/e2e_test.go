@@ -1,0 +1,224 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/testenv"
+)
+
+var (
+	binary string
+	dbURL  string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "syncflow-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "syncflow")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building syncflow: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := testenv.MainDatabase(m, "e2e", &dbURL)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncflow runs the binary to completion.
+func syncflow(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// service starts `syncflow run` and stops it with SIGTERM when the test ends,
+// failing the test unless it exits 0.
+func service(t *testing.T, env []string, args ...string) *bytes.Buffer {
+	t.Helper()
+	var logs bytes.Buffer
+	cmd := exec.Command(binary, append([]string{"run"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("syncflow run exited with %v\n%s", err, logs.String())
+			}
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("syncflow run did not stop within 20s of SIGTERM\n%s", logs.String())
+		}
+	})
+	return &logs
+}
+
+func query(t *testing.T, conn *pgx.Conn, sql string) string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var parts []string
+		for _, v := range vals {
+			parts = append(parts, fmt.Sprint(v))
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	return strings.Join(out, "\n")
+}
+
+// eventually polls until sql returns want, or fails after a generous bound.
+func eventually(t *testing.T, conn *pgx.Conn, sql, want string, logs *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got string
+	for time.Now().Before(deadline) {
+		if got = query(t, conn, sql); got == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s\n got: %s\nwant: %s\nlogs:\n%s", sql, got, want, logs)
+}
+
+func TestSitesAndItemsEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.NATS(t)
+	env := []string{"SYNCFLOW_DATABASE_URL=" + dbURL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
+	if out, err := syncflow(t, env, "streams", "apply"); err != nil {
+		t.Fatalf("streams apply: %v\n%s", err, out)
+	}
+	// Applying again changes nothing and succeeds.
+	if out, err := syncflow(t, env, "streams", "apply"); err != nil || !strings.Contains(out, "stream APISMITH_CDC: 5 consumers") {
+		t.Fatalf("streams apply again: %v\n%s", err, out)
+	}
+	logs := service(t, env, "--replica", "e2e-1", "--fetch-wait", "200ms", "--stray-interval", "500ms")
+
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	publish := func(subject, body string) {
+		t.Helper()
+		if _, err := js.Publish(ctx, subject, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","source_system":"oracle_ifs","rowversion":"2026-11-26T10:15:03Z","data":{"CONTRACT":" S1 ","DESCRIPTION":"Main plant","COMPANY":"ACME","UNKNOWN_COLUMN":"ignored"}}`)
+	publish("apismith.cdc.items", `{"entity":"items","op":"upsert","rowversion":"20261126101504","data":{"PART_NO":"P-100","DESCRIPTION":"Bolt M8","UNIT_MEAS":"pcs","LEAD_TIME_DAYS":4}}`)
+	publish("apismith.cdc.items", `{"entity":"items","op":"upsert","rowversion":"20261126101500","data":{"PART_NO":"P-100","DESCRIPTION":"older version"}}`)
+	publish("apismith.cdc.sites", `{"entity":"sites", "op":`)
+	publish("apismith.cdc.suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"SUPPLIER_ID":"X"}}`)
+
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	eventually(t, conn, `SELECT count(*) FROM bridge.failed_records`, "2", logs)
+	eventually(t, conn, `SELECT sum(rows_fetched)::int FROM bridge.sync_batches WHERE entity_name = 'items'`, "2", logs)
+
+	if got, want := query(t, conn, `SELECT contract, description, company, time_zone FROM schedulehub.sites`), "S1|Main plant|ACME|<nil>"; got != want {
+		t.Errorf("sites: %s, want %s", got, want)
+	}
+	if got, want := query(t, conn, `SELECT part_no, description, unit_meas, lead_time_days, deleted_at FROM schedulehub.items`), "P-100|Bolt M8|pcs|4|<nil>"; got != want {
+		t.Errorf("items: %s, want %s", got, want)
+	}
+	if got, want := query(t, conn, `SELECT entity_name, business_key::text, rowversion, source_stream, stream_seq, deleted FROM bridge.synced_records ORDER BY entity_name`),
+		`items|["P-100"]|2026-11-26T10:15:04Z|realtime|2|false`+"\n"+`sites|["S1"]|2026-11-26T10:15:03Z|realtime|1|false`; got != want {
+		t.Errorf("ledger:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := query(t, conn, `SELECT entity_name, source_system, last_sync_rowversion FROM bridge.erp_sync_state ORDER BY 1`),
+		"items|oracle_ifs|2026-11-26T10:15:04Z\nsites|oracle_ifs|2026-11-26T10:15:03Z"; got != want {
+		t.Errorf("checkpoints:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := query(t, conn, `SELECT entity_name, sync_type, replica, rows_fetched, rows_inserted, rows_stale, rows_failed
+		FROM bridge.sync_batches WHERE entity_name IN ('sites', 'items') ORDER BY 1`),
+		"items|realtime|e2e-1|2|1|1|0\nsites|realtime|e2e-1|2|1|0|1"; got != want {
+		t.Errorf("batches:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := query(t, conn, `SELECT entity_name, subject, stage_failed, convert_from(raw_bytes, 'UTF8') FROM bridge.failed_records ORDER BY stream_seq`),
+		`sites|apismith.cdc.sites|decode|{"entity":"sites", "op":`+"\n"+
+			`suppliers|apismith.cdc.suppliers|decode|{"entity":"suppliers","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"SUPPLIER_ID":"X"}}`; got != want {
+		t.Errorf("dead letters:\n%s\nwant\n%s", got, want)
+	}
+	// The checkpoint's batch is the one that counted the write.
+	if got := query(t, conn, `SELECT count(*) FROM bridge.erp_sync_state s JOIN bridge.sync_batches b ON b.uid = s.last_batch_uid AND b.entity_name = s.entity_name`); got != "2" {
+		t.Errorf("checkpoints referencing their batch: %s, want 2", got)
+	}
+}
+
+func TestRunRefusesBadStart(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewDatabase(ctx, "e2e_unmigrated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	srv := testenv.NATS(t)
+	out, err := syncflow(t, []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL()}, "run")
+	if err == nil || !strings.Contains(out, "run `syncflow migrate up`") {
+		t.Errorf("run against an unmigrated database: %v\n%s", err, out)
+	}
+
+	bad := filepath.Join(t.TempDir(), "catalog.yaml")
+	os.WriteFile(bad, []byte("entities:\n  work_orders:\n    key: [ORDER_NO]\n    parents: [{entity: plants, fields: [CONTRACT]}]\n    target: {table: schedulehub.work_orders, key: [order_no]}\n"), 0o644)
+	out, err = syncflow(t, []string{"SYNCFLOW_DATABASE_URL=" + dbURL}, "run", "--catalog", bad)
+	if err == nil || !strings.Contains(out, `entity "work_orders": parents: unknown parent entity "plants"`) {
+		t.Errorf("run with an invalid catalog: %v\n%s", err, out)
+	}
+
+	out, err = syncflow(t, nil, "run", "--batch-size", "many")
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "see --help") {
+		t.Errorf("bad flag: %v\n%s", err, out)
+	}
+	out, err = syncflow(t, nil, "migrate", "sideways", "--database-url", dbURL)
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "use up, down [N], version or force V") {
+		t.Errorf("unknown migrate action: %v\n%s", err, out)
+	}
+}
+
+func TestPasswordNeverLogged(t *testing.T) {
+	srv := testenv.NATS(t)
+	out, _ := syncflow(t, []string{"SYNCFLOW_NATS_URL=" + srv.ClientURL()}, "run", "--log-format", "json",
+		"--database-url", "postgres://bridge_user:Sup3rSecret@127.0.0.1:1/syncflow?connect_timeout=1")
+	if strings.Contains(out, "Sup3rSecret") || !strings.Contains(out, "bridge_user") {
+		t.Errorf("output must name the user and hide the password:\n%s", out)
+	}
+}

@@ -1,0 +1,121 @@
+package stream_test
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+func shipped(t *testing.T) (*catalog.Catalog, stream.Definitions) {
+	t.Helper()
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat, defs
+}
+
+func TestShippedDefinitions(t *testing.T) {
+	cat, defs := shipped(t)
+	prefixes := map[string]string{streams.Realtime: event.RealtimePrefix, streams.Backfill: event.BackfillPrefix}
+	for name, prefix := range prefixes {
+		sc := defs.Streams[name]
+		if sc.Retention != jetstream.LimitsPolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates == 0 {
+			t.Errorf("%s: want limits retention, file storage and a duplicate window: %+v", name, sc)
+		}
+		if len(sc.Subjects) != 1 || sc.Subjects[0] != prefix+">" {
+			t.Errorf("%s subjects = %v", name, sc.Subjects)
+		}
+		for _, e := range cat.Names() {
+			cc := defs.Consumers[name][e]
+			if cc.FilterSubject != prefix+e || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxAckPending < 1000 {
+				t.Errorf("%s consumer for %s: %+v", name, e, cc)
+			}
+		}
+	}
+	if _, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime}, []string{"suppliers"}); err == nil {
+		t.Error("an entity without a consumer definition must be an error")
+	}
+}
+
+func TestApplyIsIdempotent(t *testing.T) {
+	_, defs := shipped(t)
+	srv := testenv.NATS(t)
+	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	for range 2 {
+		if err := stream.Apply(ctx, js, defs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, consumers := range defs.Consumers {
+		for _, cc := range consumers {
+			info, err := js.Consumer(ctx, name, cc.Durable)
+			if err != nil {
+				t.Fatalf("consumer %s on %s: %v", cc.Durable, name, err)
+			}
+			if got := info.CachedInfo().Config.FilterSubject; got != cc.FilterSubject {
+				t.Errorf("%s filter = %s", cc.Durable, got)
+			}
+		}
+	}
+}
+
+// natsCLI finds the nats CLI (`make tools` installs it).
+func natsCLI(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("nats"); err == nil {
+		return p
+	}
+	out, _ := exec.Command("go", "env", "GOPATH").Output()
+	p := filepath.Join(string(out[:len(out)-1]), "bin", "nats")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal("the nats CLI is required: run `make tools` (go install github.com/nats-io/natscli/nats@v0.5.0)")
+	}
+	return p
+}
+
+// The files in streams/ are what the nats CLI accepts as they are.
+func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
+	cli := natsCLI(t)
+	srv := testenv.NATS(t)
+	run := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(cli, append([]string{"--server", srv.ClientURL()}, args...)...)
+		cmd.Dir = "../../streams"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nats %v: %v\n%s", args, err, out)
+		}
+	}
+	cat, _ := shipped(t)
+	for _, s := range []string{streams.Realtime, streams.Backfill} {
+		run("stream", "add", "--config", s+".json")
+		for _, e := range cat.Names() {
+			run("consumer", "add", s, "--config", filepath.Join("consumers", s, e+".json"))
+		}
+	}
+}
