@@ -43,8 +43,8 @@ type Entity struct {
 	Name string
 	// Key holds the business-key fields in order, upper-cased.
 	Key []string
-	// RowVersion is how rowversions of this entity are sent: a date (RFC 3339 or the
-	// 14-digit objversion) or a number counter.
+	// RowVersion is how rowversions of this entity are sent: timestamp (RFC 3339, the
+	// default), objversion (14 digits), date (either) or number.
 	RowVersion event.VersionKind
 	// Parents are the entities that must be applied before this one.
 	Parents []Parent
@@ -173,12 +173,11 @@ func Parse(data []byte) (*Catalog, error) {
 		if dup := duplicate(e.Key); dup != "" {
 			bad(name, "key: field %q listed twice", dup)
 		}
-		switch e.RowVersion {
-		case "":
-			e.RowVersion = event.VersionDate
-		case event.VersionDate, event.VersionNumber:
-		default:
-			bad(name, "rowversion: %q is not one of date, number", b.RowVersion)
+		switch {
+		case e.RowVersion == "":
+			e.RowVersion = event.VersionTimestamp
+		case !slices.Contains(event.VersionKinds, e.RowVersion):
+			bad(name, "rowversion: %q is not one of timestamp, objversion, date, number", b.RowVersion)
 		}
 		switch e.Delete {
 		case "":

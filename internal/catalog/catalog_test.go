@@ -28,7 +28,7 @@ func TestShippedCatalog(t *testing.T) {
 		t.Errorf("work_order_operations parents = %+v", ops.Parents)
 	}
 	items, _ := c.Entity("items")
-	if items.Delete != DeleteSoft || items.SoftDeleteColumn != "deleted_at" || items.RowVersion != event.VersionDate {
+	if items.Delete != DeleteSoft || items.SoftDeleteColumn != "deleted_at" || items.RowVersion != event.VersionObjversion {
 		t.Errorf("items = %+v", items)
 	}
 	if got := c.Children("sites"); len(got) != 2 || got[0].Name != "work_centers" || got[1].Name != "work_orders" {
@@ -83,8 +83,8 @@ entities:
 		{"target key count", strings.Replace(valid, "key: [contract, work_center_no]", "key: [contract]", 1),
 			[]string{`entity "work_centers"`, "1 columns for 2 business-key fields"}},
 		{"bad entity name", strings.Replace(valid, "  sites:", "  Sites.X:", 1) + "", []string{`entity "Sites.X"`}},
-		{"bad rowversion", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    rowversion: timestamp\n", 1),
-			[]string{`entity "sites"`, `rowversion: "timestamp"`}},
+		{"bad rowversion", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    rowversion: hourly\n", 1),
+			[]string{`entity "sites"`, `rowversion: "hourly"`}},
 		{"soft delete without column", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    delete: soft\n", 1),
 			[]string{`entity "sites"`, "soft_delete_column"}},
 		{"unknown field", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    keys: [x]\n", 1),

@@ -84,17 +84,21 @@ func TestParseRowVersion(t *testing.T) {
 		wantText string
 		wantErr  bool
 	}{
-		{`"2026-11-26T10:15:03Z"`, VersionDate, 1795688103000000, "2026-11-26T10:15:03Z", false},
-		{`"2026-11-26T11:15:03+01:00"`, VersionDate, 1795688103000000, "2026-11-26T10:15:03Z", false},
-		{`"2026-11-26T10:15:03.25Z"`, VersionDate, 1795688103250000, "2026-11-26T10:15:03.25Z", false},
+		{`"2026-11-26T10:15:03Z"`, VersionTimestamp, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`"2026-11-26T11:15:03+01:00"`, VersionTimestamp, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`"2026-11-26T10:15:03.25Z"`, VersionTimestamp, 1795688103250000, "2026-11-26T10:15:03.25Z", false},
+		{`"20261126101503"`, VersionTimestamp, 0, "", true}, // a mix of forms
+		{`"20261126101503"`, VersionObjversion, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`" 20261126101503 "`, VersionObjversion, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`"2026-11-26T10:15:03Z"`, VersionObjversion, 0, "", true}, // a mix of forms
+		{`"20261332101503"`, VersionObjversion, 0, "", true},
 		{`"20261126101503"`, VersionDate, 1795688103000000, "2026-11-26T10:15:03Z", false},
-		{`" 20261126101503 "`, VersionDate, 1795688103000000, "2026-11-26T10:15:03Z", false},
-		{`"20261332101503"`, VersionDate, 0, "", true},
-		{`20261126101503`, VersionDate, 0, "", true}, // a number for a date entity: a mix
+		{`"2026-11-26T10:15:03Z"`, VersionDate, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`20261126101503`, VersionDate, 0, "", true}, // a number for a date entity
 		{`"yesterday"`, VersionDate, 0, "", true},
 		{`42`, VersionNumber, 42, "42", false},
 		{`"42"`, VersionNumber, 42, "42", false},
-		{`"2026-11-26T10:15:03Z"`, VersionNumber, 0, "", true}, // a date for a number entity: a mix
+		{`"2026-11-26T10:15:03Z"`, VersionNumber, 0, "", true}, // a date for a number entity
 		{`4.5`, VersionNumber, 0, "", true},
 		{`1e3`, VersionNumber, 0, "", true},
 		{`99999999999999999999`, VersionNumber, 0, "", true},
@@ -182,7 +186,7 @@ func FuzzDecode(f *testing.F) {
 		if ev.Entity == "" || ev.Data == nil || (ev.Op != OpUpsert && ev.Op != OpDelete) {
 			t.Fatalf("accepted an incomplete event: %+v", ev)
 		}
-		for _, kind := range []VersionKind{VersionDate, VersionNumber} {
+		for _, kind := range VersionKinds {
 			_, _ = ParseRowVersion(ev.RowVersion, kind)
 		}
 		for _, v := range ev.Data {

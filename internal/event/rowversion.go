@@ -9,13 +9,24 @@ import (
 	"time"
 )
 
-// VersionKind says how an entity's rowversion is sent: a DATE or a NUMBER counter.
+// VersionKind says how an entity's rowversion is sent. Each entity uses one form;
+// an event in another form is an error.
 type VersionKind string
 
 const (
-	VersionDate   VersionKind = "date"
+	// VersionTimestamp is an Oracle DATE sent as an RFC 3339 string.
+	VersionTimestamp VersionKind = "timestamp"
+	// VersionObjversion is an Oracle DATE sent as IFS's 14-digit YYYYMMDDHH24MISS
+	// objversion string, read as UTC.
+	VersionObjversion VersionKind = "objversion"
+	// VersionDate accepts either date form, for an APISmith that sends both.
+	VersionDate VersionKind = "date"
+	// VersionNumber is a NUMBER counter sent as a JSON integer or a string of digits.
 	VersionNumber VersionKind = "number"
 )
+
+// VersionKinds lists the known forms.
+var VersionKinds = []VersionKind{VersionTimestamp, VersionObjversion, VersionDate, VersionNumber}
 
 // RowVersion is a parsed rowversion. Versions of one entity are compared by Ord.
 type RowVersion struct {
@@ -28,10 +39,9 @@ type RowVersion struct {
 
 const objversionLayout = "20060102150405"
 
-// ParseRowVersion parses a rowversion as sent. A date is an RFC 3339 string or IFS's
-// 14-digit YYYYMMDDHH24MISS objversion (read as UTC); a number is a JSON integer or a
-// string of digits. Anything else, including a number for a date entity or a date
-// for a number entity, is an error.
+// ParseRowVersion parses a rowversion sent in the form kind. Dates order by their
+// instant (microseconds), numbers by their value. A rowversion in another form than
+// the entity's (a mix) is an error.
 func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) {
 	raw = bytes.TrimSpace(raw)
 	var s string
@@ -45,14 +55,30 @@ func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) 
 		s = string(raw)
 	}
 	switch kind {
-	case VersionDate:
-		if !quoted {
-			return RowVersion{}, fmt.Errorf("rowversion %s: this entity's rowversion is a date; send it as an RFC 3339 or 14-digit YYYYMMDDHH24MISS string", raw)
+	case VersionTimestamp, VersionObjversion, VersionDate:
+		objversion := len(s) == len(objversionLayout) && isDigits(s)
+		var t time.Time
+		var err error
+		switch {
+		case !quoted:
+			err = fmt.Errorf("this entity's rowversion is a %s; send it as a JSON string", kind)
+		case kind == VersionTimestamp && objversion:
+			err = fmt.Errorf("this entity's rowversion is an RFC 3339 timestamp, not a 14-digit objversion (one form per entity)")
+		case kind == VersionObjversion && !objversion:
+			err = fmt.Errorf("this entity's rowversion is a 14-digit YYYYMMDDHH24MISS objversion (one form per entity)")
+		case objversion:
+			if t, err = time.ParseInLocation(objversionLayout, s, time.UTC); err != nil {
+				err = fmt.Errorf("not a valid YYYYMMDDHH24MISS objversion")
+			}
+		default:
+			if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
+				err = fmt.Errorf("not an RFC 3339 timestamp")
+			}
 		}
-		t, err := parseDate(s)
 		if err != nil {
-			return RowVersion{}, fmt.Errorf("rowversion %q: %v", s, err)
+			return RowVersion{}, fmt.Errorf("rowversion %s: %v", raw, err)
 		}
+		t = t.UTC()
 		return RowVersion{Ord: t.UnixMicro(), Text: t.Format(time.RFC3339Nano)}, nil
 	case VersionNumber:
 		n, err := strconv.ParseInt(s, 10, 64)
@@ -63,21 +89,6 @@ func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) 
 	default:
 		return RowVersion{}, fmt.Errorf("rowversion: unknown kind %q", kind)
 	}
-}
-
-func parseDate(s string) (time.Time, error) {
-	if len(s) == len(objversionLayout) && isDigits(s) {
-		t, err := time.ParseInLocation(objversionLayout, s, time.UTC)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("not a valid YYYYMMDDHH24MISS objversion")
-		}
-		return t, nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("neither RFC 3339 nor a 14-digit YYYYMMDDHH24MISS objversion")
-	}
-	return t.UTC(), nil
 }
 
 func isDigits(s string) bool {

@@ -197,9 +197,9 @@ func TestApplyBatchDeadLettersEveryStage(t *testing.T) {
 	res := f.apply("items", rules,
 		"{\"not json\x00",
 		`{"entity":"items","op":"upsert","rowversion":"soon","data":{"PART_NO":"P1"}}`,
-		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P2","LEAD_TIME_DAYS":"four"}}`,
-		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P3","LEAD_TIME_DAYS":"4","DESCRIPTION":"ok \u0000"}}`,
-		`{"entity":"items","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"PART_NO":"P4","LEAD_TIME_DAYS":4}}`,
+		`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P2","LEAD_TIME_DAYS":"four"}}`,
+		`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P3","LEAD_TIME_DAYS":"4","DESCRIPTION":"ok \u0000"}}`,
+		`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P4","LEAD_TIME_DAYS":4}}`,
 	)
 	if res.Counts.Failed != 4 || res.Counts.Inserted != 1 {
 		t.Fatalf("counts %+v", res.Counts)
@@ -213,11 +213,11 @@ func TestApplyBatchDeadLettersEveryStage(t *testing.T) {
 		t.Fatalf("target %s", got)
 	}
 	// Soft delete marks the row; a newer upsert clears the mark.
-	f.apply("items", rules, `{"entity":"items","op":"delete","rowversion":"2026-01-02T00:00:00Z","data":{"PART_NO":"P4"}}`)
+	f.apply("items", rules, `{"entity":"items","op":"delete","rowversion":"20260102000000","data":{"PART_NO":"P4"}}`)
 	if got := f.rows(`SELECT part_no, deleted_at IS NOT NULL FROM schedulehub.items`); got != "P4|true" {
 		t.Fatalf("after soft delete %s", got)
 	}
-	f.apply("items", rules, `{"entity":"items","op":"upsert","rowversion":"2026-01-03T00:00:00Z","data":{"PART_NO":"P4","LEAD_TIME_DAYS":5}}`)
+	f.apply("items", rules, `{"entity":"items","op":"upsert","rowversion":"20260103000000","data":{"PART_NO":"P4","LEAD_TIME_DAYS":5}}`)
 	if got := f.rows(`SELECT part_no, lead_time_days, deleted_at IS NULL FROM schedulehub.items`); got != "P4|5|true" {
 		t.Fatalf("after resurrection %s", got)
 	}
