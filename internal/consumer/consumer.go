@@ -1,5 +1,7 @@
-// Package consumer is the service loop of one durable consumer: fetch a batch,
-// run the pipeline, write it in one transaction, and only then ack.
+// Package consumer is the service loop of one durable consumer: fetch a batch, run
+// the pipeline, write it in one transaction, and only then ack. Fetching the next
+// batch overlaps writing the current one, and at most three batches of messages are
+// held at once, however large the backlog.
 //
 // # Settling messages
 //
@@ -8,10 +10,17 @@
 //   - the transaction committed: ack every message, dead letters included (they are
 //     in bridge.failed_records now);
 //   - an infrastructure failure (database unreachable, serialization failure,
-//     deadlock): retried in-process with exponential backoff while the messages'
-//     ack timers are kept alive; when that budget is spent, nak with a delay so
+//     deadlock): retried in-process with exponential backoff while the messages' ack
+//     timers are kept alive; when that budget is spent, nak with a delay so
 //     JetStream redelivers later. Nothing is dead-lettered because of an outage;
+//   - any other failure of the write (a bug, the schema changed under us): nak with a
+//     delay and close the rolling batch as failed with the reason;
 //   - shutdown: nak at once, never a dead letter.
+//
+// # Shutdown
+//
+// When ctx ends the loop stops fetching; a batch being written gets ShutdownGrace to
+// commit (and is acked), fetched batches not yet written are nakked.
 package consumer
 
 import (
@@ -53,10 +62,15 @@ type Config struct {
 	// RetryFor bounds the in-process retries of one batch after an infrastructure
 	// failure (default 20s) before its messages are nakked.
 	RetryFor time.Duration
-	// NakDelay is the redelivery delay after an infrastructure failure (default 5s).
+	// NakDelay is the redelivery delay after a failed write (default 5s).
 	NakDelay time.Duration
+	// ShutdownGrace is how long a batch being written at shutdown may take to
+	// commit (default 10s).
+	ShutdownGrace time.Duration
 	// Replica names this process in sync_batches (default the host name).
 	Replica string
+	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
+	OnCommit func(entity string, source pipeline.Source, msgs []stream.Message, res store.Result)
 }
 
 func (c *Config) defaults() {
@@ -74,6 +88,9 @@ func (c *Config) defaults() {
 	}
 	if c.NakDelay <= 0 {
 		c.NakDelay = 5 * time.Second
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
 	}
 }
 
@@ -104,38 +121,62 @@ type Consumer struct {
 	batchNew   bool // no transaction counted in batchUID has committed yet
 }
 
+type fetched struct {
+	msgs []stream.Message
+	err  error
+}
+
 // Run consumes until ctx ends, then closes its rolling batch and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.Config.defaults()
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	log := c.Logger.With("entity", c.Entity.Name, "source", string(c.Source))
-	defer c.closeBatch(log)
-	fetchBackoff := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
-	for ctx.Err() == nil {
-		msgs, err := c.Fetcher.Fetch(ctx, c.Config.BatchSize, c.Config.FetchWait)
-		if err != nil {
-			c.settle(ctx, log, msgs, nil, err)
-			if ctx.Err() != nil {
-				return nil
-			}
-			wait := fetchBackoff.NextBackOff()
-			log.Warn("fetch failed; retrying", "err", err, "retry_in", wait)
-			sleep(ctx, wait)
+	log := c.Logger.With("entity", c.entityName(), "source", string(c.Source))
+	defer c.closeBatch(log, nil)
+
+	// Writes outlive ctx by ShutdownGrace, so that a batch being written commits.
+	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWrites()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(c.Config.ShutdownGrace, cancelWrites) })
+	defer stopGrace()
+
+	batches := make(chan fetched, 1)
+	go c.prefetch(ctx, log, batches)
+	for f := range batches {
+		if f.err != nil || ctx.Err() != nil {
+			c.settle(ctx, log, f.msgs, nil, cmpErr(f.err, ctx.Err()))
 			continue
 		}
-		fetchBackoff.Reset()
-		if len(msgs) == 0 {
-			continue
-		}
-		res, err := c.process(ctx, log, msgs)
-		c.settle(ctx, log, msgs, &res, err)
+		res, err := c.process(ctx, wctx, log, f.msgs)
+		c.settle(ctx, log, f.msgs, &res, err)
 	}
 	return nil
 }
 
-func (c *Consumer) process(ctx context.Context, log *slog.Logger, msgs []stream.Message) (store.Result, error) {
+// prefetch fetches the next batch while the current one is written, and closes
+// batches when ctx ends.
+func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<- fetched) {
+	defer close(batches)
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		msgs, err := c.Fetcher.Fetch(ctx, c.Config.BatchSize, c.Config.FetchWait)
+		if err != nil && ctx.Err() == nil {
+			wait := bo.NextBackOff()
+			log.Warn("fetch failed; retrying", "err", err, "retry_in", wait)
+			batches <- fetched{msgs: msgs, err: err}
+			sleep(ctx, wait)
+			continue
+		}
+		bo.Reset()
+		if len(msgs) == 0 && err == nil {
+			continue
+		}
+		batches <- fetched{msgs: msgs, err: err}
+	}
+}
+
+func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (store.Result, error) {
 	c.rollBatch(log)
 	ds := make([]pipeline.Delivery, len(msgs))
 	for i, m := range msgs {
@@ -146,13 +187,10 @@ func (c *Consumer) process(ctx context.Context, log *slog.Logger, msgs []stream.
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
 		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
-	return backoff.RetryNotifyWithData(func() (store.Result, error) {
-		res, err := c.Writer.ApplyBatch(ctx, b)
+	res, err := backoff.RetryNotifyWithData(func() (store.Result, error) {
+		res, err := c.Writer.ApplyBatch(wctx, b)
 		if err != nil && !store.Retryable(err) {
 			return res, backoff.Permanent(err)
-		}
-		if err == nil {
-			c.batchNew = false
 		}
 		return res, err
 	}, bo, func(err error, next time.Duration) {
@@ -161,6 +199,15 @@ func (c *Consumer) process(ctx context.Context, log *slog.Logger, msgs []stream.
 			_ = m.InProgress()
 		}
 	})
+	if err == nil {
+		c.batchNew = false
+		if c.Config.OnCommit != nil {
+			c.Config.OnCommit(c.entityName(), c.Source, msgs, res)
+		}
+	} else if !store.Retryable(err) && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+		c.closeBatch(log, err)
+	}
+	return res, err
 }
 
 // settle is the one place that decides what happens to fetched messages.
@@ -194,20 +241,30 @@ func (c *Consumer) rollBatch(log *slog.Logger) {
 	if c.batchUID != uuid.Nil && now.Sub(c.batchStart) < c.Config.BatchWindow {
 		return
 	}
-	c.closeBatch(log)
+	c.closeBatch(log, nil)
 	c.batchUID, c.batchStart, c.batchNew = uuid.Must(uuid.NewV7()), now, true
 }
 
-func (c *Consumer) closeBatch(log *slog.Logger) {
+// closeBatch marks the rolling batch completed (failed when failure is set).
+func (c *Consumer) closeBatch(log *slog.Logger, failure error) {
 	if c.batchUID == uuid.Nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.Writer.CloseBatch(ctx, c.batchUID, nil); err != nil {
-		log.Warn("closing batch failed; it stays running", "batch_uid", c.batchUID, "err", err)
+	if !c.batchNew {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.Writer.CloseBatch(ctx, c.batchUID, failure); err != nil {
+			log.Warn("closing batch failed; it stays running", "batch_uid", c.batchUID, "err", err)
+		}
 	}
 	c.batchUID = uuid.Nil
+}
+
+func (c *Consumer) entityName() string {
+	if c.Entity == nil {
+		return store.UnknownEntity
+	}
+	return c.Entity.Name
 }
 
 func syncType(s pipeline.Source) string {
@@ -215,6 +272,15 @@ func syncType(s pipeline.Source) string {
 		return "background"
 	}
 	return "realtime"
+}
+
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

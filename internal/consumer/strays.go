@@ -52,14 +52,14 @@ func (s *Strays) drain(ctx context.Context, log *slog.Logger, f Fetcher) {
 	c.Config.defaults()
 	c.Now = time.Now
 	c.Rules.Store(&mapping.Set{})
-	defer c.closeBatch(log)
+	defer c.closeBatch(log, nil)
 	for ctx.Err() == nil {
 		msgs, err := f.Fetch(ctx, 500, 10*time.Millisecond)
 		if err != nil || len(msgs) == 0 {
 			c.settle(ctx, log, msgs, nil, err)
 			return
 		}
-		res, err := c.process(ctx, log, msgs)
+		res, err := c.process(ctx, ctx, log, msgs)
 		if err == nil {
 			log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
 		}

@@ -50,9 +50,10 @@ type Result struct {
 
 // ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
 // the batch's keys, lets the pipeline decide, writes ledger and target set-based
-// (isolating rows the target rejects), records dead letters, counts the batch and
-// advances the checkpoint. An error means nothing was committed; Retryable tells
-// whether trying again can help.
+// (isolating rows the target rejects), records dead letters and counts the batch.
+// After the commit it hands the batch's highest rowversion to the checkpointer (see
+// RunCheckpoints). An error means nothing was committed; Retryable tells whether
+// trying again can help.
 func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	var t *target
 	if b.Entity != nil {
@@ -63,7 +64,10 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	} else if len(b.Prepared.Candidates) > 0 {
 		return Result{}, fmt.Errorf("store: a batch without an entity can only hold failures")
 	}
-	var res Result
+	var (
+		res   Result
+		highs map[string]event.RowVersion
+	)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		res = Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries))}
 		if b.NewBatch {
@@ -103,8 +107,12 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 		if err := countBatch(ctx, tx, b, res.Counts); err != nil {
 			return err
 		}
-		return advanceCheckpoint(ctx, tx, b.BatchUID, decisions)
+		highs = highest(decisions)
+		return nil
 	})
+	if err == nil {
+		s.checkpoints.note(b.entityName(), b.BatchUID, highs)
+	}
 	return res, err
 }
 
@@ -332,45 +340,6 @@ func sourceSystemOf(b Batch) string {
 		}
 	}
 	return "oracle_ifs"
-}
-
-const checkpointSQL = `
-INSERT INTO bridge.erp_sync_state AS s
-    (uid, entity_name, source_system, last_sync_rowversion, rowversion_ord, last_sync_timestamp, last_batch_uid)
-VALUES ($1, $2, $3, $4, $5, now(), $6)
-ON CONFLICT (entity_name, source_system) DO UPDATE SET
-    last_sync_rowversion = CASE WHEN s.rowversion_ord IS NULL OR excluded.rowversion_ord > s.rowversion_ord
-                                THEN excluded.last_sync_rowversion ELSE s.last_sync_rowversion END,
-    rowversion_ord = GREATEST(s.rowversion_ord, excluded.rowversion_ord),
-    last_sync_timestamp = now(),
-    last_batch_uid = excluded.last_batch_uid`
-
-// advanceCheckpoint raises erp_sync_state to the highest rowversion the batch applied,
-// per source system; it never lowers it.
-func advanceCheckpoint(ctx context.Context, tx pgx.Tx, batchUID uuid.UUID, ds []pipeline.Decision) error {
-	type high struct {
-		ord  int64
-		text string
-	}
-	best := map[string]high{}
-	entity := ""
-	for _, d := range ds {
-		if !d.Ledger {
-			continue
-		}
-		entity = d.Record.Entity
-		src := d.Record.SourceSystem
-		if h, ok := best[src]; !ok || d.Record.RowVersion.Ord > h.ord {
-			best[src] = high{d.Record.RowVersion.Ord, d.Record.RowVersion.Text}
-		}
-	}
-	for _, src := range slices.Sorted(maps.Keys(best)) {
-		h := best[src]
-		if _, err := tx.Exec(ctx, checkpointSQL, newUID(), entity, src, h.text, h.ord, batchUID); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // CloseBatch marks a rolling batch completed (or failed, with the reason).

@@ -79,6 +79,9 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 		f.t.Fatal(err)
 	}
 	f.fresh = false
+	if err := f.st.FlushCheckpoints(f.ctx); err != nil {
+		f.t.Fatal(err)
+	}
 	return res
 }
 

@@ -19,8 +19,9 @@ import (
 
 // Store holds the connection pool and what the store learned about the targets.
 type Store struct {
-	pool    *pgxpool.Pool
-	targets *targets
+	pool        *pgxpool.Pool
+	targets     *targets
+	checkpoints *checkpoints
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
 }
@@ -52,7 +53,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), err)
 	}
-	return &Store{pool: pool, targets: newTargets(), NewUID: newUID}, nil
+	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
 }
 
 // Close closes the pool.

@@ -1,0 +1,227 @@
+// Package service wires SyncFlow's consumer service together: the store, the NATS
+// connection, one consumer per entity and stream, the stray-subject drain, the
+// mapping watcher and the checkpointer. `syncflow run` and the benchmark both start
+// it through Run.
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/streams"
+)
+
+// Config configures the service. Zero durations take the defaults named.
+type Config struct {
+	// DatabaseURL is the PostgreSQL URL.
+	DatabaseURL string
+	// MaxConns caps the database pool (default 8).
+	MaxConns int32
+	// NATS says how to reach NATS.
+	NATS stream.Config
+	// EmbeddedNATSDir, when set and no NATS answers at NATS.URL, starts an embedded
+	// JetStream server on that address storing here.
+	EmbeddedNATSDir string
+	// Catalog and Streams are the validated entity catalog and stream definitions.
+	Catalog *catalog.Catalog
+	Streams stream.Definitions
+	// Consumer tunes every consumer.
+	Consumer consumer.Config
+	// Migrate applies pending migrations first; ApplyStreams creates the streams and
+	// consumers; Backfill also consumes the backfill stream.
+	Migrate, ApplyStreams, Backfill bool
+	// MappingResync reloads the field mappings at least this often (default 30s).
+	MappingResync time.Duration
+	// StrayInterval is how often stray subjects are looked for (default 10s).
+	StrayInterval time.Duration
+	// CheckpointInterval is how often checkpoints are written (default 500ms).
+	CheckpointInterval time.Duration
+	Logger             *slog.Logger
+}
+
+// Run starts the service and blocks until ctx ends and everything has stopped.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if cfg.Migrate {
+		m, err := store.NewMigrator(cfg.DatabaseURL)
+		if err != nil {
+			return err
+		}
+		err = m.Up()
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("migrate up: %w", err)
+		}
+	}
+	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.MaxConns})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := CheckSchema(ctx, st); err != nil {
+		return err
+	}
+	if err := st.PrepareTargets(ctx, cfg.Catalog); err != nil {
+		return err
+	}
+	rules := &consumer.Rules{}
+	initial, err := st.LoadMappings(ctx)
+	if err != nil {
+		return err
+	}
+	set, err := mapping.Compile(initial)
+	if err != nil {
+		return fmt.Errorf("bridge.field_mappings holds invalid rules, fix them: %w", err)
+	}
+	rules.Store(set)
+
+	nc, embedded, err := connectNATS(cfg.NATS, cfg.EmbeddedNATSDir, log)
+	if err != nil {
+		return err
+	}
+	if embedded != nil {
+		defer embedded.Stop()
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if cfg.ApplyStreams {
+		if err := stream.Apply(ctx, js, cfg.Streams); err != nil {
+			return err
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	sources := []pipeline.Source{pipeline.Realtime}
+	if cfg.Backfill {
+		sources = append(sources, pipeline.Backfill)
+	}
+	for _, source := range sources {
+		name, prefix := streams.Realtime, event.RealtimePrefix
+		if source == pipeline.Backfill {
+			name, prefix = streams.Backfill, event.BackfillPrefix
+		}
+		finder := &stream.StrayFinder{JS: js, Stream: name, Source: source, Known: func(subject string) bool {
+			entity, ok := strings.CutPrefix(subject, prefix)
+			_, known := cfg.Catalog.Entity(entity)
+			return ok && known
+		}}
+		strays := &consumer.Strays{Find: finder.Find, Catalog: cfg.Catalog, Source: source, Writer: st,
+			Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica, Logger: log}
+		g.Go(func() error { return strays.Run(gctx) })
+		for _, e := range cfg.Catalog.Entities() {
+			durable := cfg.Streams.Consumers[name][e.Name].Durable
+			fetcher, err := stream.NewFetcher(ctx, js, name, durable, source)
+			if err != nil {
+				return err
+			}
+			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
+				Rules: rules, Config: cfg.Consumer, Logger: log}
+			g.Go(func() error { return c.Run(gctx) })
+		}
+	}
+	g.Go(func() error {
+		return st.WatchMappings(gctx, or(cfg.MappingResync, 30*time.Second), log, func(rs []mapping.Rule) {
+			set, err := mapping.Compile(rs)
+			if err != nil {
+				log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
+				return
+			}
+			rules.Store(set)
+			log.Debug("field mappings loaded", "rules", len(rs))
+		})
+	})
+	g.Go(func() error { return st.RunCheckpoints(gctx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
+	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
+		"database", store.RedactURL(cfg.DatabaseURL), "nats", nc.ConnectedUrlRedacted())
+	err = g.Wait()
+	// Consumers have acked or nakked what they held: let that reach the server.
+	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
+		log.Warn("flushing NATS on shutdown failed", "err", ferr)
+	}
+	log.Info("syncflow stopped")
+	return err
+}
+
+func or(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// CheckSchema refuses a schema that is not the one this binary was built with.
+func CheckSchema(ctx context.Context, st *store.Store) error {
+	want, err := store.Latest()
+	if err != nil {
+		return err
+	}
+	have, dirty, err := st.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case dirty:
+		return fmt.Errorf("the bridge schema is dirty at version %d: fix the failed migration, then `syncflow migrate force %d` and `syncflow migrate up`", have, have-1)
+	case have < want:
+		return fmt.Errorf("the bridge schema is at version %d, this syncflow needs %d: run `syncflow migrate up` (or `syncflow run --migrate`)", have, want)
+	case have > want:
+		return fmt.Errorf("the bridge schema is at version %d, newer than this syncflow knows (%d): upgrade syncflow", have, want)
+	}
+	return nil
+}
+
+// connectNATS connects; when nothing answers and embeddedDir is set, it starts an
+// embedded JetStream server on the URL's address first.
+func connectNATS(cfg stream.Config, embeddedDir string, log *slog.Logger) (*nats.Conn, *stream.Embedded, error) {
+	nc, err := stream.Connect(cfg)
+	if err == nil || embeddedDir == "" {
+		if err != nil {
+			err = fmt.Errorf("%w (is NATS running? `make run` starts an embedded one with --embedded-nats-dir)", err)
+		}
+		return nc, nil, err
+	}
+	u, perr := url.Parse(strings.Split(cfg.URL, ",")[0])
+	if perr != nil {
+		return nil, nil, fmt.Errorf("nats URL %q: %v", cfg.URL, perr)
+	}
+	hostname, portText, _ := net.SplitHostPort(u.Host)
+	port, _ := strconv.Atoi(portText)
+	if port == 0 {
+		port = 4222
+	}
+	if err := os.MkdirAll(embeddedDir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	srv, err := stream.StartEmbedded(hostname, port, embeddedDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("no NATS answered; started an embedded JetStream server", "url", srv.ClientURL(), "store_dir", embeddedDir)
+	nc, err = stream.Connect(cfg)
+	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	return nc, srv, nil
+}
