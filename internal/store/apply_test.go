@@ -56,12 +56,19 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(ctx) })
-	// Tests share the package database: start each from empty tables.
-	if _, err := conn.Exec(ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
+	f := &fixture{t: t, ctx: ctx, st: st, cat: cat, conn: conn}
+	f.truncate()
+	return f
+}
+
+// truncate empties the tables: tests share the package database.
+func (f *fixture) truncate() {
+	f.t.Helper()
+	if _, err := f.conn.Exec(f.ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
 		schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations CASCADE`); err != nil {
-		t.Fatal(err)
+		f.t.Fatal(err)
 	}
-	return &fixture{t: t, ctx: ctx, st: st, cat: cat, conn: conn, batch: testUID(), fresh: true}
+	f.batch, f.fresh = testUID(), true
 }
 
 // apply runs bodies through the pipeline and the store as one batch of entity.
