@@ -60,6 +60,9 @@ type Config struct {
 // Run starts the service and blocks until ctx ends and everything has stopped.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
+	if cfg.NATS.Logger == nil {
+		cfg.NATS.Logger = log
+	}
 	if cfg.Migrate {
 		m, err := store.NewMigrator(cfg.DatabaseURL)
 		if err != nil {

@@ -1,0 +1,346 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+var dbURL string
+
+func TestMain(m *testing.M) {
+	code := testenv.MainDatabase(m, "service", &dbURL)
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type env struct {
+	t    *testing.T
+	ctx  context.Context
+	conn *pgx.Conn
+	url  string // NATS
+	js   jetstream.JetStream
+	logs *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	sb strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sb.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sb.String()
+}
+
+func newEnv(t *testing.T, natsURL string) *env {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	if _, err := conn.Exec(ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
+		bridge.field_mappings, schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return &env{t: t, ctx: ctx, conn: conn, url: natsURL, js: js, logs: &syncBuffer{}}
+}
+
+// start runs the service until the test ends; Run must return nil.
+func (e *env) start(tune func(*service.Config)) {
+	e.t.Helper()
+	data, _ := fs.ReadFile(streams.FS, streams.CatalogFile)
+	cat, err := catalog.Parse(data)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := service.Config{
+		DatabaseURL: dbURL, NATS: stream.Config{URL: e.url}, Catalog: cat, Streams: defs, ApplyStreams: true, Backfill: true,
+		Consumer:           consumer.Config{Replica: "test", FetchWait: 100 * time.Millisecond, RetryFor: 2 * time.Second, NakDelay: 500 * time.Millisecond},
+		StrayInterval:      200 * time.Millisecond,
+		CheckpointInterval: 50 * time.Millisecond,
+		MappingResync:      time.Minute,
+		Logger:             slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- service.Run(ctx, cfg) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("service.Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			e.t.Errorf("service did not stop within 30s")
+		}
+	})
+	// Wait until the consumers exist.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.js.Consumer(e.ctx, streams.Realtime, "syncflow_cdc_work_order_operations"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("service did not start:\n%s", e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *env) publish(subject, body string) {
+	e.t.Helper()
+	if _, err := e.js.Publish(e.ctx, subject, []byte(body)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) query(sql string) string {
+	e.t.Helper()
+	rows, err := e.conn.Query(e.ctx, sql)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var parts []string
+		for _, v := range vals {
+			parts = append(parts, fmt.Sprint(v))
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if rows.Err() != nil {
+		e.t.Fatal(rows.Err())
+	}
+	return strings.Join(out, "\n")
+}
+
+func (e *env) eventually(sql, want string, within time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(within)
+	var got string
+	for time.Now().Before(deadline) {
+		if got = e.query(sql); got == want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.t.Fatalf("%s\n got: %s\nwant: %s\nlogs:\n%s", sql, got, want, e.logs)
+}
+
+func site(contract string, ord int, desc string) string {
+	return fmt.Sprintf(`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T%02d:%02d:%02dZ","data":{"CONTRACT":%q,"DESCRIPTION":%q}}`,
+		ord/3600, ord/60%60, ord%60, contract, desc)
+}
+
+func TestEveryStageDeadLettersAndTheStreamMovesOn(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'work_orders', 'LOT_SIZE', 'lot_size', 'decimal')`); err != nil {
+		t.Fatal(err)
+	}
+	e.start(nil)
+	wo := func(order, lot string) string {
+		return fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ORDER_NO":%q,"CONTRACT":"S1","PART_NO":"P1","LOT_SIZE":%q}}`, order, lot)
+	}
+	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders"`)                                                     // decode
+	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{}}`) // normalization
+	e.publish("apismith.cdc.work_orders", wo("WO-2", "lots"))                                                            // mapping
+	e.publish("apismith.cdc.work_orders", wo("WO-3", "-5"))                                                              // write (CHECK)
+	e.publish("apismith.cdc.vendors", `{"entity":"vendors","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ID":1}}`)
+	e.publish("apismith.backfill.work_orders.extra", wo("WO-9", "1"))
+	e.publish("apismith.cdc.work_orders", wo("WO-1", "12.5")) // good, after the poison
+	e.eventually(`SELECT order_no, lot_size::text FROM schedulehub.work_orders`, "WO-1|12.5000", 20*time.Second)
+	e.eventually(`SELECT entity_name, stage_failed, stream_seq FROM bridge.failed_records ORDER BY stream, stream_seq`,
+		"unknown|decode|1\nwork_orders|decode|1\nwork_orders|normalization|2\nwork_orders|mapping|3\nwork_orders|write|4\nvendors|decode|5", 20*time.Second)
+	if got := e.query(`SELECT count(*) FROM bridge.failed_records WHERE raw_bytes IS NULL OR length(raw_bytes) = 0 OR error_message = ''`); got != "0" {
+		t.Errorf("%s dead letters without raw bytes or reason", got)
+	}
+}
+
+func TestHotReloadOfMappings(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	e.start(nil)
+	e.publish("apismith.cdc.sites", site("S1", 1, "plain"))
+	e.eventually(`SELECT contract, description FROM schedulehub.sites`, "S1|plain", 10*time.Second)
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'sites', 'DESCRIPTION', 'description', 'uppercase')`); err != nil {
+		t.Fatal(err)
+	}
+	// The rule reaches the running service by NOTIFY; wait for its reload before publishing.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs.String(), `msg="field mappings loaded" rules=1`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the service did not reload the rules:\n%s", e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.publish("apismith.cdc.sites", site("S2", 1, "shouted"))
+	e.eventually(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`, "S1|plain\nS2|SHOUTED", 10*time.Second)
+}
+
+// publishHistory publishes n versions for each of keys sites, every version of a key
+// after the previous one except that each fifth is published before its
+// predecessor; it returns the expected target state.
+func publishHistory(t *testing.T, js jetstream.JetStream, keys, versions int, pace time.Duration) string {
+	t.Helper()
+	ctx := context.Background()
+	for v := 1; v <= versions; v++ {
+		for k := range keys {
+			ord := v
+			if v%5 == 4 {
+				ord = v + 1
+			} else if v%5 == 0 {
+				ord = v - 1
+			}
+			body := site(fmt.Sprintf("K%03d", k), ord, fmt.Sprintf("v%d", ord))
+			for {
+				_, err := js.Publish(ctx, "apismith.cdc.sites", []byte(body))
+				if err == nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond) // the broker is restarting
+			}
+			time.Sleep(pace)
+		}
+	}
+	var want []string
+	for k := range keys {
+		want = append(want, fmt.Sprintf("K%03d|v%d", k, versions))
+	}
+	return strings.Join(want, "\n")
+}
+
+func TestDatabaseOutageMidRun(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	e.start(func(c *service.Config) { c.Consumer.BatchSize = 50 })
+	admin, err := pgx.Connect(e.ctx, testenv.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(e.ctx)
+	var dbName string
+	if err := e.conn.QueryRow(e.ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	published := make(chan string, 1)
+	go func() { published <- publishHistory(t, e.js, 100, 20, 500*time.Microsecond) }()
+	time.Sleep(500 * time.Millisecond)
+	// Refuse new connections and cut the existing ones, for a while.
+	ident := pgx.Identifier{dbName}.Sanitize()
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`)
+	if _, err := admin.Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, dbName); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`); err != nil {
+		t.Fatal(err)
+	}
+	want := <-published
+	conn, err := pgx.Connect(e.ctx, dbURL) // the test's own connection was cut too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(e.ctx)
+	e.conn = conn
+	e.eventually(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`, want, 60*time.Second)
+	e.eventually(`SELECT count(*) FROM bridge.failed_records`, "0", time.Second)
+	if !strings.Contains(e.logs.String(), "batch write failed; retrying") {
+		t.Errorf("the outage was not noticed; the test did not test it:\n%s", e.logs)
+	}
+	// Redeliveries and retries counted once each: every fetched event has an outcome.
+	e.eventually(`SELECT sum(rows_fetched) = sum(rows_inserted + rows_updated + rows_unchanged + rows_stale + rows_deleted + rows_parked + rows_failed) FROM bridge.sync_batches`, "true", time.Second)
+}
+
+func TestNATSRestartMidRun(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := stream.StartEmbedded("127.0.0.1", -1, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Addr().(*net.TCPAddr).Port
+	var mu sync.Mutex
+	current := srv
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		current.Stop()
+	})
+	e := newEnv(t, srv.ClientURL())
+	e.start(func(c *service.Config) { c.Consumer.BatchSize = 50 })
+	published := make(chan string, 1)
+	go func() { published <- publishHistory(t, e.js, 100, 20, 500*time.Microsecond) }()
+	time.Sleep(500 * time.Millisecond)
+	srv.Stop()
+	time.Sleep(2 * time.Second)
+	restarted, err := stream.StartEmbedded("127.0.0.1", port, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	current = restarted
+	mu.Unlock()
+	want := <-published
+	e.eventually(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`, want, 60*time.Second)
+	e.eventually(`SELECT count(*) FROM bridge.failed_records`, "0", time.Second)
+	if !strings.Contains(e.logs.String(), "nats reconnected") {
+		t.Errorf("the restart was not noticed; the test did not test it")
+	}
+}
