@@ -195,10 +195,10 @@ func TestEveryStageDeadLettersAndTheStreamMovesOn(t *testing.T) {
 	wo := func(order, lot string) string {
 		return fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ORDER_NO":%q,"CONTRACT":"S1","PART_NO":"P1","LOT_SIZE":%q}}`, order, lot)
 	}
-	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders"`)                                                     // decode
+	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders"`)                                                              // decode
 	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{}}`) // normalization
-	e.publish("apismith.cdc.work_orders", wo("WO-2", "lots"))                                                            // mapping
-	e.publish("apismith.cdc.work_orders", wo("WO-3", "-5"))                                                              // write (CHECK)
+	e.publish("apismith.cdc.work_orders", wo("WO-2", "lots"))                                                                     // mapping
+	e.publish("apismith.cdc.work_orders", wo("WO-3", "-5"))                                                                       // write (CHECK)
 	e.publish("apismith.cdc.vendors", `{"entity":"vendors","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ID":1}}`)
 	e.publish("apismith.backfill.work_orders.extra", wo("WO-9", "1"))
 	e.publish("apismith.cdc.work_orders", wo("WO-1", "12.5")) // good, after the poison
