@@ -27,7 +27,22 @@ const (
 // flags wraps a FlagSet whose every flag can also come from a SYNCFLOW_* variable.
 type flags struct {
 	*flag.FlagSet
-	env map[string]string // flag name -> variable
+	env  map[string]string // flag name -> variable
+	args []string          // positional arguments, wherever they stood among the flags
+}
+
+// Args, NArg and Arg return the positional arguments.
+func (f *flags) Args() []string { return f.args }
+
+// NArg returns the number of positional arguments.
+func (f *flags) NArg() int { return len(f.args) }
+
+// Arg returns the i'th positional argument, or "".
+func (f *flags) Arg(i int) string {
+	if i < len(f.args) {
+		return f.args[i]
+	}
+	return ""
 }
 
 func newFlags(name, usageLine string) *flags {
@@ -77,13 +92,25 @@ func (f *flags) parse(args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if err := f.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
+	// Flags may follow positional arguments: `mappings import FILE --dry-run`.
+	for {
+		if err := f.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(0)
+			}
+			return fmt.Errorf("%w: %v (see --help)", errUsage, err)
 		}
-		return fmt.Errorf("%w: %v (see --help)", errUsage, err)
+		rest := f.FlagSet.Args()
+		if len(rest) == 0 {
+			return nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			f.args = append(f.args, rest...)
+			return nil
+		}
+		f.args = append(f.args, rest[0])
+		args = rest[1:]
 	}
-	return nil
 }
 
 // common holds the settings shared by the commands.

@@ -221,3 +221,62 @@ func TestPasswordNeverLogged(t *testing.T) {
 		t.Errorf("output must name the user and hide the password:\n%s", out)
 	}
 }
+
+func TestMappingsImportExport(t *testing.T) {
+	env := []string{"SYNCFLOW_DATABASE_URL=" + dbURL}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "rules.csv")
+	os.WriteFile(good, []byte("entity_name,source_field,target_field,transformation,default_value,is_required\n"+
+		"sites,description,description,trim|uppercase,,false\n"+
+		"items,LEAD_TIME_DAYS,lead_time_days,integer,0,true\n"), 0o644)
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`[{"entity_name":"sites","source_field":"X","target_field":"y","transformation":"titlecase"},
+		{"entity_name":"plants","source_field":"X","target_field":"z"}]`), 0o644)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	conn.Exec(context.Background(), `DELETE FROM bridge.field_mappings`)
+	t.Cleanup(func() { conn.Exec(context.Background(), `DELETE FROM bridge.field_mappings`) })
+	count := func() string { return query(t, conn, `SELECT count(*) FROM bridge.field_mappings`) }
+
+	out, err := syncflow(t, env, "mappings", "import", good, "--dry-run")
+	if err != nil || !strings.Contains(out, "would import 2 rules") || !strings.Contains(out, "2 new") || count() != "0" {
+		t.Fatalf("dry run: %v\n%s (rules now %s)", err, out, count())
+	}
+	out, err = syncflow(t, env, "mappings", "import", good)
+	if err != nil || !strings.Contains(out, "imported 2 rules") || count() != "2" {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	out, err = syncflow(t, env, "mappings", "import", bad)
+	if err == nil || !strings.Contains(out, `unknown transformation "titlecase"`) || !strings.Contains(out, `entity "plants" is not in the catalog`) ||
+		!strings.Contains(out, "nothing was imported") || count() != "2" {
+		t.Fatalf("bad import: %v\n%s", err, out)
+	}
+	out, err = syncflow(t, env, "mappings", "list")
+	if err != nil || !strings.Contains(out, "sites   DESCRIPTION     description     trim|uppercase") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	// Export, then import the export: nothing changes.
+	exported, err := syncflow(t, env, "mappings", "export", "--format", "json")
+	if err != nil || !strings.Contains(exported, `"default_value": "0"`) {
+		t.Fatalf("export: %v\n%s", err, exported)
+	}
+	round := filepath.Join(dir, "round.json")
+	os.WriteFile(round, []byte(exported), 0o644)
+	out, err = syncflow(t, env, "mappings", "import", round)
+	if err != nil || !strings.Contains(out, "0 new, 0 changed, 2 unchanged") {
+		t.Fatalf("re-import: %v\n%s", err, out)
+	}
+	// --replace removes the entity's rules the file does not list.
+	only := filepath.Join(dir, "only.csv")
+	os.WriteFile(only, []byte("entity_name,source_field,target_field,transformation,default_value,is_required\nitems,DESCRIPTION,description,trim,,false\n"), 0o644)
+	out, err = syncflow(t, env, "mappings", "import", "--replace", only)
+	if err != nil || !strings.Contains(out, "1 removed") {
+		t.Fatalf("replace: %v\n%s", err, out)
+	}
+	if got := query(t, conn, `SELECT entity_name, source_field FROM bridge.field_mappings ORDER BY 1`); got != "items|DESCRIPTION\nsites|DESCRIPTION" {
+		t.Fatalf("after replace: %s", got)
+	}
+}

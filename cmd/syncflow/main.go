@@ -21,6 +21,7 @@ var commands = []command{
 	{"run", "consume change events and write them to ScheduleHub (the service)", runCmd},
 	{"migrate", "apply or inspect the bridge schema migrations: up | down [N] | version | force V", migrateCmd},
 	{"streams", "create or update the JetStream streams and consumers: apply", streamsCmd},
+	{"mappings", "field-mapping rules: list | export | import FILE (CSV or JSON)", mappingsCmd},
 }
 
 func usage() {

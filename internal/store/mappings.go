@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/mapping"
@@ -89,4 +90,46 @@ func (s *Store) listen(ctx context.Context, resync time.Duration, reload func())
 			return err
 		}
 	}
+}
+
+const replaceMappingsSQL = `
+INSERT INTO bridge.field_mappings AS m
+    (uid, entity_name, source_field, target_field, transformation, default_value, is_required)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bool[])
+ON CONFLICT (entity_name, source_field, target_field) DO UPDATE SET
+    transformation = excluded.transformation, default_value = excluded.default_value, is_required = excluded.is_required
+WHERE (m.transformation, m.default_value, m.is_required) IS DISTINCT FROM
+      (excluded.transformation, excluded.default_value, excluded.is_required)`
+
+// WriteMappings upserts rules in one transaction (running services reload once,
+// at the commit). With replace, the other rules of the entities named in rules are
+// deleted.
+func (s *Store) WriteMappings(ctx context.Context, rules []mapping.Rule, replace bool) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		n := len(rules)
+		uids := make([]uuid.UUID, n)
+		entities, sources, targets, transforms := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		defaults, required := make([]*string, n), make([]bool, n)
+		for i, r := range rules {
+			uids[i] = s.NewUID()
+			entities[i], sources[i], targets[i] = r.Entity, r.SourceField, r.TargetField
+			transforms[i] = r.Transformation
+			if transforms[i] == "" {
+				transforms[i] = "none"
+			}
+			defaults[i], required[i] = r.DefaultValue, r.IsRequired
+		}
+		if replace {
+			_, err := tx.Exec(ctx, `DELETE FROM bridge.field_mappings f
+				WHERE f.entity_name = ANY ($1::text[])
+				  AND NOT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[], $3::text[]) AS r (e, s, t)
+				                  WHERE r.e = f.entity_name AND r.s = f.source_field AND r.t = f.target_field)`,
+				entities, sources, targets)
+			if err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, replaceMappingsSQL, uids, entities, sources, targets, transforms, defaults, required)
+		return err
+	})
 }

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/store"
+)
+
+func mappingsCmd(ctx context.Context, args []string) error {
+	var (
+		c       common
+		defs    definitions
+		entity  string
+		format  string
+		asJSON  bool
+		dryRun  bool
+		replace bool
+	)
+	f := newFlags("mappings", "mappings [flags] list | export | import FILE")
+	c.register(f)
+	defs.register(f)
+	f.StringVar(&entity, "entity", "", "only this entity's rules (list, export)")
+	f.StringVar(&format, "format", "", "csv or json (export: default csv; import: from the file's extension)")
+	f.BoolVar(&asJSON, "json", false, "list: print JSON instead of a table")
+	f.BoolVar(&dryRun, "dry-run", false, "import: validate and show what would change, write nothing")
+	f.BoolVar(&replace, "replace", false, "import: also delete the rules of the file's entities that the file does not list")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() == 0 {
+		return fmt.Errorf("%w: say what to do: list, export or import FILE", errUsage)
+	}
+	action := f.Arg(0)
+	if action == "import" && f.NArg() != 2 || action != "import" && f.NArg() != 1 {
+		return fmt.Errorf("%w: say list, export or import FILE (see --help)", errUsage)
+	}
+	st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 2})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	current, err := st.LoadMappings(ctx)
+	if err != nil {
+		return fmt.Errorf("reading bridge.field_mappings: %w (has `syncflow migrate up` run?)", err)
+	}
+	if entity != "" {
+		current = slices.DeleteFunc(current, func(r mapping.Rule) bool { return r.Entity != entity })
+	}
+	switch action {
+	case "list":
+		if asJSON {
+			return mapping.WriteRules(os.Stdout, mapping.FormatJSON, current)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ENTITY\tSOURCE FIELD\tTARGET FIELD\tTRANSFORMATION\tDEFAULT\tREQUIRED")
+		for _, r := range current {
+			def := "-"
+			if r.DefaultValue != nil {
+				def = fmt.Sprintf("%q", *r.DefaultValue)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", r.Entity, r.SourceField, r.TargetField, r.Transformation, def, r.IsRequired)
+		}
+		if len(current) == 0 {
+			fmt.Fprintln(tw, "(no rules: every entity passes its fields through under their lower-cased names)")
+		}
+		return tw.Flush()
+	case "export":
+		return mapping.WriteRules(os.Stdout, cmpOr(format, mapping.FormatCSV), current)
+	case "import":
+		return importMappings(ctx, st, defs, f.Arg(1), format, dryRun, replace)
+	}
+	return fmt.Errorf("%w: unknown mappings action %q: use list, export or import FILE", errUsage, action)
+}
+
+func importMappings(ctx context.Context, st *store.Store, defs definitions, file, format string, dryRun, replace bool) error {
+	if format == "" {
+		format = strings.TrimPrefix(strings.ToLower(filepath.Ext(file)), ".")
+	}
+	if format != mapping.FormatCSV && format != mapping.FormatJSON {
+		return fmt.Errorf("%w: cannot tell the format of %s: name it .csv or .json, or pass --format", errUsage, file)
+	}
+	in, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	incoming, err := mapping.ReadRules(in, format)
+	if err != nil {
+		return fmt.Errorf("%s: %w\nnothing was imported", file, err)
+	}
+	cat, err := defs.catalog()
+	if err != nil {
+		return err
+	}
+	var problems []string
+	for i := range incoming {
+		r := &incoming[i]
+		r.SourceField = strings.ToUpper(strings.TrimSpace(r.SourceField))
+		if r.Transformation == "" {
+			r.Transformation = "none"
+		}
+		if _, ok := cat.Entity(r.Entity); !ok {
+			problems = append(problems, fmt.Sprintf("rule %d: entity %q is not in the catalog", i+1, r.Entity))
+		}
+	}
+	// The rules as they will be after the import must form a valid set.
+	existing, err := st.LoadMappings(ctx)
+	if err != nil {
+		return err
+	}
+	after, changes := mergeRules(existing, incoming, replace)
+	if _, err := mapping.Compile(incoming); err != nil {
+		problems = append(problems, err.Error())
+	} else if _, err := mapping.Compile(after); err != nil {
+		problems = append(problems, "together with the rules already in bridge.field_mappings: "+err.Error())
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s is invalid, nothing was imported:\n%s", file, strings.Join(problems, "\n"))
+	}
+	verb := "imported"
+	if dryRun {
+		verb = "would import"
+	}
+	fmt.Printf("%s %d rules from %s: %d new, %d changed, %d unchanged, %d removed\n", verb, len(incoming), file,
+		changes["new"], changes["changed"], changes["unchanged"], changes["removed"])
+	if dryRun {
+		return nil
+	}
+	return st.WriteMappings(ctx, incoming, replace)
+}
+
+type ruleKey struct{ entity, source, target string }
+
+func keyOf(r mapping.Rule) ruleKey {
+	return ruleKey{r.Entity, strings.ToUpper(r.SourceField), r.TargetField}
+}
+
+// mergeRules returns the rule set after importing incoming over existing, and
+// counts of what changes.
+func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule, map[string]int) {
+	changes := map[string]int{}
+	byKey := map[ruleKey]mapping.Rule{}
+	for _, r := range existing {
+		byKey[keyOf(r)] = r
+	}
+	inFile := map[ruleKey]bool{}
+	entities := map[string]bool{}
+	for _, r := range incoming {
+		k := keyOf(r)
+		inFile[k], entities[r.Entity] = true, true
+		old, ok := byKey[k]
+		switch {
+		case !ok:
+			changes["new"]++
+		case sameRule(old, r):
+			changes["unchanged"]++
+		default:
+			changes["changed"]++
+		}
+		byKey[k] = r
+	}
+	var out []mapping.Rule
+	for k, r := range byKey {
+		if replace && entities[k.entity] && !inFile[k] {
+			changes["removed"]++
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b mapping.Rule) int {
+		return strings.Compare(a.Entity+"\x00"+a.SourceField+"\x00"+a.TargetField, b.Entity+"\x00"+b.SourceField+"\x00"+b.TargetField)
+	})
+	return out, changes
+}
+
+func sameRule(a, b mapping.Rule) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
