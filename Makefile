@@ -10,7 +10,7 @@ DB_NAME       := $(lastword $(subst /, ,$(firstword $(subst ?, ,$(DATABASE_URL))
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db test fuzz vet bench tools clean
+.PHONY: all build run db test fuzz vet bench bench-rss tools clean
 
 all: build
 
@@ -41,6 +41,19 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./internal/event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/normalize -run '^$$' -fuzz FuzzNormalize -fuzztime $(FUZZTIME)
+
+## bench: SyncFlow against the naive consumer and the bulk-upsert ceiling, in one
+## run (medians of BENCH_RUNS); see docs/benchmarks.md.
+BENCH_N    ?= 100000
+BENCH_RUNS ?= 3
+bench: build
+	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
+	bin/syncflow-bench -n $(BENCH_N) -runs $(BENCH_RUNS) -binary $(BIN)
+
+## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
+bench-rss: build
+	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
+	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency -binary $(BIN)
 
 clean:
 	rm -rf bin data

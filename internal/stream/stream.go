@@ -192,6 +192,8 @@ type Message struct {
 	Delivery pipeline.Delivery
 	// NumDelivered counts deliveries of this message, this one included.
 	NumDelivered uint64
+	// Stored is when the stream stored the message (its publish time).
+	Stored time.Time
 }
 
 // Ack acknowledges the message (after its batch committed).
@@ -253,7 +255,7 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, e
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Delivery: pipeline.Delivery{
+		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Stored: md.Timestamp, Delivery: pipeline.Delivery{
 			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(),
 		}})
 	}

@@ -1,0 +1,539 @@
+// Command syncflow-bench measures SyncFlow against two baselines in one run, on this
+// machine, with the same events: (a) SyncFlow end to end (the real binary draining a
+// backlog: events/s and peak RSS; the service at a steady rate: publish-to-commit
+// latency), (b) a naive consumer that commits one transaction per message, and (c)
+// the ceiling: the same events pulled 1,000 at a time and bulk-upserted into a bare
+// table with nothing else, fetching the next batch while writing the current one.
+// Each figure is the median of -runs runs. `make bench` runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+type config struct {
+	n, naiveN, runs int
+	rate            int
+	latencyFor      time.Duration
+	binary          string
+	dupShare, ooo   float64
+	skip            string
+	batch           int
+	keepDB          bool
+}
+
+func main() {
+	var cfg config
+	flag.IntVar(&cfg.n, "n", 100_000, "events per SyncFlow and ceiling run")
+	flag.IntVar(&cfg.naiveN, "naive-n", 20_000, "events per naive run (it is slow; the rate is what counts)")
+	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
+	flag.IntVar(&cfg.rate, "rate", 1000, "events/s for the latency run")
+	flag.DurationVar(&cfg.latencyFor, "latency-for", 15*time.Second, "length of the latency run")
+	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
+	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
+	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
+	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency")
+	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
+	flag.Parse()
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "syncflow-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type bench struct {
+	cfg    config
+	ctx    context.Context
+	srv    *stream.Embedded
+	js     jetstream.JetStream
+	nc     *nats.Conn
+	dbURL  string
+	pool   *pgxpool.Pool
+	cat    *catalog.Catalog
+	defs   stream.Definitions
+	events []benchEvent
+	want   map[string]map[string]int
+}
+
+func run(cfg config) error {
+	ctx := context.Background()
+	b := &bench{cfg: cfg, ctx: ctx}
+	dir, err := os.MkdirTemp("", "syncflow-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if b.srv, err = stream.StartEmbedded("127.0.0.1", -1, dir); err != nil {
+		return err
+	}
+	defer b.srv.Stop()
+	if b.nc, err = nats.Connect(b.srv.ClientURL()); err != nil {
+		return err
+	}
+	defer b.nc.Close()
+	b.js, _ = jetstream.New(b.nc, jetstream.WithPublishAsyncMaxPending(4000))
+	db, drop, err := testenv.NewMigratedDatabase(ctx, "bench")
+	if err != nil {
+		return err
+	}
+	defer drop()
+	b.dbURL = db.URL
+	if b.pool, err = pgxpool.New(ctx, db.URL); err != nil {
+		return err
+	}
+	defer b.pool.Close()
+	if _, err := b.pool.Exec(ctx, `CREATE TABLE public.bare (k text PRIMARY KEY, ord bigint NOT NULL, seq bigint NOT NULL, payload jsonb NOT NULL)`); err != nil {
+		return err
+	}
+	data, _ := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if b.cat, err = catalog.Parse(data); err != nil {
+		return err
+	}
+	if b.defs, err = stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, b.cat.Names()); err != nil {
+		return err
+	}
+	b.events, b.want = generate(cfg.n, 42, cfg.dupShare, cfg.ooo)
+	fmt.Printf("syncflow-bench: %d events (%.0f%% duplicates, %.0f%% out of order, ~%d bytes each), %d runs per figure, median reported\n",
+		len(b.events), cfg.dupShare*100, cfg.ooo*100, len(b.events[0].body), cfg.runs)
+
+	skip := func(name string) bool { return slices.Contains(strings.Split(cfg.skip, ","), name) }
+	var res results
+	if !skip("syncflow") {
+		if res.syncflow, res.rss, err = b.repeat("syncflow", b.syncflowRun); err != nil {
+			return err
+		}
+	}
+	if !skip("ceiling") {
+		if res.ceiling, _, err = b.repeat("ceiling", b.ceilingRun); err != nil {
+			return err
+		}
+	}
+	if !skip("naive") {
+		if res.naive, _, err = b.repeat("naive", b.naiveRun); err != nil {
+			return err
+		}
+	}
+	if !skip("latency") {
+		if res.p50, res.p99, res.latencyN, err = b.latencyRun(); err != nil {
+			return err
+		}
+	}
+	res.print(cfg)
+	return nil
+}
+
+type results struct {
+	syncflow, naive, ceiling float64 // events/s, medians
+	rss                      float64 // MiB, the largest of the runs
+	p50, p99                 time.Duration
+	latencyN                 int
+}
+
+func (r results) print(cfg config) {
+	fmt.Println()
+	fmt.Println("figure                                   value")
+	if r.syncflow > 0 {
+		fmt.Printf("(a) SyncFlow end to end                  %8.0f events/s   (peak RSS %.0f MiB)\n", r.syncflow, r.rss)
+	}
+	if r.naive > 0 {
+		fmt.Printf("(b) naive, one transaction per message   %8.0f events/s\n", r.naive)
+	}
+	if r.ceiling > 0 {
+		fmt.Printf("(c) ceiling, bulk upsert, bare table     %8.0f events/s\n", r.ceiling)
+	}
+	if r.latencyN > 0 {
+		fmt.Printf("SyncFlow latency at %d events/s          p50 %v   p99 %v   (%d events)\n", cfg.rate, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.latencyN)
+	}
+	if r.syncflow > 0 && r.naive > 0 {
+		fmt.Printf("SyncFlow / naive                         %8.2f\n", r.syncflow/r.naive)
+	}
+	if r.syncflow > 0 && r.ceiling > 0 {
+		fmt.Printf("SyncFlow / ceiling                       %8.2f\n", r.syncflow/r.ceiling)
+	}
+}
+
+// repeat runs f cfg.runs times on a clean slate and returns the median rate and the
+// largest extra figure f reports (peak RSS).
+func (b *bench) repeat(name string, f func() (float64, float64, error)) (float64, float64, error) {
+	var rates []float64
+	var extra float64
+	for i := range b.cfg.runs {
+		if err := b.reset(); err != nil {
+			return 0, 0, err
+		}
+		rate, x, err := f()
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s run %d: %w", name, i+1, err)
+		}
+		fmt.Printf("  %-8s run %d: %8.0f events/s\n", name, i+1, rate)
+		rates = append(rates, rate)
+		extra = max(extra, x)
+	}
+	slices.Sort(rates)
+	return rates[len(rates)/2], extra, nil
+}
+
+// reset empties every table and recreates the streams.
+func (b *bench) reset() error {
+	if _, err := b.pool.Exec(b.ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
+		schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations, public.bare CASCADE`); err != nil {
+		return err
+	}
+	for name := range b.defs.Streams {
+		if err := b.js.DeleteStream(b.ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+	}
+	return stream.Apply(b.ctx, b.js, b.defs)
+}
+
+// publish puts events on the realtime stream, async with bounded in-flight, and
+// waits for every acknowledgement.
+func (b *bench) publish(events []benchEvent) error {
+	for _, ev := range events {
+		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-b.js.PublishAsyncComplete():
+		return nil
+	case <-time.After(5 * time.Minute):
+		return errors.New("publishing did not complete")
+	}
+}
+
+// syncflowRun drains a backlog with the real binary and checks the final state.
+func (b *bench) syncflowRun() (float64, float64, error) {
+	if err := b.publish(b.events); err != nil {
+		return 0, 0, err
+	}
+	cmd := exec.Command(b.cfg.binary, "run", "--log-level", "warn", "--replica", "bench", "--batch-size", strconv.Itoa(b.cfg.batch))
+	cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+b.dbURL, "SYNCFLOW_NATS_URL="+b.srv.ClientURL())
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, fmt.Errorf("%w (build it: make build)", err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	n := len(b.events)
+	var rssKiB float64
+	for {
+		var done int64
+		if err := b.pool.QueryRow(b.ctx, `SELECT coalesce(sum(rows_fetched), 0) FROM bridge.sync_batches`).Scan(&done); err != nil {
+			return 0, 0, err
+		}
+		rssKiB = max(rssKiB, peakRSS(cmd.Process.Pid))
+		if done >= int64(n) {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return 0, 0, fmt.Errorf("only %d of %d events after 10 minutes", done, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	rssKiB = max(rssKiB, peakRSS(cmd.Process.Pid))
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+	if err := b.verify(); err != nil {
+		return 0, 0, err
+	}
+	return float64(n) / elapsed.Seconds(), rssKiB / 1024, nil
+}
+
+// verify compares the target with the newest version of every key.
+func (b *bench) verify() error {
+	checks := map[string]string{
+		"sites":                 `SELECT contract, description FROM schedulehub.sites`,
+		"work_centers":          `SELECT contract || '|' || work_center_no, description FROM schedulehub.work_centers`,
+		"items":                 `SELECT part_no, description FROM schedulehub.items`,
+		"work_orders":           `SELECT order_no, status FROM schedulehub.work_orders`,
+		"work_order_operations": `SELECT order_no || '|' || operation_no, description FROM schedulehub.work_order_operations`,
+	}
+	for entity, sql := range checks {
+		rows, err := b.pool.Query(b.ctx, sql)
+		if err != nil {
+			return err
+		}
+		got := map[string]string{}
+		for rows.Next() {
+			var k, v string
+			if err := rows.Scan(&k, &v); err != nil {
+				return err
+			}
+			got[k] = v
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		want := b.want[entity]
+		if len(got) != len(want) {
+			return fmt.Errorf("verify %s: %d rows, want %d", entity, len(got), len(want))
+		}
+		for k, v := range want {
+			if got[k] != fmt.Sprintf("v%d", v) {
+				return fmt.Errorf("verify %s %s: %q, want v%d", entity, k, got[k], v)
+			}
+		}
+	}
+	var failed int
+	if err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM bridge.failed_records`).Scan(&failed); err != nil || failed != 0 {
+		return fmt.Errorf("verify: %d dead letters (%v)", failed, err)
+	}
+	return nil
+}
+
+// peakRSS reads VmHWM (KiB) of a process.
+func peakRSS(pid int) float64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			v, _ := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// baselineConsumer is a durable consumer over every realtime subject.
+func (b *bench) baselineConsumer(name string) (jetstream.Consumer, error) {
+	return b.js.CreateOrUpdateConsumer(b.ctx, streams.Realtime, jetstream.ConsumerConfig{
+		Durable: name, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "apismith.cdc.>",
+		MaxAckPending: 10000, AckWait: time.Minute,
+	})
+}
+
+type bareRow struct {
+	key     string
+	ord     int64
+	seq     uint64
+	payload []byte
+}
+
+// bareRows decodes what both baselines need: the key and version of each event,
+// keeping the newest per key (a statement cannot upsert one key twice).
+func (b *bench) bareRows(msgs []jetstream.Msg) ([]bareRow, error) {
+	ds := make([]pipeline.Delivery, len(msgs))
+	for i, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			return nil, err
+		}
+		ds[i] = pipeline.Delivery{Subject: m.Subject(), Source: pipeline.Realtime, StreamSeq: md.Sequence.Stream, Data: m.Data()}
+	}
+	p := pipeline.Preparer{Catalog: b.cat}.Prepare(ds)
+	if len(p.Failures) > 0 {
+		return nil, fmt.Errorf("event did not decode: %v", p.Failures[0].Err)
+	}
+	rows := make([]bareRow, len(p.Candidates))
+	for i, c := range p.Candidates {
+		rows[i] = bareRow{key: c.Record.Entity + "/" + c.Record.BKHash, ord: c.Record.RowVersion.Ord, seq: c.Version.Seq, payload: ds[c.Index].Data}
+	}
+	return rows, nil
+}
+
+const bareUpsert = `
+INSERT INTO public.bare AS t (k, ord, seq, payload)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::jsonb[])
+ON CONFLICT (k) DO UPDATE SET ord = excluded.ord, seq = excluded.seq, payload = excluded.payload
+WHERE (excluded.ord, excluded.seq) > (t.ord, t.seq)`
+
+// naiveRun: one message, one transaction, one ack.
+func (b *bench) naiveRun() (float64, float64, error) {
+	events := b.events[:min(b.cfg.naiveN, len(b.events))]
+	if err := b.publish(events); err != nil {
+		return 0, 0, err
+	}
+	c, err := b.baselineConsumer("bench_naive")
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	for done := 0; done < len(events); {
+		batch, err := c.Fetch(100, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return 0, 0, err
+		}
+		for m := range batch.Messages() {
+			rows, err := b.bareRows([]jetstream.Msg{m})
+			if err != nil {
+				return 0, 0, err
+			}
+			r := rows[0]
+			err = pgx.BeginFunc(b.ctx, b.pool, func(tx pgx.Tx) error {
+				_, err := tx.Exec(b.ctx, bareUpsert, []string{r.key}, []int64{r.ord}, []int64{int64(r.seq)}, []string{string(r.payload)})
+				return err
+			})
+			if err != nil {
+				return 0, 0, err
+			}
+			_ = m.Ack()
+			done++
+		}
+	}
+	return float64(len(events)) / time.Since(start).Seconds(), 0, nil
+}
+
+// ceilingRun: pull 1,000, dedupe by key, one unnest upsert, ack; the next pull
+// overlaps the write.
+func (b *bench) ceilingRun() (float64, float64, error) {
+	if err := b.publish(b.events); err != nil {
+		return 0, 0, err
+	}
+	c, err := b.baselineConsumer("bench_ceiling")
+	if err != nil {
+		return 0, 0, err
+	}
+	batches := make(chan []jetstream.Msg, 1)
+	ctx, cancel := context.WithCancel(b.ctx)
+	defer cancel()
+	var fetchErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(batches)
+		for ctx.Err() == nil {
+			mb, err := c.FetchNoWait(1000)
+			if err != nil {
+				fetchErr = err
+				return
+			}
+			var msgs []jetstream.Msg
+			for m := range mb.Messages() {
+				msgs = append(msgs, m)
+			}
+			if len(msgs) == 0 {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			select {
+			case batches <- msgs:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	start := time.Now()
+	done := 0
+	for msgs := range batches {
+		newest, err := b.bareRows(msgs)
+		if err != nil {
+			return 0, 0, err
+		}
+		var keys, payloads []string
+		var ords, seqs []int64
+		for _, r := range newest {
+			keys, ords, seqs, payloads = append(keys, r.key), append(ords, r.ord), append(seqs, int64(r.seq)), append(payloads, string(r.payload))
+		}
+		if _, err := b.pool.Exec(b.ctx, bareUpsert, keys, ords, seqs, payloads); err != nil {
+			return 0, 0, err
+		}
+		for _, m := range msgs {
+			_ = m.Ack()
+		}
+		if done += len(msgs); done >= len(b.events) {
+			break
+		}
+	}
+	elapsed := time.Since(start)
+	cancel()
+	wg.Wait()
+	if fetchErr != nil {
+		return 0, 0, fetchErr
+	}
+	return float64(done) / elapsed.Seconds(), 0, nil
+}
+
+// latencyRun publishes at a steady rate into the running service and measures, per
+// event, the time from the stream storing it to the commit of its batch.
+func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
+	if err := b.reset(); err != nil {
+		return 0, 0, 0, err
+	}
+	var mu sync.Mutex
+	var lat []time.Duration
+	onCommit := func(_ string, _ pipeline.Source, msgs []stream.Message, _ store.Result) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range msgs {
+			lat = append(lat, now.Sub(m.Stored))
+		}
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- service.Run(ctx, service.Config{
+			DatabaseURL: b.dbURL, NATS: stream.Config{URL: b.srv.ClientURL()}, Catalog: b.cat, Streams: b.defs, Backfill: true,
+			Consumer: consumer.Config{Replica: "bench", BatchSize: b.cfg.batch, OnCommit: onCommit},
+			Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		})
+	}()
+	time.Sleep(time.Second)
+	total := int(b.cfg.latencyFor.Seconds() * float64(b.cfg.rate))
+	tick := time.Second / time.Duration(b.cfg.rate)
+	next := time.Now()
+	for i := 0; i < total; i++ {
+		ev := b.events[i%len(b.events)]
+		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body); err != nil {
+			cancel()
+			return 0, 0, 0, err
+		}
+		next = next.Add(tick)
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	<-b.js.PublishAsyncComplete()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		got := len(lat)
+		mu.Unlock()
+		if got >= total || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return 0, 0, 0, err
+	}
+	slices.Sort(lat)
+	if len(lat) < total {
+		return 0, 0, 0, fmt.Errorf("latency run: %d of %d events committed", len(lat), total)
+	}
+	return lat[len(lat)/2], lat[len(lat)*99/100], len(lat), nil
+}
