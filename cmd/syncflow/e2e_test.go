@@ -3,7 +3,9 @@ package main_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
 )
 
 var (
@@ -279,4 +282,170 @@ func TestMappingsImportExport(t *testing.T) {
 	if got := query(t, conn, `SELECT entity_name, source_field FROM bridge.field_mappings ORDER BY 1`); got != "items|DESCRIPTION\nsites|DESCRIPTION" {
 		t.Fatalf("after replace: %s", got)
 	}
+}
+
+// Killed with SIGKILL mid-run and stopped with SIGTERM mid-run, then restarted:
+// the target ends as a perfect apply would leave it, nothing is dead-lettered, and
+// every delivery is accounted for exactly once per batch.
+func TestKillAndRestart(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewMigratedDatabase(ctx, "e2e_kill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	srv := testenv.NATS(t)
+	// Messages the killed process held come back after the ack wait: shorten it
+	// (through --streams-dir, as an operator would) so the test need not wait a minute.
+	streamsDir := shortAckWait(t, 2*time.Second)
+	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json", "SYNCFLOW_STREAMS_DIR=" + streamsDir}
+	if out, err := syncflow(t, env, "streams", "apply"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+
+	const keys, versions = 200, 15
+	publishing := make(chan struct{})
+	go func() {
+		defer close(publishing)
+		for v := 1; v <= versions; v++ {
+			for k := range keys {
+				body := fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:%02dZ","data":{"ORDER_NO":"WO-%03d","CONTRACT":"S1","PART_NO":"P1","STATUS":"v%d"}}`, v, k, v)
+				if _, err := js.PublishAsync("apismith.cdc.work_orders", []byte(body)); err != nil {
+					t.Error(err)
+					return
+				}
+				if k%50 == 0 {
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+		}
+		<-js.PublishAsyncComplete()
+	}()
+
+	start := func() *exec.Cmd {
+		cmd := exec.Command(binary, "run", "--batch-size", "20", "--fetch-wait", "100ms", "--replica", "k1")
+		cmd.Env = append(os.Environ(), env...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	waitSome := func(min int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			var n int
+			conn.QueryRow(ctx, `SELECT coalesce(sum(rows_fetched), 0)::int FROM bridge.sync_batches`).Scan(&n)
+			if n >= min {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	cmd := start()
+	waitSome(300)
+	_ = cmd.Process.Kill() // SIGKILL: no chance to finish anything
+	_ = cmd.Wait()
+	cmd = start()
+	waitSome(1200)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("SIGTERM: exit %v", err)
+	}
+	<-publishing
+	logs := service(t, env, "--replica", "k1", "--fetch-wait", "100ms")
+
+	var want []string
+	for k := range keys {
+		want = append(want, fmt.Sprintf("WO-%03d|v%d", k, versions))
+	}
+	eventually(t, conn, `SELECT order_no, status FROM schedulehub.work_orders ORDER BY 1`, strings.Join(want, "\n"), logs)
+	eventually(t, conn, `SELECT count(*) FROM bridge.synced_records WHERE entity_name = 'work_orders' AND rowversion = '2026-01-01T00:00:15Z'`, fmt.Sprint(keys), logs)
+	if got := query(t, conn, `SELECT count(*) FROM bridge.failed_records`); got != "0" {
+		t.Errorf("%s dead letters", got)
+	}
+	// Every published event was fetched at least once; redeliveries after the kill
+	// count again, and every count has exactly one outcome.
+	// Wait until the redeliveries of what the killed process held are through.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := js.Consumer(ctx, "APISMITH_CDC", "syncflow_cdc_work_orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending == 0 && info.NumPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer still has %d pending and %d unacked", info.NumPending, info.NumAckPending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the last batch's counts commit before its acks
+	var fetched int
+	var balanced bool
+	if err := conn.QueryRow(ctx, `SELECT sum(rows_fetched)::int, bool_and(rows_fetched = rows_inserted + rows_updated + rows_unchanged + rows_stale + rows_deleted + rows_parked + rows_failed)
+		FROM bridge.sync_batches`).Scan(&fetched, &balanced); err != nil {
+		t.Fatal(err)
+	}
+	if fetched < keys*versions || !balanced {
+		t.Errorf("batches: fetched %d (want >= %d), balanced %v", fetched, keys*versions, balanced)
+	}
+	// The batch the SIGKILL left running was closed as failed at the restart; the
+	// SIGTERM closed its own as completed.
+	if got := query(t, conn, `SELECT count(*) > 0 FROM bridge.sync_batches WHERE status = 'failed' AND error_message LIKE 'the replica stopped without closing%'`); got != "true" {
+		t.Errorf("the killed run's batch was not closed as failed")
+	}
+	if got := query(t, conn, `SELECT count(*) > 0 FROM bridge.sync_batches WHERE status = 'completed'`); got != "true" {
+		t.Errorf("the stopped run's batch was not closed as completed")
+	}
+}
+
+// shortAckWait copies the built-in stream definitions to a folder with every
+// consumer's ack_wait set to d.
+func shortAckWait(t *testing.T, d time.Duration) string {
+	t.Helper()
+	dir := t.TempDir()
+	err := fs.WalkDir(streams.FS, ".", func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		data, err := fs.ReadFile(streams.FS, path)
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(path, "consumers/") {
+			var cfg map[string]any
+			if err := json.Unmarshal(data, &cfg); err != nil {
+				return err
+			}
+			cfg["ack_wait"] = d.Nanoseconds()
+			if data, err = json.Marshal(cfg); err != nil {
+				return err
+			}
+		}
+		target := filepath.Join(dir, path)
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

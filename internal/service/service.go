@@ -85,6 +85,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := st.PrepareTargets(ctx, cfg.Catalog); err != nil {
 		return err
 	}
+	if n, err := st.AbandonBatches(ctx, cfg.Consumer.Replica); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("closed batches a previous run of this replica left running", "replica", cfg.Consumer.Replica, "batches", n)
+	}
 	rules := &consumer.Rules{}
 	initial, err := st.LoadMappings(ctx)
 	if err != nil {

@@ -342,6 +342,17 @@ func sourceSystemOf(b Batch) string {
 	return "oracle_ifs"
 }
 
+// AbandonBatches closes, as failed, the batches replica left running: a process of
+// that name stopped without closing them (a crash or a kill). It returns how many.
+// Replica names must therefore be unique among the running processes.
+func (s *Store) AbandonBatches(ctx context.Context, replica string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE bridge.sync_batches
+		SET status = 'failed', finished_at = greatest(updated_at, started_at),
+		    error_message = 'the replica stopped without closing this batch (a crash or a kill); its counts cover the transactions that committed'
+		WHERE replica = $1 AND status = 'running'`, replica)
+	return tag.RowsAffected(), err
+}
+
 // CloseBatch marks a rolling batch completed (or failed, with the reason).
 func (s *Store) CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error {
 	status, msg := "completed", (*string)(nil)
