@@ -10,11 +10,15 @@
 //   - the transaction committed: ack every message, dead letters included (they are
 //     in bridge.failed_records now);
 //   - an infrastructure failure (database unreachable, serialization failure,
-//     deadlock): retried in-process with exponential backoff while the messages' ack
-//     timers are kept alive; when that budget is spent, nak with a delay so
-//     JetStream redelivers later. Nothing is dead-lettered because of an outage;
+//     deadlock): the consumer takes no new work and retries the batch in-process
+//     with exponential backoff (at most 5s apart), keeping the messages' ack timers
+//     alive, until it commits; with RetryFor set, it gives up after that long and
+//     naks with a delay instead. Either way nothing is dead-lettered because of an
+//     outage, and holding the batch (rather than letting JetStream redeliver it)
+//     keeps the delivery count from creeping towards MaxDeliver during a long one;
 //   - any other failure of the write (a bug, the schema changed under us): nak with a
-//     delay and close the rolling batch as failed with the reason;
+//     delay that doubles with every delivery (up to 5 minutes) and close the rolling
+//     batch as failed with the reason;
 //   - shutdown: nak at once, never a dead letter.
 //
 // # Shutdown
@@ -60,9 +64,10 @@ type Config struct {
 	// BatchWindow is how long one rolling sync_batches row collects counts (default 1m).
 	BatchWindow time.Duration
 	// RetryFor bounds the in-process retries of one batch after an infrastructure
-	// failure (default 20s) before its messages are nakked.
+	// failure before its messages are nakked (default 0: retry until it commits).
 	RetryFor time.Duration
-	// NakDelay is the redelivery delay after a failed write (default 5s).
+	// NakDelay is the first redelivery delay after a failed write; it doubles with
+	// every delivery up to 5 minutes (default 5s).
 	NakDelay time.Duration
 	// ShutdownGrace is how long a batch being written at shutdown may take to
 	// commit (default 10s).
@@ -82,9 +87,6 @@ func (c *Config) defaults() {
 	}
 	if c.BatchWindow <= 0 {
 		c.BatchWindow = time.Minute
-	}
-	if c.RetryFor <= 0 {
-		c.RetryFor = 20 * time.Second
 	}
 	if c.NakDelay <= 0 {
 		c.NakDelay = 5 * time.Second
@@ -230,9 +232,19 @@ func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.M
 			log.Error("batch not written; redelivery requested", "err", err, "batch_size", len(msgs), "nak_delay", c.Config.NakDelay)
 		}
 		for _, m := range msgs {
-			_ = m.NakWithDelay(c.Config.NakDelay)
+			_ = m.NakWithDelay(nakDelay(c.Config.NakDelay, m.NumDelivered))
 		}
 	}
+}
+
+// nakDelay doubles base with every delivery after the first, up to 5 minutes.
+func nakDelay(base time.Duration, delivered uint64) time.Duration {
+	const ceiling = 5 * time.Minute
+	d := base
+	for i := uint64(1); i < delivered && d < ceiling; i++ {
+		d *= 2
+	}
+	return min(d, ceiling)
 }
 
 // rollBatch starts a new rolling sync_batches row when the window has passed.

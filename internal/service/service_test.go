@@ -99,7 +99,7 @@ func (e *env) start(tune func(*service.Config)) {
 	}
 	cfg := service.Config{
 		DatabaseURL: dbURL, NATS: stream.Config{URL: e.url}, Catalog: cat, Streams: defs, ApplyStreams: true, Backfill: true,
-		Consumer:           consumer.Config{Replica: "test", FetchWait: 100 * time.Millisecond, RetryFor: 2 * time.Second, NakDelay: 500 * time.Millisecond},
+		Consumer:           consumer.Config{Replica: "test", FetchWait: 100 * time.Millisecond, NakDelay: 500 * time.Millisecond},
 		StrayInterval:      200 * time.Millisecond,
 		CheckpointInterval: 50 * time.Millisecond,
 		MappingResync:      time.Minute,
