@@ -82,26 +82,7 @@ func service(t *testing.T, env []string, args ...string) *bytes.Buffer {
 
 func query(t *testing.T, conn *pgx.Conn, sql string) string {
 	t.Helper()
-	rows, err := conn.Query(context.Background(), sql)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var parts []string
-		for _, v := range vals {
-			parts = append(parts, fmt.Sprint(v))
-		}
-		out = append(out, strings.Join(parts, "|"))
-	}
-	if rows.Err() != nil {
-		t.Fatal(rows.Err())
-	}
-	return strings.Join(out, "\n")
+	return testenv.Rows(t, conn, sql)
 }
 
 // eventually polls until sql returns want, or fails after a generous bound.

@@ -144,26 +144,7 @@ func (e *env) publish(subject, body string) {
 
 func (e *env) query(sql string) string {
 	e.t.Helper()
-	rows, err := e.conn.Query(e.ctx, sql)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var out []string
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		var parts []string
-		for _, v := range vals {
-			parts = append(parts, fmt.Sprint(v))
-		}
-		out = append(out, strings.Join(parts, "|"))
-	}
-	if rows.Err() != nil {
-		e.t.Fatal(rows.Err())
-	}
-	return strings.Join(out, "\n")
+	return testenv.Rows(e.t, e.conn, sql)
 }
 
 func (e *env) eventually(sql, want string, within time.Duration) {

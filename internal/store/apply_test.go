@@ -94,26 +94,7 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 
 func (f *fixture) rows(sql string) string {
 	f.t.Helper()
-	rows, err := f.conn.Query(f.ctx, sql)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var out []string
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		var parts []string
-		for _, v := range vals {
-			parts = append(parts, fmt.Sprint(v))
-		}
-		out = append(out, strings.Join(parts, "|"))
-	}
-	if err := rows.Err(); err != nil {
-		f.t.Fatal(err)
-	}
-	return strings.Join(out, "\n")
+	return testenv.Rows(f.t, f.conn, sql)
 }
 
 func siteEvent(op, contract, rv, desc string) string {

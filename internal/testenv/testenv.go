@@ -124,3 +124,29 @@ func NATS(t testing.TB) *stream.Embedded {
 	t.Cleanup(srv.Stop)
 	return srv
 }
+
+// Rows runs sql and returns its rows as text, one line per row and "|" between
+// columns, for comparing a table with the state a test expects.
+func Rows(t testing.TB, conn *pgx.Conn, sql string, args ...any) string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			parts[i] = fmt.Sprint(v)
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(out, "\n")
+}
