@@ -55,6 +55,7 @@ CREATE TABLE bridge.failed_records (
     batch_uid       uuid        REFERENCES bridge.sync_batches (uid) ON DELETE CASCADE,
     entity_name     text        NOT NULL,
     source_system   text        NOT NULL DEFAULT 'oracle_ifs',
+    source_stream   text,
     stream          text,
     subject         text,
     stream_seq      bigint,
@@ -69,21 +70,29 @@ CREATE TABLE bridge.failed_records (
     next_retry_at   timestamptz,
     resolved_at     timestamptz,
     resolution_note text,
+    history         jsonb       NOT NULL DEFAULT '[]',
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT ck_failed_records_stage CHECK (stage_failed IN
         ('decode', 'normalization', 'mapping', 'parent', 'orphan', 'write', 'max_deliver')),
-    CONSTRAINT ck_failed_records_retries CHECK (retry_count >= 0 AND max_retries >= 0)
+    CONSTRAINT ck_failed_records_retries CHECK (retry_count >= 0 AND max_retries >= 0),
+    CONSTRAINT ck_failed_records_source CHECK (source_stream IN ('realtime', 'backfill'))
 );
 CREATE INDEX ix_failed_records_batch ON bridge.failed_records (batch_uid);
 CREATE INDEX ix_failed_records_retry ON bridge.failed_records (next_retry_at)
     WHERE resolved_at IS NULL;
 CREATE INDEX ix_failed_records_entity ON bridge.failed_records (entity_name, stage_failed, created_at);
+-- A message JetStream gave up on is dead-lettered once, however often its advisory is read.
+CREATE UNIQUE INDEX ux_failed_records_max_deliver ON bridge.failed_records (stream, stream_seq)
+    WHERE stage_failed = 'max_deliver' AND resolved_at IS NULL;
 CREATE TRIGGER tg_failed_records_updated_at BEFORE UPDATE ON bridge.failed_records
     FOR EACH ROW EXECUTE FUNCTION bridge.touch_updated_at();
 
 -- 3. pending_children: children parked until their parent has been applied.
--- One parked row per child key.
+-- One parked row per child key. child_payload is the child's whole change event, so
+-- that a release runs it through the pipeline (and the mapping rules of that moment)
+-- like a fresh delivery; the version columns order a newer parked version over an
+-- older one exactly as the ledger does.
 CREATE TABLE bridge.pending_children (
     uid              uuid        PRIMARY KEY,
     batch_uid        uuid        REFERENCES bridge.sync_batches (uid) ON DELETE CASCADE,
@@ -91,17 +100,23 @@ CREATE TABLE bridge.pending_children (
     child_bk_hash    text        NOT NULL,
     parent_entity    text        NOT NULL,
     parent_bk_hash   text        NOT NULL,
+    parent_key       jsonb       NOT NULL,
     child_payload    jsonb       NOT NULL,
     child_rowversion text        NOT NULL,
+    rowversion_ord   bigint      NOT NULL,
+    source_stream    text        NOT NULL,
     stream           text,
-    stream_seq       bigint,
+    subject          text,
+    stream_seq       bigint      NOT NULL,
+    payload_hash     bytea,
     retry_count      integer     NOT NULL DEFAULT 0,
     max_retries      integer     NOT NULL DEFAULT 10,
     next_retry_at    timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT uq_pending_children_child UNIQUE (child_entity, child_bk_hash),
-    CONSTRAINT ck_pending_children_retries CHECK (retry_count >= 0 AND max_retries >= 0)
+    CONSTRAINT ck_pending_children_retries CHECK (retry_count >= 0 AND max_retries >= 0),
+    CONSTRAINT ck_pending_children_source CHECK (source_stream IN ('realtime', 'backfill'))
 );
 CREATE INDEX ix_pending_children_parent ON bridge.pending_children (parent_entity, parent_bk_hash);
 CREATE INDEX ix_pending_children_batch ON bridge.pending_children (batch_uid);

@@ -291,6 +291,8 @@ func TestKillAndRestart(t *testing.T) {
 	js, _ := jetstream.New(nc)
 
 	const keys, versions = 200, 15
+	js.Publish(ctx, "apismith.cdc.sites", []byte(`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1"}}`))
+	js.Publish(ctx, "apismith.cdc.items", []byte(`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`))
 	publishing := make(chan struct{})
 	go func() {
 		defer close(publishing)

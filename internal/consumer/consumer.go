@@ -184,8 +184,9 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	for i, m := range msgs {
 		ds[i] = m.Delivery
 	}
-	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: c.Rules.Load()}.Prepare(ds)
-	b := store.Batch{Entity: c.Entity, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: syncType(c.Source), Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	rules := c.Rules.Load()
+	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
+	b := store.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: syncType(c.Source), Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
 		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
@@ -222,7 +223,8 @@ func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.M
 			}
 		}
 		log.Debug("batch committed", "batch_size", len(msgs), "inserted", res.Counts.Inserted, "updated", res.Counts.Updated,
-			"unchanged", res.Counts.Unchanged, "stale", res.Counts.Stale, "deleted", res.Counts.Deleted, "failed", res.Counts.Failed)
+			"unchanged", res.Counts.Unchanged, "stale", res.Counts.Stale, "deleted", res.Counts.Deleted, "parked", res.Counts.Parked,
+			"released", res.Counts.Released, "failed", res.Counts.Failed)
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):
 		for _, m := range msgs {
 			_ = m.NakWithDelay(0)

@@ -28,6 +28,8 @@ const (
 	StageNormalization Stage = "normalization"
 	StageMapping       Stage = "mapping"
 	StageWrite         Stage = "write"
+	StageParent        Stage = "parent"
+	StageOrphan        Stage = "orphan"
 	StageMaxDeliver    Stage = "max_deliver"
 )
 

@@ -176,6 +176,9 @@ func TestEveryStageDeadLettersAndTheStreamMovesOn(t *testing.T) {
 	wo := func(order, lot string) string {
 		return fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ORDER_NO":%q,"CONTRACT":"S1","PART_NO":"P1","LOT_SIZE":%q}}`, order, lot)
 	}
+	e.publish("apismith.cdc.sites", site("S1", 1, "parent"))
+	e.publish("apismith.cdc.items", `{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`)
+	e.eventually(`SELECT count(*) FROM bridge.synced_records`, "2", 10*time.Second)
 	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders"`)                                                              // decode
 	e.publish("apismith.cdc.work_orders", `{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{}}`) // normalization
 	e.publish("apismith.cdc.work_orders", wo("WO-2", "lots"))                                                                     // mapping
@@ -185,7 +188,7 @@ func TestEveryStageDeadLettersAndTheStreamMovesOn(t *testing.T) {
 	e.publish("apismith.cdc.work_orders", wo("WO-1", "12.5")) // good, after the poison
 	e.eventually(`SELECT order_no, lot_size::text FROM schedulehub.work_orders`, "WO-1|12.5000", 20*time.Second)
 	e.eventually(`SELECT entity_name, stage_failed, stream_seq FROM bridge.failed_records ORDER BY stream, stream_seq`,
-		"unknown|decode|1\nwork_orders|decode|1\nwork_orders|normalization|2\nwork_orders|mapping|3\nwork_orders|write|4\nvendors|decode|5", 20*time.Second)
+		"unknown|decode|1\nwork_orders|decode|3\nwork_orders|normalization|4\nwork_orders|mapping|5\nwork_orders|write|6\nvendors|decode|7", 20*time.Second)
 	if got := e.query(`SELECT count(*) FROM bridge.failed_records WHERE raw_bytes IS NULL OR length(raw_bytes) = 0 OR error_message = ''`); got != "0" {
 		t.Errorf("%s dead letters without raw bytes or reason", got)
 	}

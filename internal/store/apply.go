@@ -13,6 +13,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
@@ -21,6 +22,10 @@ type Batch struct {
 	// Entity is the catalog entity of the consumer; nil for messages on subjects no
 	// catalog entity owns, which can only become dead letters.
 	Entity *catalog.Entity
+	// Catalog and Rules are what the batch was prepared with; children released by
+	// the batch's parents are prepared with them too.
+	Catalog *catalog.Catalog
+	Rules   *mapping.Set
 	// BatchUID is the sync_batches row the batch is counted in (created if new).
 	BatchUID uuid.UUID
 	SyncType string // realtime or background
@@ -45,73 +50,65 @@ func (b Batch) entityName() string {
 // Result is what happened to every delivery of a committed batch.
 type Result struct {
 	Outcomes []pipeline.Outcome // by delivery index
-	Counts   pipeline.Counts
+	// Counts counts the outcomes of the deliveries, and in Released the parked
+	// children the batch's parents released (whatever became of them).
+	Counts pipeline.Counts
 }
 
 // ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
-// the batch's keys, lets the pipeline decide, writes ledger and target set-based
-// (isolating rows the target rejects), records dead letters and counts the batch.
-// After the commit it hands the batch's highest rowversion to the checkpointer (see
-// RunCheckpoints). An error means nothing was committed; Retryable tells whether
-// trying again can help.
+// the batch's keys, lets the pipeline decide, parks children whose parents are
+// missing, writes ledger and target set-based (isolating rows the target rejects),
+// applies the children the batch's parents release, records dead letters and counts
+// the batch. After the commit it hands the highest rowversions to the checkpointer
+// (see RunCheckpoints). An error means nothing was committed; Retryable tells
+// whether trying again can help.
 func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
-	var t *target
-	if b.Entity != nil {
-		var err error
-		if t, err = s.target(b.Entity.Name); err != nil {
-			return Result{}, err
-		}
-	} else if len(b.Prepared.Candidates) > 0 {
+	if b.Entity == nil && len(b.Prepared.Candidates) > 0 {
 		return Result{}, fmt.Errorf("store: a batch without an entity can only hold failures")
 	}
 	var (
-		res   Result
-		highs map[string]event.RowVersion
+		res Result
+		w   *txWork
 	)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		w = s.newWork(tx, b.BatchUID, b.Catalog, b.Rules)
 		res = Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries))}
 		if b.NewBatch {
 			if err := countBatch(ctx, tx, b, pipeline.Counts{}); err != nil {
 				return err
 			}
 		}
-		applied, err := lockLedger(ctx, tx, b.entityName(), b.Prepared.Candidates)
-		if err != nil {
-			return err
-		}
-		decisions := pipeline.Decide(b.Prepared.Candidates, applied)
-		failures, err := s.writeIsolated(ctx, tx, t, b.BatchUID, decisions)
-		if err != nil {
-			return err
-		}
-		failures = append(slices.Clone(b.Prepared.Failures), failures...)
-		for _, d := range decisions {
-			res.Outcomes[d.Index] = d.Outcome
+		for _, f := range b.Prepared.Failures {
+			w.deadLetter(f, b.Deliveries[f.Index])
+			res.Outcomes[f.Index] = pipeline.Failed
 		}
 		for _, i := range b.Prepared.Superseded {
 			res.Outcomes[i] = pipeline.Stale
 		}
-		for _, f := range failures {
-			res.Outcomes[f.Index] = pipeline.Failed
+		if b.Entity != nil {
+			outcomes, err := w.applyEntity(ctx, b.Entity, b.Deliveries, b.Prepared.Candidates)
+			if err != nil {
+				return err
+			}
+			for i, o := range outcomes {
+				res.Outcomes[i] = o
+			}
 		}
-		res.Counts = pipeline.Counts{Fetched: int64(len(b.Deliveries)), Normalized: int64(b.Prepared.Normalized), Mapped: int64(b.Prepared.Mapped)}
+		res.Counts = pipeline.Counts{Fetched: int64(len(b.Deliveries)), Normalized: int64(b.Prepared.Normalized),
+			Mapped: int64(b.Prepared.Mapped), Released: w.released}
 		for _, o := range res.Outcomes {
 			res.Counts.Add(o)
 		}
 		if !res.Counts.Balanced() {
 			return fmt.Errorf("store: batch counts do not add up: %+v", res.Counts)
 		}
-		if err := s.insertFailures(ctx, tx, b, failures); err != nil {
+		if err := w.flushDeadLetters(ctx); err != nil {
 			return err
 		}
-		if err := countBatch(ctx, tx, b, res.Counts); err != nil {
-			return err
-		}
-		highs = highest(decisions)
-		return nil
+		return countBatch(ctx, tx, b, res.Counts)
 	})
 	if err == nil {
-		s.checkpoints.note(b.entityName(), b.BatchUID, highs)
+		w.noteCheckpoints()
 	}
 	return res, err
 }
@@ -155,59 +152,6 @@ func lockLedger(ctx context.Context, tx pgx.Tx, entity string, cands []pipeline.
 		}
 	}
 	return applied, rows.Err()
-}
-
-// writeIsolated writes the decisions under a savepoint. When the target rejects some
-// rows (a class 22/23 error), it rolls the savepoint back and bisects, so that only
-// the rows to blame become failures (stage write) and the rest is written.
-// Decisions are updated in place: a ledger write that lost a race becomes stale, a
-// rejected row becomes failed.
-func (s *Store) writeIsolated(ctx context.Context, tx pgx.Tx, t *target, batchUID uuid.UUID, ds []pipeline.Decision) ([]pipeline.Failure, error) {
-	var writes []int
-	for i, d := range ds {
-		if d.Ledger {
-			writes = append(writes, i)
-		}
-	}
-	var failures []pipeline.Failure
-	var run func(idx []int) error
-	run = func(idx []int) error {
-		if len(idx) == 0 {
-			return nil
-		}
-		sp, err := tx.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		err = writeOnce(ctx, sp, t, batchUID, ds, idx)
-		if err == nil {
-			return sp.Commit(ctx)
-		}
-		if rbErr := sp.Rollback(ctx); rbErr != nil {
-			return rbErr
-		}
-		if !rowError(err) {
-			return err
-		}
-		if len(idx) == 1 {
-			d := &ds[idx[0]]
-			failures = append(failures, pipeline.Failure{
-				Index: d.Index, Stage: pipeline.StageWrite, Entity: d.Record.Entity, BKHash: d.Record.BKHash,
-				Normalized: d.Record.Fields, Err: fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err),
-			})
-			d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
-			return nil
-		}
-		mid := len(idx) / 2
-		if err := run(idx[:mid]); err != nil {
-			return err
-		}
-		return run(idx[mid:])
-	}
-	if err := run(writes); err != nil {
-		return nil, err
-	}
-	return failures, nil
 }
 
 const upsertLedgerSQL = `

@@ -81,7 +81,7 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 	}
 	e, _ := f.cat.Entity(entity)
 	prepared := pipeline.Preparer{Catalog: f.cat, Rules: rules}.Prepare(ds)
-	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "test", Deliveries: ds, Prepared: prepared})
+	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, Rules: rules, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "test", Deliveries: ds, Prepared: prepared})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -95,6 +95,13 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 func (f *fixture) rows(sql string) string {
 	f.t.Helper()
 	return testenv.Rows(f.t, f.conn, sql)
+}
+
+// applyParents applies site S1 and item P1, the parents of the test work orders.
+func (f *fixture) applyParents() {
+	f.t.Helper()
+	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
+	f.apply("items", nil, `{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`)
 }
 
 func siteEvent(op, contract, rv, desc string) string {
@@ -151,6 +158,7 @@ func TestApplyBatchOrdering(t *testing.T) {
 
 func TestApplyBatchIsolatesRejectedRows(t *testing.T) {
 	f := newFixture(t)
+	f.applyParents()
 	var bodies []string
 	for i := range 1000 {
 		lot := "5"
@@ -170,7 +178,7 @@ func TestApplyBatchIsolatesRejectedRows(t *testing.T) {
 		t.Fatalf("ledger has %s rows, want 999 (the rejected row has none)", got)
 	}
 	got := f.rows(`SELECT stage_failed, stream_seq, normalized_data->>'ORDER_NO', convert_from(raw_bytes, 'UTF8') = raw_data::text OR raw_data IS NOT NULL, error_message LIKE '%lot_size%' FROM bridge.failed_records`)
-	if got != "write|438|WO-0437|true|true" {
+	if got != "write|440|WO-0437|true|true" {
 		t.Fatalf("dead letter: %s", got)
 	}
 	var raw []byte

@@ -5,42 +5,100 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
+// RetryPolicy says which dead letters the retry worker re-runs by itself, and when.
+//
+// Retried automatically: mapping (the rules may be fixed), write (the target may
+// accept the row later, e.g. after a constraint or a referenced row changed) and
+// max_deliver (the crash loop may have been transient). Not retried automatically:
+// decode and normalization (the bytes will not change; fix the catalog or the
+// publisher, then `syncflow dlq retry`), and orphan (the sweeper already waited for
+// the parent). Any dead letter can be re-run by hand.
+type RetryPolicy struct {
+	// FirstRetry is the delay before the first automatic retry (default 1m); each
+	// later one waits twice as long, up to MaxDelay (default 1h).
+	FirstRetry, MaxDelay time.Duration
+	// MaxRetries is how many automatic retries a dead letter gets (default 5).
+	MaxRetries int
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if p.FirstRetry <= 0 {
+		p.FirstRetry = time.Minute
+	}
+	if p.MaxDelay <= 0 {
+		p.MaxDelay = time.Hour
+	}
+	if p.MaxRetries <= 0 {
+		p.MaxRetries = 5
+	}
+	return p
+}
+
+func (p RetryPolicy) delay(retry int) time.Duration {
+	d := p.FirstRetry
+	for i := 0; i < retry && d < p.MaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, p.MaxDelay)
+}
+
+// AutoRetried reports whether dead letters of stage are retried by the worker.
+func AutoRetried(stage pipeline.Stage) bool {
+	switch stage {
+	case pipeline.StageMapping, pipeline.StageWrite, pipeline.StageMaxDeliver:
+		return true
+	}
+	return false
+}
+
 const insertFailuresSQL = `
 INSERT INTO bridge.failed_records
-    (uid, batch_uid, entity_name, source_system, stream, subject, stream_seq, bk_hash,
-     raw_bytes, raw_data, normalized_data, stage_failed, error_message)
-SELECT u.uid, $1, u.entity, $2, u.stream, u.subject, u.seq, u.bk_hash,
-       u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err
-FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
-            $9::bytea[], $10::text[], $11::text[], $12::text[], $13::text[])
-    AS u (uid, entity, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err)`
+    (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
+     raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at)
+SELECT u.uid, $1, u.entity, $2, u.src, u.stream, u.subject, u.seq, u.bk_hash,
+       u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err, $3,
+       CASE WHEN u.retry THEN now() + $4::interval END
+FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
+            $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bool[])
+    AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, retry)
+ON CONFLICT (stream, stream_seq) WHERE stage_failed = 'max_deliver' AND resolved_at IS NULL DO NOTHING`
 
-// insertFailures writes dead letters with the raw bytes exactly as received.
-func (s *Store) insertFailures(ctx context.Context, tx pgx.Tx, b Batch, fs []pipeline.Failure) error {
-	if len(fs) == 0 {
+// flushDeadLetters writes the transaction's dead letters, raw bytes exactly as
+// received.
+func (w *txWork) flushDeadLetters(ctx context.Context) error {
+	if len(w.dead) == 0 {
 		return nil
 	}
-	n := len(fs)
+	n := len(w.dead)
 	uids := make([]uuid.UUID, n)
-	entities, streams, subjects, hashes := make([]string, n), make([]string, n), make([]string, n), make([]*string, n)
+	entities, srcs, streams, subjects := make([]string, n), make([]*string, n), make([]string, n), make([]string, n)
+	hashes, rawData, normalized := make([]*string, n), make([]*string, n), make([]*string, n)
 	seqs := make([]int64, n)
 	raws := make([][]byte, n)
-	rawData, normalized := make([]*string, n), make([]*string, n)
 	stages, errs := make([]string, n), make([]string, n)
-	for j, f := range fs {
-		d := b.Deliveries[f.Index]
-		uids[j] = s.NewUID()
+	retry := make([]bool, n)
+	sourceSystem := "oracle_ifs"
+	if w.cat != nil {
+		sourceSystem = w.cat.SourceSystem
+	}
+	for j, f := range w.dead {
+		d := f.delivery
+		uids[j] = w.s.NewUID()
 		entities[j] = sanitizeText(f.Entity)
 		if entities[j] == "" {
-			entities[j] = b.entityName()
+			entities[j] = UnknownEntity
+		}
+		if d.Source != "" {
+			src := string(d.Source)
+			srcs[j] = &src
 		}
 		streams[j], subjects[j], seqs[j] = d.Stream, sanitizeText(d.Subject), int64(d.StreamSeq)
 		if f.BKHash != "" {
@@ -58,9 +116,11 @@ func (s *Store) insertFailures(ctx context.Context, tx pgx.Tx, b Batch, fs []pip
 			}
 		}
 		stages[j], errs[j] = string(f.Stage), sanitizeText(f.Err.Error())
+		retry[j] = AutoRetried(f.Stage)
 	}
-	_, err := tx.Exec(ctx, insertFailuresSQL, b.BatchUID, sourceSystemOf(b), uids, entities, streams, subjects, seqs, hashes,
-		raws, rawData, normalized, stages, errs)
+	policy := w.s.Retry.withDefaults()
+	_, err := w.tx.Exec(ctx, insertFailuresSQL, w.batchUID, sourceSystem, policy.MaxRetries, policy.FirstRetry,
+		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, retry)
 	return err
 }
 

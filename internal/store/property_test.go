@@ -80,7 +80,7 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 					continue
 				}
 				prepared := pipeline.Preparer{Catalog: f.cat}.Prepare(ds)
-				res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "prop", Deliveries: ds, Prepared: prepared})
+				res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "prop", Deliveries: ds, Prepared: prepared})
 				if err != nil {
 					rt.Fatal(err)
 				}

@@ -24,6 +24,10 @@ type Store struct {
 	checkpoints *checkpoints
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
+	// Park says how long parked children wait; Retry which dead letters are retried
+	// by themselves, and when. Set them before use.
+	Park  ParkPolicy
+	Retry RetryPolicy
 }
 
 // Config configures the pool.

@@ -1,0 +1,410 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/normalize"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// ParkPolicy says how long parked children wait for their parents.
+type ParkPolicy struct {
+	// FirstRetry is when the sweeper first re-checks a parked child (default 30s);
+	// each later re-check waits twice as long, up to MaxDelay (default 1h).
+	FirstRetry, MaxDelay time.Duration
+	// MaxRetries is how many re-checks a child gets before it becomes an orphan dead
+	// letter (default 10).
+	MaxRetries int
+}
+
+func (p ParkPolicy) withDefaults() ParkPolicy {
+	if p.FirstRetry <= 0 {
+		p.FirstRetry = 30 * time.Second
+	}
+	if p.MaxDelay <= 0 {
+		p.MaxDelay = time.Hour
+	}
+	if p.MaxRetries <= 0 {
+		p.MaxRetries = 10
+	}
+	return p
+}
+
+// delay returns the wait before re-check number retry+1.
+func (p ParkPolicy) delay(retry int) time.Duration {
+	d := p.FirstRetry
+	for i := 0; i < retry && d < p.MaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, p.MaxDelay)
+}
+
+// deadLetter is a failure with the delivery it came from.
+type deadLetter struct {
+	pipeline.Failure
+	delivery pipeline.Delivery
+}
+
+// txWork is what one transaction applies: a batch, and the children its parents
+// release, level by level.
+type txWork struct {
+	s        *Store
+	tx       pgx.Tx
+	batchUID uuid.UUID
+	cat      *catalog.Catalog
+	rules    *mapping.Set
+	dead     []deadLetter
+	released int64
+	highs    map[string]map[string]event.RowVersion // entity -> source system -> highest
+}
+
+func (s *Store) newWork(tx pgx.Tx, batchUID uuid.UUID, cat *catalog.Catalog, rules *mapping.Set) *txWork {
+	return &txWork{s: s, tx: tx, batchUID: batchUID, cat: cat, rules: rules, highs: map[string]map[string]event.RowVersion{}}
+}
+
+func (w *txWork) deadLetter(f pipeline.Failure, d pipeline.Delivery) {
+	w.dead = append(w.dead, deadLetter{Failure: f, delivery: d})
+}
+
+// applyEntity decides and writes candidates of entity e (ds are the deliveries the
+// candidates index into) and returns each delivery's outcome.
+func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, error) {
+	t, err := w.s.target(e.Name)
+	if err != nil {
+		return nil, err
+	}
+	applied, err := lockLedger(ctx, w.tx, e.Name, cands)
+	if err != nil {
+		return nil, err
+	}
+	decisions := pipeline.Decide(cands, applied)
+	if len(e.Parents) > 0 {
+		if err := w.park(ctx, e, ds, decisions); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.writeIsolated(ctx, t, ds, decisions); err != nil {
+		return nil, err
+	}
+	outcomes := make(map[int]pipeline.Outcome, len(decisions))
+	for _, d := range decisions {
+		outcomes[d.Index] = d.Outcome
+		if d.Ledger {
+			w.noteHigh(e.Name, d.Record)
+		}
+	}
+	if len(w.cat.Children(e.Name)) > 0 {
+		if err := w.release(ctx, e, decisions); err != nil {
+			return nil, err
+		}
+	}
+	return outcomes, nil
+}
+
+func (w *txWork) noteHigh(entity string, r normalize.Record) {
+	m := w.highs[entity]
+	if m == nil {
+		m = map[string]event.RowVersion{}
+		w.highs[entity] = m
+	}
+	if h, ok := m[r.SourceSystem]; !ok || r.RowVersion.Ord > h.Ord {
+		m[r.SourceSystem] = r.RowVersion
+	}
+}
+
+func (w *txWork) noteCheckpoints() {
+	for entity, highs := range w.highs {
+		w.s.checkpoints.note(entity, w.batchUID, highs)
+	}
+}
+
+// lockKeys takes a transaction-level advisory lock on every (entity, bk_hash), in a
+// stable order. A child checking its parents and a parent releasing its children
+// lock the same parent key, so the two cannot miss each other: whichever comes
+// second sees what the first committed.
+func (w *txWork) lockKeys(ctx context.Context, keys []parentKey) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(keys))
+	for _, k := range keys {
+		sum := sha256.Sum256([]byte("syncflow:" + k.entity + ":" + k.hash))
+		ids = append(ids, int64(binary.BigEndian.Uint64(sum[:8])))
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	_, err := w.tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k`, ids)
+	return err
+}
+
+type parentKey struct{ entity, hash string }
+
+const presentParentsSQL = `
+SELECT r.entity_name, r.bk_hash
+FROM bridge.synced_records r
+JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
+WHERE NOT r.deleted`
+
+// park moves every upsert whose parent (any the catalog names, in catalog order) is
+// not applied into pending_children, under its first missing parent.
+func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
+	var check []int
+	keys := map[parentKey]bool{}
+	for i, d := range decisions {
+		if d.Target && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
+			check = append(check, i)
+			for _, p := range d.Record.Parents {
+				keys[parentKey{p.Entity, p.BKHash}] = true
+			}
+		}
+	}
+	if len(check) == 0 {
+		return nil
+	}
+	list := slices.SortedFunc(maps.Keys(keys), func(a, b parentKey) int {
+		if a.entity != b.entity {
+			return strings.Compare(a.entity, b.entity)
+		}
+		return strings.Compare(a.hash, b.hash)
+	})
+	if err := w.lockKeys(ctx, list); err != nil {
+		return err
+	}
+	entities, hashes := make([]string, len(list)), make([]string, len(list))
+	for i, k := range list {
+		entities[i], hashes[i] = k.entity, k.hash
+	}
+	rows, err := w.tx.Query(ctx, presentParentsSQL, entities, hashes)
+	if err != nil {
+		return err
+	}
+	present := map[parentKey]bool{}
+	for rows.Next() {
+		var k parentKey
+		if err := rows.Scan(&k.entity, &k.hash); err != nil {
+			return err
+		}
+		present[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var parked []parkRow
+	for _, i := range check {
+		d := &decisions[i]
+		for _, p := range d.Record.Parents {
+			if present[parentKey{p.Entity, p.BKHash}] {
+				continue
+			}
+			payload := jsonbText(ds[d.Index].Data)
+			if payload == nil {
+				w.deadLetter(pipeline.Failure{Index: d.Index, Stage: pipeline.StageParent, Entity: e.Name, BKHash: d.Record.BKHash,
+					Normalized: d.Record.Fields, Err: fmt.Errorf("parent %s %v is missing and the event cannot be parked: it holds a NUL character", p.Entity, p.Key)}, ds[d.Index])
+				d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
+				break
+			}
+			parked = append(parked, parkRow{decision: i, parent: p, payload: *payload, delivery: ds[d.Index]})
+			d.Outcome, d.Ledger, d.Target = pipeline.Parked, false, false
+			break
+		}
+	}
+	return w.insertParked(ctx, e, decisions, parked)
+}
+
+type parkRow struct {
+	decision int
+	parent   normalize.ParentRef
+	payload  string
+	delivery pipeline.Delivery
+}
+
+const parkSQL = `
+INSERT INTO bridge.pending_children AS p
+    (uid, batch_uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload,
+     child_rowversion, rowversion_ord, source_stream, stream, subject, stream_seq, payload_hash, max_retries, next_retry_at)
+SELECT u.uid, $1, $2, u.child_hash, u.parent_entity, u.parent_hash, u.parent_key::jsonb, u.payload::jsonb,
+       u.rowversion, u.ord, u.src, u.stream, u.subject, u.seq, u.hash, $3, now() + $4::interval
+FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],
+            $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bytea[])
+    AS u (uid, child_hash, parent_entity, parent_hash, parent_key, payload, rowversion, ord, src, stream, subject, seq, hash)
+ON CONFLICT (child_entity, child_bk_hash) DO UPDATE SET
+    batch_uid = excluded.batch_uid, parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
+    parent_key = excluded.parent_key, child_payload = excluded.child_payload, child_rowversion = excluded.child_rowversion,
+    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream, stream = excluded.stream,
+    subject = excluded.subject, stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
+    retry_count = 0, next_retry_at = excluded.next_retry_at
+WHERE excluded.rowversion_ord > p.rowversion_ord
+   OR (excluded.rowversion_ord = p.rowversion_ord AND excluded.source_stream = p.source_stream
+       AND (excluded.stream_seq > p.stream_seq
+            OR (excluded.stream_seq = p.stream_seq AND excluded.payload_hash IS DISTINCT FROM p.payload_hash)))
+RETURNING child_bk_hash`
+
+// insertParked writes the parked rows; one row per child key, so a version older
+// than the one already parked is stale.
+func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, rows []parkRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	n := len(rows)
+	uids := make([]uuid.UUID, n)
+	hashes, pents, phashes, pkeys, payloads, rvs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	srcs, streams, subjects := make([]string, n), make([]string, n), make([]string, n)
+	ords, seqs := make([]int64, n), make([]int64, n)
+	phash := make([][]byte, n)
+	for j, r := range rows {
+		d := decisions[r.decision]
+		key, _ := json.Marshal(r.parent.Key)
+		uids[j] = w.s.NewUID()
+		hashes[j], pents[j], phashes[j], pkeys[j], payloads[j] = d.Record.BKHash, r.parent.Entity, r.parent.BKHash, string(key), r.payload
+		rvs[j], ords[j] = d.Record.RowVersion.Text, d.Record.RowVersion.Ord
+		srcs[j], streams[j], subjects[j], seqs[j] = string(d.Version.Source), r.delivery.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
+		phash[j] = d.PayloadHash
+	}
+	policy := w.s.Park.withDefaults()
+	q, err := w.tx.Query(ctx, parkSQL, w.batchUID, e.Name, policy.MaxRetries, policy.FirstRetry,
+		uids, hashes, pents, phashes, pkeys, payloads, rvs, ords, srcs, streams, subjects, seqs, phash)
+	if err != nil {
+		return err
+	}
+	won, err := pgx.CollectRows(q, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	accepted := map[string]bool{}
+	for _, h := range won {
+		accepted[h] = true
+	}
+	for _, r := range rows {
+		if d := &decisions[r.decision]; !accepted[d.Record.BKHash] {
+			d.Outcome = pipeline.Stale // a newer version of this child is already parked
+		}
+	}
+	return nil
+}
+
+const releaseSQL = `
+DELETE FROM bridge.pending_children p
+USING unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+RETURNING p.child_entity, p.child_payload::text, p.source_stream, coalesce(p.stream, ''), coalesce(p.subject, ''), p.stream_seq`
+
+// release applies, in this transaction, the children waiting for the parents this
+// level applied, and so on down the catalog.
+func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision) error {
+	var keys []parentKey
+	for _, d := range decisions {
+		if d.Ledger && d.Record.Op == event.OpUpsert {
+			keys = append(keys, parentKey{e.Name, d.Record.BKHash})
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := w.lockKeys(ctx, keys); err != nil {
+		return err
+	}
+	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		entities[i], hashes[i] = k.entity, k.hash
+	}
+	rows, err := w.tx.Query(ctx, releaseSQL, entities, hashes)
+	if err != nil {
+		return err
+	}
+	byEntity := map[string][]pipeline.Delivery{}
+	for rows.Next() {
+		var child, payload, src, stream, subject string
+		var seq int64
+		if err := rows.Scan(&child, &payload, &src, &stream, &subject, &seq); err != nil {
+			return err
+		}
+		byEntity[child] = append(byEntity[child], pipeline.Delivery{Subject: subject, Source: pipeline.Source(src), Stream: stream, StreamSeq: uint64(seq), Data: []byte(payload)})
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return w.applyReleased(ctx, byEntity)
+}
+
+// applyReleased runs released children through the pipeline, as fresh deliveries.
+func (w *txWork) applyReleased(ctx context.Context, byEntity map[string][]pipeline.Delivery) error {
+	for _, name := range slices.Sorted(maps.Keys(byEntity)) {
+		ds := byEntity[name]
+		child, ok := w.cat.Entity(name)
+		if !ok {
+			return fmt.Errorf("store: parked child of entity %q is not in the catalog", name)
+		}
+		w.released += int64(len(ds))
+		prepared := pipeline.Preparer{Catalog: w.cat, Rules: w.rules}.Prepare(ds)
+		for _, f := range prepared.Failures {
+			w.deadLetter(f, ds[f.Index])
+		}
+		if _, err := w.applyEntity(ctx, child, ds, prepared.Candidates); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeIsolated writes the decisions under a savepoint. When the target rejects some
+// rows (a class 22/23 error), it rolls the savepoint back and bisects, so that only
+// the rows to blame become dead letters (stage write) and the rest is written.
+// Decisions are updated in place: a ledger write that lost a race becomes stale, a
+// rejected row becomes failed.
+func (w *txWork) writeIsolated(ctx context.Context, t *target, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
+	var writes []int
+	for i, d := range decisions {
+		if d.Ledger {
+			writes = append(writes, i)
+		}
+	}
+	var run func(idx []int) error
+	run = func(idx []int) error {
+		if len(idx) == 0 {
+			return nil
+		}
+		sp, err := w.tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		err = writeOnce(ctx, sp, t, w.batchUID, decisions, idx)
+		if err == nil {
+			return sp.Commit(ctx)
+		}
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return rbErr
+		}
+		if !rowError(err) {
+			return err
+		}
+		if len(idx) == 1 {
+			d := &decisions[idx[0]]
+			w.deadLetter(pipeline.Failure{
+				Index: d.Index, Stage: pipeline.StageWrite, Entity: d.Record.Entity, BKHash: d.Record.BKHash,
+				Normalized: d.Record.Fields, Err: fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err),
+			}, ds[d.Index])
+			d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
+			return nil
+		}
+		mid := len(idx) / 2
+		if err := run(idx[:mid]); err != nil {
+			return err
+		}
+		return run(idx[mid:])
+	}
+	return run(writes)
+}
