@@ -86,12 +86,16 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 			res.Outcomes[i] = pipeline.Stale
 		}
 		if b.Entity != nil {
-			outcomes, err := w.applyEntity(ctx, b.Entity, b.Deliveries, b.Prepared.Candidates)
+			outcomes, failures, err := w.applyEntity(ctx, b.Entity, b.Deliveries, b.Prepared.Candidates)
 			if err != nil {
 				return err
 			}
 			for i, o := range outcomes {
 				res.Outcomes[i] = o
+			}
+			for _, f := range failures {
+				w.deadLetter(f, b.Deliveries[f.Index])
+				res.Outcomes[f.Index] = pipeline.Failed
 			}
 		}
 		res.Counts = pipeline.Counts{Fetched: int64(len(b.Deliveries)), Normalized: int64(b.Prepared.Normalized),

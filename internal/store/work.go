@@ -81,25 +81,30 @@ func (w *txWork) deadLetter(f pipeline.Failure, d pipeline.Delivery) {
 }
 
 // applyEntity decides and writes candidates of entity e (ds are the deliveries the
-// candidates index into) and returns each delivery's outcome.
-func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, error) {
+// candidates index into). It returns each candidate's outcome by delivery index, and
+// the candidates that failed (to be dead-lettered, or, for a retry, recorded on
+// their dead letter); children it releases are handled in full.
+func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, []pipeline.Failure, error) {
 	t, err := w.s.target(e.Name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	applied, err := lockLedger(ctx, w.tx, e.Name, cands)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	decisions := pipeline.Decide(cands, applied)
+	var failures []pipeline.Failure
 	if len(e.Parents) > 0 {
-		if err := w.park(ctx, e, ds, decisions); err != nil {
-			return nil, err
+		if failures, err = w.park(ctx, e, ds, decisions); err != nil {
+			return nil, nil, err
 		}
 	}
-	if err := w.writeIsolated(ctx, t, ds, decisions); err != nil {
-		return nil, err
+	rejected, err := w.writeIsolated(ctx, t, decisions)
+	if err != nil {
+		return nil, nil, err
 	}
+	failures = append(failures, rejected...)
 	outcomes := make(map[int]pipeline.Outcome, len(decisions))
 	for _, d := range decisions {
 		outcomes[d.Index] = d.Outcome
@@ -109,10 +114,10 @@ func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeli
 	}
 	if len(w.cat.Children(e.Name)) > 0 {
 		if err := w.release(ctx, e, decisions); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return outcomes, nil
+	return outcomes, failures, nil
 }
 
 func (w *txWork) noteHigh(entity string, r normalize.Record) {
@@ -161,7 +166,7 @@ WHERE NOT r.deleted`
 
 // park moves every upsert whose parent (any the catalog names, in catalog order) is
 // not applied into pending_children, under its first missing parent.
-func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
+func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
 	var check []int
 	keys := map[parentKey]bool{}
 	for i, d := range decisions {
@@ -173,7 +178,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 		}
 	}
 	if len(check) == 0 {
-		return nil
+		return nil, nil
 	}
 	list := slices.SortedFunc(maps.Keys(keys), func(a, b parentKey) int {
 		if a.entity != b.entity {
@@ -182,7 +187,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 		return strings.Compare(a.hash, b.hash)
 	})
 	if err := w.lockKeys(ctx, list); err != nil {
-		return err
+		return nil, err
 	}
 	entities, hashes := make([]string, len(list)), make([]string, len(list))
 	for i, k := range list {
@@ -190,20 +195,21 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 	}
 	rows, err := w.tx.Query(ctx, presentParentsSQL, entities, hashes)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	present := map[parentKey]bool{}
 	for rows.Next() {
 		var k parentKey
 		if err := rows.Scan(&k.entity, &k.hash); err != nil {
-			return err
+			return nil, err
 		}
 		present[k] = true
 	}
 	if err := rows.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	var parked []parkRow
+	var failures []pipeline.Failure
 	for _, i := range check {
 		d := &decisions[i]
 		for _, p := range d.Record.Parents {
@@ -212,8 +218,8 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 			}
 			payload := jsonbText(ds[d.Index].Data)
 			if payload == nil {
-				w.deadLetter(pipeline.Failure{Index: d.Index, Stage: pipeline.StageParent, Entity: e.Name, BKHash: d.Record.BKHash,
-					Normalized: d.Record.Fields, Err: fmt.Errorf("parent %s %v is missing and the event cannot be parked: it holds a NUL character", p.Entity, p.Key)}, ds[d.Index])
+				failures = append(failures, pipeline.Failure{Index: d.Index, Stage: pipeline.StageParent, Entity: e.Name, BKHash: d.Record.BKHash,
+					Normalized: d.Record.Fields, Err: fmt.Errorf("parent %s %v is missing and the event cannot be parked: it holds a NUL character", p.Entity, p.Key)})
 				d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
 				break
 			}
@@ -222,7 +228,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 			break
 		}
 	}
-	return w.insertParked(ctx, e, decisions, parked)
+	return failures, w.insertParked(ctx, e, decisions, parked)
 }
 
 type parkRow struct {
@@ -337,27 +343,65 @@ func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pip
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	return w.applyReleased(ctx, byEntity)
+	_, err = w.applyReleased(ctx, byEntity)
+	return err
 }
 
-// applyReleased runs released children through the pipeline, as fresh deliveries.
-func (w *txWork) applyReleased(ctx context.Context, byEntity map[string][]pipeline.Delivery) error {
+// applyReleased runs released children through the pipeline, as fresh deliveries,
+// dead-lettering those that fail now, and counts what became of them.
+func (w *txWork) applyReleased(ctx context.Context, byEntity map[string][]pipeline.Delivery) (pipeline.Counts, error) {
+	var counts pipeline.Counts
 	for _, name := range slices.Sorted(maps.Keys(byEntity)) {
 		ds := byEntity[name]
-		child, ok := w.cat.Entity(name)
-		if !ok {
-			return fmt.Errorf("store: parked child of entity %q is not in the catalog", name)
-		}
 		w.released += int64(len(ds))
-		prepared := pipeline.Preparer{Catalog: w.cat, Rules: w.rules}.Prepare(ds)
-		for _, f := range prepared.Failures {
-			w.deadLetter(f, ds[f.Index])
+		outcomes, err := w.applyDeliveries(ctx, ds, func(f pipeline.Failure) { w.deadLetter(f, ds[f.Index]) })
+		if err != nil {
+			return counts, err
 		}
-		if _, err := w.applyEntity(ctx, child, ds, prepared.Candidates); err != nil {
-			return err
+		counts.Fetched += int64(len(ds))
+		for _, o := range outcomes {
+			counts.Add(o)
 		}
 	}
-	return nil
+	return counts, nil
+}
+
+// applyDeliveries prepares deliveries of any entities and applies them, entity by
+// entity in catalog order; failed receives each failure (its Index is into ds).
+// It returns every delivery's outcome.
+func (w *txWork) applyDeliveries(ctx context.Context, ds []pipeline.Delivery, failed func(pipeline.Failure)) ([]pipeline.Outcome, error) {
+	outcomes := make([]pipeline.Outcome, len(ds))
+	prepared := pipeline.Preparer{Catalog: w.cat, Rules: w.rules}.Prepare(ds)
+	for _, f := range prepared.Failures {
+		failed(f)
+		outcomes[f.Index] = pipeline.Failed
+	}
+	for _, i := range prepared.Superseded {
+		outcomes[i] = pipeline.Stale
+	}
+	byEntity := map[string][]pipeline.Candidate{}
+	for _, c := range prepared.Candidates {
+		byEntity[c.Record.Entity] = append(byEntity[c.Record.Entity], c)
+	}
+	for _, name := range w.cat.Names() {
+		cands := byEntity[name]
+		if len(cands) == 0 {
+			continue
+		}
+		e, _ := w.cat.Entity(name)
+		out, failures, err := w.applyEntity(ctx, e, ds, cands)
+		if err != nil {
+			return nil, err
+		}
+		for i, o := range out {
+			outcomes[i] = o
+		}
+		for _, f := range failures {
+			failed(f)
+			outcomes[f.Index] = pipeline.Failed
+		}
+	}
+	return outcomes, nil
 }
 
 // writeIsolated writes the decisions under a savepoint. When the target rejects some
@@ -365,13 +409,14 @@ func (w *txWork) applyReleased(ctx context.Context, byEntity map[string][]pipeli
 // the rows to blame become dead letters (stage write) and the rest is written.
 // Decisions are updated in place: a ledger write that lost a race becomes stale, a
 // rejected row becomes failed.
-func (w *txWork) writeIsolated(ctx context.Context, t *target, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
+func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
 	var writes []int
 	for i, d := range decisions {
 		if d.Ledger {
 			writes = append(writes, i)
 		}
 	}
+	var failures []pipeline.Failure
 	var run func(idx []int) error
 	run = func(idx []int) error {
 		if len(idx) == 0 {
@@ -393,10 +438,10 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, ds []pipeline.Del
 		}
 		if len(idx) == 1 {
 			d := &decisions[idx[0]]
-			w.deadLetter(pipeline.Failure{
+			failures = append(failures, pipeline.Failure{
 				Index: d.Index, Stage: pipeline.StageWrite, Entity: d.Record.Entity, BKHash: d.Record.BKHash,
 				Normalized: d.Record.Fields, Err: fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err),
-			}, ds[d.Index])
+			})
 			d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
 			return nil
 		}
@@ -406,5 +451,8 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, ds []pipeline.Del
 		}
 		return run(idx[mid:])
 	}
-	return run(writes)
+	if err := run(writes); err != nil {
+		return nil, err
+	}
+	return failures, nil
 }
