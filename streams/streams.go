@@ -16,5 +16,12 @@ const (
 	Backfill = "APISMITH_BACKFILL"
 )
 
+// Advisories is the stream that keeps JetStream's max-deliveries advisories for the
+// two streams; AdvisoriesConsumer is SyncFlow's consumer of it.
+const (
+	Advisories         = "SYNCFLOW_ADVISORIES"
+	AdvisoriesConsumer = "max_deliveries"
+)
+
 // CatalogFile is the name of the entity catalog inside FS.
 const CatalogFile = "catalog.yaml"

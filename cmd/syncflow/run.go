@@ -35,6 +35,13 @@ func runCmd(ctx context.Context, args []string) error {
 	f.duration(&cfg.MappingResync, "mapping-resync", 30*time.Second, "reload field mappings at least this often (changes also arrive by NOTIFY)")
 	f.duration(&cfg.StrayInterval, "stray-interval", 10*time.Second, "how often to look for subjects no catalog entity owns (their messages are dead-lettered)")
 	f.duration(&cfg.CheckpointInterval, "checkpoint-interval", 500*time.Millisecond, "how often the checkpoints in bridge.erp_sync_state are written")
+	f.duration(&cfg.DeadLetterInterval, "dead-letter-interval", 5*time.Second, "how often parked children are re-checked and due dead letters retried")
+	f.duration(&cfg.Park.FirstRetry, "park-first-retry", 30*time.Second, "first re-check of a parked child; later ones wait twice as long each")
+	f.duration(&cfg.Park.MaxDelay, "park-max-delay", time.Hour, "longest wait between re-checks of a parked child")
+	f.int(&cfg.Park.MaxRetries, "park-max-retries", 10, "re-checks of a parked child before it becomes an orphan dead letter")
+	f.duration(&cfg.Retry.FirstRetry, "retry-first", time.Minute, "first automatic retry of a dead letter; later ones wait twice as long each")
+	f.duration(&cfg.Retry.MaxDelay, "retry-max-delay", time.Hour, "longest wait between automatic retries of a dead letter")
+	f.int(&cfg.Retry.MaxRetries, "retry-max", 5, "automatic retries of a dead letter (mapping, write and max_deliver stages)")
 	var maxConns int
 	f.int(&maxConns, "max-conns", 8, "most database connections")
 	if err := f.parse(args); err != nil {

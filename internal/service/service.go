@@ -21,6 +21,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -54,6 +55,12 @@ type Config struct {
 	StrayInterval time.Duration
 	// CheckpointInterval is how often checkpoints are written (default 500ms).
 	CheckpointInterval time.Duration
+	// Park says how long parked children wait; Retry how dead letters are retried.
+	Park  store.ParkPolicy
+	Retry store.RetryPolicy
+	// DeadLetterInterval is how often parked children are swept and due dead
+	// letters retried (default 5s).
+	DeadLetterInterval time.Duration
 	Logger             *slog.Logger
 }
 
@@ -79,6 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
+	st.Park, st.Retry = cfg.Park, cfg.Retry
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}
@@ -160,6 +168,17 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	})
 	g.Go(func() error { return st.RunCheckpoints(gctx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
+	worker := &deadletter.Worker{Store: st, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica,
+		Interval: cfg.DeadLetterInterval, Logger: log}
+	g.Go(func() error { return worker.Run(gctx) })
+	if cfg.Streams.Advisories.Name != "" {
+		reader, err := stream.NewAdvisoryReader(ctx, js, cfg.Streams)
+		if err != nil {
+			return err
+		}
+		drain := &deadletter.GaveUpDrain{Reader: reader, Store: st, Catalog: cfg.Catalog, Logger: log}
+		g.Go(func() error { return drain.Run(gctx) })
+	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
 		"database", store.RedactURL(cfg.DatabaseURL), "nats", nc.ConnectedUrlRedacted())
 	err = g.Wait()

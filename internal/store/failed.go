@@ -9,6 +9,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/catalog"
 
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -71,6 +74,25 @@ FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::big
     AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, retry)
 ON CONFLICT (stream, stream_seq) WHERE stage_failed = 'max_deliver' AND resolved_at IS NULL DO NOTHING`
 
+// DeadLetter is a failed delivery recorded outside a batch.
+type DeadLetter struct {
+	Delivery pipeline.Delivery
+	Failure  pipeline.Failure
+}
+
+// RecordDeadLetters writes dead letters that belong to no batch, such as the
+// messages JetStream gave up delivering. A max_deliver dead letter for a message
+// already dead-lettered (and not resolved) is not written twice.
+func (s *Store) RecordDeadLetters(ctx context.Context, cat *catalog.Catalog, items []DeadLetter) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		w := s.newWork(tx, uuid.Nil, cat, nil)
+		for _, it := range items {
+			w.deadLetter(it.Failure, it.Delivery)
+		}
+		return w.flushDeadLetters(ctx)
+	})
+}
+
 // flushDeadLetters writes the transaction's dead letters, raw bytes exactly as
 // received.
 func (w *txWork) flushDeadLetters(ctx context.Context) error {
@@ -119,7 +141,11 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 		retry[j] = AutoRetried(f.Stage)
 	}
 	policy := w.s.Retry.withDefaults()
-	_, err := w.tx.Exec(ctx, insertFailuresSQL, w.batchUID, sourceSystem, policy.MaxRetries, policy.FirstRetry,
+	var batch *uuid.UUID
+	if w.batchUID != uuid.Nil {
+		batch = &w.batchUID
+	}
+	_, err := w.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem, policy.MaxRetries, policy.FirstRetry,
 		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, retry)
 	return err
 }

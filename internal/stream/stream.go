@@ -124,7 +124,16 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 type Definitions struct {
 	Streams   map[string]jetstream.StreamConfig
 	Consumers map[string]map[string]jetstream.ConsumerConfig // stream -> entity -> config
+	// Advisories keeps the max-deliveries advisories; AdvisoriesConsumer reads them.
+	Advisories         jetstream.StreamConfig
+	AdvisoriesConsumer jetstream.ConsumerConfig
 }
+
+// AdvisoryFiles name the advisory stream and consumer definitions in streams/.
+const (
+	advisoryStreamFile   = "SYNCFLOW_ADVISORIES.json"
+	advisoryConsumerFile = "consumers/SYNCFLOW_ADVISORIES/max_deliveries.json"
+)
 
 // LoadDefinitions reads <STREAM>.json for each stream and
 // consumers/<STREAM>/<entity>.json for each entity. A missing consumer definition is
@@ -156,6 +165,12 @@ func LoadDefinitions(fsys fs.FS, streamNames, entities []string) (Definitions, e
 			defs.Consumers[s][e] = cc
 		}
 	}
+	if err := readJSON(fsys, advisoryStreamFile, &defs.Advisories); err != nil {
+		errs = append(errs, err)
+	}
+	if err := readJSON(fsys, advisoryConsumerFile, &defs.AdvisoriesConsumer); err != nil {
+		errs = append(errs, err)
+	}
 	return defs, errors.Join(errs...)
 }
 
@@ -172,6 +187,14 @@ func readJSON(fsys fs.FS, name string, v any) error {
 
 // Apply creates or updates every stream and consumer; it is idempotent.
 func Apply(ctx context.Context, js jetstream.JetStream, defs Definitions) error {
+	if defs.Advisories.Name != "" {
+		if _, err := js.CreateOrUpdateStream(ctx, defs.Advisories); err != nil {
+			return fmt.Errorf("stream %s: %w", defs.Advisories.Name, err)
+		}
+		if _, err := js.CreateOrUpdateConsumer(ctx, defs.Advisories.Name, defs.AdvisoriesConsumer); err != nil {
+			return fmt.Errorf("consumer %s on %s: %w", defs.AdvisoriesConsumer.Durable, defs.Advisories.Name, err)
+		}
+	}
 	for name, sc := range defs.Streams {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)

@@ -112,6 +112,8 @@ func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
 		}
 	}
 	cat, _ := shipped(t)
+	run("stream", "add", "--config", streams.Advisories+".json")
+	run("consumer", "add", streams.Advisories, "--config", filepath.Join("consumers", streams.Advisories, streams.AdvisoriesConsumer+".json"))
 	for _, s := range []string{streams.Realtime, streams.Backfill} {
 		run("stream", "add", "--config", s+".json")
 		for _, e := range cat.Names() {

@@ -1,0 +1,96 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/streams"
+)
+
+// GaveUp is a message JetStream stopped delivering to a consumer after max_deliver
+// attempts, read back from its stream.
+type GaveUp struct {
+	Consumer   string
+	Deliveries uint64
+	// Delivery is the message; Found is false when the stream no longer holds it.
+	Delivery pipeline.Delivery
+	Found    bool
+	ack      func() error
+}
+
+// Ack acknowledges the advisory (after the dead letter was committed).
+func (g GaveUp) Ack() error { return g.ack() }
+
+// AdvisoryReader reads the max-deliveries advisories kept in the advisories stream.
+type AdvisoryReader struct {
+	js       jetstream.JetStream
+	consumer jetstream.Consumer
+}
+
+// NewAdvisoryReader binds to the advisories consumer.
+func NewAdvisoryReader(ctx context.Context, js jetstream.JetStream, defs Definitions) (*AdvisoryReader, error) {
+	c, err := js.Consumer(ctx, defs.Advisories.Name, defs.AdvisoriesConsumer.Durable)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w (run `syncflow streams apply`)", defs.AdvisoriesConsumer.Durable, defs.Advisories.Name, err)
+	}
+	return &AdvisoryReader{js: js, consumer: c}, nil
+}
+
+type maxDeliverAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// Fetch returns up to n advisories with the messages they name. An advisory that
+// cannot be parsed is acked and skipped (it names nothing to dead-letter).
+func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) ([]GaveUp, error) {
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	batch, err := r.consumer.Fetch(n, jetstream.FetchContext(fctx))
+	if err != nil {
+		return nil, err
+	}
+	var out []GaveUp
+	for m := range batch.Messages() {
+		var a maxDeliverAdvisory
+		if err := json.Unmarshal(m.Data(), &a); err != nil || a.Stream == "" || a.StreamSeq == 0 {
+			_ = m.Ack()
+			continue
+		}
+		g := GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, ack: m.Ack,
+			Delivery: pipeline.Delivery{Stream: a.Stream, StreamSeq: a.StreamSeq, Source: sourceOf(a.Stream)}}
+		s, err := r.js.Stream(ctx, a.Stream)
+		if err != nil {
+			return out, err
+		}
+		raw, err := s.GetMsg(ctx, a.StreamSeq)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return out, err
+		default:
+			g.Found = true
+			g.Delivery.Subject, g.Delivery.Data = raw.Subject, raw.Data
+		}
+		out = append(out, g)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return out, err
+	}
+	return out, nil
+}
+
+func sourceOf(stream string) pipeline.Source {
+	if stream == streams.Backfill {
+		return pipeline.Backfill
+	}
+	return pipeline.Realtime
+}
