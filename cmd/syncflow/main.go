@@ -22,6 +22,9 @@ var commands = []command{
 	{"migrate", "apply or inspect the bridge schema migrations: up | down [N] | version | force V", migrateCmd},
 	{"streams", "create or update the JetStream streams and consumers: apply", streamsCmd},
 	{"mappings", "field-mapping rules: list | export | import FILE (CSV or JSON)", mappingsCmd},
+	{"dlq", "dead letters: list | show UID | retry | resolve UID | purge", dlqCmd},
+	{"parked", "children waiting for their parents: list | release | expire", parkedCmd},
+	{"replay", "re-deliver a time or sequence range of an entity through the pipeline", replayCmd},
 }
 
 func usage() {
@@ -29,7 +32,7 @@ func usage() {
 	for _, c := range commands {
 		fmt.Fprintf(os.Stderr, "  %-9s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(os.Stderr, "\nRun `syncflow COMMAND --help` for a command's flags. Every flag can also be set\nwith a SYNCFLOW_* environment variable, named in the flag's help.\n")
+	fmt.Fprint(os.Stderr, "\nRun `syncflow COMMAND --help` for a command's flags. Every flag can also be set\nwith a SYNCFLOW_* environment variable, named in the flag's help.\n\nExit codes: 0 success, 1 failure, 2 a mistake on the command line, 3 a UID or name\nthat matches nothing.\n")
 }
 
 // errUsage marks a mistake on the command line: exit code 2.
@@ -54,6 +57,9 @@ func main() {
 			case errors.Is(err, errUsage):
 				fmt.Fprintf(os.Stderr, "syncflow %s: %v\n", c.name, err)
 				os.Exit(2)
+			case errors.Is(err, errNotFound):
+				fmt.Fprintf(os.Stderr, "syncflow %s: %v\n", c.name, err)
+				os.Exit(3)
 			default:
 				fmt.Fprintf(os.Stderr, "syncflow %s: %v\n", c.name, err)
 				os.Exit(1)

@@ -281,6 +281,21 @@ func (c *Counts) Add(o Outcome) {
 	}
 }
 
+// Merge adds o's counts to c.
+func (c *Counts) Merge(o Counts) {
+	c.Fetched += o.Fetched
+	c.Normalized += o.Normalized
+	c.Mapped += o.Mapped
+	c.Inserted += o.Inserted
+	c.Updated += o.Updated
+	c.Unchanged += o.Unchanged
+	c.Stale += o.Stale
+	c.Deleted += o.Deleted
+	c.Parked += o.Parked
+	c.Released += o.Released
+	c.Failed += o.Failed
+}
+
 // Balanced reports whether every fetched delivery has exactly one outcome.
 func (c Counts) Balanced() bool {
 	return c.Fetched == c.Inserted+c.Updated+c.Unchanged+c.Stale+c.Deleted+c.Parked+c.Failed

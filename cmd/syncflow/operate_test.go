@@ -1,0 +1,290 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/testenv"
+)
+
+// world is a fresh database and NATS server for one test, with the binary's
+// environment pointing at them.
+type world struct {
+	t    *testing.T
+	ctx  context.Context
+	db   string
+	nats string
+	env  []string
+	conn *pgx.Conn
+	js   jetstream.JetStream
+}
+
+func newWorld(t *testing.T, extraEnv ...string) *world {
+	t.Helper()
+	ctx := context.Background()
+	db, drop, err := testenv.NewMigratedDatabase(ctx, "e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	srv := testenv.NATS(t)
+	w := &world{t: t, ctx: ctx, db: db.URL, nats: srv.ClientURL()}
+	w.env = append([]string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}, extraEnv...)
+	if out, err := syncflow(t, w.env, "streams", "apply"); err != nil {
+		t.Fatalf("streams apply: %v\n%s", err, out)
+	}
+	if w.conn, err = pgx.Connect(ctx, db.URL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.conn.Close(ctx) })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	w.js, _ = jetstream.New(nc)
+	return w
+}
+
+func (w *world) publish(entity, body string) {
+	w.t.Helper()
+	if _, err := w.js.Publish(w.ctx, "apismith.cdc."+entity, []byte(body)); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) query(sql string) string {
+	w.t.Helper()
+	return testenv.Rows(w.t, w.conn, sql)
+}
+
+// cli runs a syncflow command and returns its output and exit code.
+func (w *world) cli(args ...string) (string, int) {
+	w.t.Helper()
+	out, err := syncflow(w.t, w.env, args...)
+	if exit, ok := err.(*exec.ExitError); ok {
+		return out, exit.ExitCode()
+	} else if err != nil {
+		w.t.Fatal(err)
+	}
+	return out, 0
+}
+
+func op(order string, no int, wc, desc string) string {
+	return fmt.Sprintf(`{"entity":"work_order_operations","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ORDER_NO":%q,"OPERATION_NO":%d,"CONTRACT":"S1","WORK_CENTER_NO":%q,"DESCRIPTION":%q}}`, order, no, wc, desc)
+}
+
+func workOrder(order, part string) string {
+	return fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ORDER_NO":%q,"CONTRACT":"S1","PART_NO":%q,"STATUS":"Released"}}`, order, part)
+}
+
+func workCenter(wc string) string {
+	return fmt.Sprintf(`{"entity":"work_centers","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"CONTRACT":"S1","WORK_CENTER_NO":%q}}`, wc)
+}
+
+const (
+	siteS1 = `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"Main plant"}}`
+)
+
+func item(part string) string {
+	return fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20261126080000","data":{"PART_NO":%q}}`, part)
+}
+
+// Children first, three levels deep: operations, then work orders, then work
+// centers, then sites, then items. After the last parent arrives, every row is in
+// the target and nothing is parked.
+func TestChildrenBeforeParents(t *testing.T) {
+	w := newWorld(t)
+	logs := service(t, w.env, "--fetch-wait", "100ms")
+	for o := range 3 {
+		for _, no := range []int{10, 20} {
+			w.publish("work_order_operations", op(fmt.Sprintf("WO%d", o), no, fmt.Sprintf("WC%d", no), "op"))
+		}
+	}
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children WHERE child_entity = 'work_order_operations'`, "6", logs)
+	for o := range 3 {
+		w.publish("work_orders", workOrder(fmt.Sprintf("WO%d", o), "P1"))
+	}
+	w.publish("work_centers", workCenter("WC10"))
+	w.publish("work_centers", workCenter("WC20"))
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children`, "11", logs)
+	w.publish("sites", siteS1)
+	// The site releases the work centers; the work orders wait on for their item.
+	eventually(t, w.conn, `SELECT child_entity, parent_entity, count(*) FROM bridge.pending_children GROUP BY 1, 2 ORDER BY 1`,
+		"work_order_operations|work_orders|6\nwork_orders|items|3", logs)
+	if out, code := w.cli("parked", "list"); code != 0 || !strings.Contains(out, "work_orders") || !strings.Contains(out, `["P1"]`) {
+		t.Errorf("parked list (%d):\n%s", code, out)
+	}
+	w.publish("items", item("P1"))
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children`, "0", logs)
+	for sql, want := range map[string]string{
+		`SELECT count(*) FROM schedulehub.work_order_operations`: "6",
+		`SELECT count(*) FROM schedulehub.work_orders`:           "3",
+		`SELECT count(*) FROM schedulehub.work_centers`:          "2",
+		`SELECT count(*) FROM schedulehub.sites`:                 "1",
+		`SELECT count(*) FROM schedulehub.items`:                 "1",
+		`SELECT count(*) FROM bridge.failed_records`:             "0",
+	} {
+		if got := w.query(sql); got != want {
+			t.Errorf("%s = %s, want %s", sql, got, want)
+		}
+	}
+	if out, code := w.cli("parked", "list", "--json"); code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("parked list --json (%d): %s", code, out)
+	}
+}
+
+// An orphan whose parent never comes becomes a dead letter at stage orphan.
+func TestOrphan(t *testing.T) {
+	w := newWorld(t)
+	logs := service(t, w.env, "--fetch-wait", "100ms", "--park-first-retry", "100ms", "--park-max-retries", "3", "--dead-letter-interval", "100ms")
+	w.publish("sites", siteS1)
+	w.publish("work_centers", workCenter("WC1"))
+	w.publish("work_orders", workOrder("WO-ORPHAN", "P-NEVER"))
+	eventually(t, w.conn, `SELECT entity_name, stage_failed FROM bridge.failed_records`, "work_orders|orphan", logs)
+	if got := w.query(`SELECT error_message LIKE 'parent items ["P-NEVER"] was never applied%' FROM bridge.failed_records`); got != "true" {
+		t.Errorf("the orphan's error does not name its parent: %s", w.query(`SELECT error_message FROM bridge.failed_records`))
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.pending_children`); got != "0" {
+		t.Errorf("%s still parked", got)
+	}
+	uid := w.query(`SELECT uid::text FROM bridge.failed_records`)
+	out, code := w.cli("dlq", "show", uid)
+	if code != 0 || !strings.Contains(out, "stage    orphan") || !strings.Contains(out, `"ORDER_NO": "WO-ORPHAN"`) {
+		t.Errorf("dlq show (%d):\n%s", code, out)
+	}
+	out, code = w.cli("dlq", "resolve", uid, "--note", "order cancelled in the ERP")
+	if code != 0 || w.query(`SELECT resolution_note FROM bridge.failed_records`) != "order cancelled in the ERP" {
+		t.Errorf("dlq resolve (%d): %s", code, out)
+	}
+	if out, code := w.cli("dlq", "resolve", uid, "--note", "again"); code != 1 || !strings.Contains(out, "already resolved") {
+		t.Errorf("resolving twice (%d): %s", code, out)
+	}
+	if out, code := w.cli("dlq", "show", "0190d6a0-0000-7000-8000-000000000000"); code != 3 || !strings.Contains(out, "no dead letter") {
+		t.Errorf("unknown UID (%d): %s", code, out)
+	}
+	if out, code := w.cli("dlq", "show", "not-a-uid"); code != 2 || !strings.Contains(out, "is not a UID") {
+		t.Errorf("malformed UID (%d): %s", code, out)
+	}
+	if out, code := w.cli("dlq", "purge", "--older-than", "1d"); code != 2 || !strings.Contains(out, "--resolved") {
+		t.Errorf("purge without --resolved (%d): %s", code, out)
+	}
+	if out, code := w.cli("dlq", "purge", "--resolved", "--older-than", "1d"); code != 0 || !strings.Contains(out, "purged 0") {
+		t.Errorf("purge of nothing old enough (%d): %s", code, out)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if out, code := w.cli("dlq", "purge", "--resolved", "--older-than", "1ms"); code != 0 || !strings.Contains(out, "purged 1") {
+		t.Errorf("purge (%d): %s", code, out)
+	}
+}
+
+// A mapping error dead-letters 50 events; after the rule is fixed,
+// `syncflow dlq retry --entity` applies all 50 and marks them resolved.
+func TestDeadLettersRetriedAfterMappingFix(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	broken, fixed := filepath.Join(dir, "broken.csv"), filepath.Join(dir, "fixed.csv")
+	header := "entity_name,source_field,target_field,transformation,default_value,is_required\n"
+	os.WriteFile(broken, []byte(header+"items,LEAD_TIME_DAYS,lead_time_days,integer,,true\n"), 0o644)
+	os.WriteFile(fixed, []byte(header+"items,LEAD_TIME_DAYS,lead_time_days,integer,0,true\n"), 0o644)
+	if out, code := w.cli("mappings", "import", broken); code != 0 {
+		t.Fatalf("import: %s", out)
+	}
+	logs := service(t, w.env, "--fetch-wait", "100ms")
+	for i := range 50 {
+		w.publish("items", fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20261126080000","data":{"PART_NO":"P%02d","DESCRIPTION":"no lead time"}}`, i))
+	}
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.failed_records WHERE stage_failed = 'mapping' AND resolved_at IS NULL`, "50", logs)
+	if out, code := w.cli("dlq", "list", "--entity", "items", "--unresolved"); code != 0 || strings.Count(out, "required field LEAD_TIME_DAYS is missing") != 50 {
+		t.Errorf("dlq list (%d):\n%s", code, out)
+	}
+	if out, code := w.cli("dlq", "retry", "--entity", "items", "--dry-run"); code != 0 || !strings.Contains(out, "would retry 50") {
+		t.Errorf("dry run (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM schedulehub.items`); got != "0" {
+		t.Fatalf("the dry run wrote %s rows", got)
+	}
+	if out, code := w.cli("mappings", "import", fixed); code != 0 {
+		t.Fatalf("import: %s", out)
+	}
+	out, code := w.cli("dlq", "retry", "--entity", "items")
+	if code != 0 || !strings.Contains(out, "retried 50 dead letters: 50 resolved, 0 failed again") {
+		t.Fatalf("dlq retry (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*), min(lead_time_days) FROM schedulehub.items`); got != "50|0" {
+		t.Errorf("items: %s", got)
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.failed_records WHERE resolved_at IS NOT NULL`); got != "50" {
+		t.Errorf("resolved: %s", got)
+	}
+	if out, code := w.cli("dlq", "retry", "--entity", "items"); code != 0 || !strings.Contains(out, "retried 0") {
+		t.Errorf("nothing left to retry (%d): %s", code, out)
+	}
+}
+
+// Replaying an hour that was already applied changes no target row; replaying
+// after a mapping fix applies the fix.
+func TestReplay(t *testing.T) {
+	w := newWorld(t)
+	logs := service(t, w.env, "--fetch-wait", "100ms")
+	w.publish("sites", siteS1)
+	for i := range 20 {
+		w.publish("items", fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20261126080000","data":{"PART_NO":"P%02d","DESCRIPTION":" item %d "}}`, i, i))
+	}
+	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.items`, "20", logs)
+	checksum := `SELECT md5(string_agg(part_no || coalesce(description, '') || synced_at::text, ',' ORDER BY part_no)) FROM schedulehub.items`
+	before := w.query(checksum)
+	out, code := w.cli("replay", "--entity", "items", "--since", "1h")
+	if code != 0 || !strings.Contains(out, "replayed 20 items events") || !strings.Contains(out, "20 unchanged") {
+		t.Fatalf("replay (%d): %s", code, out)
+	}
+	if after := w.query(checksum); after != before {
+		t.Errorf("replaying an applied hour changed the target: %s -> %s", before, after)
+	}
+	// The replay consumer is gone.
+	if names := consumerNames(t, w.js, "APISMITH_CDC"); strings.Contains(names, "replay") {
+		t.Errorf("replay consumer left behind: %s", names)
+	}
+	rules := filepath.Join(t.TempDir(), "rules.csv")
+	os.WriteFile(rules, []byte("entity_name,source_field,target_field,transformation,default_value,is_required\nitems,DESCRIPTION,description,trim|uppercase,,false\n"), 0o644)
+	if out, code := w.cli("mappings", "import", rules); code != 0 {
+		t.Fatalf("import: %s", out)
+	}
+	out, code = w.cli("replay", "--entity", "items", "--from-seq", "1", "--to-seq", "11")
+	if code != 0 || !strings.Contains(out, "replayed 10 items events") || !strings.Contains(out, "10 updated") {
+		t.Fatalf("replay after the fix (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM schedulehub.items WHERE description LIKE 'ITEM %'`); got != "10" {
+		t.Errorf("items with the fix applied: %s", got)
+	}
+	if out, code := w.cli("replay", "--entity", "items"); code != 2 {
+		t.Errorf("replay without a range (%d): %s", code, out)
+	}
+	if out, code := w.cli("replay", "--entity", "suppliers", "--since", "1h"); code != 3 {
+		t.Errorf("replay of an unknown entity (%d): %s", code, out)
+	}
+}
+
+func consumerNames(t *testing.T, js jetstream.JetStream, stream string) string {
+	t.Helper()
+	s, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	lister := s.ConsumerNames(context.Background())
+	for n := range lister.Name() {
+		names = append(names, n)
+	}
+	return strings.Join(names, ",")
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/internal/store"
+)
+
+// errNotFound marks a UID or name that matches nothing: exit code 3.
+var errNotFound = errors.New("not found")
+
+// workbench is what the commands that re-run records through the pipeline need:
+// the store, the catalog, the target tables checked, and the current mapping rules.
+type workbench struct {
+	st    *store.Store
+	cat   *catalog.Catalog
+	rules *mapping.Set
+}
+
+func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench, error) {
+	cat, err := defs.catalog()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 4})
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*workbench, error) {
+		st.Close()
+		return nil, err
+	}
+	if err := service.CheckSchema(ctx, st); err != nil {
+		return fail(err)
+	}
+	if err := st.PrepareTargets(ctx, cat); err != nil {
+		return fail(err)
+	}
+	rs, err := st.LoadMappings(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	rules, err := mapping.Compile(rs)
+	if err != nil {
+		return fail(fmt.Errorf("bridge.field_mappings holds invalid rules, fix them first: %w", err))
+	}
+	return &workbench{st: st, cat: cat, rules: rules}, nil
+}
+
+func (w *workbench) Close() { w.st.Close() }
+
+// parseUIDs parses UID arguments; a malformed one is a usage error.
+func parseUIDs(args []string) ([]uuid.UUID, error) {
+	out := make([]uuid.UUID, 0, len(args))
+	for _, a := range args {
+		u, err := uuid.Parse(a)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q is not a UID (copy one from the list command)", errUsage, a)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// parseSince reads an RFC 3339 time, a date, or a duration back from now (24h).
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		if dur, err := time.ParseDuration(d + "h"); err == nil {
+			return now.Add(-24 * dur), nil
+		}
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", time.DateOnly} {
+		if t, err := time.ParseInLocation(layout, s, time.UTC); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w: %q is not a time: use RFC 3339 (2026-11-26T10:00:00Z), a date (2026-11-26) or a duration back from now (90m, 24h, 7d)", errUsage, s)
+}
+
+// parseAge reads a duration with an optional d suffix for days (90d).
+func parseAge(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := time.ParseDuration(d + "h"); err == nil {
+			return 24 * n, nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%w: %q is not an age: use e.g. 12h, 30d", errUsage, s)
+	}
+	return d, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func ago(t time.Time) string {
+	d := time.Since(t).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return d.String()
+	case d < time.Hour:
+		return d.Round(time.Minute).String()
+	case d < 48*time.Hour:
+		return d.Round(time.Hour).String()
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/streams"
+)
+
+func replayCmd(ctx context.Context, args []string) error {
+	var (
+		c             common
+		n             natsFlags
+		defs          definitions
+		entity, since string
+		which         string
+		fromSeq       uint64
+		toSeq         uint64
+		batch         int
+	)
+	f := newFlags("replay", "replay --entity E (--since TIME | --from-seq N) [--to-seq M] [--stream realtime|backfill]")
+	c.register(f)
+	n.register(f)
+	defs.register(f)
+	f.StringVar(&entity, "entity", "", "the entity to replay (required)")
+	f.StringVar(&since, "since", "", "replay messages stored since this time (RFC 3339, a date, or a duration back: 1h, 7d)")
+	f.Uint64Var(&fromSeq, "from-seq", 0, "replay from this stream sequence")
+	f.Uint64Var(&toSeq, "to-seq", 0, "stop after this stream sequence (default: the end of the stream)")
+	f.StringVar(&which, "stream", "realtime", "realtime (APISMITH_CDC) or backfill (APISMITH_BACKFILL)")
+	f.IntVar(&batch, "batch-size", 500, "messages written per transaction")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if entity == "" || (since == "") == (fromSeq == 0) {
+		return fmt.Errorf("%w: say --entity E and one of --since TIME or --from-seq N", errUsage)
+	}
+	start, err := parseSince(since, time.Now())
+	if err != nil {
+		return err
+	}
+	streamName, prefix, source := streams.Realtime, event.RealtimePrefix, pipeline.Realtime
+	switch which {
+	case "realtime":
+	case "backfill":
+		streamName, prefix, source = streams.Backfill, event.BackfillPrefix, pipeline.Backfill
+	default:
+		return fmt.Errorf("%w: --stream is realtime or backfill, not %q", errUsage, which)
+	}
+	log, err := c.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	wb, err := openWorkbench(ctx, c, defs)
+	if err != nil {
+		return err
+	}
+	defer wb.Close()
+	e, ok := wb.cat.Entity(entity)
+	if !ok {
+		return fmt.Errorf("%w: entity %q is not in the catalog", errNotFound, entity)
+	}
+	n.cfg.Name, n.cfg.Logger = "syncflow-replay", log
+	nc, err := stream.Connect(n.cfg)
+	if err != nil {
+		return fmt.Errorf("%w (is NATS running?)", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	// A consumer of its own, removed afterwards (and by the server if we die).
+	name := fmt.Sprintf("syncflow_replay_%s_%d", entity, time.Now().UnixNano())
+	cfg := jetstream.ConsumerConfig{Name: name, FilterSubject: prefix + entity, AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: time.Minute, MaxAckPending: 10 * batch, InactiveThreshold: time.Hour, Description: "syncflow replay"}
+	if fromSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, fromSeq
+	} else {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	}
+	if _, err := js.CreateConsumer(ctx, streamName, cfg); err != nil {
+		return fmt.Errorf("replay consumer on %s: %w", streamName, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = js.DeleteConsumer(dctx, streamName, name)
+	}()
+	fetcher, err := stream.NewFetcher(ctx, js, streamName, name, source)
+	if err != nil {
+		return err
+	}
+	var total pipeline.Counts
+	syncType := "realtime"
+	if source == pipeline.Backfill {
+		syncType = "background"
+	}
+	batchUID, fresh := uuid.Must(uuid.NewV7()), true
+	for ctx.Err() == nil {
+		msgs, err := fetcher.Fetch(ctx, batch, 500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		var take []stream.Message
+		done := len(msgs) == 0
+		for _, m := range msgs {
+			if toSeq > 0 && m.Delivery.StreamSeq > toSeq {
+				done = true
+				continue
+			}
+			take = append(take, m)
+		}
+		if len(take) > 0 {
+			ds := make([]pipeline.Delivery, len(take))
+			for i, m := range take {
+				ds[i] = m.Delivery
+			}
+			prepared := pipeline.Preparer{Catalog: wb.cat, Rules: wb.rules}.Prepare(ds)
+			res, err := wb.st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: wb.cat, Rules: wb.rules, BatchUID: batchUID, NewBatch: fresh,
+				SyncType: syncType, Replica: "replay", Deliveries: ds, Prepared: prepared})
+			if err != nil {
+				return fmt.Errorf("after %d replayed: %w", total.Fetched, err)
+			}
+			fresh = false
+			for _, m := range take {
+				_ = m.Ack()
+			}
+			total.Merge(res.Counts)
+		}
+		if done {
+			break
+		}
+	}
+	if err := wb.st.FlushCheckpoints(ctx); err != nil {
+		return err
+	}
+	if !fresh {
+		_ = wb.st.CloseBatch(ctx, batchUID, nil)
+	}
+	fmt.Printf("replayed %d %s events from %s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
+		total.Fetched, entity, streamName, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
+	return ctx.Err()
+}
