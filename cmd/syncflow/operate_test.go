@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -287,4 +288,63 @@ func consumerNames(t *testing.T, js jetstream.JetStream, stream string) string {
 		names = append(names, n)
 	}
 	return strings.Join(names, ",")
+}
+
+// Two replicas on the same consumers, thousands of parent and child events
+// interleaved at random: the final state is the expected one and nothing stays
+// parked. The sweeper is held off (first re-check in 10 minutes), so every release
+// comes from the parents' transactions.
+func TestTwoReplicasParentsAndChildren(t *testing.T) {
+	w := newWorld(t)
+	args := []string{"--fetch-wait", "50ms", "--batch-size", "50", "--park-first-retry", "10m"}
+	logs1 := service(t, w.env, append(args, "--replica", "r1")...)
+	logs2 := service(t, w.env, append(args, "--replica", "r2")...)
+	type ev struct{ entity, body string }
+	var events []ev
+	const orders, sites, centers = 400, 4, 20
+	for s := range sites {
+		events = append(events, ev{"sites", fmt.Sprintf(`{"entity":"sites","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"CONTRACT":"S%d"}}`, s)})
+		for c := range centers {
+			events = append(events, ev{"work_centers", fmt.Sprintf(`{"entity":"work_centers","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"CONTRACT":"S%d","WORK_CENTER_NO":"WC%d"}}`, s, c)})
+		}
+	}
+	for o := range orders {
+		s := o % sites
+		events = append(events, ev{"items", item(fmt.Sprintf("P%d", o))})
+		events = append(events, ev{"work_orders", fmt.Sprintf(`{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ORDER_NO":"WO%d","CONTRACT":"S%d","PART_NO":"P%d"}}`, o, s, o)})
+		for _, no := range []int{10, 20, 30} {
+			events = append(events, ev{"work_order_operations", fmt.Sprintf(`{"entity":"work_order_operations","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ORDER_NO":"WO%d","OPERATION_NO":%d,"CONTRACT":"S%d","WORK_CENTER_NO":"WC%d"}}`, o, no, s, (o+no)%centers)})
+		}
+	}
+	// A deterministic shuffle: children often before their parents.
+	for i := range events {
+		j := (i*7919 + 13) % len(events)
+		events[i], events[j] = events[j], events[i]
+	}
+	for _, e := range events {
+		if _, err := w.js.PublishAsync("apismith.cdc."+e.entity, []byte(e.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-w.js.PublishAsyncComplete()
+	logs := &bytes.Buffer{}
+	defer func() {
+		if t.Failed() {
+			t.Logf("replica r1:\n%s\nreplica r2:\n%s", logs1, logs2)
+		}
+	}()
+	eventually(t, w.conn, `SELECT
+		(SELECT count(*) FROM schedulehub.sites), (SELECT count(*) FROM schedulehub.work_centers),
+		(SELECT count(*) FROM schedulehub.items), (SELECT count(*) FROM schedulehub.work_orders),
+		(SELECT count(*) FROM schedulehub.work_order_operations), (SELECT count(*) FROM bridge.pending_children),
+		(SELECT count(*) FROM bridge.failed_records)`,
+		fmt.Sprintf("%d|%d|%d|%d|%d|0|0", sites, sites*centers, orders, orders, orders*3), logs)
+	// Both replicas did part of the work.
+	if got := w.query(`SELECT count(DISTINCT replica) FROM bridge.sync_batches WHERE rows_fetched > 0`); got != "2" {
+		t.Errorf("replicas that worked: %s", got)
+	}
+	// Every operation points at the right work center.
+	if got := w.query(`SELECT count(*) FROM schedulehub.work_order_operations o JOIN schedulehub.work_centers c USING (contract, work_center_no)`); got != fmt.Sprint(orders*3) {
+		t.Errorf("operations with their work center: %s", got)
+	}
 }
