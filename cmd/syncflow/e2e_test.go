@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -402,6 +403,13 @@ func TestKillAndRestart(t *testing.T) {
 // consumer's ack_wait set to d.
 func shortAckWait(t *testing.T, d time.Duration) string {
 	t.Helper()
+	return editedStreams(t, map[string]any{"ack_wait": d.Nanoseconds()})
+}
+
+// editedStreams copies the built-in stream definitions to a folder, with set
+// applied to every entity consumer.
+func editedStreams(t *testing.T, set map[string]any) string {
+	t.Helper()
 	dir := t.TempDir()
 	err := fs.WalkDir(streams.FS, ".", func(path string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
@@ -411,12 +419,12 @@ func shortAckWait(t *testing.T, d time.Duration) string {
 		if err != nil {
 			return err
 		}
-		if strings.HasPrefix(path, "consumers/") {
+		if strings.HasPrefix(path, "consumers/APISMITH_") {
 			var cfg map[string]any
 			if err := json.Unmarshal(data, &cfg); err != nil {
 				return err
 			}
-			cfg["ack_wait"] = d.Nanoseconds()
+			maps.Copy(cfg, set)
 			if data, err = json.Marshal(cfg); err != nil {
 				return err
 			}

@@ -348,3 +348,66 @@ func TestTwoReplicasParentsAndChildren(t *testing.T) {
 		t.Errorf("operations with their work center: %s", got)
 	}
 }
+
+// A message whose write keeps failing (here: the target lost a column under the
+// running service) is nakked with a growing delay until JetStream gives up after
+// max_deliver attempts; SyncFlow then dead-letters it from the advisory, and once
+// the target is fixed the retry worker applies it.
+func TestMaxDeliveriesBecomeDeadLetters(t *testing.T) {
+	dir := editedStreams(t, map[string]any{"max_deliver": 3})
+	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
+	logs := service(t, w.env, "--fetch-wait", "50ms", "--nak-delay", "50ms", "--retry-first", "200ms", "--dead-letter-interval", "100ms")
+	w.publish("sites", siteS1)
+	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "1", logs)
+	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN description TO descr`); err != nil {
+		t.Fatal(err)
+	}
+	w.publish("sites", `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T09:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"renamed plant"}}`)
+	eventually(t, w.conn, `SELECT entity_name, stage_failed, stream_seq FROM bridge.failed_records`, "sites|max_deliver|2", logs)
+	if got := w.query(`SELECT error_message FROM bridge.failed_records`); !strings.Contains(got, "after 3 attempts") {
+		t.Errorf("error: %s", got)
+	}
+	if got := w.query(`SELECT count(*) > 0 FROM bridge.sync_batches WHERE status = 'failed' AND error_message LIKE '%descr%'`); got != "true" {
+		t.Errorf("the failed write did not close its batch as failed")
+	}
+	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN descr TO description`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, w.conn, `SELECT description FROM schedulehub.sites`, "renamed plant", logs)
+	eventually(t, w.conn, `SELECT resolution_note FROM bridge.failed_records`, "retried: updated", logs)
+}
+
+func TestParkedReleaseAndExpireByHand(t *testing.T) {
+	w := newWorld(t)
+	logs := service(t, w.env, "--fetch-wait", "50ms", "--park-first-retry", "10m")
+	w.publish("work_orders", workOrder("WO1", "P1"))
+	w.publish("work_orders", workOrder("WO2", "P2"))
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children`, "2", logs)
+	uid1 := w.query(`SELECT p.uid::text FROM bridge.pending_children p WHERE p.child_payload->'data'->>'ORDER_NO' = 'WO1'`)
+	// The parents arrive by hand, past SyncFlow: only a re-check releases WO1.
+	if _, err := w.conn.Exec(w.ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
+		VALUES ('sites', encode(sha256('2:S1'::bytea), 'hex'), '["S1"]', 'x', 1, 'realtime', 1),
+		       ('items', encode(sha256('2:P1'::bytea), 'hex'), '["P1"]', 'x', 1, 'realtime', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	out, code := w.cli("parked", "release", uid1)
+	if code != 0 || !strings.Contains(out, "1 released") {
+		t.Fatalf("parked release (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT order_no FROM schedulehub.work_orders`); got != "WO1" {
+		t.Errorf("released: %s", got)
+	}
+	if out, code := w.cli("parked", "release", uid1); code != 3 {
+		t.Errorf("releasing a UID no longer parked (%d): %s", code, out)
+	}
+	out, code = w.cli("parked", "expire", "--all")
+	if code != 0 || !strings.Contains(out, "1 expired to dead letters") {
+		t.Fatalf("parked expire (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT entity_name, stage_failed FROM bridge.failed_records`); got != "work_orders|orphan" {
+		t.Errorf("expired: %s", got)
+	}
+	if out, code := w.cli("parked", "expire"); code != 2 {
+		t.Errorf("expire without a selection (%d): %s", code, out)
+	}
+}

@@ -33,9 +33,11 @@ type ParkedSelection struct {
 	Limit int
 }
 
+const parkedColumns = `uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key::text, child_payload::text,
+       source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq, retry_count, max_retries, created_at`
+
 const sweepSelectSQL = `
-SELECT uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key::text, child_payload::text,
-       source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq, retry_count, max_retries, created_at
+SELECT ` + parkedColumns + `
 FROM bridge.pending_children
 WHERE CASE WHEN cardinality($1::uuid[]) > 0 THEN uid = ANY ($1)
            WHEN $2 THEN true
@@ -81,11 +83,7 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 		if err != nil {
 			return err
 		}
-		rows, err := pgx.CollectRows(q, func(r pgx.CollectableRow) (parkedRow, error) {
-			var p parkedRow
-			err := r.Scan(&p.uid, &p.child, &p.childHash, &p.parentEntity, &p.parentHash, &p.parentKey, &p.payload, &p.src, &p.stream, &p.subject, &p.seq, &p.retries, &p.maxRetries, &p.created)
-			return p, err
-		})
+		rows, err := pgx.CollectRows(q, scanParked)
 		if err != nil || len(rows) == 0 {
 			return err
 		}
@@ -125,12 +123,6 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 				return err
 			}
 		}
-		for _, r := range orphan {
-			d := r.delivery()
-			w.deadLetter(pipeline.Failure{Stage: pipeline.StageOrphan, Entity: r.child, BKHash: r.childHash,
-				Err: fmt.Errorf("parent %s %s was never applied: the child waited since %s and was re-checked %d times",
-					r.parentEntity, r.parentKey, r.created.UTC().Format(time.RFC3339), r.retries)}, d)
-		}
 		byEntity := map[string][]pipeline.Delivery{}
 		for _, r := range release {
 			byEntity[r.child] = append(byEntity[r.child], r.delivery())
@@ -139,9 +131,34 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 		if err != nil {
 			return err
 		}
-		res.Released, res.Orphaned, res.Waiting = len(release), len(orphan), len(wait)
-		counts.Fetched += int64(len(orphan) + len(wait))
-		counts.Failed += int64(len(orphan))
+		// A released child may wait again, for another of its parents.
+		reparked, err := w.reparked(ctx, release)
+		if err != nil {
+			return err
+		}
+		initialOrphans := len(orphan)
+		if sel.Expire && len(reparked) > 0 {
+			var uids []uuid.UUID
+			for _, r := range reparked {
+				uids = append(uids, r.uid)
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM bridge.pending_children WHERE uid = ANY ($1)`, uids); err != nil {
+				return err
+			}
+			orphan = append(orphan, reparked...)
+			counts.Parked -= int64(len(reparked))
+			counts.Failed += int64(len(reparked))
+			reparked = nil
+		}
+		for _, r := range orphan {
+			w.deadLetter(pipeline.Failure{Stage: pipeline.StageOrphan, Entity: r.child, BKHash: r.childHash,
+				Err: fmt.Errorf("parent %s %s was never applied: the child waited since %s and was re-checked %d times",
+					r.parentEntity, r.parentKey, r.created.UTC().Format(time.RFC3339), r.retries)}, r.delivery())
+		}
+		res.Released = len(release) - len(reparked)
+		res.Orphaned, res.Waiting = len(orphan), len(wait)+len(reparked)
+		counts.Fetched += int64(initialOrphans + len(wait))
+		counts.Failed += int64(initialOrphans)
 		counts.Parked += int64(len(wait))
 		counts.Released = w.released
 		if err := w.flushDeadLetters(ctx); err != nil {
@@ -153,6 +170,30 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 		w.noteCheckpoints()
 	}
 	return res, err
+}
+
+func scanParked(r pgx.CollectableRow) (parkedRow, error) {
+	var p parkedRow
+	err := r.Scan(&p.uid, &p.child, &p.childHash, &p.parentEntity, &p.parentHash, &p.parentKey, &p.payload, &p.src, &p.stream,
+		&p.subject, &p.seq, &p.retries, &p.maxRetries, &p.created)
+	return p, err
+}
+
+// reparked returns the rows now parked for the children of released.
+func (w *txWork) reparked(ctx context.Context, released []parkedRow) ([]parkedRow, error) {
+	if len(released) == 0 {
+		return nil, nil
+	}
+	entities, hashes := make([]string, len(released)), make([]string, len(released))
+	for i, r := range released {
+		entities[i], hashes[i] = r.child, r.childHash
+	}
+	q, err := w.tx.Query(ctx, `SELECT `+parkedColumns+` FROM bridge.pending_children
+		WHERE (child_entity, child_bk_hash) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, entities, hashes)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(q, scanParked)
 }
 
 func limitFor(sel ParkedSelection, limit int) int {
