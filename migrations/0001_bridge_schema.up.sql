@@ -31,6 +31,7 @@ CREATE TABLE bridge.sync_batches (
     rows_parked     bigint      NOT NULL DEFAULT 0,
     rows_released   bigint      NOT NULL DEFAULT 0,
     rows_failed     bigint      NOT NULL DEFAULT 0,
+    rows_published  bigint      NOT NULL DEFAULT 0,
     error_message   text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
@@ -40,7 +41,7 @@ CREATE TABLE bridge.sync_batches (
         rows_fetched >= 0 AND rows_normalized >= 0 AND rows_mapped >= 0 AND
         rows_inserted >= 0 AND rows_updated >= 0 AND rows_unchanged >= 0 AND
         rows_stale >= 0 AND rows_deleted >= 0 AND rows_parked >= 0 AND
-        rows_released >= 0 AND rows_failed >= 0),
+        rows_released >= 0 AND rows_failed >= 0 AND rows_published >= 0),
     CONSTRAINT ck_sync_batches_finished CHECK (finished_at IS NULL OR finished_at >= started_at)
 );
 CREATE INDEX ix_sync_batches_entity ON bridge.sync_batches (entity_name, started_at);
@@ -146,6 +147,12 @@ CREATE TRIGGER tg_erp_sync_state_updated_at BEFORE UPDATE ON bridge.erp_sync_sta
     FOR EACH ROW EXECUTE FUNCTION bridge.touch_updated_at();
 
 -- 5. background_sync_schedule: the nightly multi-day backfill of one entity.
+-- rows_per_day = ceil(total_rows / days_to_complete), published only inside the
+-- window [sync_window_start, sync_window_end) of time_zone (crossing midnight when
+-- the end is before the start). current_cursor is the keyset position in the
+-- source, current_offset the rows published in this cycle; both advance only after
+-- JetStream acknowledged a page. window_started_at / window_rows count the current
+-- night's rows against its quota. continuous starts a new cycle after a complete one.
 CREATE TABLE bridge.background_sync_schedule (
     uid               uuid        PRIMARY KEY,
     entity_name       text        NOT NULL,
@@ -158,16 +165,23 @@ CREATE TABLE bridge.background_sync_schedule (
     rows_per_day      bigint,
     current_offset    bigint      NOT NULL DEFAULT 0,
     current_cursor    text,
+    page_size         integer     NOT NULL DEFAULT 500,
+    continuous        boolean     NOT NULL DEFAULT false,
     cycle_started_at  timestamptz,
+    window_started_at timestamptz,
+    window_rows       bigint      NOT NULL DEFAULT 0,
     last_run_at       timestamptz,
     next_run_at       timestamptz,
     completed_at      timestamptz,
+    last_error        text,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT uq_background_sync_schedule_entity UNIQUE (entity_name),
     CONSTRAINT ck_background_sync_schedule_days CHECK (days_to_complete > 0),
+    CONSTRAINT ck_background_sync_schedule_window CHECK (sync_window_start <> sync_window_end),
+    CONSTRAINT ck_background_sync_schedule_page CHECK (page_size BETWEEN 1 AND 10000),
     CONSTRAINT ck_background_sync_schedule_counts CHECK (
-        current_offset >= 0 AND (total_rows IS NULL OR total_rows >= 0) AND
+        current_offset >= 0 AND window_rows >= 0 AND (total_rows IS NULL OR total_rows >= 0) AND
         (rows_per_day IS NULL OR rows_per_day > 0))
 );
 CREATE INDEX ix_background_sync_schedule_due ON bridge.background_sync_schedule (next_run_at)
