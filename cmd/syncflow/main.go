@@ -25,6 +25,8 @@ var commands = []command{
 	{"dlq", "dead letters: list | show UID | retry | resolve UID | purge", dlqCmd},
 	{"parked", "children waiting for their parents: list | release | expire", parkedCmd},
 	{"replay", "re-deliver a time or sequence range of an entity through the pipeline", replayCmd},
+	{"backfill", "publish the due nightly backfills from APISmith (--once for cron)", backfillCmd},
+	{"schedule", "backfill schedules: list | set ENTITY | enable | disable | reset", scheduleCmd},
 }
 
 func usage() {

@@ -42,6 +42,7 @@ func runCmd(ctx context.Context, args []string) error {
 	f.duration(&cfg.Retry.FirstRetry, "retry-first", time.Minute, "first automatic retry of a dead letter; later ones wait twice as long each")
 	f.duration(&cfg.Retry.MaxDelay, "retry-max-delay", time.Hour, "longest wait between automatic retries of a dead letter")
 	f.int(&cfg.Retry.MaxRetries, "retry-max", 5, "automatic retries of a dead letter (mapping, write and max_deliver stages)")
+	f.int(&cfg.BackfillShare, "backfill-share", 1, "backfill batches written at once across all entities (realtime is not limited)")
 	var maxConns int
 	f.int(&maxConns, "max-conns", 8, "most database connections")
 	if err := f.parse(args); err != nil {

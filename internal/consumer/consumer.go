@@ -117,6 +117,10 @@ type Consumer struct {
 	Logger  *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Gate, when set, is a semaphore the consumer holds while it writes a batch:
+	// the backfill consumers share a small one, so that a night's backfill takes
+	// only its share of the database and realtime batches never queue behind it.
+	Gate chan struct{}
 
 	batchUID   uuid.UUID
 	batchStart time.Time
@@ -150,10 +154,33 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.settle(ctx, log, f.msgs, nil, cmpErr(f.err, ctx.Err()))
 			continue
 		}
+		if !c.enter(ctx) {
+			c.settle(ctx, log, f.msgs, nil, ctx.Err())
+			continue
+		}
 		res, err := c.process(ctx, wctx, log, f.msgs)
+		c.leave()
 		c.settle(ctx, log, f.msgs, &res, err)
 	}
 	return nil
+}
+
+func (c *Consumer) enter(ctx context.Context) bool {
+	if c.Gate == nil {
+		return true
+	}
+	select {
+	case c.Gate <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *Consumer) leave() {
+	if c.Gate != nil {
+		<-c.Gate
+	}
 }
 
 // prefetch fetches the next batch while the current one is written, and closes

@@ -61,7 +61,10 @@ type Config struct {
 	// DeadLetterInterval is how often parked children are swept and due dead
 	// letters retried (default 5s).
 	DeadLetterInterval time.Duration
-	Logger             *slog.Logger
+	// BackfillShare is how many backfill batches may be written at once, across
+	// all entities (default 1); realtime batches are not limited.
+	BackfillShare int
+	Logger        *slog.Logger
 }
 
 // Run starts the service and blocks until ctx ends and everything has stopped.
@@ -128,6 +131,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	backfillGate := make(chan struct{}, max(cfg.BackfillShare, 1))
 	sources := []pipeline.Source{pipeline.Realtime}
 	if cfg.Backfill {
 		sources = append(sources, pipeline.Backfill)
@@ -153,6 +157,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
 				Rules: rules, Config: cfg.Consumer, Logger: log}
+			if source == pipeline.Backfill {
+				c.Gate = backfillGate
+			}
 			g.Go(func() error { return c.Run(gctx) })
 		}
 	}

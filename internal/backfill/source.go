@@ -1,0 +1,162 @@
+package backfill
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Source is where the backfill reads an entity, in key order.
+type Source interface {
+	// Count returns how many rows entity has.
+	Count(ctx context.Context, entity string) (int64, error)
+	// Page returns up to limit rows after cursor ("" for the first page) and the
+	// cursor of the last row returned; more is false on the last page.
+	Page(ctx context.Context, entity, cursor string, limit int) (rows []SourceRow, next string, more bool, err error)
+}
+
+// SourceRow is one row of the source: its rowversion as sent and its fields.
+type SourceRow struct {
+	RowVersion json.RawMessage `json:"rowversion"`
+	Data       map[string]any  `json:"data"`
+}
+
+// HTTPSource reads APISmith's HTTP API (see the README):
+// GET {BaseURL}/api/v1/entities/{entity}/count and
+// GET {BaseURL}/api/v1/entities/{entity}/rows?after=CURSOR&limit=N.
+type HTTPSource struct {
+	// BaseURL is the API's address, e.g. http://apismith:8080.
+	BaseURL string
+	// Token, when set, is sent as a bearer token.
+	Token string
+	// Timeout bounds one request (default 30s).
+	Timeout time.Duration
+	// RetryFor bounds the retries of one request after a 5xx answer, a network
+	// error or a malformed page (default 2m); a 4xx answer is not retried.
+	RetryFor time.Duration
+	// Client is the HTTP client (default: a new one).
+	Client *http.Client
+}
+
+// ErrSource marks an answer of the source that retrying will not change (4xx).
+var ErrSource = errors.New("source")
+
+type httpStatusError struct {
+	code int
+	body string
+}
+
+func (e *httpStatusError) Error() string {
+	return fmt.Sprintf("HTTP %d: %s", e.code, strings.TrimSpace(e.body))
+}
+
+func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into any) error {
+	timeout, retryFor := s.Timeout, s.RetryFor
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	if retryFor <= 0 {
+		retryFor = 2 * time.Minute
+	}
+	client := s.Client
+	if client == nil {
+		client = &http.Client{}
+	}
+	u := strings.TrimRight(s.BaseURL, "/") + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	attempt := func() error {
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		req.Header.Set("Accept", "application/json")
+		if s.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+s.Token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return backoff.Permanent(ctx.Err())
+			}
+			return err // network: retry
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+		if err != nil {
+			return err
+		}
+		switch {
+		case resp.StatusCode >= 500:
+			return &httpStatusError{resp.StatusCode, string(body)}
+		case resp.StatusCode >= 400:
+			return backoff.Permanent(fmt.Errorf("%w: %s answered %w", ErrSource, u, &httpStatusError{resp.StatusCode, string(body)}))
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		if err := dec.Decode(into); err != nil {
+			return fmt.Errorf("malformed page from %s: %v", u, err) // truncated bodies heal: retry
+		}
+		return nil
+	}
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(retryFor)), ctx)
+	if err := backoff.Retry(attempt, bo); err != nil {
+		if errors.Is(err, ErrSource) || errors.Is(err, context.Canceled) {
+			return err
+		}
+		return fmt.Errorf("%s: giving up after retrying for %v: %w", u, retryFor, err)
+	}
+	return nil
+}
+
+// Count implements Source.
+func (s *HTTPSource) Count(ctx context.Context, entity string) (int64, error) {
+	var out struct {
+		Count *int64 `json:"count"`
+	}
+	if err := s.get(ctx, "/api/v1/entities/"+url.PathEscape(entity)+"/count", nil, &out); err != nil {
+		return 0, err
+	}
+	if out.Count == nil || *out.Count < 0 {
+		return 0, fmt.Errorf("%w: the count of %s has no count", ErrSource, entity)
+	}
+	return *out.Count, nil
+}
+
+// Page implements Source.
+func (s *HTTPSource) Page(ctx context.Context, entity, cursor string, limit int) ([]SourceRow, string, bool, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if cursor != "" {
+		q.Set("after", cursor)
+	}
+	var page struct {
+		Rows       []SourceRow `json:"rows"`
+		NextCursor *string     `json:"next_cursor"`
+	}
+	if err := s.get(ctx, "/api/v1/entities/"+url.PathEscape(entity)+"/rows", q, &page); err != nil {
+		return nil, "", false, err
+	}
+	for i, r := range page.Rows {
+		if len(r.RowVersion) == 0 || r.Data == nil {
+			return nil, "", false, fmt.Errorf("%w: row %d of the page after %q has no rowversion or data", ErrSource, i, cursor)
+		}
+	}
+	if page.NextCursor == nil {
+		return page.Rows, "", false, nil
+	}
+	return page.Rows, *page.NextCursor, true, nil
+}
