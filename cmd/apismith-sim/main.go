@@ -236,4 +236,3 @@ func verify(ctx context.Context, args []string) error {
 	fmt.Println("the target matches the simulator's expected state")
 	return nil
 }
-
