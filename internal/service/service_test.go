@@ -328,3 +328,33 @@ func TestNATSRestartMidRun(t *testing.T) {
 		t.Errorf("the restart was not noticed; the test did not test it")
 	}
 }
+
+// While a backfill of 200,000 rows flows, realtime events are still applied: they
+// are all in the target while most of the backfill is still waiting.
+func TestRealtimeKeepsPriorityDuringBackfill(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	e.start(nil)
+	const backlog = 200_000
+	for i := range backlog {
+		body := fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"B%07d","DESCRIPTION":"backfill"}}`, i)
+		if _, err := e.js.PublishAsync("apismith.backfill.items", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-e.js.PublishAsyncComplete()
+	// The backfill is flowing.
+	e.eventually(`SELECT count(*) > 0 FROM bridge.synced_records WHERE source_stream = 'backfill'`, "true", 30*time.Second)
+	for i := range 20 {
+		e.publish("apismith.cdc.sites", site(fmt.Sprintf("RT%02d", i), 1, "realtime"))
+	}
+	e.eventually(`SELECT count(*) FROM schedulehub.sites`, "20", 30*time.Second)
+	var done int
+	if err := e.conn.QueryRow(e.ctx, `SELECT count(*) FROM bridge.synced_records WHERE source_stream = 'backfill'`).Scan(&done); err != nil {
+		t.Fatal(err)
+	}
+	if done >= backlog/2 {
+		t.Errorf("realtime events were applied only after %d of %d backfill rows", done, backlog)
+	}
+	t.Logf("realtime applied with %d of %d backfill rows done", done, backlog)
+}
