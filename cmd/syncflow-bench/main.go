@@ -47,7 +47,7 @@ type config struct {
 	dupShare, ooo   float64
 	skip            string
 	batch           int
-	keepDB          bool
+	backfillRows    int64
 }
 
 func main() {
@@ -60,8 +60,9 @@ func main() {
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
-	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency")
+	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
+	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
 	flag.Parse()
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "syncflow-bench:", err)
@@ -146,6 +147,11 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	if !skip("backfill") {
+		if res.backfill, err = b.backfillRun(); err != nil {
+			return err
+		}
+	}
 	res.print(cfg)
 	return nil
 }
@@ -155,6 +161,7 @@ type results struct {
 	rss                      float64 // MiB, the largest of the runs
 	p50, p99                 time.Duration
 	latencyN                 int
+	backfill                 backfillFigure
 }
 
 func (r results) print(cfg config) {
@@ -171,6 +178,10 @@ func (r results) print(cfg config) {
 	}
 	if r.latencyN > 0 {
 		fmt.Printf("SyncFlow latency at %d events/s          p50 %v   p99 %v   (%d events)\n", cfg.rate, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.latencyN)
+	}
+	if r.backfill.rows > 0 {
+		fmt.Printf("backfill, APISmith source to target      %8.0f rows/s   (%d rows; realtime meanwhile at 100/s: p50 %v, p99 %v)\n",
+			r.backfill.rate, r.backfill.rows, r.backfill.p50.Round(time.Millisecond), r.backfill.p99.Round(time.Millisecond))
 	}
 	if r.syncflow > 0 && r.naive > 0 {
 		fmt.Printf("SyncFlow / naive                         %8.2f\n", r.syncflow/r.naive)

@@ -55,7 +55,8 @@ func TestSweeperReleasesWhenTheParentArrivedUnnoticed(t *testing.T) {
 	// replica in a race the locks would prevent, or by hand).
 	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
 		SELECT 'sites', encode(sha256('2:S1'::bytea), 'hex'), '["S1"]'::jsonb, 'x', 1, 'realtime', 1
-		UNION ALL SELECT 'items', encode(sha256('2:P1'::bytea), 'hex'), '["P1"]'::jsonb, 'x', 1, 'realtime', 1`); err != nil {
+		UNION ALL SELECT 'items', encode(sha256('2:P1'::bytea), 'hex'), '["P1"]'::jsonb, 'x', 1, 'realtime', 1
+		ON CONFLICT (entity_name, bk_hash) DO UPDATE SET deleted = false, rowversion = 'x', rowversion_ord = 1`); err != nil {
 		t.Fatal(err)
 	}
 	res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{All: true})

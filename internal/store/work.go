@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -137,25 +135,6 @@ func (w *txWork) noteCheckpoints() {
 	}
 }
 
-// lockKeys takes a transaction-level advisory lock on every (entity, bk_hash), in a
-// stable order. A child checking its parents and a parent releasing its children
-// lock the same parent key, so the two cannot miss each other: whichever comes
-// second sees what the first committed.
-func (w *txWork) lockKeys(ctx context.Context, keys []parentKey) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	ids := make([]int64, 0, len(keys))
-	for _, k := range keys {
-		sum := sha256.Sum256([]byte("syncflow:" + k.entity + ":" + k.hash))
-		ids = append(ids, int64(binary.BigEndian.Uint64(sum[:8])))
-	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	_, err := w.tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k`, ids)
-	return err
-}
-
 type parentKey struct{ entity, hash string }
 
 const presentParentsSQL = `
@@ -164,16 +143,84 @@ FROM bridge.synced_records r
 JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
 WHERE NOT r.deleted`
 
+// placeholderSQL writes a placeholder for parents the ledger has never seen: a
+// tombstone older than any version, so it reads as "not applied" and any real
+// version supersedes it. ON CONFLICT DO NOTHING waits for a parent another
+// transaction is inserting, and reports (by not returning it) that it exists now.
+const placeholderSQL = `
+INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, batch_uid)
+SELECT k.entity_name, k.bk_hash, k.business_key::jsonb, '', -9223372036854775808, 'realtime', 0, true, $4
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k (entity_name, bk_hash, business_key)
+ORDER BY 1, 2
+ON CONFLICT (entity_name, bk_hash) DO NOTHING`
+
+// recheckParentsSQL reads the parents again, locking them against a transaction
+// that is about to apply one: FOR SHARE conflicts with the row lock an upsert takes
+// (FOR NO KEY UPDATE, which FOR KEY SHARE would not), waits for it to commit, and reads
+// the version it committed.
+const recheckParentsSQL = `
+SELECT r.entity_name, r.bk_hash, r.deleted
+FROM bridge.synced_records r
+JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
+ORDER BY 1, 2
+FOR SHARE OF r`
+
+// parentsPresent returns which parent keys are applied. A parent that is not (absent, or
+// a tombstone) is settled against a transaction applying it at the same moment:
+// an absent one gets a placeholder row in the ledger and every such parent is read
+// again under a row lock. A child parking and a parent releasing its children thus
+// meet on the parent's ledger row, whichever comes first: if the parent's
+// transaction is first, the child waits for it and sees the parent; if the child
+// is first, the parent's ledger write waits for the child's commit and its release
+// then finds the child. Parents that are present cost one plain read.
+func (w *txWork) parentsPresent(ctx context.Context, keys []parentKey, refs map[parentKey][]string) (map[parentKey]bool, error) {
+	present, err := w.present(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	var unsettled []parentKey
+	for _, k := range keys {
+		if !present[k] {
+			unsettled = append(unsettled, k)
+		}
+	}
+	if len(unsettled) == 0 {
+		return present, nil
+	}
+	entities, hashes, businessKeys := make([]string, len(unsettled)), make([]string, len(unsettled)), make([]string, len(unsettled))
+	for i, k := range unsettled {
+		key, _ := json.Marshal(refs[k])
+		entities[i], hashes[i], businessKeys[i] = k.entity, k.hash, string(key)
+	}
+	if _, err := w.tx.Exec(ctx, placeholderSQL, entities, hashes, businessKeys, w.batchUID); err != nil {
+		return nil, err
+	}
+	rows, err := w.tx.Query(ctx, recheckParentsSQL, entities, hashes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k parentKey
+		var deleted bool
+		if err := rows.Scan(&k.entity, &k.hash, &deleted); err != nil {
+			return nil, err
+		}
+		present[k] = !deleted
+	}
+	return present, rows.Err()
+}
+
 // park moves every upsert whose parent (any the catalog names, in catalog order) is
 // not applied into pending_children, under its first missing parent.
 func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
 	var check []int
-	keys := map[parentKey]bool{}
+	keys := map[parentKey][]string{}
 	for i, d := range decisions {
 		if d.Target && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
 			check = append(check, i)
 			for _, p := range d.Record.Parents {
-				keys[parentKey{p.Entity, p.BKHash}] = true
+				keys[parentKey{p.Entity, p.BKHash}] = p.Key
 			}
 		}
 	}
@@ -186,26 +233,8 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 		}
 		return strings.Compare(a.hash, b.hash)
 	})
-	if err := w.lockKeys(ctx, list); err != nil {
-		return nil, err
-	}
-	entities, hashes := make([]string, len(list)), make([]string, len(list))
-	for i, k := range list {
-		entities[i], hashes[i] = k.entity, k.hash
-	}
-	rows, err := w.tx.Query(ctx, presentParentsSQL, entities, hashes)
+	present, err := w.parentsPresent(ctx, list, keys)
 	if err != nil {
-		return nil, err
-	}
-	present := map[parentKey]bool{}
-	for rows.Next() {
-		var k parentKey
-		if err := rows.Scan(&k.entity, &k.hash); err != nil {
-			return nil, err
-		}
-		present[k] = true
-	}
-	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	var parked []parkRow
@@ -319,9 +348,6 @@ func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pip
 	}
 	if len(keys) == 0 {
 		return nil
-	}
-	if err := w.lockKeys(ctx, keys); err != nil {
-		return err
 	}
 	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
 	for i, k := range keys {
