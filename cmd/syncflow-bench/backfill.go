@@ -77,7 +77,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	}
 	ctx, cancel := context.WithCancel(b.ctx)
 	done := make(chan error, 1)
-	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel}))
 	go func() {
 		done <- service.Run(ctx, service.Config{
 			DatabaseURL: b.dbURL, NATS: stream.Config{URL: b.srv.ClientURL()}, Catalog: b.cat, Streams: b.defs, Backfill: true,
@@ -137,3 +137,5 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 		b.cfg.backfillRows, published.Round(time.Millisecond), elapsed.Round(time.Millisecond), len(lat))
 	return fig, nil
 }
+
+var benchLogLevel = slog.LevelWarn

@@ -29,59 +29,89 @@ var entityMix = []struct {
 
 var base = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 
-// generate returns n realistic events of about 1 KiB, deterministic for seed: every
-// key gets increasing versions, a share of events is published again (duplicates)
-// and a share arrives after a newer version of its key (out of order). want holds
-// the newest version per entity and key: the state a perfect apply ends in.
-func generate(n int, seed uint64, dupShare, oooShare float64) (events []benchEvent, want map[string]map[string]int) {
-	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	version := map[string]int{}
-	want = map[string]map[string]int{}
-	pad := strings.Repeat("x", 700)
-	var held []benchEvent // out-of-order events waiting to be published late
-	for len(events) < n {
-		r := rng.Float64()
-		if r < dupShare && len(events) > 0 {
-			events = append(events, events[rng.IntN(len(events))])
+// generator produces the events; it keeps every child's parents in the stream (a
+// parent first seen through its child is published right after the child, so a
+// share of children arrive before their parents and are parked).
+type generator struct {
+	rng      *rand.Rand
+	version  map[string]int
+	want     map[string]map[string]int
+	events   []benchEvent
+	pad      string
+	dupShare float64
+	oooShare float64
+	held     []benchEvent
+}
+
+// generate returns about n realistic events of about 1 KiB, deterministic for
+// seed: every key gets increasing versions, a share of events is published again
+// (duplicates) and a share arrives after a newer version of its key (out of
+// order). want holds the newest version per entity and key: the state a perfect
+// apply ends in.
+func generate(n int, seed uint64, dupShare, oooShare float64) ([]benchEvent, map[string]map[string]int) {
+	g := &generator{rng: rand.New(rand.NewPCG(seed, seed^0x5eed)), version: map[string]int{}, want: map[string]map[string]int{},
+		pad: strings.Repeat("x", 700), dupShare: dupShare, oooShare: oooShare}
+	for k := range 20 {
+		g.change("sites", k)
+	}
+	for k := range 200 {
+		g.change("work_centers", k)
+	}
+	for len(g.events) < n {
+		if g.rng.Float64() < dupShare && len(g.events) > 0 {
+			g.events = append(g.events, g.events[g.rng.IntN(len(g.events))])
 			continue
 		}
-		if len(held) > 0 && rng.Float64() < 0.5 {
-			events = append(events, held[0])
-			held = held[1:]
+		if len(g.held) > 0 && g.rng.Float64() < 0.5 {
+			g.events = append(g.events, g.held[0])
+			g.held = g.held[1:]
 			continue
 		}
 		pick, acc := entityMix[len(entityMix)-1], 0.0
-		x := rng.Float64()
+		x := g.rng.Float64()
 		for _, e := range entityMix {
 			if acc += e.share; x < acc {
 				pick = e
 				break
 			}
 		}
-		k := rng.IntN(pick.keys)
-		vk := pick.name + "/" + fmt.Sprint(k)
-		version[vk]++
-		v := version[vk]
-		ev := makeEvent(pick.name, k, v, pad)
-		if want[pick.name] == nil {
-			want[pick.name] = map[string]int{}
-		}
-		if v > want[pick.name][ev.key] {
-			want[pick.name][ev.key] = v
-		}
-		if rng.Float64() < oooShare && v > 1 {
-			// Publish this version late: the next version overtakes it.
-			held = append(held, ev)
-			version[vk]++
-			v2 := version[vk]
-			events = append(events, makeEvent(pick.name, k, v2, pad))
-			want[pick.name][ev.key] = v2
-			continue
-		}
-		events = append(events, ev)
+		g.change(pick.name, g.rng.IntN(pick.keys))
 	}
-	events = append(events, held...)
-	return events[:max(n, len(events))], want
+	g.events = append(g.events, g.held...)
+	return g.events, g.want
+}
+
+// change publishes a new version of one row, then any parent it needs that was
+// never published.
+func (g *generator) change(entity string, k int) {
+	vk := entity + "/" + fmt.Sprint(k)
+	g.version[vk]++
+	v := g.version[vk]
+	ev := makeEvent(entity, k, v, g.pad)
+	if g.want[entity] == nil {
+		g.want[entity] = map[string]int{}
+	}
+	g.want[entity][ev.key] = v
+	if g.rng.Float64() < g.oooShare && v > 1 {
+		// This version is published late: the next one overtakes it.
+		g.held = append(g.held, ev)
+		g.version[vk]++
+		g.want[entity][ev.key] = v + 1
+		ev = makeEvent(entity, k, v+1, g.pad)
+	}
+	g.events = append(g.events, ev)
+	switch entity {
+	case "work_orders":
+		g.ensure("items", k)
+	case "work_order_operations":
+		g.ensure("work_orders", k/3)
+	}
+}
+
+func (g *generator) ensure(entity string, k int) {
+	if g.version[entity+"/"+fmt.Sprint(k)] == 0 {
+		g.change(entity, k)
+	}
 }
 
 func makeEvent(entity string, k, v int, pad string) benchEvent {
@@ -103,7 +133,8 @@ func makeEvent(entity string, k, v int, pad string) benchEvent {
 		data = fmt.Sprintf(`"ORDER_NO":%q,"CONTRACT":"S%03d","PART_NO":"P%06d","LOT_SIZE":%d,"STATUS":"v%d","NEED_DATE":"2026-12-%02d"`, key, k%20, k, k%50+1, v, k%28+1)
 	case "work_order_operations":
 		key = fmt.Sprintf("WO%06d|%d", k/3, (k%3+1)*10)
-		data = fmt.Sprintf(`"ORDER_NO":"WO%06d","OPERATION_NO":%d,"CONTRACT":"S%03d","WORK_CENTER_NO":"WC%04d","DESCRIPTION":"v%d","SETUP_HOURS":0.5,"RUN_HOURS":2.25,"STATUS":"Released"`, k/3, (k%3+1)*10, (k/3)%20, k%200, v)
+		wc := k % 200
+		data = fmt.Sprintf(`"ORDER_NO":"WO%06d","OPERATION_NO":%d,"CONTRACT":"S%03d","WORK_CENTER_NO":"WC%04d","DESCRIPTION":"v%d","SETUP_HOURS":0.5,"RUN_HOURS":2.25,"STATUS":"Released"`, k/3, (k%3+1)*10, wc%20, wc, v)
 	}
 	body := fmt.Sprintf(`{"entity":%q,"op":"upsert","source_system":"oracle_ifs","rowversion":%q,"data":{%s,"NOTE":%q}}`, entity, rv, data, pad)
 	return benchEvent{entity: entity, key: key, body: []byte(body)}

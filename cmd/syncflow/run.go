@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/syncflow/syncflow/internal/service"
@@ -45,8 +46,20 @@ func runCmd(ctx context.Context, args []string) error {
 	f.int(&cfg.BackfillShare, "backfill-share", 1, "backfill batches written at once across all entities (realtime is not limited)")
 	var maxConns int
 	f.int(&maxConns, "max-conns", 8, "most database connections")
+	var cpuProfile string
+	f.string(&cpuProfile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the whole run to this file")
 	if err := f.parse(args); err != nil {
 		return err
+	}
+	if cpuProfile != "" {
+		out, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	log, err := c.logger(os.Stderr)
 	if err != nil {

@@ -158,8 +158,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.settle(ctx, log, f.msgs, nil, ctx.Err())
 			continue
 		}
+		began := c.Now()
 		res, err := c.process(ctx, wctx, log, f.msgs)
 		c.leave()
+		res.Took = c.Now().Sub(began)
 		c.settle(ctx, log, f.msgs, &res, err)
 	}
 	return nil
@@ -249,7 +251,7 @@ func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.M
 				log.Warn("ack failed; the message will be redelivered and found unchanged", "err", aerr, "stream_seq", m.Delivery.StreamSeq)
 			}
 		}
-		log.Debug("batch committed", "batch_size", len(msgs), "inserted", res.Counts.Inserted, "updated", res.Counts.Updated,
+		log.Debug("batch committed", "batch_size", len(msgs), "took", res.Took, "inserted", res.Counts.Inserted, "updated", res.Counts.Updated,
 			"unchanged", res.Counts.Unchanged, "stale", res.Counts.Stale, "deleted", res.Counts.Deleted, "parked", res.Counts.Parked,
 			"released", res.Counts.Released, "failed", res.Counts.Failed)
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):

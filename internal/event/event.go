@@ -50,7 +50,7 @@ type wire struct {
 	Op           *string         `json:"op"`
 	SourceSystem *string         `json:"source_system"`
 	RowVersion   json.RawMessage `json:"rowversion"`
-	Data         json.RawMessage `json:"data"`
+	Data         map[string]any  `json:"data"`
 }
 
 // Decode parses one message body. subjectEntity, when not empty, is the entity named
@@ -62,10 +62,22 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 	if len(body) > MaxSize {
 		return fail("body of %d bytes exceeds the %d-byte limit", len(body), MaxSize)
 	}
+	// One decoder pass over the body, data included: events are decoded on the hot
+	// path, and a second pass over a raw "data" cost a third of the CPU.
 	var w wire
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(&w); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field == "data" {
+			return fail(`"data" must be a JSON object`)
+		}
+		if errors.As(err, &typeErr) && typeErr.Field == "" {
+			return fail("malformed JSON: an event is a JSON object, not %s", typeErr.Value)
+		}
+		if errors.As(err, &typeErr) {
+			return fail("field %q must not be %s", typeErr.Field, typeErr.Value)
+		}
 		return fail("malformed JSON: %v", err)
 	}
 	if dec.More() {
@@ -94,14 +106,10 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 		return fail(`missing "rowversion"`)
 	}
 	ev.RowVersion = w.RowVersion
-	if len(w.Data) == 0 || string(w.Data) == "null" {
+	if w.Data == nil {
 		return fail(`missing "data"`)
 	}
-	dd := json.NewDecoder(bytes.NewReader(w.Data))
-	dd.UseNumber()
-	if err := dd.Decode(&ev.Data); err != nil {
-		return fail(`"data" must be a JSON object: %v`, err)
-	}
+	ev.Data = w.Data
 	return ev, nil
 }
 

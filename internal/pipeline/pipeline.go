@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -192,7 +191,7 @@ func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 	}
 	c := Candidate{Index: i, Record: rec, Row: row, Version: Version{Ord: rec.RowVersion.Ord, Source: d.Source, Seq: d.StreamSeq}}
 	if !isDelete {
-		body, err := json.Marshal(row) // map keys are sorted: a stable payload hash
+		body, err := AppendRowJSON(nil, row, nil) // keys sorted: a stable payload hash
 		if err != nil {
 			return fail(fmt.Errorf("%w: %v", mapping.ErrMapping, err))
 		}

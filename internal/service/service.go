@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
-	st.Park, st.Retry = cfg.Park, cfg.Retry
+	st.Park, st.Retry, st.Logger = cfg.Park, cfg.Retry, log
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}

@@ -92,3 +92,20 @@ func TestParkedVersions(t *testing.T) {
 		t.Fatalf("child of a deleted parent: %+v", res.Counts)
 	}
 }
+
+// Parked events with escapes or invalid UTF-8 survive the round trip through
+// pending_children's JSONB.
+func TestParkingOddPayloads(t *testing.T) {
+	f := newFixture(t)
+	res := f.apply("work_orders", nil,
+		`{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:01Z","data":{"ORDER_NO":"WO1","CONTRACT":"S1","PART_NO":"P1","STATUS":"caf\u00e9 \ud83d\ude00"}}`,
+		"{\"entity\":\"work_orders\",\"op\":\"upsert\",\"rowversion\":\"2026-01-01T00:00:01Z\",\"data\":{\"ORDER_NO\":\"WO2\",\"CONTRACT\":\"S1\",\"PART_NO\":\"P1\",\"STATUS\":\"bad \xff byte\"}}",
+	)
+	if res.Counts.Parked != 2 {
+		t.Fatalf("%+v", res.Counts)
+	}
+	f.applyParents()
+	if got := f.rows(`SELECT order_no, status FROM schedulehub.work_orders ORDER BY 1`); got != "WO1|café 😀\nWO2|bad \uFFFD byte" {
+		t.Fatalf("target: %q", got)
+	}
+}

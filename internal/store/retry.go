@@ -163,6 +163,7 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 	})
 	if err == nil && w != nil {
 		w.noteCheckpoints()
+		s.releaseAfterCommit(ctx, cat, rules, batchUID, w.recheck)
 	}
 	return res, err
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
@@ -28,6 +29,8 @@ type Store struct {
 	// by themselves, and when. Set them before use.
 	Park  ParkPolicy
 	Retry RetryPolicy
+	// Logger receives what happens after a commit and cannot fail it (optional).
+	Logger *slog.Logger
 }
 
 // Config configures the pool.

@@ -168,6 +168,7 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 	})
 	if err == nil && w != nil {
 		w.noteCheckpoints()
+		s.releaseAfterCommit(ctx, cat, rules, batchUID, w.recheck)
 	}
 	return res, err
 }

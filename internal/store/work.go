@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -67,7 +69,11 @@ type txWork struct {
 	rules    *mapping.Set
 	dead     []deadLetter
 	released int64
-	highs    map[string]map[string]event.RowVersion // entity -> source system -> highest
+	// recheck holds the parents this transaction applied and the parents its parked
+	// children wait for: after the commit, children waiting for any of them whose
+	// parent is applied by then are released (ReleaseAfterCommit).
+	recheck []parentKey
+	highs   map[string]map[string]event.RowVersion // entity -> source system -> highest
 }
 
 func (s *Store) newWork(tx pgx.Tx, batchUID uuid.UUID, cat *catalog.Catalog, rules *mapping.Set) *txWork {
@@ -143,84 +149,59 @@ FROM bridge.synced_records r
 JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
 WHERE NOT r.deleted`
 
-// placeholderSQL writes a placeholder for parents the ledger has never seen: a
-// tombstone older than any version, so it reads as "not applied" and any real
-// version supersedes it. ON CONFLICT DO NOTHING waits for a parent another
-// transaction is inserting, and reports (by not returning it) that it exists now.
-const placeholderSQL = `
-INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, batch_uid)
-SELECT k.entity_name, k.bk_hash, k.business_key::jsonb, '', -9223372036854775808, 'realtime', 0, true, $4
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k (entity_name, bk_hash, business_key)
-ORDER BY 1, 2
-ON CONFLICT (entity_name, bk_hash) DO NOTHING`
-
-// recheckParentsSQL reads the parents again, locking them against a transaction
-// that is about to apply one: FOR SHARE conflicts with the row lock an upsert takes
-// (FOR NO KEY UPDATE, which FOR KEY SHARE would not), waits for it to commit, and reads
-// the version it committed.
-const recheckParentsSQL = `
-SELECT r.entity_name, r.bk_hash, r.deleted
-FROM bridge.synced_records r
-JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
-ORDER BY 1, 2
-FOR SHARE OF r`
-
-// parentsPresent returns which parent keys are applied. A parent that is not (absent, or
-// a tombstone) is settled against a transaction applying it at the same moment:
-// an absent one gets a placeholder row in the ledger and every such parent is read
-// again under a row lock. A child parking and a parent releasing its children thus
-// meet on the parent's ledger row, whichever comes first: if the parent's
-// transaction is first, the child waits for it and sees the parent; if the child
-// is first, the parent's ledger write waits for the child's commit and its release
-// then finds the child. Parents that are present cost one plain read.
-func (w *txWork) parentsPresent(ctx context.Context, keys []parentKey, refs map[parentKey][]string) (map[parentKey]bool, error) {
-	present, err := w.present(ctx, keys)
+// parentsPresent returns which parent keys are applied (in the ledger and not
+// deleted). It takes no lock: a parent applied by another transaction at the same
+// moment is caught by the re-check after commit (see ReleaseAfterCommit).
+func (w *txWork) parentsPresent(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
+	rows, err := w.readParents(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
-	var unsettled []parentKey
-	for _, k := range keys {
-		if !present[k] {
-			unsettled = append(unsettled, k)
-		}
+	present := make(map[parentKey]bool, len(rows))
+	for k, deleted := range rows {
+		present[k] = !deleted
 	}
-	if len(unsettled) == 0 {
-		return present, nil
+	return present, nil
+}
+
+const ledgerRowsSQL = `
+SELECT r.entity_name, r.bk_hash, r.deleted
+FROM bridge.synced_records r
+JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)`
+
+// readParents returns, per key in the ledger, whether it is deleted.
+func (w *txWork) readParents(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
+	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		entities[i], hashes[i] = k.entity, k.hash
 	}
-	entities, hashes, businessKeys := make([]string, len(unsettled)), make([]string, len(unsettled)), make([]string, len(unsettled))
-	for i, k := range unsettled {
-		key, _ := json.Marshal(refs[k])
-		entities[i], hashes[i], businessKeys[i] = k.entity, k.hash, string(key)
-	}
-	if _, err := w.tx.Exec(ctx, placeholderSQL, entities, hashes, businessKeys, w.batchUID); err != nil {
-		return nil, err
-	}
-	rows, err := w.tx.Query(ctx, recheckParentsSQL, entities, hashes)
+	rows, err := w.tx.Query(ctx, ledgerRowsSQL, entities, hashes)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
+	out := make(map[parentKey]bool, len(keys))
 	for rows.Next() {
 		var k parentKey
 		var deleted bool
 		if err := rows.Scan(&k.entity, &k.hash, &deleted); err != nil {
 			return nil, err
 		}
-		present[k] = !deleted
+		out[k] = deleted
 	}
-	return present, rows.Err()
+	return out, rows.Err()
 }
 
 // park moves every upsert whose parent (any the catalog names, in catalog order) is
 // not applied into pending_children, under its first missing parent.
 func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
 	var check []int
-	keys := map[parentKey][]string{}
+	keys := map[parentKey]bool{}
 	for i, d := range decisions {
 		if d.Target && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
 			check = append(check, i)
 			for _, p := range d.Record.Parents {
-				keys[parentKey{p.Entity, p.BKHash}] = p.Key
+				keys[parentKey{p.Entity, p.BKHash}] = true
 			}
 		}
 	}
@@ -233,7 +214,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 		}
 		return strings.Compare(a.hash, b.hash)
 	})
-	present, err := w.parentsPresent(ctx, list, keys)
+	present, err := w.parentsPresent(ctx, list)
 	if err != nil {
 		return nil, err
 	}
@@ -245,7 +226,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 			if present[parentKey{p.Entity, p.BKHash}] {
 				continue
 			}
-			payload := jsonbText(ds[d.Index].Data)
+			payload := parkablePayload(ds[d.Index].Data)
 			if payload == nil {
 				failures = append(failures, pipeline.Failure{Index: d.Index, Stage: pipeline.StageParent, Entity: e.Name, BKHash: d.Record.BKHash,
 					Normalized: d.Record.Fields, Err: fmt.Errorf("parent %s %v is missing and the event cannot be parked: it holds a NUL character", p.Entity, p.Key)})
@@ -253,6 +234,7 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 				break
 			}
 			parked = append(parked, parkRow{decision: i, parent: p, payload: *payload, delivery: ds[d.Index]})
+			w.recheck = append(w.recheck, parentKey{p.Entity, p.BKHash})
 			d.Outcome, d.Ledger, d.Target = pipeline.Parked, false, false
 			break
 		}
@@ -349,6 +331,7 @@ func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pip
 	if len(keys) == 0 {
 		return nil
 	}
+	w.recheck = append(w.recheck, keys...)
 	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
 	for i, k := range keys {
 		entities[i], hashes[i] = k.entity, k.hash
@@ -357,16 +340,8 @@ func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pip
 	if err != nil {
 		return err
 	}
-	byEntity := map[string][]pipeline.Delivery{}
-	for rows.Next() {
-		var child, payload, src, stream, subject string
-		var seq int64
-		if err := rows.Scan(&child, &payload, &src, &stream, &subject, &seq); err != nil {
-			return err
-		}
-		byEntity[child] = append(byEntity[child], pipeline.Delivery{Subject: subject, Source: pipeline.Source(src), Stream: stream, StreamSeq: uint64(seq), Data: []byte(payload)})
-	}
-	if err := rows.Err(); err != nil {
+	byEntity, err := collectReleased(rows)
+	if err != nil {
 		return err
 	}
 	_, err = w.applyReleased(ctx, byEntity)
@@ -481,4 +456,15 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipel
 		return nil, err
 	}
 	return failures, nil
+}
+
+// parkablePayload returns the event as jsonb will take it: the bytes as they are
+// when they are valid UTF-8 without a \u escape (nearly always), else re-encoded
+// by jsonbText, which also refuses a NUL character.
+func parkablePayload(body []byte) *string {
+	if utf8.Valid(body) && !bytes.Contains(body, []byte(`\u`)) {
+		s := string(body)
+		return &s
+	}
+	return jsonbText(body)
 }
