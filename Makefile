@@ -10,7 +10,7 @@ DB_NAME       := $(lastword $(subst /, ,$(firstword $(subst ?, ,$(DATABASE_URL))
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db test fuzz vet bench bench-rss tools clean
+.PHONY: all build run db demo test fuzz vet bench bench-rss tools clean
 
 all: build
 
@@ -22,6 +22,12 @@ db:
 	@psql "$(ADMIN_URL)" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
 		|| psql "$(ADMIN_URL)" -qc 'CREATE DATABASE "$(DB_NAME)"'
 	PGOPTIONS="-c client_min_messages=warning" psql "$(DATABASE_URL)" -q -v ON_ERROR_STOP=1 -f deploy/schedulehub.sql
+
+## demo: a simulated ERP, a backfill, messy realtime traffic, and a check that the
+## target matches (see deploy/demo.sh).
+demo: build
+	$(GO) build -o bin/apismith-sim ./cmd/apismith-sim
+	deploy/demo.sh
 
 ## run: migrate, create the demo target, apply streams and start the consumer. With
 ## no NATS at $(NATS_URL), an embedded JetStream server stores under data/nats.

@@ -35,11 +35,15 @@ SELECT EXISTS (
     JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted)`
 
 const releaseReadySQL = `
-DELETE FROM bridge.pending_children p
-USING unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash), bridge.synced_records r
-WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-  AND r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted
-RETURNING p.child_entity, p.child_payload::text, p.source_stream, coalesce(p.stream, ''), coalesce(p.subject, ''), p.stream_seq`
+DELETE FROM bridge.pending_children
+WHERE uid IN (
+    SELECT p.uid FROM bridge.pending_children p
+    JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+      ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted
+    ORDER BY p.uid
+    FOR UPDATE OF p SKIP LOCKED)
+RETURNING child_entity, child_payload::text, source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq`
 
 // releaseAfterCommit is the re-check after a commit: it releases the children
 // waiting for any of keys whose parent is applied now, and repeats for what that

@@ -258,6 +258,7 @@ SELECT u.uid, $1, $2, u.child_hash, u.parent_entity, u.parent_hash, u.parent_key
 FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],
             $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bytea[])
     AS u (uid, child_hash, parent_entity, parent_hash, parent_key, payload, rowversion, ord, src, stream, subject, seq, hash)
+ORDER BY u.child_hash
 ON CONFLICT (child_entity, child_bk_hash) DO UPDATE SET
     batch_uid = excluded.batch_uid, parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
     parent_key = excluded.parent_key, child_payload = excluded.child_payload, child_rowversion = excluded.child_rowversion,
@@ -313,11 +314,19 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 	return nil
 }
 
+// releaseSQL takes the children waiting for the given parents out of the queue. It
+// skips rows another transaction holds (one parking a newer version of the child):
+// waiting for them deadlocked with that transaction, and the re-check after
+// commit releases them (see ReleaseAfterCommit).
 const releaseSQL = `
-DELETE FROM bridge.pending_children p
-USING unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
-WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-RETURNING p.child_entity, p.child_payload::text, p.source_stream, coalesce(p.stream, ''), coalesce(p.subject, ''), p.stream_seq`
+DELETE FROM bridge.pending_children
+WHERE uid IN (
+    SELECT p.uid FROM bridge.pending_children p
+    JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+      ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    ORDER BY p.uid
+    FOR UPDATE SKIP LOCKED)
+RETURNING child_entity, child_payload::text, source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq`
 
 // release applies, in this transaction, the children waiting for the parents this
 // level applied, and so on down the catalog.
