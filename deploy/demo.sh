@@ -56,5 +56,5 @@ echo
 bin/syncflow schedule list
 echo
 echo "dead letters by stage:"
-psql "$DB_URL" -Atc "SELECT stage_failed || ': ' || count(*) FROM bridge.failed_records GROUP BY 1 ORDER BY 1"
+psql "$DB_URL" -Atc "SELECT stage_failed || ': ' || count(*) FROM bridge.failed_records GROUP BY stage_failed ORDER BY stage_failed"
 grep -q "matches" "$DIR/verify.txt"
