@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -128,6 +129,7 @@ func publish(ctx context.Context, args []string) error {
 	fs.Float64Var(&t.Deletes, "deletes", 0.02, "share of deletes")
 	fs.Float64Var(&t.Poison, "poison", 0.01, "share of poison events (malformed JSON, missing key)")
 	out := fs.String("expect", "", "write the expected final state (snapshot plus this traffic) to this file")
+	rowsOut := fs.String("expect-rows", "", "also write the expected rows (entity, key, check field; tab-separated) to this file")
 	fs.Parse(args)
 	erp := sim.New(*size)
 	events, changes := erp.Traffic(t)
@@ -160,6 +162,17 @@ func publish(ctx context.Context, args []string) error {
 		return errors.New("JetStream did not acknowledge every event within a minute")
 	}
 	fmt.Fprintf(os.Stderr, "apismith-sim: published %d events (%d poison) in %v\n", len(events), changes.Poison, time.Since(start).Round(time.Millisecond))
+	if *rowsOut != "" {
+		f, err := os.Create(*rowsOut)
+		if err != nil {
+			return err
+		}
+		w := bufio.NewWriter(f)
+		erp.Walk(changes, func(entity, key, check string) { fmt.Fprintf(w, "%s\t%s\t%s\n", entity, key, check) })
+		if err := errors.Join(w.Flush(), f.Close()); err != nil {
+			return err
+		}
+	}
 	if *out != "" {
 		return writeExpect(*out, expectation{Config: *size, Poison: changes.Poison, Entities: erp.Expect(changes)})
 	}

@@ -194,6 +194,20 @@ type EntityState struct {
 // snapshot alone). It walks every row once, in key order.
 func (e *ERP) Expect(ch *Changes) map[string]EntityState {
 	out := map[string]EntityState{}
+	digests := map[string]*Digest{}
+	for _, entity := range Entities {
+		digests[entity] = NewDigest()
+	}
+	e.Walk(ch, func(entity, key, check string) { digests[entity].Add(key, check) })
+	for entity, d := range digests {
+		out[entity] = d.State()
+	}
+	return out
+}
+
+// Walk calls fn for every live row after the snapshot and ch, entity by entity,
+// in key order: the rows a perfect sync leaves in the target.
+func (e *ERP) Walk(ch *Changes, fn func(entity, key, check string)) {
 	for _, entity := range Entities {
 		count, _ := e.Count(entity)
 		var extra int64
@@ -201,7 +215,6 @@ func (e *ERP) Expect(ch *Changes) map[string]EntityState {
 		if ch != nil {
 			extra, rows = ch.extra[entity], ch.rows[entity]
 		}
-		d := NewDigest()
 		for i := int64(0); i < count+extra; i++ {
 			rev := 1
 			if c, ok := rows[i]; ok {
@@ -211,11 +224,9 @@ func (e *ERP) Expect(ch *Changes) map[string]EntityState {
 				rev = c.rev
 			}
 			r := e.Revision(entity, i, rev, time.Time{})
-			d.Add(r.Key, fmt.Sprint(r.Data[CheckField[entity]]))
+			fn(entity, r.Key, fmt.Sprint(r.Data[CheckField[entity]]))
 		}
-		out[entity] = d.State()
 	}
-	return out
 }
 
 // Digest accumulates rows in key order into an EntityState.
