@@ -30,7 +30,7 @@ bin/apismith-sim serve --addr "$SIM_ADDR" "${SIZES[@]}" 2>"$DIR/sim.log" &
 pids+=($!)
 
 echo "== syncflow run (embedded NATS at $NATS_URL, logs in $DIR/run.log)"
-bin/syncflow run --migrate --apply-streams --embedded-nats-dir "$DIR/nats" --replica demo 2>"$DIR/run.log" &
+bin/syncflow run --migrate --apply-streams --embedded-nats-dir "$DIR/nats" --replica demo --http-addr 127.0.0.1:0 2>"$DIR/run.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q "syncflow running" "$DIR/run.log" 2>/dev/null && break; sleep 0.1; done
 grep -q "syncflow running" "$DIR/run.log" || { cat "$DIR/run.log"; exit 1; }

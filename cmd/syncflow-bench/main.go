@@ -262,7 +262,7 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 	if err := b.publish(b.events); err != nil {
 		return 0, 0, err
 	}
-	cmd := exec.Command(b.cfg.binary, "run", "--log-level", "warn", "--replica", "bench", "--batch-size", strconv.Itoa(b.cfg.batch))
+	cmd := exec.Command(b.cfg.binary, "run", "--http-addr", "127.0.0.1:0", "--log-level", "warn", "--replica", "bench", "--batch-size", strconv.Itoa(b.cfg.batch))
 	if p := os.Getenv("SYNCFLOW_BENCH_PROFILE"); p != "" {
 		cmd.Args = append(cmd.Args, "--cpu-profile", p)
 	}

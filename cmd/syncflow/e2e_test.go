@@ -58,7 +58,7 @@ func syncflow(t *testing.T, env []string, args ...string) (string, error) {
 func service(t *testing.T, env []string, args ...string) *bytes.Buffer {
 	t.Helper()
 	var logs bytes.Buffer
-	cmd := exec.Command(binary, append([]string{"run"}, args...)...)
+	cmd := exec.Command(binary, append([]string{"run", "--http-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -313,7 +313,7 @@ func TestKillAndRestart(t *testing.T) {
 	}()
 
 	start := func() *exec.Cmd {
-		cmd := exec.Command(binary, "run", "--batch-size", "20", "--fetch-wait", "100ms", "--replica", "k1")
+		cmd := exec.Command(binary, "run", "--http-addr", "127.0.0.1:0", "--batch-size", "20", "--fetch-wait", "100ms", "--replica", "k1")
 		cmd.Env = append(os.Environ(), env...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

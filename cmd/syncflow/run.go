@@ -44,6 +44,8 @@ func runCmd(ctx context.Context, args []string) error {
 	f.duration(&cfg.Retry.MaxDelay, "retry-max-delay", time.Hour, "longest wait between automatic retries of a dead letter")
 	f.int(&cfg.Retry.MaxRetries, "retry-max", 5, "automatic retries of a dead letter (mapping, write and max_deliver stages)")
 	f.int(&cfg.BackfillShare, "backfill-share", 1, "backfill batches written at once across all entities (realtime is not limited)")
+	f.string(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9464", "where to serve /metrics, /healthz and /readyz (empty: nowhere)")
+	f.duration(&cfg.StatsInterval, "stats-interval", 15*time.Second, "how often gauges (dead letters, parked, lag, backfill) are refreshed")
 	var maxConns int
 	f.int(&maxConns, "max-conns", 8, "most database connections")
 	var cpuProfile string

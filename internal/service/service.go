@@ -27,6 +27,7 @@ import (
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/telemetry"
 	"github.com/syncflow/syncflow/streams"
 )
 
@@ -64,6 +65,13 @@ type Config struct {
 	// BackfillShare is how many backfill batches may be written at once, across
 	// all entities (default 1); realtime batches are not limited.
 	BackfillShare int
+	// HTTPAddr is where /metrics, /healthz and /readyz are served ("" for nowhere);
+	// OnListen, when set, learns the address it listens on.
+	HTTPAddr string
+	OnListen func(net.Addr)
+	// StatsInterval is how often the gauges are read from the database and
+	// JetStream (default 15s).
+	StatsInterval time.Duration
 	Logger        *slog.Logger
 }
 
@@ -130,7 +138,28 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	metrics := telemetry.NewMetrics()
+	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
+	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
+	userHook := cfg.Consumer.OnCommit
+	cfg.Consumer.OnCommit = func(entity string, source pipeline.Source, msgs []stream.Message, res store.Result) {
+		obs.record(entity, source, msgs, res)
+		if userHook != nil {
+			userHook(entity, source, msgs, res)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err)
+		}
+		g.Go(func() error { return obs.serve(gctx, ln) })
+		if cfg.OnListen != nil {
+			cfg.OnListen(ln.Addr())
+		}
+		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	}
 	backfillGate := make(chan struct{}, max(cfg.BackfillShare, 1))
 	sources := []pipeline.Source{pipeline.Realtime}
 	if cfg.Backfill {
@@ -155,6 +184,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return err
 			}
+			obs.fetchers = append(obs.fetchers, boundFetcher{stream: name, entity: e.Name, f: fetcher})
 			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
 				Rules: rules, Config: cfg.Consumer, Logger: log}
 			if source == pipeline.Backfill {
@@ -175,6 +205,8 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	})
 	g.Go(func() error { return st.RunCheckpoints(gctx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
+	obs.bound.Store(true)
+	g.Go(func() error { return obs.runRefresh(gctx, or(cfg.StatsInterval, 15*time.Second)) })
 	worker := &deadletter.Worker{Store: st, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica,
 		Interval: cfg.DeadLetterInterval, Logger: log}
 	g.Go(func() error { return worker.Run(gctx) })

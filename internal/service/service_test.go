@@ -3,9 +3,11 @@ package service_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -357,4 +359,80 @@ func TestRealtimeKeepsPriorityDuringBackfill(t *testing.T) {
 		t.Errorf("realtime events were applied only after %d of %d backfill rows", done, backlog)
 	}
 	t.Logf("realtime applied with %d of %d backfill rows done", done, backlog)
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	addr := make(chan string, 1)
+	e.start(func(c *service.Config) {
+		c.HTTPAddr = "127.0.0.1:0"
+		c.StatsInterval = 100 * time.Millisecond
+		c.OnListen = func(a net.Addr) { addr <- a.String() }
+	})
+	base := "http://" + <-addr
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	e.publish("apismith.cdc.sites", site("S1", 1, "one"))
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert"`)
+	e.publish("apismith.cdc.work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
+	e.eventually(`SELECT count(*) FROM bridge.pending_children`, "1", 10*time.Second)
+	want := []string{
+		`syncflow_events_total{entity="sites",outcome="inserted",source="realtime"} 1`,
+		`syncflow_events_total{entity="sites",outcome="failed",source="realtime"} 1`,
+		`syncflow_events_total{entity="work_centers",outcome="parked",source="realtime"} 1`,
+		`syncflow_dead_letters{entity="sites",stage="decode"} 1`,
+		`syncflow_parked_children{entity="work_centers"} 1`,
+		`syncflow_consumer_pending_messages{entity="sites",stream="APISMITH_CDC"} 0`,
+		`syncflow_batch_duration_seconds_count{entity="sites",source="realtime"}`,
+		`syncflow_end_to_end_lag_seconds_bucket{entity="sites",source="realtime",le="+Inf"}`,
+		`syncflow_checkpoint_age_seconds{entity="sites",source_system="oracle_ifs"}`,
+		`syncflow_db_pool_connections{state="total"}`,
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := get("/metrics")
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				missing = w
+				break
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %s:\n%s", missing, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get("/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	srv.Stop()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		code, body := get("/readyz")
+		if code == 503 && strings.Contains(body, "NATS is not connected") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with NATS down: %d %q", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz with NATS down: %d (alive is not ready)", code)
+	}
 }

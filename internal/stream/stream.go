@@ -287,3 +287,13 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, e
 	}
 	return out, nil
 }
+
+// Pending returns the consumer's messages not yet delivered and those delivered but
+// not acknowledged.
+func (f *Fetcher) Pending(ctx context.Context) (pending, ackPending uint64, err error) {
+	info, err := f.consumer.Info(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	return info.NumPending, uint64(info.NumAckPending), nil
+}

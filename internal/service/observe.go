@@ -1,0 +1,175 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/telemetry"
+)
+
+// observer keeps the metrics current and answers the health endpoints.
+type observer struct {
+	m        *telemetry.Metrics
+	st       *store.Store
+	nc       *nats.Conn
+	entities []string
+	fetchers []boundFetcher
+	bound    atomic.Bool // every consumer is bound
+	log      *slog.Logger
+}
+
+type boundFetcher struct {
+	stream, entity string
+	f              *stream.Fetcher
+}
+
+// record is the consumers' OnCommit: counts, durations, sizes and lag.
+func (o *observer) record(entity string, source pipeline.Source, msgs []stream.Message, res store.Result) {
+	src := string(source)
+	c := res.Counts
+	for outcome, n := range map[pipeline.Outcome]int64{pipeline.Inserted: c.Inserted, pipeline.Updated: c.Updated,
+		pipeline.Unchanged: c.Unchanged, pipeline.Stale: c.Stale, pipeline.Deleted: c.Deleted, pipeline.Parked: c.Parked, pipeline.Failed: c.Failed} {
+		if n > 0 {
+			o.m.Events.WithLabelValues(entity, src, string(outcome)).Add(float64(n))
+		}
+	}
+	if c.Released > 0 {
+		o.m.Released.WithLabelValues(entity, src).Add(float64(c.Released))
+	}
+	o.m.BatchDuration.WithLabelValues(entity, src).Observe(res.Took.Seconds())
+	o.m.BatchSize.WithLabelValues(entity, src).Observe(float64(len(msgs)))
+	now := time.Now()
+	lag := o.m.Lag.WithLabelValues(entity, src)
+	for _, msg := range msgs {
+		if !msg.Stored.IsZero() {
+			lag.Observe(now.Sub(msg.Stored).Seconds())
+		}
+	}
+}
+
+// refresh reads the bridge tables and the consumers into the gauges.
+func (o *observer) refresh(ctx context.Context) error {
+	stats, err := o.st.Stats(ctx, o.entities)
+	if err != nil {
+		return err
+	}
+	m, now := o.m, time.Now()
+	m.DeadLetters.Reset()
+	m.CheckpointAge.Reset()
+	for _, s := range stats {
+		for stage, n := range s.DeadLetters {
+			m.DeadLetters.WithLabelValues(s.Entity, stage).Set(float64(n))
+		}
+		m.DeadLetterAge.WithLabelValues(s.Entity).Set(age(now, s.OldestDeadLetter))
+		m.Parked.WithLabelValues(s.Entity).Set(float64(s.Parked))
+		m.ParkedAge.WithLabelValues(s.Entity).Set(age(now, s.OldestParked))
+		for _, c := range s.Checkpoints {
+			m.CheckpointAge.WithLabelValues(s.Entity, c.SourceSystem).Set(age(now, c.SyncedAt))
+		}
+		if sc := s.Schedule; sc != nil && sc.Enabled {
+			m.BackfillRows.WithLabelValues(s.Entity).Set(float64(sc.Offset))
+			total, next, failing := 0.0, 0.0, 0.0
+			if sc.TotalRows != nil {
+				total = float64(*sc.TotalRows)
+			}
+			if sc.NextRun != nil {
+				next = float64(sc.NextRun.Unix())
+			}
+			if sc.LastError != nil {
+				failing = 1
+			}
+			m.BackfillTotal.WithLabelValues(s.Entity).Set(total)
+			m.BackfillNextRun.WithLabelValues(s.Entity).Set(next)
+			m.BackfillFailing.WithLabelValues(s.Entity).Set(failing)
+		}
+	}
+	var errs []error
+	for _, b := range o.fetchers {
+		pending, ackPending, err := b.f.Pending(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.ConsumerPending.WithLabelValues(b.stream, b.entity).Set(float64(pending))
+		m.ConsumerAckPending.WithLabelValues(b.stream, b.entity).Set(float64(ackPending))
+	}
+	return errors.Join(errs...)
+}
+
+func age(now time.Time, t *time.Time) float64 {
+	if t == nil {
+		return 0
+	}
+	return now.Sub(*t).Seconds()
+}
+
+// runRefresh refreshes the gauges every interval until ctx ends.
+func (o *observer) runRefresh(ctx context.Context, interval time.Duration) error {
+	for {
+		if err := o.refresh(ctx); err != nil && ctx.Err() == nil {
+			o.log.Warn("refreshing metrics failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}
+
+// ready reports why the service is not ready, or nil.
+func (o *observer) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := o.st.Ping(ctx); err != nil {
+		return errors.New("PostgreSQL is not reachable: " + err.Error())
+	}
+	if err := CheckSchema(ctx, o.st); err != nil {
+		return err
+	}
+	if !o.nc.IsConnected() {
+		return errors.New("NATS is not connected (status " + o.nc.Status().String() + ")")
+	}
+	if !o.bound.Load() {
+		return errors.New("the consumers are not bound yet")
+	}
+	return nil
+}
+
+// serve answers /metrics, /healthz and /readyz on addr until ctx ends.
+func (o *observer) serve(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(o.m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := o.ready(r.Context()); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
