@@ -27,6 +27,7 @@ var commands = []command{
 	{"replay", "re-deliver a time or sequence range of an entity through the pipeline", replayCmd},
 	{"backfill", "publish the due nightly backfills from APISmith (--once for cron)", backfillCmd},
 	{"schedule", "backfill schedules: list | set ENTITY | enable | disable | reset", scheduleCmd},
+	{"status", "per entity: checkpoint, last batch, pending, dead letters, parked, backfill", statusCmd},
 }
 
 func usage() {
