@@ -28,6 +28,7 @@ var commands = []command{
 	{"backfill", "publish the due nightly backfills from APISmith (--once for cron)", backfillCmd},
 	{"schedule", "backfill schedules: list | set ENTITY | enable | disable | reset", scheduleCmd},
 	{"status", "per entity: checkpoint, last batch, pending, dead letters, parked, backfill", statusCmd},
+	{"prune", "remove old batches and resolved dead letters: --older-than 90d", pruneCmd},
 }
 
 func usage() {
