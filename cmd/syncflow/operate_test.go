@@ -32,15 +32,20 @@ type world struct {
 
 func newWorld(t *testing.T, extraEnv ...string) *world {
 	t.Helper()
+	return newWorldOn(t, testenv.NATS(t).ClientURL(), extraEnv...)
+}
+
+// newWorldOn is newWorld on a NATS server of the test's choosing.
+func newWorldOn(t *testing.T, natsURL string, extraEnv ...string) *world {
+	t.Helper()
 	ctx := context.Background()
 	db, drop, err := testenv.NewMigratedDatabase(ctx, "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(drop)
-	srv := testenv.NATS(t)
-	w := &world{t: t, ctx: ctx, db: db.URL, nats: srv.ClientURL()}
-	w.env = append([]string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}, extraEnv...)
+	w := &world{t: t, ctx: ctx, db: db.URL, nats: natsURL}
+	w.env = append([]string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + natsURL, "SYNCFLOW_LOG_FORMAT=json"}, extraEnv...)
 	if out, err := syncflow(t, w.env, "streams", "apply"); err != nil {
 		t.Fatalf("streams apply: %v\n%s", err, out)
 	}
@@ -48,7 +53,17 @@ func newWorld(t *testing.T, extraEnv ...string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.conn.Close(ctx) })
-	nc, err := nats.Connect(srv.ClientURL())
+	var opts []nats.Option
+	for _, e := range extraEnv {
+		if u, ok := strings.CutPrefix(e, "SYNCFLOW_NATS_USER="); ok {
+			for _, p := range extraEnv {
+				if pw, ok := strings.CutPrefix(p, "SYNCFLOW_NATS_PASSWORD="); ok {
+					opts = append(opts, nats.UserInfo(u, pw))
+				}
+			}
+		}
+	}
+	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,3 +41,19 @@ func (e *Embedded) Stop() {
 	e.Shutdown()
 	e.WaitForShutdown()
 }
+
+// StartEmbeddedWith starts a server with the given options (tests of
+// authentication and TLS build them from a configuration file).
+func StartEmbeddedWith(opts *server.Options) (*Embedded, error) {
+	opts.NoSigs = true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats-server: %w", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats-server did not become ready")
+	}
+	return &Embedded{Server: s}, nil
+}
