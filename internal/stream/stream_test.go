@@ -3,7 +3,6 @@ package stream_test
 import (
 	"context"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -85,23 +84,9 @@ func TestApplyIsIdempotent(t *testing.T) {
 	}
 }
 
-// natsCLI finds the nats CLI (`make tools` installs it).
-func natsCLI(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("nats"); err == nil {
-		return p
-	}
-	out, _ := exec.Command("go", "env", "GOPATH").Output()
-	p := filepath.Join(string(out[:len(out)-1]), "bin", "nats")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatal("the nats CLI is required: run `make tools` (go install github.com/nats-io/natscli/nats@v0.5.0)")
-	}
-	return p
-}
-
 // The files in streams/ are what the nats CLI accepts as they are.
 func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
-	cli := natsCLI(t)
+	cli := testenv.NatsCLI(t)
 	srv := testenv.NATS(t)
 	run := func(args ...string) {
 		t.Helper()

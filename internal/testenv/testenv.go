@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,4 +151,19 @@ func Rows(t testing.TB, conn *pgx.Conn, sql string, args ...any) string {
 		t.Fatal(err)
 	}
 	return strings.Join(out, "\n")
+}
+
+// NatsCLI returns the path of the nats CLI (`make tools` installs it); the test
+// fails with what to do when it is missing.
+func NatsCLI(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("nats"); err == nil {
+		return p
+	}
+	out, _ := exec.Command("go", "env", "GOPATH").Output()
+	p := filepath.Join(strings.TrimSpace(string(out)), "bin", "nats")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal("the nats CLI is required: run `make tools` (go install github.com/nats-io/natscli/nats@v0.5.0)")
+	}
+	return p
 }
