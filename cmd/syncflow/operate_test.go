@@ -429,3 +429,59 @@ func TestParkedReleaseAndExpireByHand(t *testing.T) {
 		t.Errorf("expire without a selection (%d): %s", code, out)
 	}
 }
+
+func TestMigrateAndPruneCommands(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewDatabase(ctx, "e2e_migrate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL}
+	run := func(args ...string) (string, int) {
+		out, err := syncflow(t, env, args...)
+		if exit, ok := err.(*exec.ExitError); ok {
+			return out, exit.ExitCode()
+		}
+		return out, 0
+	}
+	steps := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"migrate", "version"}, "schema version: none"},
+		{[]string{"migrate", "up"}, "schema version: 1"},
+		{[]string{"migrate", "up"}, "schema version: 1"},
+		{[]string{"migrate", "down", "1"}, "schema version: none"},
+		{[]string{"migrate", "force", "1"}, "schema version: 1"},
+		{[]string{"migrate", "down"}, "schema version: none"},
+		{[]string{"migrate", "up"}, "schema version: 1"},
+	}
+	for _, s := range steps {
+		if out, code := run(s.args...); code != 0 || !strings.Contains(out, s.want) {
+			t.Fatalf("%v (%d): %s", s.args, code, out)
+		}
+	}
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type, status, started_at, finished_at)
+		VALUES (gen_random_uuid(), 'sites', 'realtime', 'completed', now() - interval '100 days', now() - interval '100 days')`); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run("prune"); code != 2 || !strings.Contains(out, "--older-than 90d") {
+		t.Errorf("prune without an age (%d): %s", code, out)
+	}
+	if out, code := run("prune", "--older-than", "90d", "--dry-run"); code != 0 || !strings.Contains(out, "would remove 0 resolved dead letters and 1 batches") {
+		t.Errorf("prune --dry-run (%d): %s", code, out)
+	}
+	archive := filepath.Join(t.TempDir(), "archive.jsonl")
+	if out, code := run("prune", "--older-than", "90d", "--archive", archive); code != 0 || !strings.Contains(out, "removed 0 resolved dead letters and 1 batches") {
+		t.Errorf("prune (%d): %s", code, out)
+	}
+	if data, err := os.ReadFile(archive); err != nil || !strings.Contains(string(data), `"table":"sync_batches"`) {
+		t.Errorf("archive: %s %v", data, err)
+	}
+}
