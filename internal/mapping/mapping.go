@@ -129,12 +129,6 @@ func Compile(rules []Rule) (*Set, error) {
 	return s, nil
 }
 
-// ValidateTransformation reports whether t is a known step or chain of steps.
-func ValidateTransformation(t string) error {
-	_, err := parseChain(t)
-	return err
-}
-
 func parseChain(t string) ([]step, error) {
 	if strings.TrimSpace(t) == "" {
 		t = "none"
@@ -148,15 +142,6 @@ func parseChain(t string) ([]step, error) {
 		chain = append(chain, st)
 	}
 	return chain, nil
-}
-
-// Rules returns the rules of entity (nil when it has none).
-func (s *Set) Rules(entity string) []Rule {
-	var out []Rule
-	for _, c := range s.byEntity[entity] {
-		out = append(out, c.Rule)
-	}
-	return out
 }
 
 // Apply maps rec to a target row keyed by column name. With keysOnly (a delete) only

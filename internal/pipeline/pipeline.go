@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 
 	"github.com/syncflow/syncflow/internal/catalog"
@@ -298,10 +297,4 @@ func (c *Counts) Merge(o Counts) {
 // Balanced reports whether every fetched delivery has exactly one outcome.
 func (c Counts) Balanced() bool {
 	return c.Fetched == c.Inserted+c.Updated+c.Unchanged+c.Stale+c.Deleted+c.Parked+c.Failed
-}
-
-// IsRecordError reports whether err is a failure of the record itself (as opposed to
-// the infrastructure), i.e. one of the stage errors of this pipeline.
-func IsRecordError(err error) bool {
-	return errors.Is(err, event.ErrDecode) || errors.Is(err, normalize.ErrNormalize) || errors.Is(err, mapping.ErrMapping)
 }

@@ -24,34 +24,12 @@ import (
 // decode and normalization (the bytes will not change; fix the catalog or the
 // publisher, then `syncflow dlq retry`), and orphan (the sweeper already waited for
 // the parent). Any dead letter can be re-run by hand.
-type RetryPolicy struct {
-	// FirstRetry is the delay before the first automatic retry (default 1m); each
-	// later one waits twice as long, up to MaxDelay (default 1h).
-	FirstRetry, MaxDelay time.Duration
-	// MaxRetries is how many automatic retries a dead letter gets (default 5).
-	MaxRetries int
-}
+//
+// The worker retries after FirstRetry (default 1m), doubling up to MaxDelay
+// (default 1h), MaxRetries times (default 5).
+type RetryPolicy = Backoff
 
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.FirstRetry <= 0 {
-		p.FirstRetry = time.Minute
-	}
-	if p.MaxDelay <= 0 {
-		p.MaxDelay = time.Hour
-	}
-	if p.MaxRetries <= 0 {
-		p.MaxRetries = 5
-	}
-	return p
-}
-
-func (p RetryPolicy) delay(retry int) time.Duration {
-	d := p.FirstRetry
-	for i := 0; i < retry && d < p.MaxDelay; i++ {
-		d *= 2
-	}
-	return min(d, p.MaxDelay)
-}
+var retryDefaults = Backoff{FirstRetry: time.Minute, MaxDelay: time.Hour, MaxRetries: 5}
 
 // AutoRetried reports whether dead letters of stage are retried by the worker.
 func AutoRetried(stage pipeline.Stage) bool {
@@ -140,7 +118,7 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 		stages[j], errs[j] = string(f.Stage), sanitizeText(f.Err.Error())
 		retry[j] = AutoRetried(f.Stage)
 	}
-	policy := w.s.Retry.withDefaults()
+	policy := w.s.Retry.or(retryDefaults)
 	var batch *uuid.UUID
 	if w.batchUID != uuid.Nil {
 		batch = &w.batchUID

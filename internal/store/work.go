@@ -21,37 +21,42 @@ import (
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
-// ParkPolicy says how long parked children wait for their parents.
-type ParkPolicy struct {
-	// FirstRetry is when the sweeper first re-checks a parked child (default 30s);
-	// each later re-check waits twice as long, up to MaxDelay (default 1h).
+// Backoff says when something is tried again: after FirstRetry, then twice as
+// long each time up to MaxDelay, MaxRetries times in all.
+type Backoff struct {
 	FirstRetry, MaxDelay time.Duration
-	// MaxRetries is how many re-checks a child gets before it becomes an orphan dead
-	// letter (default 10).
-	MaxRetries int
+	MaxRetries           int
 }
 
-func (p ParkPolicy) withDefaults() ParkPolicy {
-	if p.FirstRetry <= 0 {
-		p.FirstRetry = 30 * time.Second
+// or fills the zero fields from def.
+func (b Backoff) or(def Backoff) Backoff {
+	if b.FirstRetry <= 0 {
+		b.FirstRetry = def.FirstRetry
 	}
-	if p.MaxDelay <= 0 {
-		p.MaxDelay = time.Hour
+	if b.MaxDelay <= 0 {
+		b.MaxDelay = def.MaxDelay
 	}
-	if p.MaxRetries <= 0 {
-		p.MaxRetries = 10
+	if b.MaxRetries <= 0 {
+		b.MaxRetries = def.MaxRetries
 	}
-	return p
+	return b
 }
 
-// delay returns the wait before re-check number retry+1.
-func (p ParkPolicy) delay(retry int) time.Duration {
-	d := p.FirstRetry
-	for i := 0; i < retry && d < p.MaxDelay; i++ {
+// delay returns the wait before try number retry+1.
+func (b Backoff) delay(retry int) time.Duration {
+	d := b.FirstRetry
+	for i := 0; i < retry && d < b.MaxDelay; i++ {
 		d *= 2
 	}
-	return min(d, p.MaxDelay)
+	return min(d, b.MaxDelay)
 }
+
+// ParkPolicy says how long parked children wait for their parents: the sweeper
+// re-checks a child after FirstRetry (default 30s), doubling up to MaxDelay
+// (default 1h), and after MaxRetries re-checks (default 10) it becomes an orphan.
+type ParkPolicy = Backoff
+
+var parkDefaults = Backoff{FirstRetry: 30 * time.Second, MaxDelay: time.Hour, MaxRetries: 10}
 
 // deadLetter is a failure with the delivery it came from.
 type deadLetter struct {
@@ -292,7 +297,7 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 		srcs[j], streams[j], subjects[j], seqs[j] = string(d.Version.Source), r.delivery.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
 		phash[j] = d.PayloadHash
 	}
-	policy := w.s.Park.withDefaults()
+	policy := w.s.Park.or(parkDefaults)
 	q, err := w.tx.Query(ctx, parkSQL, w.batchUID, e.Name, policy.MaxRetries, policy.FirstRetry,
 		uids, hashes, pents, phashes, pkeys, payloads, rvs, ords, srcs, streams, subjects, seqs, phash)
 	if err != nil {
