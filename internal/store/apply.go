@@ -115,8 +115,7 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 		return countBatch(ctx, tx, b, res.Counts)
 	})
 	if err == nil {
-		w.noteCheckpoints()
-		s.releaseAfterCommit(ctx, b.Catalog, b.Rules, b.BatchUID, w.recheck)
+		w.committed(ctx)
 	}
 	return res, err
 }

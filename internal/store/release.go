@@ -87,10 +87,7 @@ func (s *Store) releaseReady(ctx context.Context, cat *catalog.Catalog, rules *m
 		if _, err := w.applyReleased(ctx, byEntity); err != nil {
 			return err
 		}
-		if err := w.flushDeadLetters(ctx); err != nil {
-			return err
-		}
-		return addCounts(ctx, tx, batchUID, pipeline.Counts{Released: w.released}, false)
+		return w.finish(ctx, pipeline.Counts{}, false)
 	})
 	if err != nil {
 		return nil, err

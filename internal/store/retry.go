@@ -155,15 +155,10 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 			res.FailedAgain++
 		}
 		res.Retried = len(rows)
-		counts.Released = w.released
-		if err := w.flushDeadLetters(ctx); err != nil {
-			return err
-		}
-		return addCounts(ctx, tx, batchUID, counts, true)
+		return w.finish(ctx, counts, true)
 	})
 	if err == nil && w != nil {
-		w.noteCheckpoints()
-		s.releaseAfterCommit(ctx, cat, rules, batchUID, w.recheck)
+		w.committed(ctx)
 	}
 	return res, err
 }

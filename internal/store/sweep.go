@@ -160,15 +160,10 @@ func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *ma
 		counts.Fetched += int64(initialOrphans + len(wait))
 		counts.Failed += int64(initialOrphans)
 		counts.Parked += int64(len(wait))
-		counts.Released = w.released
-		if err := w.flushDeadLetters(ctx); err != nil {
-			return err
-		}
-		return addCounts(ctx, tx, batchUID, counts, true)
+		return w.finish(ctx, counts, true)
 	})
 	if err == nil && w != nil {
-		w.noteCheckpoints()
-		s.releaseAfterCommit(ctx, cat, rules, batchUID, w.recheck)
+		w.committed(ctx)
 	}
 	return res, err
 }

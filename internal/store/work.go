@@ -140,6 +140,23 @@ func (w *txWork) noteHigh(entity string, r normalize.Record) {
 	}
 }
 
+// finish writes the transaction's dead letters and adds counts (and the children
+// it released) to its batch row, closing the row when done is set.
+func (w *txWork) finish(ctx context.Context, counts pipeline.Counts, done bool) error {
+	counts.Released = w.released
+	if err := w.flushDeadLetters(ctx); err != nil {
+		return err
+	}
+	return addCounts(ctx, w.tx, w.batchUID, counts, done)
+}
+
+// committed is what follows a commit: the checkpoints, and the re-check of
+// parents and children (see releaseAfterCommit).
+func (w *txWork) committed(ctx context.Context) {
+	w.noteCheckpoints()
+	w.s.releaseAfterCommit(ctx, w.cat, w.rules, w.batchUID, w.recheck)
+}
+
 func (w *txWork) noteCheckpoints() {
 	for entity, highs := range w.highs {
 		w.s.checkpoints.note(entity, w.batchUID, highs)
