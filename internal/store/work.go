@@ -76,7 +76,7 @@ type txWork struct {
 	released int64
 	// recheck holds the parents this transaction applied and the parents its parked
 	// children wait for: after the commit, children waiting for any of them whose
-	// parent is applied by then are released (ReleaseAfterCommit).
+	// parent is applied by then are released (releaseAfterCommit).
 	recheck []parentKey
 	highs   map[string]map[string]event.RowVersion // entity -> source system -> highest
 }
@@ -173,7 +173,7 @@ WHERE NOT r.deleted`
 
 // parentsPresent returns which parent keys are applied (in the ledger and not
 // deleted). It takes no lock: a parent applied by another transaction at the same
-// moment is caught by the re-check after commit (see ReleaseAfterCommit).
+// moment is caught by the re-check after commit (see releaseAfterCommit).
 func (w *txWork) parentsPresent(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
 	rows, err := w.readParents(ctx, keys)
 	if err != nil {
@@ -339,7 +339,7 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 // releaseSQL takes the children waiting for the given parents out of the queue. It
 // skips rows another transaction holds (one parking a newer version of the child):
 // waiting for them deadlocked with that transaction, and the re-check after
-// commit releases them (see ReleaseAfterCommit).
+// commit releases them (see releaseAfterCommit).
 const releaseSQL = `
 DELETE FROM bridge.pending_children
 WHERE uid IN (
