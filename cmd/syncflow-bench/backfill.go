@@ -138,4 +138,5 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	return fig, nil
 }
 
+// benchLogLevel is the level of the in-process service's logs (Debug shows every batch).
 var benchLogLevel = slog.LevelWarn

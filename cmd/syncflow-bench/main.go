@@ -527,7 +527,7 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 		done <- service.Run(ctx, service.Config{
 			DatabaseURL: b.dbURL, NATS: stream.Config{URL: b.srv.ClientURL()}, Catalog: b.cat, Streams: b.defs, Backfill: true,
 			Consumer: consumer.Config{Replica: "bench", BatchSize: b.cfg.batch, OnCommit: onCommit},
-			Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel})),
 		})
 	}()
 	time.Sleep(time.Second)
