@@ -102,8 +102,13 @@ func eventually(t *testing.T, conn *pgx.Conn, sql, want string, logs *bytes.Buff
 
 func TestSitesAndItemsEndToEnd(t *testing.T) {
 	ctx := context.Background()
+	db, drop, err := testenv.NewMigratedDatabase(ctx, "e2e_sites")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop) // after the service stops (cleanups run last first)
 	srv := testenv.NATS(t)
-	env := []string{"SYNCFLOW_DATABASE_URL=" + dbURL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
+	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
 	if out, err := syncflow(t, env, "streams", "apply"); err != nil {
 		t.Fatalf("streams apply: %v\n%s", err, out)
 	}
@@ -131,7 +136,7 @@ func TestSitesAndItemsEndToEnd(t *testing.T) {
 	publish("apismith.cdc.sites", `{"entity":"sites", "op":`)
 	publish("apismith.cdc.suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"SUPPLIER_ID":"X"}}`)
 
-	conn, err := pgx.Connect(ctx, dbURL)
+	conn, err := pgx.Connect(ctx, db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,6 +200,30 @@ func TestRunRefusesBadStart(t *testing.T) {
 	out, err = syncflow(t, nil, "migrate", "sideways", "--database-url", dbURL)
 	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "use up, down [N], version or force V") {
 		t.Errorf("unknown migrate action: %v\n%s", err, out)
+	}
+}
+
+// SIGTERM at any moment, even while the service is still starting, is a clean stop.
+func TestSigtermWhileStarting(t *testing.T) {
+	srv := testenv.NATS(t)
+	if out, err := syncflow(t, []string{"SYNCFLOW_NATS_URL=" + srv.ClientURL()}, "streams", "apply"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// From 100 ms on: before the process reaches main (a few milliseconds), any
+	// program dies of the signal.
+	for _, wait := range []time.Duration{100 * time.Millisecond, 150 * time.Millisecond, 250 * time.Millisecond} {
+		cmd := exec.Command(binary, "run", "--http-addr", "127.0.0.1:0")
+		cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+dbURL, "SYNCFLOW_NATS_URL="+srv.ClientURL())
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(wait)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("SIGTERM after %v: %v\n%s", wait, err, out.String())
+		}
 	}
 }
 
@@ -275,7 +304,7 @@ func TestKillAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer drop()
+	t.Cleanup(drop)
 	srv := testenv.NATS(t)
 	// Messages the killed process held come back after the ack wait: shorten it
 	// (through --streams-dir, as an operator would) so the test need not wait a minute.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"runtime/pprof"
 	"time"
@@ -76,5 +77,9 @@ func runCmd(ctx context.Context, args []string) error {
 	cfg.DatabaseURL, cfg.MaxConns, cfg.Logger = c.databaseURL, int32(maxConns), log
 	n.cfg.Name, n.cfg.Logger = "syncflow-"+cc.Replica, log
 	cfg.NATS = n.cfg
-	return service.Run(ctx, cfg)
+	err = service.Run(ctx, cfg)
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil // stopped by a signal while starting: a clean stop
+	}
+	return err
 }

@@ -138,6 +138,12 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	var advisories *stream.AdvisoryReader
+	if cfg.Streams.Advisories.Name != "" {
+		if advisories, err = stream.NewAdvisoryReader(ctx, js, cfg.Streams); err != nil {
+			return err
+		}
+	}
 	metrics := telemetry.NewMetrics()
 	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
 	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
@@ -148,11 +154,19 @@ func Run(ctx context.Context, cfg Config) error {
 			userHook(entity, source, msgs, res)
 		}
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	// A failure while the rest is being started stops what already runs first.
+	abort := func(err error) error {
+		stop()
+		_ = g.Wait()
+		return err
+	}
 	if cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
-			return fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err)
+			return abort(fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err))
 		}
 		g.Go(func() error { return obs.serve(gctx, ln) })
 		if cfg.OnListen != nil {
@@ -182,7 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 			durable := cfg.Streams.Consumers[name][e.Name].Durable
 			fetcher, err := stream.NewFetcher(ctx, js, name, durable, source)
 			if err != nil {
-				return err
+				return abort(err)
 			}
 			obs.fetchers = append(obs.fetchers, boundFetcher{stream: name, entity: e.Name, f: fetcher})
 			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
@@ -210,12 +224,8 @@ func Run(ctx context.Context, cfg Config) error {
 	worker := &deadletter.Worker{Store: st, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica,
 		Interval: cfg.DeadLetterInterval, Logger: log}
 	g.Go(func() error { return worker.Run(gctx) })
-	if cfg.Streams.Advisories.Name != "" {
-		reader, err := stream.NewAdvisoryReader(ctx, js, cfg.Streams)
-		if err != nil {
-			return err
-		}
-		drain := &deadletter.GaveUpDrain{Reader: reader, Store: st, Catalog: cfg.Catalog, Logger: log}
+	if advisories != nil {
+		drain := &deadletter.GaveUpDrain{Reader: advisories, Store: st, Catalog: cfg.Catalog, Logger: log}
 		g.Go(func() error { return drain.Run(gctx) })
 	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
