@@ -158,10 +158,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.settle(ctx, log, f.msgs, nil, ctx.Err())
 			continue
 		}
-		began := c.Now()
 		res, err := c.process(ctx, wctx, log, f.msgs)
 		c.leave()
-		res.Took = c.Now().Sub(began)
 		c.settle(ctx, log, f.msgs, &res, err)
 	}
 	return nil
@@ -208,6 +206,7 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 }
 
 func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (store.Result, error) {
+	began := c.Now()
 	c.rollBatch(log)
 	ds := make([]pipeline.Delivery, len(msgs))
 	for i, m := range msgs {
@@ -231,6 +230,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 			_ = m.InProgress()
 		}
 	})
+	res.Took = c.Now().Sub(began)
 	if err == nil {
 		c.batchNew = false
 		if c.Config.OnCommit != nil {

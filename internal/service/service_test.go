@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -413,6 +414,11 @@ func TestMetricsAndHealth(t *testing.T) {
 			t.Fatalf("/metrics lacks %s:\n%s", missing, body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Batch durations are measured, not zero.
+	_, body := get("/metrics")
+	if m := regexp.MustCompile(`syncflow_batch_duration_seconds_sum\{entity="sites",source="realtime"\} (\S+)`).FindStringSubmatch(body); m == nil || m[1] == "0" {
+		t.Errorf("batch duration sum: %v", m)
 	}
 	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
