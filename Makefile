@@ -47,6 +47,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./internal/event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/normalize -run '^$$' -fuzz FuzzNormalize -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/pipeline -run '^$$' -fuzz FuzzAppendRowJSON -fuzztime $(FUZZTIME)
 
 ## bench: SyncFlow against the naive consumer and the bulk-upsert ceiling, in one
 ## run (medians of BENCH_RUNS); see docs/benchmarks.md.
