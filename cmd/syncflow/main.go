@@ -36,7 +36,7 @@ func usage() {
 	for _, c := range commands {
 		fmt.Fprintf(os.Stderr, "  %-9s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(os.Stderr, "\nRun `syncflow COMMAND --help` for a command's flags. Every flag can also be set\nwith a SYNCFLOW_* environment variable, named in the flag's help.\n\nExit codes: 0 success, 1 failure, 2 a mistake on the command line, 3 a UID or name\nthat matches nothing.\n")
+	fmt.Fprint(os.Stderr, "\nRun `syncflow COMMAND --help` for a command's flags. A flag whose help names a\n$SYNCFLOW_* variable can also be set from the environment; the flag wins.\n\nExit codes: 0 success, 1 failure, 2 a mistake on the command line, 3 a UID or name\nthat matches nothing.\n")
 }
 
 // errUsage marks a mistake on the command line: exit code 2.
