@@ -278,8 +278,7 @@ func TestRoles(t *testing.T) {
 	if v, _, err := st.SchemaVersion(ctx); err != nil || v == 0 {
 		t.Fatalf("bridge_user cannot read the schema version: %d %v", v, err)
 	}
-	data, _ := streams.FS.ReadFile(streams.CatalogFile)
-	cat, _ := catalog.Parse(data)
+	cat, _ := testenv.Shipped(t)
 	if err := st.PrepareTargets(ctx, cat); err != nil {
 		t.Fatal(err)
 	}

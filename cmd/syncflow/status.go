@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/streams"
@@ -61,7 +62,7 @@ func statusCmd(ctx context.Context, args []string) error {
 	for i, s := range stats {
 		out[i] = entityStatus{EntityStats: s}
 	}
-	natsNote := lagFromNATS(ctx, n, defs, cat.Names(), out)
+	natsNote := lagFromNATS(ctx, n, defs, cat, out)
 	outside, err := st.DeadLettersOutside(ctx, cat.Names())
 	if err != nil {
 		return err
@@ -147,11 +148,7 @@ func statusCmd(ctx context.Context, args []string) error {
 }
 
 // lagFromNATS fills in the consumers' pending counts; it returns why it could not.
-func lagFromNATS(ctx context.Context, n natsFlags, defs definitions, entities []string, out []entityStatus) string {
-	cat, err := defs.catalog()
-	if err != nil {
-		return err.Error()
-	}
+func lagFromNATS(ctx context.Context, n natsFlags, defs definitions, cat *catalog.Catalog, out []entityStatus) string {
 	sdefs, err := defs.streams(cat)
 	if err != nil {
 		return err.Error()
@@ -168,7 +165,7 @@ func lagFromNATS(ctx context.Context, n natsFlags, defs definitions, entities []
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for i, e := range entities {
+	for i, e := range cat.Names() {
 		out[i].Lag = map[string]streamLag{}
 		for _, s := range []string{streams.Realtime, streams.Backfill} {
 			cons, err := js.Consumer(ctx, s, sdefs.Consumers[s][e].Durable)

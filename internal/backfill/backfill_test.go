@@ -2,7 +2,6 @@ package backfill_test
 
 import (
 	"context"
-	"io/fs"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/backfill"
-	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/sim"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -60,15 +58,7 @@ func newRig(t *testing.T, src backfill.Source) *rig {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256))
-	data, _ := fs.ReadFile(streams.FS, streams.CatalogFile)
-	cat, err := catalog.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat, defs := testenv.Shipped(t)
 	if err := stream.Apply(ctx, js, defs); err != nil {
 		t.Fatal(err)
 	}

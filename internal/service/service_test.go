@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -91,15 +89,7 @@ func newEnv(t *testing.T, natsURL string) *env {
 // start runs the service until the test ends; Run must return nil.
 func (e *env) start(tune func(*service.Config)) {
 	e.t.Helper()
-	data, _ := fs.ReadFile(streams.FS, streams.CatalogFile)
-	cat, err := catalog.Parse(data)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	cat, defs := testenv.Shipped(e.t)
 	cfg := service.Config{
 		DatabaseURL: dbURL, NATS: stream.Config{URL: e.url}, Catalog: cat, Streams: defs, ApplyStreams: true, Backfill: true,
 		Consumer:           consumer.Config{Replica: "test", FetchWait: 100 * time.Millisecond, NakDelay: 500 * time.Millisecond},

@@ -43,11 +43,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	data, _ := streams.FS.ReadFile(streams.CatalogFile)
-	cat, err := catalog.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat, _ := testenv.Shipped(t)
 	if err := st.PrepareTargets(ctx, cat); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package stream_test
 
 import (
 	"context"
-	"io/fs"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -18,19 +17,7 @@ import (
 
 func shipped(t *testing.T) (*catalog.Catalog, stream.Definitions) {
 	t.Helper()
-	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cat, defs
+	return testenv.Shipped(t)
 }
 
 func TestShippedDefinitions(t *testing.T) {

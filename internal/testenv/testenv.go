@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/exec"
@@ -18,8 +19,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/deploy"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/streams"
 )
 
 // AdminURL is the server tests create their databases on:
@@ -166,4 +169,23 @@ func NatsCLI(t testing.TB) string {
 		t.Fatal("the nats CLI is required: run `make tools` (go install github.com/nats-io/natscli/nats@v0.5.0)")
 	}
 	return p
+}
+
+// Shipped returns the built-in catalog and stream definitions, as `syncflow run`
+// loads them by default.
+func Shipped(t testing.TB) (*catalog.Catalog, stream.Definitions) {
+	t.Helper()
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat, defs
 }
