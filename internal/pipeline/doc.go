@@ -4,12 +4,16 @@
 //
 // # Order and idempotence
 //
-// Every version carries (rowversion, source stream, stream sequence). An incoming
-// version supersedes the applied one when its rowversion is higher; when the
-// rowversions are equal, only a later event of the same stream supersedes (two
-// changes in the same second), and an equal version from the other stream keeps what
-// is applied. The very same event again (same stream and sequence) supersedes only if
-// its mapped payload differs, which happens when it is re-run after a mapping change.
+// Every version carries (rowversion, source stream, stream sequence), and versions
+// of one key are totally ordered (Compare): a higher rowversion wins; on equal
+// rowversions a realtime version beats a backfill copy (realtime carries every
+// change in order, a backfill copy is a snapshot that may have been read between
+// two changes of one second, and IFS does not bump the rowversion on a delete);
+// within one stream the later sequence wins (two changes in the same second). As
+// the order is total, the final state does not depend on the order in which the
+// two streams are delivered. The very same event again (same stream and sequence)
+// supersedes only if its mapped payload differs, which happens when it is re-run
+// after a mapping change.
 //
 // Outcomes, counted per delivery: inserted (new key, or a key whose tombstone is
 // superseded), updated (payload changed), unchanged (same payload: the target is not

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"fmt"
 
@@ -83,16 +84,32 @@ type Version struct {
 	Hash   []byte
 }
 
-// Supersedes reports whether in should replace applied (see the package doc).
-// The store's ledger upsert encodes the same rule in SQL.
+// Compare orders two versions of one key: by rowversion; on a tie, a realtime
+// version is newer than a backfill one (realtime carries every change, a backfill
+// copy is a snapshot that may have been read between two changes of one second);
+// within one stream, by stream sequence. It is a total order on (Ord, Source, Seq),
+// so the version that wins does not depend on the order of delivery. The store's
+// SQL guards (store.supersedesSQL) encode the same order.
+func Compare(a, b Version) int {
+	if a.Ord != b.Ord {
+		return cmp.Compare(a.Ord, b.Ord)
+	}
+	if ra, rb := a.Source == Realtime, b.Source == Realtime; ra != rb {
+		if ra {
+			return 1
+		}
+		return -1
+	}
+	return cmp.Compare(a.Seq, b.Seq)
+}
+
+// Supersedes reports whether in should replace applied (see the package doc): it
+// is newer, or it is the very same event with a different mapped payload (re-run
+// after a mapping change).
 func Supersedes(in, applied Version) bool {
-	switch {
-	case in.Ord != applied.Ord:
-		return in.Ord > applied.Ord
-	case in.Source != applied.Source:
-		return false
-	case in.Seq != applied.Seq:
-		return in.Seq > applied.Seq
+	switch c := Compare(in, applied); {
+	case c != 0:
+		return c > 0
 	default:
 		return string(in.Hash) != string(applied.Hash)
 	}
@@ -134,7 +151,7 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 		key := c.Record.Entity + "\x00" + c.Record.BKHash
 		if j, seen := byKey[key]; seen {
 			prev := out.Candidates[j]
-			if newerInBatch(c.Version, prev.Version) {
+			if Compare(c.Version, prev.Version) > 0 {
 				out.Superseded = append(out.Superseded, prev.Index)
 				out.Candidates[j] = c
 			} else {
@@ -146,14 +163,6 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 		out.Candidates = append(out.Candidates, c)
 	}
 	return out
-}
-
-// newerInBatch orders two deliveries of one key from the same fetch.
-func newerInBatch(a, b Version) bool {
-	if a.Ord != b.Ord {
-		return a.Ord > b.Ord
-	}
-	return a.Seq > b.Seq
 }
 
 func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
@@ -231,8 +240,7 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 		case !known:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
 		case !Supersedes(c.Version, a.Version):
-			same := c.Version.Seq == a.Version.Seq && c.Version.Source == a.Version.Source && c.Version.Ord == a.Version.Ord
-			if same || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {
+			if Compare(c.Version, a.Version) == 0 || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {
 				d.Outcome = Unchanged
 			} else {
 				d.Outcome = Stale

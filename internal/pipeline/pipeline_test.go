@@ -101,12 +101,58 @@ func TestSupersedes(t *testing.T) {
 		{Version{Ord: 9, Source: Realtime, Seq: 99, Hash: h2}, false},
 		{Version{Ord: 10, Source: Realtime, Seq: 6, Hash: h1}, true},
 		{Version{Ord: 10, Source: Realtime, Seq: 4, Hash: h2}, false},
-		{Version{Ord: 10, Source: Backfill, Seq: 99, Hash: h2}, false}, // equal version from the other stream keeps what is applied
+		{Version{Ord: 10, Source: Backfill, Seq: 99, Hash: h2}, false}, // a backfill copy never replaces a realtime version it ties with
 		{Version{Ord: 10, Source: Realtime, Seq: 5, Hash: h1}, false},  // the same event again
 		{Version{Ord: 10, Source: Realtime, Seq: 5, Hash: h2}, true},   // the same event, remapped
 	} {
 		if got := Supersedes(tt.in, applied); got != tt.want {
 			t.Errorf("Supersedes(%+v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+	// Applied from the backfill: a realtime event of the same rowversion wins the
+	// tie whatever its sequence, a later backfill copy wins by sequence.
+	backfilled := Version{Ord: 10, Source: Backfill, Seq: 500, Hash: h1}
+	for _, tt := range []struct {
+		in   Version
+		want bool
+	}{
+		{Version{Ord: 10, Source: Realtime, Seq: 1, Hash: h1}, true},
+		{Version{Ord: 10, Source: Realtime, Seq: 1, Hash: nil}, true}, // a realtime delete of the last rowversion
+		{Version{Ord: 10, Source: Backfill, Seq: 501, Hash: h2}, true},
+		{Version{Ord: 10, Source: Backfill, Seq: 499, Hash: h2}, false},
+		{Version{Ord: 9, Source: Realtime, Seq: 900, Hash: h2}, false},
+	} {
+		if got := Supersedes(tt.in, backfilled); got != tt.want {
+			t.Errorf("Supersedes(%+v, backfill copy) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+// Compare is a total order: antisymmetric and transitive over every combination of
+// rowversion, stream and sequence, so the winner of a set of versions is the same
+// whatever order they are compared in.
+func TestCompareIsATotalOrder(t *testing.T) {
+	var vs []Version
+	for _, ord := range []int64{1, 2} {
+		for _, src := range []Source{Realtime, Backfill} {
+			for _, seq := range []uint64{1, 2, 3} {
+				vs = append(vs, Version{Ord: ord, Source: src, Seq: seq})
+			}
+		}
+	}
+	for _, a := range vs {
+		for _, b := range vs {
+			if Compare(a, b) != -Compare(b, a) {
+				t.Fatalf("not antisymmetric: %+v %+v", a, b)
+			}
+			if (Compare(a, b) == 0) != (a.Ord == b.Ord && a.Source == b.Source && a.Seq == b.Seq) {
+				t.Fatalf("distinct versions compare equal: %+v %+v", a, b)
+			}
+			for _, c := range vs {
+				if Compare(a, b) > 0 && Compare(b, c) > 0 && Compare(a, c) <= 0 {
+					t.Fatalf("not transitive: %+v > %+v > %+v", a, b, c)
+				}
+			}
 		}
 	}
 }
@@ -149,7 +195,19 @@ func TestDecide(t *testing.T) {
 	bf := site(9, "upsert", "S1", "2026-01-01T00:00:10Z", "y")
 	bf.Source = Backfill
 	if got := Decide([]Candidate{h(bf)}, live)[0]; got.Outcome != Stale {
-		t.Errorf("equal version from backfill: %s, want stale (keep what is applied)", got.Outcome)
+		t.Errorf("equal version from backfill over realtime: %s, want stale (realtime wins a tie)", got.Outcome)
+	}
+	// The other way round: a backfill copy was applied first; the realtime change
+	// and the realtime delete of the same rowversion both win.
+	copied := map[string]Applied{base.Record.BKHash: {Version: Version{Ord: base.Version.Ord, Source: Backfill, Seq: 700, Hash: base.Version.Hash}}}
+	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "y"))}, copied)[0]; got.Outcome != Updated || !got.Target {
+		t.Errorf("realtime change tying a backfill copy: %s target=%v, want updated", got.Outcome, got.Target)
+	}
+	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "x"))}, copied)[0]; got.Outcome != Unchanged || !got.Ledger || got.Target {
+		t.Errorf("realtime event equal to the backfill copy: %s ledger=%v target=%v, want unchanged with the ledger noting realtime", got.Outcome, got.Ledger, got.Target)
+	}
+	if got := Decide([]Candidate{h(site(3, "delete", "S1", "2026-01-01T00:00:10Z", ""))}, copied)[0]; got.Outcome != Deleted || !got.Target {
+		t.Errorf("realtime delete carrying the last rowversion after a backfill copy: %s, want deleted", got.Outcome)
 	}
 }
 

@@ -165,7 +165,19 @@ func lockLedger(ctx context.Context, tx pgx.Tx, entity string, cands []pipeline.
 	return applied, rows.Err()
 }
 
-const upsertLedgerSQL = `
+// supersedesSQL is pipeline.Supersedes in SQL, for an ON CONFLICT guard: the
+// excluded row replaces the row aliased as alias when its (rowversion, realtime,
+// stream sequence) is greater (a realtime version beats a backfill one of the same
+// rowversion), or when it is the same event with another payload hash.
+func supersedesSQL(alias string) string {
+	return `((excluded.rowversion_ord, excluded.source_stream = 'realtime', excluded.stream_seq)
+        > (` + alias + `.rowversion_ord, ` + alias + `.source_stream = 'realtime', ` + alias + `.stream_seq)
+    OR ((excluded.rowversion_ord, excluded.source_stream, excluded.stream_seq)
+        = (` + alias + `.rowversion_ord, ` + alias + `.source_stream, ` + alias + `.stream_seq)
+        AND excluded.payload_hash IS DISTINCT FROM ` + alias + `.payload_hash))`
+}
+
+var upsertLedgerSQL = `
 INSERT INTO bridge.synced_records AS r
     (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
      stream_seq, payload_hash, deleted, batch_uid)
@@ -178,10 +190,7 @@ ON CONFLICT (entity_name, bk_hash) DO UPDATE SET
     rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream,
     stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
     deleted = excluded.deleted, batch_uid = excluded.batch_uid, updated_at = now()
-WHERE excluded.rowversion_ord > r.rowversion_ord
-   OR (excluded.rowversion_ord = r.rowversion_ord AND excluded.source_stream = r.source_stream
-       AND (excluded.stream_seq > r.stream_seq
-            OR (excluded.stream_seq = r.stream_seq AND excluded.payload_hash IS DISTINCT FROM r.payload_hash)))
+WHERE ` + supersedesSQL("r") + `
 RETURNING bk_hash`
 
 // writeOnce writes the ledger rows of ds[idx] (guarded by the supersede rule), then

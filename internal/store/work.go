@@ -271,7 +271,7 @@ type parkRow struct {
 	delivery pipeline.Delivery
 }
 
-const parkSQL = `
+var parkSQL = `
 INSERT INTO bridge.pending_children AS p
     (uid, batch_uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload,
      child_rowversion, rowversion_ord, source_stream, stream, subject, stream_seq, payload_hash, max_retries, next_retry_at)
@@ -287,10 +287,7 @@ ON CONFLICT (child_entity, child_bk_hash) DO UPDATE SET
     rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream, stream = excluded.stream,
     subject = excluded.subject, stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
     retry_count = 0, next_retry_at = excluded.next_retry_at
-WHERE excluded.rowversion_ord > p.rowversion_ord
-   OR (excluded.rowversion_ord = p.rowversion_ord AND excluded.source_stream = p.source_stream
-       AND (excluded.stream_seq > p.stream_seq
-            OR (excluded.stream_seq = p.stream_seq AND excluded.payload_hash IS DISTINCT FROM p.payload_hash)))
+WHERE ` + supersedesSQL("p") + `
 RETURNING child_bk_hash`
 
 // insertParked writes the parked rows; one row per child key, so a version older
