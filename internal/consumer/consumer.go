@@ -9,17 +9,31 @@
 //
 //   - the transaction committed: ack every message, dead letters included (they are
 //     in bridge.failed_records now);
-//   - an infrastructure failure (database unreachable, serialization failure,
-//     deadlock): the consumer takes no new work and retries the batch in-process
-//     with exponential backoff (at most 5s apart), keeping the messages' ack timers
-//     alive, until it commits; with RetryFor set, it gives up after that long and
-//     naks with a delay instead. Either way nothing is dead-lettered because of an
+//   - the write failed: the database is to blame, never the rows (rows the target
+//     rejects are isolated inside the transaction and dead-lettered there). The
+//     consumer holds the batch, takes no new work and retries it in-process with
+//     exponential backoff (at most 5s apart) until it commits, whatever the
+//     failure: a database that refuses connections, is read-only after a
+//     failover, rejects rotated credentials, runs out of resources, times out, or
+//     fails in a way SyncFlow does not know. Nothing is dead-lettered because of an
 //     outage, and holding the batch (rather than letting JetStream redeliver it)
-//     keeps the delivery count from creeping towards MaxDeliver during a long one;
-//   - any other failure of the write (a bug, the schema changed under us): nak with a
-//     delay that doubles with every delivery (up to 5 minutes) and close the rolling
-//     batch as failed with the reason;
+//     keeps the delivery count from creeping towards MaxDeliver during a long one.
+//     With RetryFor set, it gives up after that long and naks with a delay instead;
 //   - shutdown: nak at once, never a dead letter.
+//
+// # Keeping held messages alive
+//
+// Every message the consumer holds, in the batch being written and in the batches
+// fetched ahead of it, gets InProgress every Heartbeat, so that JetStream does not
+// redeliver it however long a write or an outage takes.
+//
+// # Timeouts
+//
+// Each attempt to write a batch has a deadline (BatchTimeout), and every statement
+// a timeout of its own (see store.Config). A batch that times out EscalateAfter
+// times is not retried the same way for ever: it is logged as an error, counted,
+// and written with its rows isolated (store.Batch.IsolateTimeouts), so that rows
+// that keep timing out become dead letters at stage write and the rest commits.
 //
 // # Shutdown
 //
@@ -28,9 +42,11 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,37 +79,45 @@ type Config struct {
 	FetchWait time.Duration
 	// BatchWindow is how long one rolling sync_batches row collects counts (default 1m).
 	BatchWindow time.Duration
-	// RetryFor bounds the in-process retries of one batch after an infrastructure
-	// failure before its messages are nakked (default 0: retry until it commits).
+	// RetryFor bounds the in-process retries of one batch after a database failure
+	// before its messages are nakked (default 0: retry until it commits).
 	RetryFor time.Duration
-	// NakDelay is the first redelivery delay after a failed write; it doubles with
-	// every delivery up to 5 minutes (default 5s).
+	// NakDelay is the first redelivery delay after a batch was given up (RetryFor);
+	// it doubles with every delivery up to 5 minutes (default 5s).
 	NakDelay time.Duration
 	// ShutdownGrace is how long a batch being written at shutdown may take to
 	// commit (default 10s).
 	ShutdownGrace time.Duration
+	// BatchTimeout bounds one attempt to write a batch (default 2m).
+	BatchTimeout time.Duration
+	// EscalateAfter is how many times a batch may time out before its rows are
+	// isolated (default 3).
+	EscalateAfter int
+	// Heartbeat is how often the messages a consumer holds are kept alive with
+	// InProgress; keep it well under the consumers' ack_wait (default 10s).
+	Heartbeat time.Duration
 	// Replica names this process in sync_batches (default the host name).
 	Replica string
 	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
 	OnCommit func(entity string, source pipeline.Source, msgs []stream.Message, res store.Result)
+	// OnHold, when set, is called when the consumer starts holding a batch after a
+	// failed write (with the failure), at every retry, and when it stops (nil).
+	OnHold func(entity string, source pipeline.Source, failure error)
+	// OnEscalate, when set, is called when a batch that kept timing out is written
+	// with its rows isolated.
+	OnEscalate func(entity string, source pipeline.Source)
 }
 
-func (c *Config) defaults() {
-	if c.BatchSize <= 0 {
-		c.BatchSize = 500
-	}
-	if c.FetchWait <= 0 {
-		c.FetchWait = time.Second
-	}
-	if c.BatchWindow <= 0 {
-		c.BatchWindow = time.Minute
-	}
-	if c.NakDelay <= 0 {
-		c.NakDelay = 5 * time.Second
-	}
-	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = 10 * time.Second
-	}
+func (c Config) withDefaults() Config {
+	c.BatchSize = cmp.Or(c.BatchSize, 500)
+	c.FetchWait = cmp.Or(c.FetchWait, time.Second)
+	c.BatchWindow = cmp.Or(c.BatchWindow, time.Minute)
+	c.NakDelay = cmp.Or(c.NakDelay, 5*time.Second)
+	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, 10*time.Second)
+	c.BatchTimeout = cmp.Or(c.BatchTimeout, 2*time.Minute)
+	c.EscalateAfter = cmp.Or(c.EscalateAfter, 3)
+	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
+	return c
 }
 
 // Rules holds the current mapping rules; a batch takes one snapshot and keeps it.
@@ -125,21 +149,26 @@ type Consumer struct {
 	batchUID   uuid.UUID
 	batchStart time.Time
 	batchNew   bool // no transaction counted in batchUID has committed yet
+	held       heldMessages
 }
 
 type fetched struct {
 	msgs []stream.Message
 	err  error
+	id   uint64 // in held
 }
 
 // Run consumes until ctx ends, then closes its rolling batch and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
-	c.Config.defaults()
+	c.Config = c.Config.withDefaults()
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	log := c.Logger.With("entity", c.entityName(), "source", string(c.Source))
 	defer c.closeBatch(log, nil)
+	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHeartbeat()
+	go c.held.keepAlive(hctx, c.Config.Heartbeat)
 
 	// Writes outlive ctx by ShutdownGrace, so that a batch being written commits.
 	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
@@ -150,17 +179,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 	batches := make(chan fetched, 1)
 	go c.prefetch(ctx, log, batches)
 	for f := range batches {
-		if f.err != nil || ctx.Err() != nil {
-			c.settle(ctx, log, f.msgs, nil, cmpErr(f.err, ctx.Err()))
-			continue
-		}
-		if !c.enter(ctx) {
+		switch {
+		case f.err != nil || ctx.Err() != nil:
+			c.settle(ctx, log, f.msgs, nil, cmp.Or(f.err, ctx.Err()))
+		case !c.enter(ctx):
 			c.settle(ctx, log, f.msgs, nil, ctx.Err())
-			continue
+		default:
+			res, err := c.process(ctx, wctx, log, f.msgs)
+			c.leave()
+			c.settle(ctx, log, f.msgs, &res, err)
 		}
-		res, err := c.process(ctx, wctx, log, f.msgs)
-		c.leave()
-		c.settle(ctx, log, f.msgs, &res, err)
+		c.held.remove(f.id)
 	}
 	return nil
 }
@@ -201,7 +230,8 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 		if len(msgs) == 0 && err == nil {
 			continue
 		}
-		batches <- fetched{msgs: msgs, err: err}
+		// Held from now until settled: kept alive while it waits its turn.
+		batches <- fetched{msgs: msgs, err: err, id: c.held.add(msgs)}
 	}
 }
 
@@ -215,31 +245,64 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	rules := c.Rules.Load()
 	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
 	b := store.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: syncType(c.Source), Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
-	bo := backoff.WithContext(backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
-		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
-	res, err := backoff.RetryNotifyWithData(func() (store.Result, error) {
-		res, err := c.Writer.ApplyBatch(wctx, b)
-		if err != nil && !store.Retryable(err) {
-			return res, backoff.Permanent(err)
-		}
-		return res, err
-	}, bo, func(err error, next time.Duration) {
-		log.Warn("batch write failed; retrying", "err", err, "retry_in", next, "batch_size", len(msgs))
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
-	})
+	res, err := c.write(ctx, wctx, log, b)
 	res.Took = c.Now().Sub(began)
 	if err == nil {
 		c.batchNew = false
 		if c.Config.OnCommit != nil {
 			c.Config.OnCommit(c.entityName(), c.Source, msgs, res)
 		}
-	} else if !store.Retryable(err) && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
-		c.closeBatch(log, err)
 	}
 	return res, err
+}
+
+// write writes b, holding it through database failures: every failure is retried
+// with backoff (until RetryFor, when set), and a batch that keeps timing out is
+// written with its rows isolated. Only a shutdown, or RetryFor running out, ends
+// it without a commit.
+func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Batch) (store.Result, error) {
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
+	var timeouts int
+	holding := false
+	defer func() {
+		if holding && c.Config.OnHold != nil {
+			c.Config.OnHold(c.entityName(), c.Source, nil)
+		}
+	}()
+	return backoff.RetryNotifyWithData(func() (store.Result, error) {
+		actx, cancel := context.WithTimeout(wctx, c.Config.BatchTimeout)
+		if b.IsolateTimeouts {
+			// Isolating is many statements, each under the statement timeout: the
+			// batch deadline would cut it short.
+			actx, cancel = context.WithCancel(wctx)
+		}
+		defer cancel()
+		res, err := c.Writer.ApplyBatch(actx, b)
+		switch {
+		case err == nil:
+			return res, nil
+		case wctx.Err() != nil:
+			return res, backoff.Permanent(err) // shutdown, past its grace
+		case errors.Is(err, store.ErrTimeout):
+			if timeouts++; timeouts >= c.Config.EscalateAfter && !b.IsolateTimeouts {
+				log.Error("batch keeps timing out; writing it with its rows isolated, rows that time out alone become dead letters",
+					"timeouts", timeouts, "batch_size", len(b.Deliveries), "err", err)
+				b.IsolateTimeouts = true
+				if c.Config.OnEscalate != nil {
+					c.Config.OnEscalate(c.entityName(), c.Source)
+				}
+			}
+		}
+		return res, err
+	}, bo, func(err error, next time.Duration) {
+		holding = true
+		log.Warn("batch held: writing it failed; retrying", "reason", store.Kind(err), "err", err, "retry_in", next, "batch_size", len(b.Deliveries))
+		if c.Config.OnHold != nil {
+			c.Config.OnHold(c.entityName(), c.Source, err)
+		}
+	})
 }
 
 // settle is the one place that decides what happens to fetched messages.
@@ -259,8 +322,10 @@ func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.M
 			_ = m.NakWithDelay(0)
 		}
 	default:
+		// A failed fetch, or RetryFor ran out: JetStream redelivers later.
 		if len(msgs) > 0 {
 			log.Error("batch not written; redelivery requested", "err", err, "batch_size", len(msgs), "nak_delay", c.Config.NakDelay)
+			c.closeBatch(log, err)
 		}
 		for _, m := range msgs {
 			_ = m.NakWithDelay(nakDelay(c.Config.NakDelay, m.NumDelivered))
@@ -317,20 +382,68 @@ func syncType(s pipeline.Source) string {
 	return "realtime"
 }
 
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	}
+}
+
+// heldMessages are the messages a consumer holds: fetched and not yet settled.
+type heldMessages struct {
+	mu      sync.Mutex
+	next    uint64
+	batches map[uint64]*heldBatch
+}
+
+type heldBatch struct {
+	msgs    []stream.Message
+	touched time.Time // fetched, or last kept alive
+}
+
+func (h *heldMessages) add(msgs []stream.Message) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.batches == nil {
+		h.batches = map[uint64]*heldBatch{}
+	}
+	h.next++
+	h.batches[h.next] = &heldBatch{msgs: msgs, touched: time.Now()}
+	return h.next
+}
+
+func (h *heldMessages) remove(id uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.batches, id)
+}
+
+// keepAlive sends InProgress for every message held longer than every, every
+// every/2, until ctx ends.
+func (h *heldMessages) keepAlive(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			h.mu.Lock()
+			var due [][]stream.Message
+			for _, b := range h.batches {
+				if now.Sub(b.touched) >= every {
+					b.touched = now
+					due = append(due, b.msgs)
+				}
+			}
+			h.mu.Unlock()
+			for _, msgs := range due {
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
 	}
 }

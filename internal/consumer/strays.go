@@ -48,8 +48,7 @@ func (s *Strays) Run(ctx context.Context) error {
 
 func (s *Strays) drain(ctx context.Context, log *slog.Logger, f Fetcher) {
 	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Writer: s.Writer, Rules: &Rules{}, Logger: log,
-		Config: Config{Replica: s.Replica, RetryFor: 5 * time.Second}}
-	c.Config.defaults()
+		Config: Config{Replica: s.Replica, RetryFor: 5 * time.Second}.withDefaults()}
 	c.Now = time.Now
 	c.Rules.Store(&mapping.Set{})
 	defer c.closeBatch(log, nil)

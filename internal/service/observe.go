@@ -3,9 +3,14 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +32,51 @@ type observer struct {
 	fetchers []boundFetcher
 	bound    atomic.Bool // every consumer is bound
 	log      *slog.Logger
+
+	mu   sync.Mutex
+	held map[string]heldBatch // by "entity source": batches held after a failed write
+}
+
+type heldBatch struct {
+	since  time.Time
+	reason string
+}
+
+// hold is the consumers' OnHold: it counts the failed attempt and keeps what
+// /readyz reports.
+func (o *observer) hold(entity string, source pipeline.Source, failure error) {
+	key := entity + " " + string(source)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.held == nil {
+		o.held = map[string]heldBatch{}
+	}
+	if failure == nil {
+		delete(o.held, key)
+		o.m.Held.WithLabelValues(entity, string(source)).Set(0)
+		return
+	}
+	reason := store.Kind(failure)
+	o.m.HeldRetries.WithLabelValues(entity, string(source), reason).Inc()
+	o.m.Held.WithLabelValues(entity, string(source)).Set(1)
+	h, ok := o.held[key]
+	if !ok {
+		h.since = time.Now()
+	}
+	h.reason = reason
+	o.held[key] = h
+}
+
+// heldReasons says which consumers hold a batch, and why, or "".
+func (o *observer) heldReasons() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []string
+	for _, key := range slices.Sorted(maps.Keys(o.held)) {
+		h := o.held[key]
+		out = append(out, fmt.Sprintf("%s holds a batch it cannot write since %s (%s)", key, h.since.UTC().Format(time.RFC3339), h.reason))
+	}
+	return strings.Join(out, "; ")
 }
 
 type boundFetcher struct {
@@ -143,6 +193,9 @@ func (o *observer) ready(ctx context.Context) error {
 	}
 	if !o.bound.Load() {
 		return errors.New("the consumers are not bound yet")
+	}
+	if held := o.heldReasons(); held != "" {
+		return errors.New(held)
 	}
 	return nil
 }

@@ -37,6 +37,10 @@ type Config struct {
 	DatabaseURL string
 	// MaxConns caps the database pool (default 8).
 	MaxConns int32
+	// StatementTimeout, LockTimeout and IdleInTransactionTimeout bound every
+	// statement, lock wait and open transaction on SyncFlow's connections (see
+	// store.Config; zero leaves the server's setting).
+	StatementTimeout, LockTimeout, IdleInTransactionTimeout time.Duration
 	// NATS says how to reach NATS.
 	NATS stream.Config
 	// EmbeddedNATSDir, when set and no NATS answers at NATS.URL, starts an embedded
@@ -92,12 +96,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("migrate up: %w", err)
 		}
 	}
-	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.MaxConns})
+	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout,
+		LockTimeout: cfg.LockTimeout, IdleInTransactionTimeout: cfg.IdleInTransactionTimeout, Park: cfg.Park, Retry: cfg.Retry, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	st.Park, st.Retry, st.Logger = cfg.Park, cfg.Retry, log
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}
@@ -153,6 +157,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if userHook != nil {
 			userHook(entity, source, msgs, res)
 		}
+	}
+	cfg.Consumer.OnHold = obs.hold
+	cfg.Consumer.OnEscalate = func(entity string, source pipeline.Source) {
+		metrics.Escalations.WithLabelValues(entity, string(source)).Inc()
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
@@ -279,11 +282,122 @@ func TestDatabaseOutageMidRun(t *testing.T) {
 	e.conn = conn
 	e.eventually(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`, want, 60*time.Second)
 	e.eventually(`SELECT count(*) FROM bridge.failed_records`, "0", time.Second)
-	if !strings.Contains(e.logs.String(), "batch write failed; retrying") {
+	if !strings.Contains(e.logs.String(), "batch held: writing it failed; retrying") {
 		t.Errorf("the outage was not noticed; the test did not test it:\n%s", e.logs)
 	}
 	// Redeliveries and retries counted once each: every fetched event has an outcome.
 	e.eventually(`SELECT sum(rows_fetched) = sum(rows_inserted + rows_updated + rows_unchanged + rows_stale + rows_deleted + rows_parked + rows_failed) FROM bridge.sync_batches`, "true", time.Second)
+}
+
+// An outage much longer than max_deliver times the redelivery delays, with
+// max_deliver 3 and a one-second ack_wait: first the database turns read-only (as
+// after a failover: SQLSTATE 25006), then it refuses connections (55000). The
+// consumers hold their batches and keep every message they hold alive, /readyz
+// says why, and afterwards every event is applied, nothing is dead-lettered and
+// JetStream redelivered nothing.
+func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	addr := make(chan string, 1)
+	var redelivered atomic.Int64
+	e.start(func(c *service.Config) {
+		for _, byEntity := range c.Streams.Consumers {
+			for entity, cc := range byEntity {
+				cc.MaxDeliver, cc.AckWait, cc.BackOff = 3, time.Second, nil
+				byEntity[entity] = cc
+			}
+		}
+		c.Consumer.BatchSize = 20
+		c.Consumer.Heartbeat = 300 * time.Millisecond
+		c.Consumer.OnCommit = func(_ string, _ pipeline.Source, msgs []stream.Message, _ store.Result) {
+			for _, m := range msgs {
+				if m.NumDelivered > 1 {
+					redelivered.Add(1)
+				}
+			}
+		}
+		c.HTTPAddr = "127.0.0.1:0"
+		c.OnListen = func(a net.Addr) { addr <- a.String() }
+	})
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + <-addr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr <- resp.Request.URL.Host
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	admin, err := pgx.Connect(e.ctx, testenv.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(e.ctx)
+	var dbName string
+	if err := e.conn.QueryRow(e.ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	ident := pgx.Identifier{dbName}.Sanitize()
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(e.ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := func() { exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `' AND pid <> pg_backend_pid()`) }
+	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`)
+	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` RESET default_transaction_read_only`)
+
+	e.publish("apismith.cdc.sites", site("K000", 1, "before"))
+	e.eventually(`SELECT description FROM schedulehub.sites`, "before", 10*time.Second)
+
+	exec(`ALTER DATABASE ` + ident + ` SET default_transaction_read_only = on`)
+	cut()
+	want := publishHistory(t, e.js, 20, 10, 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := readyz()
+		if code == 503 && strings.Contains(body, "sites realtime holds a batch") && strings.Contains(body, "(database unavailable)") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz during the outage: %d %q", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(4 * time.Second)
+	exec(`ALTER DATABASE ` + ident + ` ALLOW_CONNECTIONS false`)
+	exec(`ALTER DATABASE ` + ident + ` RESET default_transaction_read_only`)
+	cut()
+	time.Sleep(4 * time.Second)
+	exec(`ALTER DATABASE ` + ident + ` ALLOW_CONNECTIONS true`)
+
+	conn, err := pgx.Connect(e.ctx, dbURL) // the test's own connection was cut too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(e.ctx)
+	e.conn = conn
+	e.eventually(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`, want, 60*time.Second)
+	if got := e.query(`SELECT count(*) FROM bridge.failed_records`); got != "0" {
+		t.Errorf("%s dead letters after an outage:\n%s", got, e.query(`SELECT stage_failed, error_message FROM bridge.failed_records`))
+	}
+	for _, reason := range []string{"read-only transaction", "not currently accepting connections"} {
+		if !strings.Contains(e.logs.String(), reason) {
+			t.Errorf("the outage did not show %q; the test did not test it", reason)
+		}
+	}
+	if n := redelivered.Load(); n != 0 {
+		t.Errorf("%d messages were redelivered: the held ones were not kept alive", n)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for code, body := readyz(); code != 200; code, body = readyz() {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after the outage: %d %q", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestNATSRestartMidRun(t *testing.T) {

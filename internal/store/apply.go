@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +38,10 @@ type Batch struct {
 	Replica    string
 	Deliveries []pipeline.Delivery
 	Prepared   pipeline.Prepared
+	// IsolateTimeouts is set when the batch kept timing out: its writes are then
+	// split like rejected rows, under a statement timeout of their own, so that
+	// the rows to blame become dead letters and the rest commits.
+	IsolateTimeouts bool
 }
 
 // UnknownEntity names, in sync_batches, the work on subjects no entity owns.
@@ -63,8 +69,8 @@ type Result struct {
 // missing, writes ledger and target set-based (isolating rows the target rejects),
 // applies the children the batch's parents release, records dead letters and counts
 // the batch. After the commit it hands the highest rowversions to the checkpointer
-// (see RunCheckpoints). An error means nothing was committed; Retryable tells
-// whether trying again can help.
+// (see RunCheckpoints). An error means nothing was committed; its kind (errors.go)
+// says whether the rows or the database are to blame.
 func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	if b.Entity == nil && len(b.Prepared.Candidates) > 0 {
 		return Result{}, fmt.Errorf("store: a batch without an entity can only hold failures")
@@ -75,6 +81,12 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		w = s.newWork(tx, b.BatchUID, b.Catalog, b.Rules)
+		if b.IsolateTimeouts {
+			w.isolateTimeouts = true
+			if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, s.isolationTimeout()); err != nil {
+				return err
+			}
+		}
 		res = Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries))}
 		if b.NewBatch {
 			if err := countBatch(ctx, tx, b, pipeline.Counts{}); err != nil {
@@ -117,7 +129,14 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	if err == nil {
 		w.committed(ctx)
 	}
-	return res, err
+	return res, classify(err)
+}
+
+// isolationTimeout is the statement timeout of a batch whose writes are being
+// isolated: the configured one, or 30 seconds when none is.
+func (s *Store) isolationTimeout() string {
+	d := cmp.Or(s.cfg.StatementTimeout, 30*time.Second)
+	return strconv.FormatInt(max(d.Milliseconds(), 1), 10)
 }
 
 // lockLedgerSQL joins the keys rather than testing bk_hash = ANY ($2): with a

@@ -35,10 +35,14 @@ type fixture struct {
 	fresh bool
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, tune ...func(*store.Config)) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Config{URL: dbURL})
+	cfg := store.Config{URL: dbURL}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	st, err := store.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

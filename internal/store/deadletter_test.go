@@ -11,9 +11,9 @@ import (
 )
 
 func TestSweeperOrphansAChildWhoseParentNeverComes(t *testing.T) {
-	f := newFixture(t)
-	f.st.Park = store.ParkPolicy{FirstRetry: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetries: 3}
-	t.Cleanup(func() { f.st.Park = store.ParkPolicy{} })
+	f := newFixture(t, func(c *store.Config) {
+		c.Park = store.ParkPolicy{FirstRetry: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetries: 3}
+	})
 	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
 	f.apply("work_orders", nil, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting for P1"))
 	if got := f.rows(`SELECT parent_entity, parent_key::text, retry_count FROM bridge.pending_children`); got != `items|["P1"]|0` {

@@ -118,7 +118,7 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 		stages[j], errs[j] = string(f.Stage), sanitizeText(f.Err.Error())
 		retry[j] = AutoRetried(f.Stage)
 	}
-	policy := w.s.Retry.or(retryDefaults)
+	policy := w.s.cfg.Retry
 	var batch *uuid.UUID
 	if w.batchUID != uuid.Nil {
 		batch = &w.batchUID

@@ -54,8 +54,8 @@ func (s *Store) releaseAfterCommit(ctx context.Context, cat *catalog.Catalog, ru
 	for round := 0; len(keys) > 0 && round < 10; round++ {
 		next, err := s.releaseReady(ctx, cat, rules, batchUID, keys)
 		if err != nil {
-			if s.Logger != nil && ctx.Err() == nil {
-				s.Logger.Warn("re-checking parked children after a commit failed; the sweeper will release them", "err", err)
+			if ctx.Err() == nil {
+				s.cfg.Logger.Warn("re-checking parked children after a commit failed; the sweeper will release them", "err", err)
 			}
 			return
 		}

@@ -86,7 +86,7 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 	if limit <= 0 {
 		limit = 500
 	}
-	policy := s.Retry.or(retryDefaults)
+	policy := s.cfg.Retry
 	batchUID := s.NewUID()
 	var w *txWork
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {

@@ -1,66 +1,88 @@
 // Package store is SyncFlow's PostgreSQL adapter: the bridge tables, the ledger and
 // the ScheduleHub target tables, through raw SQL on pgx. It is the only package that
-// imports pgx; driver errors are translated here (see Retryable) and never reach
+// imports pgx; driver errors are classified here, once (errors.go), and never reach
 // the core.
 package store
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Store holds the connection pool and what the store learned about the targets.
 type Store struct {
 	pool        *pgxpool.Pool
+	cfg         Config
 	targets     *targets
 	checkpoints *checkpoints
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
-	// Park says how long parked children wait; Retry which dead letters are retried
-	// by themselves, and when. Set them before use.
-	Park  ParkPolicy
-	Retry RetryPolicy
-	// Logger receives what happens after a commit and cannot fail it (optional).
-	Logger *slog.Logger
 }
 
-// Config configures the pool.
+// Config configures the store.
 type Config struct {
 	// URL is the PostgreSQL connection URL (postgres://user:pass@host:port/db).
 	URL string
 	// MaxConns caps the pool (default 8).
 	MaxConns int32
+	// StatementTimeout, LockTimeout and IdleInTransactionTimeout are set on every
+	// connection (statement_timeout, lock_timeout and
+	// idle_in_transaction_session_timeout), so that no statement, lock wait or
+	// forgotten transaction holds SyncFlow's work for ever. Zero leaves the server's
+	// setting; `syncflow run` sets 30s, 10s and 60s by default.
+	StatementTimeout, LockTimeout, IdleInTransactionTimeout time.Duration
+	// Park says how long parked children wait; Retry which dead letters are retried
+	// by themselves, and when (zero fields take the defaults of ParkPolicy and
+	// RetryPolicy).
+	Park  ParkPolicy
+	Retry RetryPolicy
+	// Logger receives what happens after a commit and cannot fail it (default: discard).
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.MaxConns = cmp.Or(c.MaxConns, 8)
+	c.Park = c.Park.or(parkDefaults)
+	c.Retry = c.Retry.or(retryDefaults)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // Open connects and pings.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
+	cfg = cfg.withDefaults()
 	pc, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database URL %s: %v", RedactURL(cfg.URL), redactErr(err, cfg.URL))
 	}
-	pc.MaxConns = 8
-	if cfg.MaxConns > 0 {
-		pc.MaxConns = cfg.MaxConns
-	}
+	pc.MaxConns = cfg.MaxConns
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout,
+		"idle_in_transaction_session_timeout": cfg.IdleInTransactionTimeout} {
+		if d > 0 {
+			pc.ConnConfig.RuntimeParams[name] = strconv.FormatInt(max(d.Milliseconds(), 1), 10)
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %v", RedactURL(cfg.URL), err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), err)
+		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), classify(err))
 	}
-	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
+	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
 }
 
 // Close closes the pool.
@@ -95,49 +117,4 @@ func redactErr(err error, u string) string {
 		}
 	}
 	return msg
-}
-
-// Retryable reports whether err is an infrastructure failure that a later attempt
-// of the same, idempotent transaction can get past: a lost or refused connection,
-// a server shutting down or restarting, a serialization failure, a deadlock, a lock
-// or statement timeout, too many connections, or a closed pool.
-func Retryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		code := pgErr.Code
-		switch {
-		case code == "40001", code == "40P01", code == "55P03", code == "57014",
-			code == "53300", code == "53400",
-			strings.HasPrefix(code, "08"), strings.HasPrefix(code, "57P"):
-			return true
-		}
-		return false
-	}
-	var connErr *pgconn.ConnectError
-	if errors.As(err, &connErr) || pgconn.Timeout(err) {
-		return true
-	}
-	msg := err.Error()
-	for _, s := range []string{"closed pool", "conn closed", "connection reset", "broken pipe",
-		"unexpected EOF", "connection refused", "failed to connect", "receive message failed",
-		"write failed", "i/o timeout"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
-}
-
-// rowError reports whether err is caused by the data of the rows in the statement
-// (classes 22 and 23, or 21000 for a key written twice): splitting the statement
-// can isolate the rows to blame.
-func rowError(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23") || pgErr.Code == "21000"
 }

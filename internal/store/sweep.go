@@ -65,7 +65,7 @@ type parkedRow struct {
 // counted in a sync_batches row of its own; replica names who swept.
 func (s *Store) SweepParked(ctx context.Context, cat *catalog.Catalog, rules *mapping.Set, replica string, sel ParkedSelection) (SweepResult, error) {
 	var res SweepResult
-	policy := s.Park.or(parkDefaults)
+	policy := s.cfg.Park
 	limit := sel.Limit
 	if limit <= 0 {
 		limit = 500

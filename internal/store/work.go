@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -79,6 +80,10 @@ type txWork struct {
 	// parent is applied by then are released (releaseAfterCommit).
 	recheck []parentKey
 	highs   map[string]map[string]event.RowVersion // entity -> source system -> highest
+	// isolateTimeouts makes writeIsolated treat a statement or lock timeout like a
+	// rejected row: the batch kept timing out, so its writes are split until the
+	// rows to blame are found (they become dead letters at stage write).
+	isolateTimeouts bool
 }
 
 func (s *Store) newWork(tx pgx.Tx, batchUID uuid.UUID, cat *catalog.Catalog, rules *mapping.Set) *txWork {
@@ -311,7 +316,7 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 		srcs[j], streams[j], subjects[j], seqs[j] = string(d.Version.Source), r.delivery.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
 		phash[j] = d.PayloadHash
 	}
-	policy := w.s.Park.or(parkDefaults)
+	policy := w.s.cfg.Park
 	q, err := w.tx.Query(ctx, parkSQL, w.batchUID, e.Name, policy.MaxRetries, policy.FirstRetry,
 		uids, hashes, pents, phashes, pkeys, payloads, rvs, ords, srcs, streams, subjects, seqs, phash)
 	if err != nil {
@@ -462,14 +467,18 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipel
 		if rbErr := sp.Rollback(ctx); rbErr != nil {
 			return rbErr
 		}
-		if !rowError(err) {
+		if !w.isolates(err) {
 			return err
 		}
 		if len(idx) == 1 {
 			d := &decisions[idx[0]]
+			reason := fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err)
+			if !errors.Is(classify(err), ErrRowRejected) {
+				reason = fmt.Errorf("writing the row to %s kept timing out (the batch timed out repeatedly, and this row alone timed out again): %v", t.entity.Target.QualifiedName(), err)
+			}
 			failures = append(failures, pipeline.Failure{
 				Index: d.Index, Stage: pipeline.StageWrite, Entity: d.Record.Entity, BKHash: d.Record.BKHash,
-				Normalized: d.Record.Fields, Err: fmt.Errorf("target %s rejected the row: %v", t.entity.Target.QualifiedName(), err),
+				Normalized: d.Record.Fields, Err: reason,
 			})
 			d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
 			return nil
@@ -484,6 +493,14 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipel
 		return nil, err
 	}
 	return failures, nil
+}
+
+// isolates reports whether err, from writing some rows under a savepoint, is to be
+// blamed on the rows (and the write split to find them) rather than end the
+// transaction.
+func (w *txWork) isolates(err error) bool {
+	kind := classify(err)
+	return errors.Is(kind, ErrRowRejected) || w.isolateTimeouts && errors.Is(kind, ErrTimeout)
 }
 
 // parkablePayload returns the event as jsonb will take it: the bytes as they are

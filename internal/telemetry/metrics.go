@@ -17,6 +17,9 @@ type Metrics struct {
 	BatchDuration *prometheus.HistogramVec // entity, source
 	BatchSize     *prometheus.HistogramVec // entity, source
 	Lag           *prometheus.HistogramVec // entity, source
+	Held          *prometheus.GaugeVec     // entity, source
+	HeldRetries   *prometheus.CounterVec   // entity, source, reason
+	Escalations   *prometheus.CounterVec   // entity, source
 
 	ConsumerPending    *prometheus.GaugeVec // stream, entity
 	ConsumerAckPending *prometheus.GaugeVec // stream, entity
@@ -49,6 +52,12 @@ func NewMetrics() *Metrics {
 		Help: "Messages in one fetched batch.", Buckets: []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000}}, es)
 	m.Lag = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "syncflow_end_to_end_lag_seconds",
 		Help: "From JetStream storing an event to the commit of its batch.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}, es)
+	m.Held = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_batch_held",
+		Help: "1 while the entity's consumer holds a batch it could not write (the database is failing), retrying it."}, es)
+	m.HeldRetries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_batch_write_retries_total",
+		Help: "Failed attempts to write a batch, by reason: database unavailable, transaction conflict, timed out, error."}, append(es, "reason"))
+	m.Escalations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_batch_timeout_escalations_total",
+		Help: "Batches that kept timing out and were written with their rows isolated."}, es)
 	sc := []string{"stream", "entity"}
 	m.ConsumerPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_consumer_pending_messages",
 		Help: "Messages in the stream not yet delivered to the entity's consumer."}, sc)
@@ -72,7 +81,7 @@ func NewMetrics() *Metrics {
 		Help: "When the entity's backfill is next due (0 when not planned)."}, []string{"entity"})
 	m.BackfillFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_backfill_failing",
 		Help: "1 when the entity's last backfill run failed."}, []string{"entity"})
-	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.ConsumerPending,
+	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.ConsumerPending,
 		m.ConsumerAckPending, m.DeadLetters, m.DeadLetterAge, m.Parked, m.ParkedAge, m.CheckpointAge, m.BackfillRows,
 		m.BackfillTotal, m.BackfillNextRun, m.BackfillFailing} {
 		f(c)

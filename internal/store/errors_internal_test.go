@@ -1,0 +1,125 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Every kind is produced here by a real server or a real driver failure where one
+// can be, and by the SQLSTATE alone where it cannot (a serialization failure needs
+// two sessions racing).
+func TestClassify(t *testing.T) {
+	ctx := context.Background()
+	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable") // as testenv.AdminURL, which imports this package
+	withDB := func(name string) string {
+		u, err := url.Parse(admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Path = "/" + name
+		return u.String()
+	}
+	// fails runs statements on a fresh session and returns the error of the last.
+	fails := func(stmts ...string) error {
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		for i, s := range stmts {
+			if _, err := conn.Exec(ctx, s); err != nil {
+				if i != len(stmts)-1 {
+					t.Fatalf("%s: %v", s, err)
+				}
+				return err
+			}
+		}
+		t.Fatalf("%v did not fail", stmts)
+		return nil
+	}
+	closedPool := func() error {
+		pool, err := pgxpool.New(ctx, admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool.Close()
+		_, err = pool.Exec(ctx, `SELECT 1`)
+		return err
+	}
+	terminated := func() error {
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, `SELECT pg_terminate_backend(pg_backend_pid())`)
+		return err
+	}
+	connect := func(u string) error {
+		cfg, err := pgx.ParseConfig(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ConnectTimeout = 2 * time.Second
+		_, err = pgx.ConnectConfig(ctx, cfg)
+		return err
+	}
+	long := "INSERT INTO t SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i"
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error // nil: no known kind
+	}{
+		{"division by zero (22012)", fails(`SELECT 1/0`), ErrRowRejected},
+		{"check constraint (23514)", fails(`CREATE TEMP TABLE t (x int CHECK (x > 0))`, `INSERT INTO t VALUES (-1)`), ErrRowRejected},
+		{"index row too large (54000)", fails(`CREATE TEMP TABLE t (s text)`, `CREATE INDEX ON t (s)`, long), ErrRowRejected},
+		{"type mismatch (42804)", fails(`CREATE TEMP TABLE t (x int)`, `INSERT INTO t SELECT 'a'::text`), ErrRowRejected},
+		{"key twice in one statement (21000)", fails(`CREATE TEMP TABLE t (x int PRIMARY KEY)`, `INSERT INTO t VALUES (1), (1) ON CONFLICT (x) DO UPDATE SET x = 1`), ErrRowRejected},
+		{"read-only after a failover (25006)", fails(`SET default_transaction_read_only = on`, `CREATE TABLE ro (x int)`), ErrUnavailable},
+		{"statement timeout (57014)", fails(`SET statement_timeout = 10`, `SELECT pg_sleep(1)`), ErrTimeout},
+		{"lock timeout (55P03)", pgErr("55P03"), ErrTimeout},
+		{"serialization failure (40001)", pgErr("40001"), ErrConflict},
+		{"deadlock (40P01)", pgErr("40P01"), ErrConflict},
+		{"too many connections (53300)", pgErr("53300"), ErrUnavailable},
+		{"credentials rejected (28P01)", pgErr("28P01"), ErrUnavailable},
+		{"idle in transaction too long (25P03)", pgErr("25P03"), ErrUnavailable},
+		{"connection refused", connect("postgres://postgres@127.0.0.1:1/x?sslmode=disable"), ErrUnavailable},
+		{"database missing at connect (3D000)", connect(withDB("syncflow_no_such_database")), ErrUnavailable},
+		{"session terminated (57P01)", terminated(), ErrUnavailable},
+		{"closed pool", closedPool(), ErrUnavailable},
+		{"batch deadline", fmt.Errorf("apply: %w", context.DeadlineExceeded), ErrTimeout},
+		{"a table dropped under us (42P01)", fails(`SELECT * FROM no_such_table`), nil},
+		{"a bug", errors.New("counts do not add up"), nil},
+	} {
+		got := classify(tc.err)
+		if tc.want == nil {
+			if Kind(got) != "error" {
+				t.Errorf("%s: %v classified %q, want no kind", tc.name, tc.err, Kind(got))
+			}
+			continue
+		}
+		if !errors.Is(got, tc.want) {
+			t.Errorf("%s: %v classified %q, want %q", tc.name, tc.err, Kind(got), tc.want)
+		}
+		if got.Error() != tc.err.Error() {
+			t.Errorf("%s: classify changed the message: %q", tc.name, got.Error())
+		}
+	}
+	if err := classify(context.Canceled); err != context.Canceled {
+		t.Errorf("a shutdown is not classified: %v", err)
+	}
+}
+
+func pgErr(code string) error {
+	return fmt.Errorf("statement: %w", &pgconn.PgError{Code: code, Message: "simulated"})
+}
