@@ -345,7 +345,9 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cut := func() { exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `' AND pid <> pg_backend_pid()`) }
+	cut := func() {
+		exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `' AND pid <> pg_backend_pid()`)
+	}
 	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`)
 	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` RESET default_transaction_read_only`)
 
