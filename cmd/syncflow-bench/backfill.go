@@ -56,7 +56,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, m := range msgs {
-			lat = append(lat, now.Sub(m.Stored))
+			lat = append(lat, now.Sub(m.Delivery.Published))
 		}
 	}
 	st, err := store.Open(b.ctx, store.Config{URL: b.dbURL})

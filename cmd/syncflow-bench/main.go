@@ -518,7 +518,7 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, m := range msgs {
-			lat = append(lat, now.Sub(m.Stored))
+			lat = append(lat, now.Sub(m.Delivery.Published))
 		}
 	}
 	ctx, cancel := context.WithCancel(b.ctx)

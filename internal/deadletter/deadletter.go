@@ -85,7 +85,7 @@ func (w *Worker) Round(ctx context.Context) error {
 		if res.Examined > 0 {
 			w.Logger.Info("swept parked children", "examined", res.Examined, "released", res.Released, "orphaned", res.Orphaned, "waiting", res.Waiting)
 		}
-		if res.Examined < roundLimit {
+		if !res.More {
 			break
 		}
 	}
@@ -142,6 +142,10 @@ func (d *GaveUpDrain) record(ctx context.Context, gave []stream.GaveUp) error {
 			Stage: pipeline.StageMaxDeliver, Entity: entityOf(g.Delivery.Subject), Err: fmt.Errorf("%s", msg)}}
 	}
 	if err := d.Store.RecordDeadLetters(ctx, d.Catalog, items); err != nil {
+		// Not recorded: have JetStream deliver the advisories again.
+		for _, g := range gave {
+			_ = g.Nak()
+		}
 		return err
 	}
 	for _, g := range gave {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"fmt"
+	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
@@ -52,6 +53,8 @@ type Delivery struct {
 	Stream    string
 	StreamSeq uint64
 	Data      []byte
+	// Published is when JetStream stored the message (zero when unknown).
+	Published time.Time
 }
 
 // Failure is a record that cannot be applied; it becomes a dead letter.
@@ -63,6 +66,9 @@ type Failure struct {
 	// Normalized holds the normalized fields where normalization succeeded.
 	Normalized map[string]any
 	Err        error
+	// Parent is, for an orphan, the parent it waited for: the parent's arrival
+	// releases the dead letter.
+	Parent *normalize.ParentRef
 }
 
 // Candidate is a record ready to be written, once Decide agrees.

@@ -102,8 +102,8 @@ func (o *observer) record(entity string, source pipeline.Source, msgs []stream.M
 	now := time.Now()
 	lag := o.m.Lag.WithLabelValues(entity, src)
 	for _, msg := range msgs {
-		if !msg.Stored.IsZero() {
-			lag.Observe(now.Sub(msg.Stored).Seconds())
+		if !msg.Delivery.Published.IsZero() {
+			lag.Observe(now.Sub(msg.Delivery.Published).Seconds())
 		}
 	}
 }

@@ -71,18 +71,33 @@ type Result struct {
 // the batch. After the commit it hands the highest rowversions to the checkpointer
 // (see RunCheckpoints). An error means nothing was committed; its kind (errors.go)
 // says whether the rows or the database are to blame.
+//
+// A row the target rejects is isolated within the transaction (writeIsolated).
+// Should a rejected row's error escape that (the bridge tables refusing it, or a
+// child released by the batch), the batch is written again with every record
+// under a savepoint of its own, so that only the records to blame fail.
 func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 	if b.Entity == nil && len(b.Prepared.Candidates) > 0 {
 		return Result{}, fmt.Errorf("store: a batch without an entity can only hold failures")
 	}
+	iso := isolation{timeouts: b.IsolateTimeouts, records: b.IsolateTimeouts}
+	res, err := s.applyBatch(ctx, b, iso)
+	if err != nil && !iso.records && (&txWork{isolate: iso}).isolates(err) {
+		iso.records = true
+		res, err = s.applyBatch(ctx, b, iso)
+	}
+	return res, err
+}
+
+func (s *Store) applyBatch(ctx context.Context, b Batch, iso isolation) (Result, error) {
 	var (
 		res Result
 		w   *txWork
 	)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		w = s.newWork(tx, b.BatchUID, b.Catalog, b.Rules)
-		if b.IsolateTimeouts {
-			w.isolateTimeouts = true
+		w.isolate = iso
+		if iso.timeouts {
 			if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, s.isolationTimeout()); err != nil {
 				return err
 			}
@@ -101,7 +116,7 @@ func (s *Store) ApplyBatch(ctx context.Context, b Batch) (Result, error) {
 			res.Outcomes[i] = pipeline.Stale
 		}
 		if b.Entity != nil {
-			outcomes, failures, err := w.applyEntity(ctx, b.Entity, b.Deliveries, b.Prepared.Candidates)
+			outcomes, failures, err := w.apply(ctx, b.Entity, b.Deliveries, b.Prepared.Candidates)
 			if err != nil {
 				return err
 			}

@@ -40,17 +40,40 @@ func AutoRetried(stage pipeline.Stage) bool {
 	return false
 }
 
-const insertFailuresSQL = `
-INSERT INTO bridge.failed_records
+// insertFailuresSQL writes dead letters, one unresolved dead letter per message
+// (stream, stream_seq): a message that fails again while it has one (redelivered,
+// replayed, retried, or given up by JetStream) updates it, and the earlier attempt
+// goes into its history.
+var insertFailuresSQL = `
+INSERT INTO bridge.failed_records AS f
     (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
-     raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at)
+     raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at,
+     parent_entity, parent_bk_hash, published_at)
 SELECT u.uid, $1, u.entity, $2, u.src, u.stream, u.subject, u.seq, u.bk_hash,
        u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err, $3,
-       CASE WHEN u.retry THEN now() + $4::interval END
+       CASE WHEN u.retry THEN now() + $4::interval END, u.parent_entity, u.parent_hash, u.published
 FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
-            $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bool[])
-    AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, retry)
-ON CONFLICT (stream, stream_seq) WHERE stage_failed = 'max_deliver' AND resolved_at IS NULL DO NOTHING`
+            $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bool[], $18::text[], $19::text[],
+            $20::timestamptz[])
+    AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, retry,
+          parent_entity, parent_hash, published)
+` + failureConflictSQL
+
+// failureConflictSQL is the rule for a message that already has an unresolved
+// dead letter (the table is aliased f): the dead letter takes the new attempt's
+// stage and reason, and keeps the earlier one in its history.
+const failureConflictSQL = `
+ON CONFLICT (stream, stream_seq) WHERE resolved_at IS NULL DO UPDATE SET
+    history = f.history || jsonb_build_object('at', f.updated_at, 'stage', f.stage_failed, 'error', f.error_message),
+    batch_uid = coalesce(excluded.batch_uid, f.batch_uid),
+    bk_hash = coalesce(excluded.bk_hash, f.bk_hash),
+    raw_bytes = CASE WHEN octet_length(excluded.raw_bytes) > 0 THEN excluded.raw_bytes ELSE f.raw_bytes END,
+    raw_data = coalesce(excluded.raw_data, f.raw_data),
+    normalized_data = coalesce(excluded.normalized_data, f.normalized_data),
+    stage_failed = excluded.stage_failed, error_message = excluded.error_message,
+    parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
+    published_at = coalesce(excluded.published_at, f.published_at),
+    next_retry_at = CASE WHEN excluded.next_retry_at IS NOT NULL THEN coalesce(f.next_retry_at, excluded.next_retry_at) END`
 
 // DeadLetter is a failed delivery recorded outside a batch.
 type DeadLetter struct {
@@ -59,29 +82,44 @@ type DeadLetter struct {
 }
 
 // RecordDeadLetters writes dead letters that belong to no batch, such as the
-// messages JetStream gave up delivering. A max_deliver dead letter for a message
-// already dead-lettered (and not resolved) is not written twice.
+// messages JetStream gave up delivering. A message that already has an unresolved
+// dead letter updates it (see insertFailuresSQL).
 func (s *Store) RecordDeadLetters(ctx context.Context, cat *catalog.Catalog, items []DeadLetter) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		w := s.newWork(tx, uuid.Nil, cat, nil)
+	var w *txWork
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		w = s.newWork(tx, uuid.Nil, cat, nil)
 		for _, it := range items {
 			w.deadLetter(it.Failure, it.Delivery)
 		}
 		return w.flushDeadLetters(ctx)
 	})
+	if err == nil {
+		w.logDeadLetters()
+	}
+	return classify(err)
+}
+
+// logDeadLetters logs the dead letters of a committed transaction.
+func (w *txWork) logDeadLetters() {
+	for _, d := range w.dead {
+		w.s.deadLog.note(d)
+	}
 }
 
 // flushDeadLetters writes the transaction's dead letters, raw bytes exactly as
-// received.
+// received, one per message.
 func (w *txWork) flushDeadLetters(ctx context.Context) error {
+	w.dead = lastPerMessage(w.dead)
 	if len(w.dead) == 0 {
 		return nil
 	}
 	n := len(w.dead)
 	uids := make([]uuid.UUID, n)
-	entities, srcs, streams, subjects := make([]string, n), make([]*string, n), make([]string, n), make([]string, n)
+	entities, srcs, streams, subjects := make([]string, n), make([]*string, n), make([]*string, n), make([]string, n)
 	hashes, rawData, normalized := make([]*string, n), make([]*string, n), make([]*string, n)
-	seqs := make([]int64, n)
+	parents, parentHashes := make([]*string, n), make([]*string, n)
+	seqs := make([]*int64, n)
+	published := make([]*time.Time, n)
 	raws := make([][]byte, n)
 	stages, errs := make([]string, n), make([]string, n)
 	retry := make([]bool, n)
@@ -92,18 +130,26 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 	for j, f := range w.dead {
 		d := f.delivery
 		uids[j] = w.s.NewUID()
-		entities[j] = sanitizeText(f.Entity)
-		if entities[j] == "" {
-			entities[j] = UnknownEntity
-		}
+		entities[j] = entityLabel(f.Entity)
 		if d.Source != "" {
 			src := string(d.Source)
 			srcs[j] = &src
 		}
-		streams[j], subjects[j], seqs[j] = d.Stream, sanitizeText(d.Subject), int64(d.StreamSeq)
+		if d.Stream != "" && d.StreamSeq > 0 {
+			stream, seq := d.Stream, int64(d.StreamSeq)
+			streams[j], seqs[j] = &stream, &seq
+		}
+		subjects[j] = sanitizeText(d.Subject)
+		if !d.Published.IsZero() {
+			at := d.Published
+			published[j] = &at
+		}
 		if f.BKHash != "" {
 			h := f.BKHash
 			hashes[j] = &h
+		}
+		if f.Parent != nil {
+			parents[j], parentHashes[j] = &f.Parent.Entity, &f.Parent.BKHash
 		}
 		raws[j] = d.Data
 		if d.Data == nil {
@@ -124,8 +170,36 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 		batch = &w.batchUID
 	}
 	_, err := w.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem, policy.MaxRetries, policy.FirstRetry,
-		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, retry)
+		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, retry,
+		parents, parentHashes, published)
 	return err
+}
+
+// lastPerMessage keeps, of several failures of one message in one transaction (a
+// message delivered twice in one fetch), the last: one statement may not write a
+// dead letter twice.
+func lastPerMessage(dead []deadLetter) []deadLetter {
+	type message struct {
+		stream string
+		seq    uint64
+	}
+	last := map[message]int{}
+	for i, d := range dead {
+		if d.delivery.Stream != "" && d.delivery.StreamSeq > 0 {
+			last[message{d.delivery.Stream, d.delivery.StreamSeq}] = i
+		}
+	}
+	if len(last) == len(dead) {
+		return dead
+	}
+	out := dead[:0:0]
+	for i, d := range dead {
+		if j, ok := last[message{d.delivery.Stream, d.delivery.StreamSeq}]; ok && j != i {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // jsonbText returns body re-encoded as JSON that PostgreSQL's jsonb accepts, or nil
@@ -148,6 +222,25 @@ func jsonbText(body []byte) *string {
 	}
 	s := string(out)
 	return &s
+}
+
+// maxEntityLabel bounds the entity name a dead letter is filed under: the name of
+// an entity no catalog knows comes from the message, and an indexed column must
+// not take whatever length a publisher sends (it would fail every batch that
+// holds the message).
+const maxEntityLabel = 128
+
+// entityLabel is the entity_name of a dead letter: the entity, cut to
+// maxEntityLabel characters, or "unknown".
+func entityLabel(entity string) string {
+	entity = sanitizeText(entity)
+	if entity == "" {
+		return UnknownEntity
+	}
+	if r := []rune(entity); len(r) > maxEntityLabel {
+		return string(r[:maxEntityLabel-1]) + "…"
+	}
+	return entity
 }
 
 // sanitizeText makes s storable in a text column: valid UTF-8, no NUL.

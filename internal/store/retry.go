@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -33,7 +34,7 @@ type RetryResult struct {
 // The partial index ix_failed_records_retry serves this query.
 const dueDeadLettersSQL = `
 SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, stage_failed, error_message
+       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, stage_failed, error_message, published_at
 FROM bridge.failed_records
 WHERE resolved_at IS NULL AND next_retry_at <= now()
 ORDER BY next_retry_at
@@ -42,7 +43,7 @@ FOR UPDATE SKIP LOCKED`
 
 const chosenDeadLettersSQL = `
 SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, stage_failed, error_message
+       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, stage_failed, error_message, published_at
 FROM bridge.failed_records
 WHERE resolved_at IS NULL
   AND (coalesce(cardinality($2::uuid[]), 0) = 0 OR uid = ANY ($2))
@@ -59,6 +60,7 @@ type deadRow struct {
 	raw                          []byte
 	retries, maxRetries          int
 	stage, errText               string
+	published                    *time.Time
 }
 
 const resolveSQL = `
@@ -80,7 +82,22 @@ WHERE uid = $1`
 // outcome but failed (applied, unchanged, stale, parked) is resolved; one that fails
 // again records the new stage and error, keeps the old ones in its history, and is
 // scheduled again while its stage is retried automatically and retries remain.
+//
+// A record that fails in a way that ends the transaction (anything but an
+// unavailable database or a conflict) does not hold back the others: the run is
+// done again with every record under a savepoint of its own, and the one to blame
+// fails again at stage write, its next retry pushed back.
 func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rules *mapping.Set, replica string, sel DeadLetterSelection) (RetryResult, error) {
+	iso := isolation{anyError: true}
+	res, err := s.retryDeadLetters(ctx, cat, rules, replica, sel, iso)
+	if err != nil && (&txWork{isolate: iso}).isolates(err) {
+		iso.records = true
+		res, err = s.retryDeadLetters(ctx, cat, rules, replica, sel, iso)
+	}
+	return res, classify(err)
+}
+
+func (s *Store) retryDeadLetters(ctx context.Context, cat *catalog.Catalog, rules *mapping.Set, replica string, sel DeadLetterSelection, iso isolation) (RetryResult, error) {
 	var res RetryResult
 	limit := sel.Limit
 	if limit <= 0 {
@@ -92,6 +109,7 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		res = RetryResult{}
 		w = s.newWork(tx, batchUID, cat, rules)
+		w.isolate = iso
 		var q pgx.Rows
 		var err error
 		if sel.Due {
@@ -104,7 +122,7 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 		}
 		rows, err := pgx.CollectRows(q, func(r pgx.CollectableRow) (deadRow, error) {
 			var d deadRow
-			err := r.Scan(&d.uid, &d.entity, &d.src, &d.stream, &d.subject, &d.seq, &d.raw, &d.retries, &d.maxRetries, &d.stage, &d.errText)
+			err := r.Scan(&d.uid, &d.entity, &d.src, &d.stream, &d.subject, &d.seq, &d.raw, &d.retries, &d.maxRetries, &d.stage, &d.errText, &d.published)
 			return d, err
 		})
 		if err != nil || len(rows) == 0 {
@@ -114,6 +132,9 @@ func (s *Store) RetryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 		ds := make([]pipeline.Delivery, len(rows))
 		for i, r := range rows {
 			ds[i] = pipeline.Delivery{Subject: r.subject, Source: pipeline.Source(r.src), Stream: r.stream, StreamSeq: uint64(r.seq), Data: r.raw}
+			if r.published != nil {
+				ds[i].Published = *r.published
+			}
 			if r.entity != entity {
 				entity = "several"
 			}

@@ -24,6 +24,7 @@ type Store struct {
 	cfg         Config
 	targets     *targets
 	checkpoints *checkpoints
+	deadLog     *deadLetterLog
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
 }
@@ -82,7 +83,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), classify(err))
 	}
-	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
+	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), deadLog: &deadLetterLog{log: cfg.Logger},
+		NewUID: newUID}, nil
 }
 
 // Close closes the pool.

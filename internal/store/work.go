@@ -80,10 +80,29 @@ type txWork struct {
 	// parent is applied by then are released (releaseAfterCommit).
 	recheck []parentKey
 	highs   map[string]map[string]event.RowVersion // entity -> source system -> highest
-	// isolateTimeouts makes writeIsolated treat a statement or lock timeout like a
-	// rejected row: the batch kept timing out, so its writes are split until the
-	// rows to blame are found (they become dead letters at stage write).
-	isolateTimeouts bool
+	// orphaned holds the orphan dead letters written by SQL (the sweeper moves
+	// them from pending_children), for the log after the commit.
+	orphaned []deadLetter
+	// isolate says which errors are blamed on the records being applied rather
+	// than ending the transaction (see isolates).
+	isolate isolation
+}
+
+// isolation says how far a transaction goes to find the records to blame for an
+// error.
+type isolation struct {
+	// timeouts makes a statement or lock timeout count like a rejected row: the
+	// batch kept timing out, so its writes are split until the rows to blame are
+	// found (they become dead letters at stage write).
+	timeouts bool
+	// records splits the records themselves (not only their target writes) under
+	// savepoints when an error escapes: a row rejected by the bridge tables, or in
+	// a release cascade.
+	records bool
+	// anyError blames every error but an unavailable database or a conflict on
+	// the records (the dead-letter retry worker: one record that fails in an
+	// unforeseen way must not hold back the others for ever).
+	anyError bool
 }
 
 func (s *Store) newWork(tx pgx.Tx, batchUID uuid.UUID, cat *catalog.Catalog, rules *mapping.Set) *txWork {
@@ -94,10 +113,113 @@ func (w *txWork) deadLetter(f pipeline.Failure, d pipeline.Delivery) {
 	w.dead = append(w.dead, deadLetter{Failure: f, delivery: d})
 }
 
-// applyEntity decides and writes candidates of entity e (ds are the deliveries the
-// candidates index into). It returns each candidate's outcome by delivery index, and
+// isolates reports whether err, from applying some records under a savepoint, is
+// to be blamed on those records (and the work split to find them) rather than end
+// the transaction.
+func (w *txWork) isolates(err error) bool {
+	kind := classify(err)
+	switch {
+	case errors.Is(kind, context.Canceled), errors.Is(kind, context.DeadlineExceeded):
+		return false
+	case errors.Is(kind, ErrRowRejected):
+		return true
+	case errors.Is(kind, ErrTimeout):
+		return w.isolate.timeouts || w.isolate.anyError
+	case errors.Is(kind, ErrUnavailable), errors.Is(kind, ErrConflict):
+		return false
+	}
+	return w.isolate.anyError
+}
+
+// workMark is how far a txWork had got; restore goes back to it when a savepoint
+// is rolled back.
+type workMark struct {
+	dead, recheck, orphaned int
+	released                int64
+	highs                   map[string]map[string]event.RowVersion
+}
+
+func (w *txWork) mark() workMark {
+	highs := make(map[string]map[string]event.RowVersion, len(w.highs))
+	for e, m := range w.highs {
+		highs[e] = maps.Clone(m)
+	}
+	return workMark{dead: len(w.dead), recheck: len(w.recheck), orphaned: len(w.orphaned), released: w.released, highs: highs}
+}
+
+func (w *txWork) restore(m workMark) {
+	w.dead, w.recheck, w.orphaned = w.dead[:m.dead], w.recheck[:m.recheck], w.orphaned[:m.orphaned]
+	w.released, w.highs = m.released, m.highs
+}
+
+// savepoint runs fn under a savepoint, undoing what fn did to the database and to
+// w when it fails.
+func (w *txWork) savepoint(ctx context.Context, fn func() error) error {
+	sp, err := w.tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	m := w.mark()
+	if err := fn(); err != nil {
+		w.restore(m)
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return rbErr
+		}
+		return err
+	}
+	return sp.Commit(ctx)
+}
+
+// apply decides and writes candidates of entity e (ds are the deliveries the
+// candidates index into), isolating the records to blame when the transaction's
+// isolation says so. It returns each candidate's outcome by delivery index, and
 // the candidates that failed (to be dead-lettered, or, for a retry, recorded on
 // their dead letter); children it releases are handled in full.
+func (w *txWork) apply(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, []pipeline.Failure, error) {
+	if !w.isolate.records {
+		return w.applyEntity(ctx, e, ds, cands)
+	}
+	outcomes := make(map[int]pipeline.Outcome, len(cands))
+	var failures []pipeline.Failure
+	var run func(cs []pipeline.Candidate) error
+	run = func(cs []pipeline.Candidate) error {
+		if len(cs) == 0 {
+			return nil
+		}
+		var out map[int]pipeline.Outcome
+		var fs []pipeline.Failure
+		err := w.savepoint(ctx, func() (err error) {
+			out, fs, err = w.applyEntity(ctx, e, ds, cs)
+			return err
+		})
+		switch {
+		case err == nil:
+			maps.Copy(outcomes, out)
+			failures = append(failures, fs...)
+			return nil
+		case !w.isolates(err):
+			return err
+		case len(cs) == 1:
+			c := cs[0]
+			failures = append(failures, pipeline.Failure{Index: c.Index, Stage: pipeline.StageWrite, Entity: e.Name, BKHash: c.Record.BKHash,
+				Normalized: c.Record.Fields, Err: fmt.Errorf("applying the record failed: %v", err)})
+			outcomes[c.Index] = pipeline.Failed
+			return nil
+		}
+		mid := len(cs) / 2
+		if err := run(cs[:mid]); err != nil {
+			return err
+		}
+		return run(cs[mid:])
+	}
+	if err := run(cands); err != nil {
+		return nil, nil, err
+	}
+	return outcomes, failures, nil
+}
+
+// applyEntity decides and writes candidates of entity e: the work of apply, with
+// only the target writes isolated (writeIsolated).
 func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, []pipeline.Failure, error) {
 	t, err := w.s.target(e.Name)
 	if err != nil {
@@ -108,17 +230,15 @@ func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeli
 		return nil, nil, err
 	}
 	decisions := pipeline.Decide(cands, applied)
-	var failures []pipeline.Failure
 	if len(e.Parents) > 0 {
-		if failures, err = w.park(ctx, e, ds, decisions); err != nil {
+		if err := w.park(ctx, e, ds, decisions); err != nil {
 			return nil, nil, err
 		}
 	}
-	rejected, err := w.writeIsolated(ctx, t, decisions)
+	failures, err := w.writeIsolated(ctx, t, decisions)
 	if err != nil {
 		return nil, nil, err
 	}
-	failures = append(failures, rejected...)
 	outcomes := make(map[int]pipeline.Outcome, len(decisions))
 	for _, d := range decisions {
 		outcomes[d.Index] = d.Outcome
@@ -127,7 +247,13 @@ func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeli
 		}
 	}
 	if len(w.cat.Children(e.Name)) > 0 {
-		if err := w.release(ctx, e, decisions); err != nil {
+		var keys []parentKey
+		for _, d := range decisions {
+			if d.Ledger && d.Record.Op == event.OpUpsert {
+				keys = append(keys, parentKey{e.Name, d.Record.BKHash})
+			}
+		}
+		if err := w.release(ctx, keys); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -155,9 +281,10 @@ func (w *txWork) finish(ctx context.Context, counts pipeline.Counts, done bool) 
 	return addCounts(ctx, w.tx, w.batchUID, counts, done)
 }
 
-// committed is what follows a commit: the checkpoints, and the re-check of
-// parents and children (see releaseAfterCommit).
+// committed is what follows a commit: the log of its dead letters, the
+// checkpoints, and the re-check of parents and children (see releaseAfterCommit).
 func (w *txWork) committed(ctx context.Context) {
+	w.logDeadLetters()
 	w.noteCheckpoints()
 	w.s.releaseAfterCommit(ctx, w.cat, w.rules, w.batchUID, w.recheck)
 }
@@ -170,58 +297,44 @@ func (w *txWork) noteCheckpoints() {
 
 type parentKey struct{ entity, hash string }
 
+// keyArrays returns keys as the two arrays the statements take.
+func keyArrays(keys []parentKey) (entities, hashes []string) {
+	entities, hashes = make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		entities[i], hashes[i] = k.entity, k.hash
+	}
+	return entities, hashes
+}
+
 const presentParentsSQL = `
 SELECT r.entity_name, r.bk_hash
 FROM bridge.synced_records r
 JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
 WHERE NOT r.deleted`
 
-// parentsPresent returns which parent keys are applied (in the ledger and not
-// deleted). It takes no lock: a parent applied by another transaction at the same
-// moment is caught by the re-check after commit (see releaseAfterCommit).
-func (w *txWork) parentsPresent(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
-	rows, err := w.readParents(ctx, keys)
+// present returns which of keys are applied (in the ledger and not deleted). It
+// takes no lock: a parent applied by another transaction at the same moment is
+// caught by the re-check after commit (see releaseAfterCommit).
+func (w *txWork) present(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
+	entities, hashes := keyArrays(keys)
+	rows, err := w.tx.Query(ctx, presentParentsSQL, entities, hashes)
 	if err != nil {
 		return nil, err
 	}
-	present := make(map[parentKey]bool, len(rows))
-	for k, deleted := range rows {
-		present[k] = !deleted
-	}
-	return present, nil
-}
-
-const ledgerRowsSQL = `
-SELECT r.entity_name, r.bk_hash, r.deleted
-FROM bridge.synced_records r
-JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)`
-
-// readParents returns, per key in the ledger, whether it is deleted.
-func (w *txWork) readParents(ctx context.Context, keys []parentKey) (map[parentKey]bool, error) {
-	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
-	for i, k := range keys {
-		entities[i], hashes[i] = k.entity, k.hash
-	}
-	rows, err := w.tx.Query(ctx, ledgerRowsSQL, entities, hashes)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := make(map[parentKey]bool, len(keys))
+	present := map[parentKey]bool{}
 	for rows.Next() {
 		var k parentKey
-		var deleted bool
-		if err := rows.Scan(&k.entity, &k.hash, &deleted); err != nil {
+		if err := rows.Scan(&k.entity, &k.hash); err != nil {
 			return nil, err
 		}
-		out[k] = deleted
+		present[k] = true
 	}
-	return out, rows.Err()
+	return present, rows.Err()
 }
 
 // park moves every upsert whose parent (any the catalog names, in catalog order) is
 // not applied into pending_children, under its first missing parent.
-func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
+func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
 	var check []int
 	keys := map[parentKey]bool{}
 	for i, d := range decisions {
@@ -233,92 +346,88 @@ func (w *txWork) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Deli
 		}
 	}
 	if len(check) == 0 {
-		return nil, nil
+		return nil
 	}
-	list := slices.SortedFunc(maps.Keys(keys), func(a, b parentKey) int {
-		if a.entity != b.entity {
-			return strings.Compare(a.entity, b.entity)
-		}
-		return strings.Compare(a.hash, b.hash)
-	})
-	present, err := w.parentsPresent(ctx, list)
+	present, err := w.present(ctx, sortedKeys(keys))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var parked []parkRow
-	var failures []pipeline.Failure
 	for _, i := range check {
 		d := &decisions[i]
 		for _, p := range d.Record.Parents {
 			if present[parentKey{p.Entity, p.BKHash}] {
 				continue
 			}
-			payload := parkablePayload(ds[d.Index].Data)
-			if payload == nil {
-				failures = append(failures, pipeline.Failure{Index: d.Index, Stage: pipeline.StageParent, Entity: e.Name, BKHash: d.Record.BKHash,
-					Normalized: d.Record.Fields, Err: fmt.Errorf("parent %s %v is missing and the event cannot be parked: it holds a NUL character", p.Entity, p.Key)})
-				d.Outcome, d.Ledger, d.Target = pipeline.Failed, false, false
-				break
-			}
-			parked = append(parked, parkRow{decision: i, parent: p, payload: *payload, delivery: ds[d.Index]})
+			parked = append(parked, parkRow{decision: i, parent: p, delivery: ds[d.Index]})
 			w.recheck = append(w.recheck, parentKey{p.Entity, p.BKHash})
 			d.Outcome, d.Ledger, d.Target = pipeline.Parked, false, false
 			break
 		}
 	}
-	return failures, w.insertParked(ctx, e, decisions, parked)
+	return w.insertParked(ctx, e, decisions, parked)
 }
 
 type parkRow struct {
 	decision int
 	parent   normalize.ParentRef
-	payload  string
 	delivery pipeline.Delivery
 }
 
 var parkSQL = `
 INSERT INTO bridge.pending_children AS p
-    (uid, batch_uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload,
-     child_rowversion, rowversion_ord, source_stream, stream, subject, stream_seq, payload_hash, max_retries, next_retry_at)
-SELECT u.uid, $1, $2, u.child_hash, u.parent_entity, u.parent_hash, u.parent_key::jsonb, u.payload::jsonb,
-       u.rowversion, u.ord, u.src, u.stream, u.subject, u.seq, u.hash, $3, now() + $4::interval
-FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],
-            $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bytea[])
-    AS u (uid, child_hash, parent_entity, parent_hash, parent_key, payload, rowversion, ord, src, stream, subject, seq, hash)
+    (uid, batch_uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload, child_raw,
+     child_rowversion, rowversion_ord, source_stream, stream, subject, stream_seq, payload_hash, published_at,
+     max_retries, next_retry_at)
+SELECT u.uid, $1, $2, u.child_hash, u.parent_entity, u.parent_hash, u.parent_key::jsonb, u.payload::jsonb, u.raw,
+       u.rowversion, u.ord, u.src, u.stream, u.subject, u.seq, u.hash, u.published, $3, now() + $4::interval
+FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[],
+            $13::bigint[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bytea[], $19::timestamptz[])
+    AS u (uid, child_hash, parent_entity, parent_hash, parent_key, payload, raw, rowversion, ord, src, stream, subject,
+          seq, hash, published)
 ORDER BY u.child_hash
 ON CONFLICT (child_entity, child_bk_hash) DO UPDATE SET
     batch_uid = excluded.batch_uid, parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
-    parent_key = excluded.parent_key, child_payload = excluded.child_payload, child_rowversion = excluded.child_rowversion,
-    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream, stream = excluded.stream,
-    subject = excluded.subject, stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
+    parent_key = excluded.parent_key, child_payload = excluded.child_payload, child_raw = excluded.child_raw,
+    child_rowversion = excluded.child_rowversion, rowversion_ord = excluded.rowversion_ord,
+    source_stream = excluded.source_stream, stream = excluded.stream, subject = excluded.subject,
+    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash, published_at = excluded.published_at,
     retry_count = 0, next_retry_at = excluded.next_retry_at
 WHERE ` + supersedesSQL("p") + `
 RETURNING child_bk_hash`
 
-// insertParked writes the parked rows; one row per child key, so a version older
-// than the one already parked is stale.
+// insertParked writes the parked rows, the event's bytes exactly as received; one
+// row per child key, so a version older than the one already parked is stale.
 func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, rows []parkRow) error {
 	if len(rows) == 0 {
 		return nil
 	}
 	n := len(rows)
 	uids := make([]uuid.UUID, n)
-	hashes, pents, phashes, pkeys, payloads, rvs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	hashes, pents, phashes, pkeys, rvs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([]*string, n)
+	raws := make([][]byte, n)
 	srcs, streams, subjects := make([]string, n), make([]string, n), make([]string, n)
 	ords, seqs := make([]int64, n), make([]int64, n)
 	phash := make([][]byte, n)
+	published := make([]*time.Time, n)
 	for j, r := range rows {
 		d := decisions[r.decision]
 		key, _ := json.Marshal(r.parent.Key)
 		uids[j] = w.s.NewUID()
-		hashes[j], pents[j], phashes[j], pkeys[j], payloads[j] = d.Record.BKHash, r.parent.Entity, r.parent.BKHash, string(key), r.payload
+		hashes[j], pents[j], phashes[j], pkeys[j] = d.Record.BKHash, r.parent.Entity, r.parent.BKHash, string(key)
+		payloads[j], raws[j] = parkablePayload(r.delivery.Data), r.delivery.Data
 		rvs[j], ords[j] = d.Record.RowVersion.Text, d.Record.RowVersion.Ord
 		srcs[j], streams[j], subjects[j], seqs[j] = string(d.Version.Source), r.delivery.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
 		phash[j] = d.PayloadHash
+		if !r.delivery.Published.IsZero() {
+			at := r.delivery.Published
+			published[j] = &at
+		}
 	}
 	policy := w.s.cfg.Park
 	q, err := w.tx.Query(ctx, parkSQL, w.batchUID, e.Name, policy.MaxRetries, policy.FirstRetry,
-		uids, hashes, pents, phashes, pkeys, payloads, rvs, ords, srcs, streams, subjects, seqs, phash)
+		uids, hashes, pents, phashes, pkeys, payloads, raws, rvs, ords, srcs, streams, subjects, seqs, phash, published)
 	if err != nil {
 		return err
 	}
@@ -336,68 +445,6 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 		}
 	}
 	return nil
-}
-
-// releaseSQL takes the children waiting for the given parents out of the queue. It
-// skips rows another transaction holds (one parking a newer version of the child):
-// waiting for them deadlocked with that transaction, and the re-check after
-// commit releases them (see releaseAfterCommit).
-const releaseSQL = `
-DELETE FROM bridge.pending_children
-WHERE uid IN (
-    SELECT p.uid FROM bridge.pending_children p
-    JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
-      ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-    ORDER BY p.uid
-    FOR UPDATE SKIP LOCKED)
-RETURNING child_entity, child_payload::text, source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq`
-
-// release applies, in this transaction, the children waiting for the parents this
-// level applied, and so on down the catalog.
-func (w *txWork) release(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision) error {
-	var keys []parentKey
-	for _, d := range decisions {
-		if d.Ledger && d.Record.Op == event.OpUpsert {
-			keys = append(keys, parentKey{e.Name, d.Record.BKHash})
-		}
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	w.recheck = append(w.recheck, keys...)
-	entities, hashes := make([]string, len(keys)), make([]string, len(keys))
-	for i, k := range keys {
-		entities[i], hashes[i] = k.entity, k.hash
-	}
-	rows, err := w.tx.Query(ctx, releaseSQL, entities, hashes)
-	if err != nil {
-		return err
-	}
-	byEntity, err := collectReleased(rows)
-	if err != nil {
-		return err
-	}
-	_, err = w.applyReleased(ctx, byEntity)
-	return err
-}
-
-// applyReleased runs released children through the pipeline, as fresh deliveries,
-// dead-lettering those that fail now, and counts what became of them.
-func (w *txWork) applyReleased(ctx context.Context, byEntity map[string][]pipeline.Delivery) (pipeline.Counts, error) {
-	var counts pipeline.Counts
-	for _, name := range slices.Sorted(maps.Keys(byEntity)) {
-		ds := byEntity[name]
-		w.released += int64(len(ds))
-		outcomes, err := w.applyDeliveries(ctx, ds, func(f pipeline.Failure) { w.deadLetter(f, ds[f.Index]) })
-		if err != nil {
-			return counts, err
-		}
-		counts.Fetched += int64(len(ds))
-		for _, o := range outcomes {
-			counts.Add(o)
-		}
-	}
-	return counts, nil
 }
 
 // applyDeliveries prepares deliveries of any entities and applies them, entity by
@@ -423,7 +470,7 @@ func (w *txWork) applyDeliveries(ctx context.Context, ds []pipeline.Delivery, fa
 			continue
 		}
 		e, _ := w.cat.Entity(name)
-		out, failures, err := w.applyEntity(ctx, e, ds, cands)
+		out, failures, err := w.apply(ctx, e, ds, cands)
 		if err != nil {
 			return nil, err
 		}
@@ -439,8 +486,8 @@ func (w *txWork) applyDeliveries(ctx context.Context, ds []pipeline.Delivery, fa
 }
 
 // writeIsolated writes the decisions under a savepoint. When the target rejects some
-// rows (a class 22/23 error), it rolls the savepoint back and bisects, so that only
-// the rows to blame become dead letters (stage write) and the rest is written.
+// rows (see isolates), it rolls the savepoint back and bisects, so that only the
+// rows to blame become dead letters (stage write) and the rest is written.
 // Decisions are updated in place: a ledger write that lost a race becomes stale, a
 // rejected row becomes failed.
 func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
@@ -495,21 +542,25 @@ func (w *txWork) writeIsolated(ctx context.Context, t *target, decisions []pipel
 	return failures, nil
 }
 
-// isolates reports whether err, from writing some rows under a savepoint, is to be
-// blamed on the rows (and the write split to find them) rather than end the
-// transaction.
-func (w *txWork) isolates(err error) bool {
-	kind := classify(err)
-	return errors.Is(kind, ErrRowRejected) || w.isolateTimeouts && errors.Is(kind, ErrTimeout)
-}
-
-// parkablePayload returns the event as jsonb will take it: the bytes as they are
-// when they are valid UTF-8 without a \u escape (nearly always), else re-encoded
-// by jsonbText, which also refuses a NUL character.
+// parkablePayload returns the event as jsonb will take it, for reading the parked
+// row in psql: the bytes as they are when they are valid UTF-8 without a \u
+// escape (nearly always), else re-encoded by jsonbText; nil when the event has no
+// JSONB form (a NUL character). The bytes themselves are kept in child_raw.
 func parkablePayload(body []byte) *string {
 	if utf8.Valid(body) && !bytes.Contains(body, []byte(`\u`)) {
 		s := string(body)
 		return &s
 	}
 	return jsonbText(body)
+}
+
+// sortedKeys returns the set's keys in (entity, hash) order: statements that lock
+// rows by key take them in the same order in every transaction.
+func sortedKeys(set map[parentKey]bool) []parentKey {
+	return slices.SortedFunc(maps.Keys(set), func(a, b parentKey) int {
+		if c := strings.Compare(a.entity, b.entity); c != 0 {
+			return c
+		}
+		return strings.Compare(a.hash, b.hash)
+	})
 }

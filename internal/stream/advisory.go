@@ -21,11 +21,14 @@ type GaveUp struct {
 	// Delivery is the message; Found is false when the stream no longer holds it.
 	Delivery pipeline.Delivery
 	Found    bool
-	ack      func() error
+	ack, nak func() error
 }
 
 // Ack acknowledges the advisory (after the dead letter was committed).
 func (g GaveUp) Ack() error { return g.ack() }
+
+// Nak asks for the advisory again (the dead letter could not be recorded).
+func (g GaveUp) Nak() error { return g.nak() }
 
 // AdvisoryReader reads the max-deliveries advisories kept in the advisories stream.
 type AdvisoryReader struct {
@@ -65,7 +68,7 @@ func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) (
 			_ = m.Ack()
 			continue
 		}
-		g := GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, ack: m.Ack,
+		g := GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, ack: m.Ack, nak: func() error { return m.NakWithDelay(2 * time.Second) },
 			Delivery: pipeline.Delivery{Stream: a.Stream, StreamSeq: a.StreamSeq, Source: sourceOf(a.Stream)}}
 		s, err := r.js.Stream(ctx, a.Stream)
 		if err != nil {
@@ -78,7 +81,7 @@ func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) (
 			return out, err
 		default:
 			g.Found = true
-			g.Delivery.Subject, g.Delivery.Data = raw.Subject, raw.Data
+			g.Delivery.Subject, g.Delivery.Data, g.Delivery.Published = raw.Subject, raw.Data, raw.Time
 		}
 		out = append(out, g)
 	}

@@ -215,8 +215,6 @@ type Message struct {
 	Delivery pipeline.Delivery
 	// NumDelivered counts deliveries of this message, this one included.
 	NumDelivered uint64
-	// Stored is when the stream stored the message (its publish time).
-	Stored time.Time
 }
 
 // Ack acknowledges the message (after its batch committed).
@@ -278,8 +276,8 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, e
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Stored: md.Timestamp, Delivery: pipeline.Delivery{
-			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(),
+		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Delivery: pipeline.Delivery{
+			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp,
 		}})
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {
