@@ -42,6 +42,9 @@ func canonicalNumber(s string) (string, bool) {
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 		return strconv.FormatInt(n, 10), true
 	}
+	if CheckNumber(s) != nil {
+		return "", false
+	}
 	r, ok := new(big.Rat).SetString(s)
 	if !ok {
 		return "", false
@@ -71,4 +74,30 @@ func HashKey(values []string) string {
 		fmt.Fprintf(h, "%d:%s", len(v), v)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Numbers are capped before anything computes with them: "1e999999" is 8 bytes
+// of JSON and a million digits of decimal.
+const (
+	// MaxNumberLength is the longest number text accepted, in characters.
+	MaxNumberLength = 100
+	// MaxExponent is the largest exponent magnitude accepted (1e100, 1e-100).
+	MaxExponent = 100
+)
+
+// CheckNumber refuses a number text longer than MaxNumberLength or with an
+// exponent beyond MaxExponent; it does not check that s is a number.
+func CheckNumber(s string) error {
+	if len(s) > MaxNumberLength {
+		return fmt.Errorf("number of %d characters exceeds the limit of %d", len(s), MaxNumberLength)
+	}
+	i := strings.IndexAny(s, "eE")
+	if i < 0 {
+		return nil
+	}
+	exp, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+	if err != nil || exp > MaxExponent || exp < -MaxExponent {
+		return fmt.Errorf("number %s has an exponent beyond ±%d", s, MaxExponent)
+	}
+	return nil
 }

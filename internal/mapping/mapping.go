@@ -38,6 +38,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/normalize"
 )
 
@@ -219,6 +220,9 @@ func toInteger(v any) (any, error) {
 	if _, isBool := v.(bool); isBool {
 		return nil, fmt.Errorf("%v is not an integer", v)
 	}
+	if err := event.CheckNumber(s); err != nil {
+		return nil, err
+	}
 	r, ok := new(big.Rat).SetString(s)
 	if !ok || !r.IsInt() {
 		return nil, fmt.Errorf("%q is not an integer", s)
@@ -236,6 +240,9 @@ func toDecimal(v any) (any, error) {
 	}
 	if _, isBool := v.(bool); isBool {
 		return nil, fmt.Errorf("%v is not a decimal", v)
+	}
+	if err := event.CheckNumber(s); err != nil {
+		return nil, err
 	}
 	if _, ok := new(big.Rat).SetString(s); !ok || strings.ContainsAny(s, "/") {
 		return nil, fmt.Errorf("%q is not a decimal number", s)

@@ -18,6 +18,7 @@
 package normalize
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -78,6 +79,9 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record,
 	rec.RowVersion = rv
 	rec.Key = make([]string, len(e.Key))
 	for i, f := range e.Key {
+		if err := checkNumber(rec.Fields[f]); err != nil {
+			return fail("key field %s: %v", f, err)
+		}
 		v, ok := event.KeyValue(rec.Fields[f])
 		if !ok {
 			return fail("key field %s is missing or empty", f)
@@ -88,6 +92,9 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record,
 	for _, p := range e.Parents {
 		key := make([]string, 0, len(p.Fields))
 		for _, f := range p.Fields {
+			if err := checkNumber(rec.Fields[f]); err != nil {
+				return fail("parent %s field %s: %v", p.Entity, f, err)
+			}
 			if v, ok := event.KeyValue(rec.Fields[f]); ok {
 				key = append(key, v)
 			}
@@ -102,6 +109,14 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record,
 		}
 	}
 	return rec, nil
+}
+
+// checkNumber applies event.CheckNumber to a number value.
+func checkNumber(v any) error {
+	if n, ok := v.(json.Number); ok {
+		return event.CheckNumber(string(n))
+	}
+	return nil
 }
 
 // Value normalizes one field value: strings trimmed, empty strings to nil.

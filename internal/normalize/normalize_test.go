@@ -88,6 +88,19 @@ func TestNormalize(t *testing.T) {
 		{name: "duplicate field by case", entity: "sites",
 			body:    `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"CONTRACT":"S1","contract":"S2"}}`,
 			wantErr: "more than once"},
+		{name: "a key number with a huge exponent is refused before anything computes with it", entity: "work_orders",
+			body:    `{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"ORDER_NO":1e999999}}`,
+			wantErr: "key field ORDER_NO: number 1e999999 has an exponent beyond"},
+		{name: "a parent key number too long", entity: "ops",
+			body:    `{"entity":"ops","op":"upsert","rowversion":1,"data":{"ORDER_NO":"W","OPERATION_NO":1,"A":"x","B":` + strings.Repeat("9", 101) + `}}`,
+			wantErr: "parent pair field B: number of 101 characters exceeds the limit"},
+		{name: "a long key number within the caps", entity: "work_orders",
+			body: `{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"ORDER_NO":12345678901234567890123.5e-3}}`,
+			check: func(t *testing.T, r Record) {
+				if r.Key[0] != "12345678901234567890.1235" {
+					t.Errorf("key = %v", r.Key)
+				}
+			}},
 		{name: "parent partly present", entity: "ops",
 			body:    `{"entity":"ops","op":"upsert","rowversion":1,"data":{"ORDER_NO":"W","OPERATION_NO":1,"A":"x"}}`,
 			wantErr: "only partly present"},

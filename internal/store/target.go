@@ -21,8 +21,14 @@ type target struct {
 	key     []string
 
 	mu      sync.Mutex
-	upserts map[string]string // by sorted column list
+	upserts map[string]string // by sorted column list, at most maxCachedUpserts
 }
+
+// maxCachedUpserts bounds the upsert statements kept per target: events choose
+// which columns they carry, and a publisher sending every subset of a wide table
+// must not grow the cache without end. Past the bound, a statement is built for
+// each use.
+const maxCachedUpserts = 64
 
 type targets struct {
 	mu sync.RWMutex
@@ -165,7 +171,9 @@ func (t *target) upsertSQL(cols []string) string {
 	} else {
 		q += "UPDATE SET " + strings.Join(set, ", ")
 	}
-	t.upserts[sig] = q
+	if len(t.upserts) < maxCachedUpserts {
+		t.upserts[sig] = q
+	}
 	return q
 }
 

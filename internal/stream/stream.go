@@ -4,6 +4,7 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -215,6 +216,7 @@ type Message struct {
 	Delivery pipeline.Delivery
 	// NumDelivered counts deliveries of this message, this one included.
 	NumDelivered uint64
+	pending      uint64 // messages of the consumer not yet delivered, when this one was
 }
 
 // Ack acknowledges the message (after its batch committed).
@@ -231,7 +233,13 @@ type Fetcher struct {
 	consumer jetstream.Consumer
 	source   pipeline.Source
 	stream   string
+	// MaxBytes bounds the bytes of one fetch (default DefaultFetchBytes): a batch
+	// of 1 MiB events holds a few of them, not a batch size of them.
+	MaxBytes int
 }
+
+// DefaultFetchBytes bounds the bytes of one fetch.
+const DefaultFetchBytes = 8 << 20
 
 // NewFetcher binds to an existing durable consumer.
 func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable string, source pipeline.Source) (*Fetcher, error) {
@@ -242,29 +250,47 @@ func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable str
 	return &Fetcher{consumer: c, source: source, stream: stream}, nil
 }
 
-// Fetch returns up to n messages: whatever is available right away, or, when nothing
-// is, the first message to arrive within wait plus whatever came with it. It never
-// holds a partial batch back for the full wait.
+// Fetch returns up to n messages and about MaxBytes (at least one message):
+// whatever is available right away, or, when nothing is, the first message to
+// arrive within wait plus whatever came with it. It never holds a partial batch
+// back for the full wait.
+//
+// The first message comes alone (its size is bounded by the stream's
+// max_msg_size); its metadata says how many more are pending, and the rest of
+// the batch is asked for with both a count and a byte limit. The server answers
+// at once, as that many are there; should another replica take some first, the
+// request ends after a short wait rather than FetchWait.
 func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Message, error) {
-	out, err := f.collect(f.consumer.FetchNoWait(n))
-	if err != nil || len(out) > 0 {
-		return out, err
-	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	fctx, cancel := context.WithTimeout(ctx, wait)
-	first, err := f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
-	cancel()
-	if ctx.Err() != nil {
-		return first, ctx.Err()
-	}
-	if err != nil || len(first) == 0 || n == 1 {
+	first, err := f.collect(f.consumer.FetchNoWait(1))
+	if err != nil {
 		return first, err
 	}
-	more, err := f.collect(f.consumer.FetchNoWait(n - 1))
+	if len(first) == 0 {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		fctx, cancel := context.WithTimeout(ctx, wait)
+		first, err = f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
+		cancel()
+		if ctx.Err() != nil {
+			return first, ctx.Err()
+		}
+		if err != nil || len(first) == 0 {
+			return first, err
+		}
+	}
+	pending := first[0].pending
+	budget := cmp.Or(f.MaxBytes, DefaultFetchBytes) - len(first[0].Delivery.Data)
+	if n == 1 || pending == 0 || budget <= 0 {
+		return first, nil
+	}
+	more, err := f.collect(f.consumer.Fetch(int(min(uint64(n-1), pending)), jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait)))
 	return append(first, more...), err
 }
+
+// restWait is how long the request for the rest of a batch may wait when the
+// messages it counted on were taken by another replica.
+const restWait = 20 * time.Millisecond
 
 func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, error) {
 	if err != nil {
@@ -276,7 +302,7 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, e
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, Delivery: pipeline.Delivery{
+		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, pending: md.NumPending, Delivery: pipeline.Delivery{
 			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp,
 		}})
 	}

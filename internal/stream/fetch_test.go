@@ -1,0 +1,82 @@
+package stream_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+// A fetch is bounded in bytes as well as in messages: a backlog of 500 KB events
+// comes a few at a time, however large the batch size, and none is lost or held
+// back; small events still come a whole batch at a time.
+func TestFetchIsBoundedInBytes(t *testing.T) {
+	_, defs := shipped(t)
+	srv := testenv.NATS(t)
+	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if err := stream.Apply(ctx, js, defs); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 500<<10)
+	for i := range 20 {
+		if _, err := js.Publish(ctx, "apismith.cdc.items", append([]byte(fmt.Sprint(i)), big...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := stream.NewFetcher(ctx, js, streams.Realtime, defs.Consumers[streams.Realtime]["items"].Durable, pipeline.Realtime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.MaxBytes = 2 << 20
+	var got []int
+	for len(got) < 20 {
+		msgs, err := f.Fetch(ctx, 500, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 0 {
+			t.Fatalf("fetched %d of 20", len(got))
+		}
+		size := 0
+		for _, m := range msgs {
+			size += len(m.Delivery.Data)
+			var n int
+			fmt.Sscan(string(m.Delivery.Data[:2]), &n)
+			got = append(got, n)
+			if err := m.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(msgs) > 1 && size > f.MaxBytes {
+			t.Fatalf("a fetch of %d messages holds %d bytes, over the %d-byte bound", len(msgs), size, f.MaxBytes)
+		}
+	}
+	for i, n := range got {
+		if n != i {
+			t.Fatalf("messages out of order or lost: %v", got)
+		}
+	}
+	for i := range 300 {
+		if _, err := js.Publish(ctx, "apismith.cdc.items", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := f.Fetch(ctx, 500, 100*time.Millisecond)
+	if err != nil || len(msgs) != 300 {
+		t.Fatalf("small events: %d in one fetch, want 300 (%v)", len(msgs), err)
+	}
+}
