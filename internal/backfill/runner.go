@@ -250,9 +250,17 @@ func messages(e *catalog.Entity, rows []SourceRow, sourceSystem string) ([]Messa
 		if err := json.Unmarshal(row.RowVersion, &rv); err != nil {
 			rv = string(row.RowVersion)
 		}
-		out[i] = Message{Subject: event.BackfillPrefix + e.Name, ID: e.Name + ":" + strings.Join(key, "|") + ":" + rv, Body: body}
+		out[i] = Message{Subject: event.BackfillPrefix + e.Name, ID: messageID(e.Name, key, rv), Body: body}
 	}
 	return out, nil
+}
+
+// messageID is a backfill message's Nats-Msg-Id: entity, business-key hash and
+// rowversion. The hash (event.HashKey) encodes the key's parts unambiguously:
+// joining them with a separator made ("A|B", "1") and ("A", "B|1") one id, and
+// JetStream dropped the second row as a duplicate.
+func messageID(entity string, key []string, rowversion string) string {
+	return entity + ":" + event.HashKey(key) + ":" + rowversion
 }
 
 // field finds a field case-insensitively, as normalization will.

@@ -6,6 +6,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -162,13 +163,35 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg.Consumer.OnEscalate = func(entity string, source pipeline.Source) {
 		metrics.Escalations.WithLabelValues(entity, string(source)).Inc()
 	}
+	// Two groups, stopped in order: g holds the workers that commit (consumers,
+	// strays, the dead-letter worker, the advisory drain, the mappings watcher);
+	// infra what must outlive them (the checkpointer, whose last flush must come
+	// after the last commit, the HTTP server and the gauges). A failure in either
+	// stops both.
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
+	infraCtx, stopInfra := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopInfra()
+	infra, ictx := errgroup.WithContext(infraCtx)
+	goInfra := func(fn func() error) {
+		infra.Go(func() error {
+			err := fn()
+			if err != nil {
+				stop()
+			}
+			return err
+		})
+	}
+	wait := func() error {
+		err := g.Wait()
+		stopInfra()
+		return errors.Join(err, infra.Wait())
+	}
 	// A failure while the rest is being started stops what already runs first.
 	abort := func(err error) error {
 		stop()
-		_ = g.Wait()
+		_ = wait()
 		return err
 	}
 	if cfg.HTTPAddr != "" {
@@ -176,7 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return abort(fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err))
 		}
-		g.Go(func() error { return obs.serve(gctx, ln) })
+		goInfra(func() error { return obs.serve(ictx, ln) })
 		if cfg.OnListen != nil {
 			cfg.OnListen(ln.Addr())
 		}
@@ -226,9 +249,9 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Debug("field mappings loaded", "rules", len(rs))
 		})
 	})
-	g.Go(func() error { return st.RunCheckpoints(gctx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
+	goInfra(func() error { return st.RunCheckpoints(ictx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
 	obs.bound.Store(true)
-	g.Go(func() error { return obs.runRefresh(gctx, or(cfg.StatsInterval, 15*time.Second)) })
+	goInfra(func() error { return obs.runRefresh(ictx, or(cfg.StatsInterval, 15*time.Second)) })
 	worker := &deadletter.Worker{Store: st, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica,
 		Interval: cfg.DeadLetterInterval, Logger: log}
 	g.Go(func() error { return worker.Run(gctx) })
@@ -238,7 +261,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
 		"database", store.RedactURL(cfg.DatabaseURL), "nats", nc.ConnectedUrlRedacted())
-	err = g.Wait()
+	// The consumers stop fetching, commit or nak what they hold, and return; then
+	// the checkpointer flushes what they committed last; then NATS and the pool
+	// are closed (deferred above).
+	err = wait()
 	// Consumers have acked or nakked what they held: let that reach the server.
 	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
 		log.Warn("flushing NATS on shutdown failed", "err", ferr)

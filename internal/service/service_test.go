@@ -89,8 +89,9 @@ func newEnv(t *testing.T, natsURL string) *env {
 	return &env{t: t, ctx: ctx, conn: conn, url: natsURL, js: js, logs: &syncBuffer{}}
 }
 
-// start runs the service until the test ends; Run must return nil.
-func (e *env) start(tune func(*service.Config)) {
+// start runs the service until the test ends (or the returned stop is called,
+// which waits for Run to return); Run must return nil.
+func (e *env) start(tune func(*service.Config)) (stop func()) {
 	e.t.Helper()
 	cat, defs := testenv.Shipped(e.t)
 	cfg := service.Config{
@@ -107,7 +108,7 @@ func (e *env) start(tune func(*service.Config)) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
 	go func() { done <- service.Run(ctx, cfg) }()
-	e.t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -118,11 +119,12 @@ func (e *env) start(tune func(*service.Config)) {
 			e.t.Errorf("service did not stop within 30s")
 		}
 	})
+	e.t.Cleanup(stop)
 	// Wait until the consumers exist.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := e.js.Consumer(e.ctx, streams.Realtime, "syncflow_cdc_work_order_operations"); err == nil {
-			return
+			return stop
 		}
 		if time.Now().After(deadline) {
 			e.t.Fatalf("service did not start:\n%s", e.logs)
@@ -399,6 +401,37 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 			t.Fatalf("/readyz after the outage: %d %q", code, body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A stop commits the batches being written, then writes the checkpoints: the
+// stored checkpoint is the highest committed rowversion, not the one of an
+// earlier flush. Every write here takes a while, so a batch is being written
+// when the stop comes, and the checkpointer writes nothing before the stop.
+func TestStopFlushesTheLastCheckpoint(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	if _, err := e.conn.Exec(e.ctx, `
+		CREATE FUNCTION schedulehub.test_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+		CREATE TRIGGER test_slow AFTER INSERT OR UPDATE ON schedulehub.sites FOR EACH STATEMENT EXECUTE FUNCTION schedulehub.test_slow()`); err != nil {
+		t.Fatal(err)
+	}
+	defer e.conn.Exec(e.ctx, `DROP TRIGGER test_slow ON schedulehub.sites; DROP FUNCTION schedulehub.test_slow()`)
+	stop := e.start(func(c *service.Config) {
+		c.CheckpointInterval = time.Hour
+		c.Consumer.BatchSize = 5
+	})
+	for i := 1; i <= 100; i++ {
+		e.publish("apismith.cdc.sites", site(fmt.Sprintf("K%03d", i), i, "v"))
+	}
+	e.eventually(`SELECT count(*) > 10 FROM bridge.synced_records`, "true", 20*time.Second)
+	stop()
+	applied := e.query(`SELECT max(rowversion_ord) FROM bridge.synced_records WHERE entity_name = 'sites'`)
+	if got := e.query(`SELECT rowversion_ord FROM bridge.erp_sync_state WHERE entity_name = 'sites'`); got != applied {
+		t.Fatalf("checkpoint %s after the stop, want the highest committed %s", got, applied)
+	}
+	if e.query(`SELECT count(*) = 100 FROM bridge.synced_records`) == "true" {
+		t.Fatal("every event was applied before the stop; the test did not stop mid-run")
 	}
 }
 
