@@ -160,6 +160,10 @@ func metricNames(t *testing.T) map[string]bool {
 	m.BackfillTotal.WithLabelValues("e").Set(1)
 	m.BackfillNextRun.WithLabelValues("e").Set(1)
 	m.BackfillFailing.WithLabelValues("e").Set(1)
+	m.Held.WithLabelValues("e", "s").Set(1)
+	m.HeldRetries.WithLabelValues("e", "s", "r").Inc()
+	m.Escalations.WithLabelValues("e", "s").Inc()
+	m.Inversions.WithLabelValues("e").Inc()
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +195,8 @@ func TestAlertRulesAndDashboardUseMetricsThatExist(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowLagRising", "SyncFlowOrphansAging", "SyncFlowBackfillBehindSchedule"} {
+	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowLagRising", "SyncFlowOrphansAging", "SyncFlowBackfillBehindSchedule",
+		"SyncFlowRowversionInversions", "SyncFlowBatchHeld"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}

@@ -14,6 +14,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
+	_ "time/tzdata" // time zones resolve the same on every machine, containers included
 
 	"go.yaml.in/yaml/v3"
 
@@ -34,6 +36,9 @@ const (
 type Catalog struct {
 	// SourceSystem is the default source_system of events (default "oracle_ifs").
 	SourceSystem string
+	// SourceTimeZone is the ERP database's time zone, in which objversions are
+	// read (default UTC); an entity may name its own.
+	SourceTimeZone *time.Location
 	entities     map[string]*Entity
 	order        []string // parents before children, then by name
 }
@@ -54,6 +59,9 @@ type Entity struct {
 	Delete DeleteMode
 	// SoftDeleteColumn is the timestamptz column set by a soft delete.
 	SoftDeleteColumn string
+	// TimeZone is the time zone objversions of this entity are read in: its
+	// time_zone, else the catalog's source_time_zone, else UTC.
+	TimeZone *time.Location
 }
 
 // Parent names a parent entity and the child's fields that hold its key.
@@ -106,8 +114,9 @@ func (c *Catalog) Children(parent string) []*Entity {
 }
 
 type fileFormat struct {
-	SourceSystem string                 `yaml:"source_system"`
-	Entities     map[string]entityBlock `yaml:"entities"`
+	SourceSystem   string                 `yaml:"source_system"`
+	SourceTimeZone string                 `yaml:"source_time_zone"`
+	Entities       map[string]entityBlock `yaml:"entities"`
 }
 
 type entityBlock struct {
@@ -123,6 +132,7 @@ type entityBlock struct {
 	} `yaml:"target"`
 	Delete           string `yaml:"delete"`
 	SoftDeleteColumn string `yaml:"soft_delete_column"`
+	TimeZone         string `yaml:"time_zone"`
 }
 
 var (
@@ -147,6 +157,15 @@ func Parse(data []byte) (*Catalog, error) {
 	bad := func(entity, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("catalog: entity %q: "+format, append([]any{entity}, args...)...))
 	}
+	c.SourceTimeZone = time.UTC
+	if f.SourceTimeZone != "" {
+		loc, err := time.LoadLocation(f.SourceTimeZone)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("catalog: source_time_zone: %q is not a time zone (an IANA name such as Europe/Stockholm)", f.SourceTimeZone))
+		} else {
+			c.SourceTimeZone = loc
+		}
+	}
 	if len(f.Entities) == 0 {
 		return nil, errors.New("catalog: no entities defined")
 	}
@@ -158,6 +177,14 @@ func Parse(data []byte) (*Catalog, error) {
 			RowVersion:       event.VersionKind(strings.ToLower(b.RowVersion)),
 			Delete:           DeleteMode(strings.ToLower(b.Delete)),
 			SoftDeleteColumn: b.SoftDeleteColumn,
+		}
+		e.TimeZone = c.SourceTimeZone
+		if b.TimeZone != "" {
+			if loc, err := time.LoadLocation(b.TimeZone); err != nil {
+				bad(name, "time_zone: %q is not a time zone (an IANA name such as Europe/Stockholm)", b.TimeZone)
+			} else {
+				e.TimeZone = loc
+			}
 		}
 		if !entityRE.MatchString(name) {
 			bad(name, "name must be a lower-case identifier (letters, digits, underscore)")

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/streams"
@@ -90,6 +91,9 @@ entities:
 		{"unknown field", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    keys: [x]\n", 1),
 			[]string{"field keys not found"}},
 		{"empty", "entities: {}", []string{"no entities"}},
+		{"bad source time zone", "source_time_zone: Mars/Olympus\n" + valid, []string{"source_time_zone", `"Mars/Olympus" is not a time zone`}},
+		{"bad entity time zone", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    time_zone: CEST\n", 1),
+			[]string{`entity "sites"`, `time_zone: "CEST" is not a time zone`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -106,6 +110,23 @@ entities:
 	}
 	if _, err := Parse([]byte(valid)); err != nil {
 		t.Fatalf("the base of these cases must be valid: %v", err)
+	}
+}
+
+// Objversions are read in the catalog's source time zone, or an entity's own.
+func TestTimeZones(t *testing.T) {
+	c, err := Parse([]byte("source_time_zone: Europe/Stockholm\n" + strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    time_zone: UTC\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites, _ := c.Entity("sites")
+	centers, _ := c.Entity("work_centers")
+	if sites.TimeZone.String() != "UTC" || centers.TimeZone.String() != "Europe/Stockholm" || c.SourceTimeZone.String() != "Europe/Stockholm" {
+		t.Errorf("zones: sites %s, work_centers %s, catalog %s", sites.TimeZone, centers.TimeZone, c.SourceTimeZone)
+	}
+	c, _ = Parse([]byte(valid))
+	if sites, _ := c.Entity("sites"); sites.TimeZone != time.UTC {
+		t.Errorf("default zone %s, want UTC", sites.TimeZone)
 	}
 }
 

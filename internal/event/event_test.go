@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecode(t *testing.T) {
@@ -76,6 +77,62 @@ func TestSubjectEntity(t *testing.T) {
 	}
 }
 
+var fuzzZone, _ = time.LoadLocation("America/New_York")
+
+// IFS DATE values are the ERP database's wall clock. Read in its time zone they
+// are compared as instants; in the hour a DST fall-back repeats, the publish
+// time of a realtime event tells the two instants of one wall clock apart, and
+// without one the earlier is taken.
+func TestParseRowVersionInTheSourceTimeZone(t *testing.T) {
+	zone, err := time.LoadLocation("Europe/Stockholm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := func(objversion string, near time.Time) time.Time {
+		t.Helper()
+		rv, err := ParseRowVersion(json.RawMessage(`"`+objversion+`"`), VersionObjversion, zone, near)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.UnixMicro(rv.Ord).UTC()
+	}
+	at := func(s string) time.Time {
+		t.Helper()
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// Winter and summer: CET is UTC+1, CEST UTC+2.
+	if got := parse("20260115120000", time.Time{}); !got.Equal(at("2026-01-15T11:00:00Z")) {
+		t.Errorf("winter: %s", got)
+	}
+	if got := parse("20260715120000", time.Time{}); !got.Equal(at("2026-07-15T10:00:00Z")) {
+		t.Errorf("summer: %s", got)
+	}
+	// 2026-10-25: clocks go back from 03:00 CEST to 02:00 CET; 02:30 happens twice.
+	// A change at 02:50 CEST and a later one at 02:10 CET: the later has the lower
+	// wall clock, and is still the later instant.
+	first := parse("20261025025000", at("2026-10-25T00:50:02Z"))
+	second := parse("20261025021000", at("2026-10-25T01:10:01Z"))
+	if !first.Equal(at("2026-10-25T00:50:00Z")) || !second.Equal(at("2026-10-25T01:10:00Z")) || !second.After(first) {
+		t.Errorf("the repeated hour: first %s, second %s", first, second)
+	}
+	if got := parse("20261025021000", time.Time{}); !got.Equal(at("2026-10-25T00:10:00Z")) {
+		t.Errorf("a repeated wall clock without a publish time: %s, want the earlier instant", got)
+	}
+	// 2026-03-29: 02:30 does not exist (02:00 CET jumps to 03:00 CEST).
+	if got := parse("20260329023000", time.Time{}); !got.Equal(at("2026-03-29T01:30:00Z")) {
+		t.Errorf("a skipped wall clock: %s", got)
+	}
+	// RFC 3339 timestamps carry their offset: the zone does not change them.
+	rv, err := ParseRowVersion(json.RawMessage(`"2026-10-25T02:10:00+01:00"`), VersionDate, zone, time.Time{})
+	if err != nil || !time.UnixMicro(rv.Ord).Equal(at("2026-10-25T01:10:00Z")) {
+		t.Errorf("RFC 3339 in a zoned catalog: %+v %v", rv, err)
+	}
+}
+
 func TestParseRowVersion(t *testing.T) {
 	tests := []struct {
 		raw      string
@@ -105,7 +162,7 @@ func TestParseRowVersion(t *testing.T) {
 		{`true`, VersionNumber, 0, "", true},
 	}
 	for _, tt := range tests {
-		got, err := ParseRowVersion(json.RawMessage(tt.raw), tt.kind)
+		got, err := ParseRowVersion(json.RawMessage(tt.raw), tt.kind, nil, time.Time{})
 		if tt.wantErr {
 			if err == nil {
 				t.Errorf("ParseRowVersion(%s, %s) = %+v, want an error", tt.raw, tt.kind, got)
@@ -187,7 +244,8 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted an incomplete event: %+v", ev)
 		}
 		for _, kind := range VersionKinds {
-			_, _ = ParseRowVersion(ev.RowVersion, kind)
+			_, _ = ParseRowVersion(ev.RowVersion, kind, nil, time.Time{})
+			_, _ = ParseRowVersion(ev.RowVersion, kind, fuzzZone, time.Unix(1792890000, 0))
 		}
 		for _, v := range ev.Data {
 			if s, ok := KeyValue(v); ok {

@@ -2,8 +2,10 @@ package event
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +19,7 @@ const (
 	// VersionTimestamp is an Oracle DATE sent as an RFC 3339 string.
 	VersionTimestamp VersionKind = "timestamp"
 	// VersionObjversion is an Oracle DATE sent as IFS's 14-digit YYYYMMDDHH24MISS
-	// objversion string, read as UTC.
+	// objversion string, read in the ERP database's time zone.
 	VersionObjversion VersionKind = "objversion"
 	// VersionDate accepts either date form, for an APISmith that sends both.
 	VersionDate VersionKind = "date"
@@ -42,7 +44,13 @@ const objversionLayout = "20060102150405"
 // ParseRowVersion parses a rowversion sent in the form kind. Dates order by their
 // instant (microseconds), numbers by their value. A rowversion in another form than
 // the entity's (a mix) is an error.
-func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) {
+//
+// An objversion has no time zone: it is the wall clock of the ERP database, read
+// in zone (UTC when nil). In the hour a DST fall-back repeats, one wall clock is
+// two instants; near, when set (the time JetStream stored a realtime event, a few
+// seconds after the change), chooses the one closest to it, and without it the
+// earlier is taken (a backfill copy never claims to be newer than it may be).
+func ParseRowVersion(raw json.RawMessage, kind VersionKind, zone *time.Location, near time.Time) (RowVersion, error) {
 	raw = bytes.TrimSpace(raw)
 	var s string
 	quoted := len(raw) > 0 && raw[0] == '"'
@@ -67,8 +75,11 @@ func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) 
 		case kind == VersionObjversion && !objversion:
 			err = fmt.Errorf("this entity's rowversion is a 14-digit YYYYMMDDHH24MISS objversion (one form per entity)")
 		case objversion:
-			if t, err = time.ParseInLocation(objversionLayout, s, time.UTC); err != nil {
+			var wall time.Time
+			if wall, err = time.ParseInLocation(objversionLayout, s, time.UTC); err != nil {
 				err = fmt.Errorf("not a valid YYYYMMDDHH24MISS objversion")
+			} else {
+				t = inZone(wall, zone, near)
 			}
 		default:
 			if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
@@ -89,6 +100,38 @@ func ParseRowVersion(raw json.RawMessage, kind VersionKind) (RowVersion, error) 
 	default:
 		return RowVersion{}, fmt.Errorf("rowversion: unknown kind %q", kind)
 	}
+}
+
+// inZone returns the instant whose wall clock in zone is wall's (wall is in UTC
+// only to carry the fields). Of two such instants (a repeated hour) it returns
+// the one closest to near, or the earlier when near is zero; a wall clock that
+// does not exist (the hour a DST spring-forward skips) is read with the offset
+// before the change.
+func inZone(wall time.Time, zone *time.Location, near time.Time) time.Time {
+	if zone == nil || zone == time.UTC {
+		return wall
+	}
+	// The zone's offsets around that moment; every offset that maps back to the
+	// same wall clock gives one candidate instant.
+	var candidates []time.Time
+	for _, probe := range []time.Duration{-26 * time.Hour, 0, 26 * time.Hour} {
+		_, offset := wall.Add(probe).In(zone).Zone()
+		t := wall.Add(-time.Duration(offset) * time.Second)
+		if t.In(zone).Format(objversionLayout) == wall.Format(objversionLayout) && !slices.ContainsFunc(candidates, t.Equal) {
+			candidates = append(candidates, t)
+		}
+	}
+	if len(candidates) == 0 {
+		_, offset := wall.Add(-26 * time.Hour).In(zone).Zone()
+		return wall.Add(-time.Duration(offset) * time.Second)
+	}
+	best := slices.MinFunc(candidates, func(a, b time.Time) int { return a.Compare(b) })
+	if !near.IsZero() {
+		best = slices.MinFunc(candidates, func(a, b time.Time) int {
+			return cmp.Compare(a.Sub(near).Abs(), b.Sub(near).Abs())
+		})
+	}
+	return best
 }
 
 func isDigits(s string) bool {

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
@@ -53,8 +54,11 @@ type ParentRef struct {
 	Key    []string
 }
 
-// Normalize normalizes ev for entity e. defaultSource fills an empty source_system.
-func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record, error) {
+// Normalize normalizes ev for entity e. defaultSource fills an empty source_system;
+// published, when known, is when a realtime event was stored, which tells the two
+// instants of a wall clock repeated by a DST fall-back apart (see
+// event.ParseRowVersion).
+func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, published time.Time) (Record, error) {
 	fail := func(format string, args ...any) (Record, error) {
 		return Record{}, fmt.Errorf("%w: "+format, append([]any{ErrNormalize}, args...)...)
 	}
@@ -72,7 +76,7 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string) (Record,
 		}
 		rec.Fields[up] = Value(v)
 	}
-	rv, err := event.ParseRowVersion(ev.RowVersion, e.RowVersion)
+	rv, err := event.ParseRowVersion(ev.RowVersion, e.RowVersion, e.TimeZone, published)
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
@@ -112,7 +113,7 @@ func TestNormalize(t *testing.T) {
 				t.Fatal(err)
 			}
 			e, _ := cat.Entity(tt.entity)
-			r, err := Normalize(ev, e, cat.SourceSystem)
+			r, err := Normalize(ev, e, cat.SourceSystem, time.Time{})
 			if tt.wantErr != "" {
 				if err == nil || !errors.Is(err, ErrNormalize) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want ErrNormalize with %q", err, tt.wantErr)
@@ -143,7 +144,7 @@ func FuzzNormalize(f *testing.F) {
 		if !ok {
 			return
 		}
-		r, err := Normalize(ev, e, "x")
+		r, err := Normalize(ev, e, "x", time.Time{})
 		if err == nil && (len(r.BKHash) != 64 || len(r.Key) != len(e.Key)) {
 			t.Fatalf("bad record %+v", r)
 		}

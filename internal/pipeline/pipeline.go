@@ -130,6 +130,9 @@ type Prepared struct {
 	Failures   []Failure
 	// Normalized and Mapped count the deliveries that passed each stage.
 	Normalized, Mapped int
+	// Inverted counts the realtime deliveries superseded in the batch by one
+	// published before them (see Decision.Inverted).
+	Inverted int
 }
 
 // Preparer runs the pure stages against one catalog and one set of rules.
@@ -157,11 +160,14 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 		key := c.Record.Entity + "\x00" + c.Record.BKHash
 		if j, seen := byKey[key]; seen {
 			prev := out.Candidates[j]
-			if Compare(c.Version, prev.Version) > 0 {
-				out.Superseded = append(out.Superseded, prev.Index)
-				out.Candidates[j] = c
-			} else {
-				out.Superseded = append(out.Superseded, c.Index)
+			newer, older := c, prev
+			if Compare(c.Version, prev.Version) < 0 {
+				newer, older = prev, c
+			}
+			out.Superseded = append(out.Superseded, older.Index)
+			out.Candidates[j] = newer
+			if newer.Version.Source == Realtime && older.Version.Source == Realtime && older.Version.Seq > newer.Version.Seq {
+				out.Inverted++
 			}
 			continue
 		}
@@ -186,7 +192,14 @@ func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 		return Candidate{}, &Failure{Index: i, Stage: StageDecode, Entity: ev.Entity,
 			Err: fmt.Errorf("%w: unknown entity %q (not in the catalog)", event.ErrDecode, ev.Entity)}
 	}
-	rec, err := normalize.Normalize(ev, e, p.Catalog.SourceSystem)
+	// A realtime event is stored seconds after its change, so its publish time
+	// tells the two readings of a wall clock repeated by a DST fall-back apart; a
+	// backfill copy is published hours later and gets the earlier reading.
+	var published time.Time
+	if d.Source == Realtime {
+		published = d.Published
+	}
+	rec, err := normalize.Normalize(ev, e, p.Catalog.SourceSystem, published)
 	if err != nil {
 		return Candidate{}, &Failure{Index: i, Stage: StageNormalization, Entity: e.Name, Err: err}
 	}
@@ -230,6 +243,11 @@ type Decision struct {
 	Ledger bool
 	// Target is true when the target row is upserted (or deleted, for a delete).
 	Target bool
+	// Inverted is set on a realtime event judged stale although it was published
+	// after the applied realtime version (a higher stream sequence): a later
+	// change with a lower rowversion. A source clock that went back, or
+	// objversions read in the wrong time zone, show this way.
+	Inverted bool
 }
 
 // Decide compares every candidate with the applied version of its key (absent from
@@ -246,6 +264,7 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 		case !known:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
 		case !Supersedes(c.Version, a.Version):
+			d.Inverted = c.Version.Source == Realtime && a.Version.Source == Realtime && c.Version.Seq > a.Version.Seq
 			if Compare(c.Version, a.Version) == 0 || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {
 				d.Outcome = Unchanged
 			} else {

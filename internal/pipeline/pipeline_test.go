@@ -192,6 +192,17 @@ func TestDecide(t *testing.T) {
 			t.Errorf("%s: got %s ledger=%v target=%v; want %s ledger=%v target=%v", tt.name, got.Outcome, got.Ledger, got.Target, tt.want, tt.ledger, tt.target)
 		}
 	}
+	// A later realtime event with a lower rowversion is stale, and an inversion;
+	// an earlier one is merely stale.
+	if got := Decide([]Candidate{h(site(9, "upsert", "S1", "2026-01-01T00:00:09Z", "y"))}, live)[0]; got.Outcome != Stale || !got.Inverted {
+		t.Errorf("later and lower: %s inverted=%v, want stale and inverted", got.Outcome, got.Inverted)
+	}
+	if got := Decide([]Candidate{h(site(4, "upsert", "S1", "2026-01-01T00:00:09Z", "y"))}, live)[0]; got.Inverted {
+		t.Errorf("earlier and lower is not an inversion")
+	}
+	if got := p.Prepare([]Delivery{site(1, "upsert", "S9", "2026-01-01T00:00:10Z", "a"), site(2, "upsert", "S9", "2026-01-01T00:00:05Z", "b")}); got.Inverted != 1 {
+		t.Errorf("an inversion within one batch: %d, want 1", got.Inverted)
+	}
 	bf := site(9, "upsert", "S1", "2026-01-01T00:00:10Z", "y")
 	bf.Source = Backfill
 	if got := Decide([]Candidate{h(bf)}, live)[0]; got.Outcome != Stale {

@@ -97,6 +97,11 @@ func (o *observer) record(entity string, source pipeline.Source, msgs []stream.M
 	if c.Released > 0 {
 		o.m.Released.WithLabelValues(entity, src).Add(float64(c.Released))
 	}
+	for e, n := range res.Inverted {
+		if n > 0 {
+			o.m.Inversions.WithLabelValues(e).Add(float64(n))
+		}
+	}
 	o.m.BatchDuration.WithLabelValues(entity, src).Observe(res.Took.Seconds())
 	o.m.BatchSize.WithLabelValues(entity, src).Observe(float64(len(msgs)))
 	now := time.Now()

@@ -62,6 +62,9 @@ type Result struct {
 	Counts pipeline.Counts
 	// Took is how long the batch took to write, retries included (set by the caller).
 	Took time.Duration
+	// Inverted counts, by entity, realtime events judged stale although published
+	// after the applied version (pipeline.Decision.Inverted).
+	Inverted map[string]int64
 }
 
 // ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
@@ -128,6 +131,10 @@ func (s *Store) applyBatch(ctx context.Context, b Batch, iso isolation) (Result,
 				res.Outcomes[f.Index] = pipeline.Failed
 			}
 		}
+		if b.Prepared.Inverted > 0 {
+			w.inverted[b.entityName()] += int64(b.Prepared.Inverted)
+		}
+		res.Inverted = w.inverted
 		res.Counts = pipeline.Counts{Fetched: int64(len(b.Deliveries)), Normalized: int64(b.Prepared.Normalized),
 			Mapped: int64(b.Prepared.Mapped), Released: w.released}
 		for _, o := range res.Outcomes {

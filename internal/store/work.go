@@ -83,6 +83,9 @@ type txWork struct {
 	// orphaned holds the orphan dead letters written by SQL (the sweeper moves
 	// them from pending_children), for the log after the commit.
 	orphaned []deadLetter
+	// inverted counts, by entity, realtime events published after the applied
+	// version and judged stale.
+	inverted map[string]int64
 	// isolate says which errors are blamed on the records being applied rather
 	// than ending the transaction (see isolates).
 	isolate isolation
@@ -106,7 +109,8 @@ type isolation struct {
 }
 
 func (s *Store) newWork(tx pgx.Tx, batchUID uuid.UUID, cat *catalog.Catalog, rules *mapping.Set) *txWork {
-	return &txWork{s: s, tx: tx, batchUID: batchUID, cat: cat, rules: rules, highs: map[string]map[string]event.RowVersion{}}
+	return &txWork{s: s, tx: tx, batchUID: batchUID, cat: cat, rules: rules, highs: map[string]map[string]event.RowVersion{},
+		inverted: map[string]int64{}}
 }
 
 func (w *txWork) deadLetter(f pipeline.Failure, d pipeline.Delivery) {
@@ -137,6 +141,7 @@ type workMark struct {
 	dead, recheck, orphaned int
 	released                int64
 	highs                   map[string]map[string]event.RowVersion
+	inverted                map[string]int64
 }
 
 func (w *txWork) mark() workMark {
@@ -144,12 +149,13 @@ func (w *txWork) mark() workMark {
 	for e, m := range w.highs {
 		highs[e] = maps.Clone(m)
 	}
-	return workMark{dead: len(w.dead), recheck: len(w.recheck), orphaned: len(w.orphaned), released: w.released, highs: highs}
+	return workMark{dead: len(w.dead), recheck: len(w.recheck), orphaned: len(w.orphaned), released: w.released, highs: highs,
+		inverted: maps.Clone(w.inverted)}
 }
 
 func (w *txWork) restore(m workMark) {
 	w.dead, w.recheck, w.orphaned = w.dead[:m.dead], w.recheck[:m.recheck], w.orphaned[:m.orphaned]
-	w.released, w.highs = m.released, m.highs
+	w.released, w.highs, w.inverted = m.released, m.highs, m.inverted
 }
 
 // savepoint runs fn under a savepoint, undoing what fn did to the database and to
@@ -244,6 +250,9 @@ func (w *txWork) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeli
 		outcomes[d.Index] = d.Outcome
 		if d.Ledger {
 			w.noteHigh(e.Name, d.Record)
+		}
+		if d.Inverted {
+			w.inverted[e.Name]++
 		}
 	}
 	if len(w.cat.Children(e.Name)) > 0 {
