@@ -39,8 +39,8 @@ type Catalog struct {
 	// SourceTimeZone is the ERP database's time zone, in which objversions are
 	// read (default UTC); an entity may name its own.
 	SourceTimeZone *time.Location
-	entities     map[string]*Entity
-	order        []string // parents before children, then by name
+	entities       map[string]*Entity
+	order          []string // parents before children, then by name
 }
 
 // Entity is one catalog block.
