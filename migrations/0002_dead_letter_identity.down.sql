@@ -1,3 +1,5 @@
+DROP INDEX bridge.ix_pending_children_entity;
+DROP INDEX bridge.ix_failed_records_unresolved;
 DELETE FROM bridge.pending_children WHERE child_payload IS NULL;
 ALTER TABLE bridge.pending_children
     DROP COLUMN child_raw,

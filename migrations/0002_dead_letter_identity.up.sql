@@ -33,3 +33,10 @@ ALTER TABLE bridge.pending_children
     ALTER COLUMN child_payload DROP NOT NULL;
 UPDATE bridge.pending_children SET child_raw = convert_to(child_payload::text, 'UTF8');
 ALTER TABLE bridge.pending_children ALTER COLUMN child_raw SET NOT NULL;
+
+-- The gauges read, every few seconds on every replica, the unresolved dead letters
+-- by entity and stage and the parked children by entity, with the oldest of each:
+-- both come from an index alone, whatever the size of the resolved history.
+CREATE INDEX ix_failed_records_unresolved ON bridge.failed_records (entity_name, stage_failed, created_at)
+    WHERE resolved_at IS NULL;
+CREATE INDEX ix_pending_children_entity ON bridge.pending_children (child_entity, created_at);

@@ -354,14 +354,17 @@ func sourceSystemOf(b Batch) string {
 	return "oracle_ifs"
 }
 
+const abandonBatchesSQL = `
+UPDATE bridge.sync_batches
+SET status = 'failed', finished_at = greatest(updated_at, started_at),
+    error_message = 'the replica stopped without closing this batch (a crash or a kill); its counts cover the transactions that committed'
+WHERE replica = $1 AND status = 'running'`
+
 // AbandonBatches closes, as failed, the batches replica left running: a process of
 // that name stopped without closing them (a crash or a kill). It returns how many.
 // Replica names must therefore be unique among the running processes.
 func (s *Store) AbandonBatches(ctx context.Context, replica string) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE bridge.sync_batches
-		SET status = 'failed', finished_at = greatest(updated_at, started_at),
-		    error_message = 'the replica stopped without closing this batch (a crash or a kill); its counts cover the transactions that committed'
-		WHERE replica = $1 AND status = 'running'`, replica)
+	tag, err := s.pool.Exec(ctx, abandonBatchesSQL, replica)
 	return tag.RowsAffected(), err
 }
 
