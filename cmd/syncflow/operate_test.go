@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,7 +177,7 @@ func TestOrphan(t *testing.T) {
 	}
 	uid := w.query(`SELECT uid::text FROM bridge.failed_records`)
 	out, code := w.cli("dlq", "show", uid)
-	if code != 0 || !strings.Contains(out, "stage    orphan") || !strings.Contains(out, `"ORDER_NO": "WO-ORPHAN"`) {
+	if code != 0 || !strings.Contains(out, "stage    orphan") || !strings.Contains(out, `"ORDER_NO":"WO-ORPHAN"`) {
 		t.Errorf("dlq show (%d):\n%s", code, out)
 	}
 	out, code = w.cli("dlq", "resolve", uid, "--note", "order cancelled in the ERP")
@@ -366,32 +367,98 @@ func TestTwoReplicasParentsAndChildren(t *testing.T) {
 	}
 }
 
-// A message whose write keeps failing (here: the target lost a column under the
-// running service) is nakked with a growing delay until JetStream gives up after
-// max_deliver attempts; SyncFlow then dead-letters it from the advisory, and once
-// the target is fixed the retry worker applies it.
-func TestMaxDeliveriesBecomeDeadLetters(t *testing.T) {
-	dir := editedStreams(t, map[string]any{"max_deliver": 3})
+// A target that changes under the running service (here: a column renamed) is
+// the database's failure, not the message's: the consumer holds the batch and
+// retries it, nothing is dead-lettered, and once the target is fixed the event
+// is applied.
+func TestSchemaDriftHoldsTheBatch(t *testing.T) {
+	dir := editedStreams(t, map[string]any{"max_deliver": 3, "ack_wait": time.Second.Nanoseconds()})
 	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
-	logs := service(t, w.env, "--fetch-wait", "50ms", "--nak-delay", "50ms", "--retry-first", "200ms", "--dead-letter-interval", "100ms")
+	logs := service(t, w.env, "--fetch-wait", "50ms", "--heartbeat", "300ms")
 	w.publish("sites", siteS1)
 	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "1", logs)
 	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN description TO descr`); err != nil {
 		t.Fatal(err)
 	}
 	w.publish("sites", `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T09:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"renamed plant"}}`)
-	eventually(t, w.conn, `SELECT entity_name, stage_failed, stream_seq FROM bridge.failed_records`, "sites|max_deliver|2", logs)
-	if got := w.query(`SELECT error_message FROM bridge.failed_records`); !strings.Contains(got, "after 3 attempts") {
-		t.Errorf("error: %s", got)
-	}
-	if got := w.query(`SELECT count(*) > 0 FROM bridge.sync_batches WHERE status = 'failed' AND error_message LIKE '%descr%'`); got != "true" {
-		t.Errorf("the failed write did not close its batch as failed")
-	}
+	waitForLog(t, logs, "batch held: writing it failed; retrying")
+	time.Sleep(4 * time.Second) // longer than max_deliver times the ack wait
 	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN descr TO description`); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, w.conn, `SELECT description FROM schedulehub.sites`, "renamed plant", logs)
-	eventually(t, w.conn, `SELECT resolution_note FROM bridge.failed_records`, "retried: updated", logs)
+	if got := w.query(`SELECT count(*) FROM bridge.failed_records`); got != "0" {
+		t.Errorf("%s dead letters for a failure of the database", got)
+	}
+}
+
+// A message that crashes the service over and over (here: a process killed while
+// it holds the message, three times) is given up by JetStream after max_deliver
+// deliveries; SyncFlow dead-letters it from the advisory, and once the cause is
+// gone the retry worker applies it.
+func TestMaxDeliveriesBecomeDeadLetters(t *testing.T) {
+	dir := editedStreams(t, map[string]any{"max_deliver": 3, "ack_wait": time.Second.Nanoseconds()})
+	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
+	args := []string{"run", "--http-addr", "127.0.0.1:0", "--fetch-wait", "50ms", "--retry-first", "200ms", "--dead-letter-interval", "100ms"}
+	w.publish("sites", siteS1)
+	// Every write of a site fails, in a way SyncFlow cannot blame on the row.
+	if _, err := w.conn.Exec(w.ctx, `
+		CREATE FUNCTION schedulehub.broken() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'the target is broken' USING ERRCODE = 'XX000'; END $$;
+		CREATE TRIGGER broken BEFORE INSERT OR UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.broken()`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		var logs syncBuffer
+		cmd := exec.Command(binary, args...)
+		cmd.Env = append(os.Environ(), w.env...)
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitForLog(t, &logs, "batch held: writing it failed; retrying")
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	if _, err := w.conn.Exec(w.ctx, `DROP TRIGGER broken ON schedulehub.sites`); err != nil {
+		t.Fatal(err)
+	}
+	logs := service(t, w.env, args[1:]...)
+	eventually(t, w.conn, `SELECT description FROM schedulehub.sites`, "Main plant", logs)
+	eventually(t, w.conn, `SELECT entity_name, stage_failed, stream_seq, resolution_note FROM bridge.failed_records`, "sites|max_deliver|1|retried: inserted", logs)
+	if got := w.query(`SELECT error_message FROM bridge.failed_records`); !strings.Contains(got, "after 3 attempts") {
+		t.Errorf("error: %s", got)
+	}
+}
+
+// waitForLog waits until logs hold text.
+func waitForLog(t *testing.T, logs fmt.Stringer, text string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the logs:\n%s", text, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer a process may write while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestParkedReleaseAndExpireByHand(t *testing.T) {
@@ -450,12 +517,13 @@ func TestMigrateAndPruneCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"migrate", "version"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 1"},
-		{[]string{"migrate", "up"}, "schema version: 1"},
-		{[]string{"migrate", "down", "1"}, "schema version: none"},
+		{[]string{"migrate", "up"}, "schema version: 2"},
+		{[]string{"migrate", "up"}, "schema version: 2"},
+		{[]string{"migrate", "down", "1"}, "schema version: 1"},
 		{[]string{"migrate", "force", "1"}, "schema version: 1"},
+		{[]string{"migrate", "up"}, "schema version: 2"},
 		{[]string{"migrate", "down"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 1"},
+		{[]string{"migrate", "up"}, "schema version: 2"},
 	}
 	for _, s := range steps {
 		if out, code := run(s.args...); code != 0 || !strings.Contains(out, s.want) {

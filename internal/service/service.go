@@ -5,6 +5,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -232,6 +233,11 @@ func Run(ctx context.Context, cfg Config) error {
 			obs.fetchers = append(obs.fetchers, boundFetcher{stream: name, entity: e.Name, f: fetcher})
 			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
 				Rules: rules, Config: cfg.Consumer, Logger: log}
+			// Held messages are kept alive well within the consumer's ack wait,
+			// whatever the heartbeat setting.
+			if wait := fetcher.AckWait(); wait > 0 {
+				c.Config.Heartbeat = min(cmp.Or(c.Config.Heartbeat, 10*time.Second), wait/3)
+			}
 			if source == pipeline.Backfill {
 				c.Gate = backfillGate
 			}

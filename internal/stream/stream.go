@@ -250,6 +250,16 @@ func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable str
 	return &Fetcher{consumer: c, source: source, stream: stream}, nil
 }
 
+// AckWait is how long the server waits for an ack before it redelivers a message
+// (the consumer's ack_wait, or the first step of its backoff).
+func (f *Fetcher) AckWait() time.Duration {
+	cfg := f.consumer.CachedInfo().Config
+	if len(cfg.BackOff) > 0 {
+		return cfg.BackOff[0]
+	}
+	return cfg.AckWait
+}
+
 // Fetch returns up to n messages and about MaxBytes (at least one message):
 // whatever is available right away, or, when nothing is, the first message to
 // arrive within wait plus whatever came with it. It never holds a partial batch
