@@ -60,7 +60,7 @@ bench: build
 ## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
-	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill -binary $(BIN)
+	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory -binary $(BIN)
 
 clean:
 	rm -rf bin data

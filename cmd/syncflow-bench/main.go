@@ -61,7 +61,7 @@ func main() {
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
-	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill")
+	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the in-process figures (latency, backfill) to this file")
@@ -167,6 +167,11 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	if !skip("memory") {
+		if res.memory, err = b.memoryRun(); err != nil {
+			return err
+		}
+	}
 	res.print(cfg)
 	return nil
 }
@@ -177,6 +182,7 @@ type results struct {
 	p50, p99                 time.Duration
 	latencyN                 int
 	backfill                 backfillFigure
+	memory                   memoryFigure
 }
 
 func (r results) print(cfg config) {
@@ -197,6 +203,10 @@ func (r results) print(cfg config) {
 	if r.backfill.rows > 0 {
 		fmt.Printf("backfill, APISmith source to target      %8.0f rows/s   (%d rows; realtime meanwhile at 100/s: p50 %v, p99 %v)\n",
 			r.backfill.rate, r.backfill.rows, r.backfill.p50.Round(time.Millisecond), r.backfill.p99.Round(time.Millisecond))
+	}
+	if m := r.memory; m.releaseChildren > 0 {
+		fmt.Printf("mass release, 1 parent, %d children      %8.1f s   (peak RSS %.0f MiB)\n", m.releaseChildren, m.releaseSeconds, m.releaseRSS)
+		fmt.Printf("backlog of %d events of 1 MiB             peak RSS %.0f MiB\n", m.bigEvents, m.bigRSS)
 	}
 	if r.syncflow > 0 && r.naive > 0 {
 		fmt.Printf("SyncFlow / naive                         %8.2f\n", r.syncflow/r.naive)

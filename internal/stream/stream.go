@@ -239,7 +239,7 @@ type Fetcher struct {
 }
 
 // DefaultFetchBytes bounds the bytes of one fetch.
-const DefaultFetchBytes = 8 << 20
+const DefaultFetchBytes = 4 << 20
 
 // NewFetcher binds to an existing durable consumer.
 func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable string, source pipeline.Source) (*Fetcher, error) {
