@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/backfill"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/sim"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -157,7 +158,7 @@ func TestBackfillOverSeveralNights(t *testing.T) {
 	if n != 1000 || len(ids) != 1000 {
 		t.Fatalf("%d messages, %d distinct ids", n, len(ids))
 	}
-	if ids["items:P00000999:20260101001639"] != 1 {
+	if ids["items:"+event.HashKey([]string{"P00000999"})+":20260101001639"] != 1 {
 		t.Errorf("message id of the last row missing; have e.g. %v", firstKey(ids))
 	}
 	// Each run is a background batch with its counts.

@@ -115,19 +115,3 @@ func TestRetryAfterMappingFix(t *testing.T) {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
-
-func TestDueRetriesUseThePartialIndex(t *testing.T) {
-	f := newFixture(t)
-	// Enough rows that a sequential scan is not the obvious plan.
-	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.failed_records (uid, entity_name, raw_bytes, stage_failed, error_message, resolved_at)
-		SELECT gen_random_uuid(), 'sites', '\x00', 'decode', 'x', now() FROM generate_series(1, 5000)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.conn.Exec(f.ctx, `ANALYZE bridge.failed_records`); err != nil {
-		t.Fatal(err)
-	}
-	plan := f.rows(`EXPLAIN SELECT uid FROM bridge.failed_records WHERE resolved_at IS NULL AND next_retry_at <= now() ORDER BY next_retry_at LIMIT 500 FOR UPDATE SKIP LOCKED`)
-	if !strings.Contains(plan, "ix_failed_records_retry") {
-		t.Fatalf("plan does not use the partial index:\n%s", plan)
-	}
-}

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"io/fs"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestDSTFallBackInTheSourceTimeZone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	zoned, err := catalog.Parse(append([]byte("source_time_zone: Europe/Stockholm\n"), shipped...))
+	zoned, err := catalog.Parse(bytes.Replace(shipped, []byte("source_time_zone: UTC"), []byte("source_time_zone: Europe/Stockholm"), 1))
 	if err != nil {
 		t.Fatal(err)
 	}
