@@ -25,6 +25,7 @@ import (
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
@@ -229,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 		g.Go(func() error { return drain.Run(gctx) })
 	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
-		"database", store.RedactURL(cfg.DatabaseURL), "nats", nc.ConnectedUrlRedacted())
+		"database", redact.String(cfg.DatabaseURL), "nats", redact.String(nc.ConnectedUrlRedacted()))
 	err = g.Wait()
 	// Consumers have acked or nakked what they held: let that reach the server.
 	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
@@ -279,7 +280,7 @@ func connectNATS(cfg stream.Config, embeddedDir string, log *slog.Logger) (*nats
 	}
 	u, perr := url.Parse(strings.Split(cfg.URL, ",")[0])
 	if perr != nil {
-		return nil, nil, fmt.Errorf("nats URL %q: %v", cfg.URL, perr)
+		return nil, nil, fmt.Errorf("nats URL %s: %v", redact.String(cfg.URL), redact.String(perr.Error()))
 	}
 	hostname, portText, _ := net.SplitHostPort(u.Host)
 	port, _ := strconv.Atoi(portText)

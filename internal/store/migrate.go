@@ -35,6 +35,9 @@ func NewMigrator(dbURL string) (*Migrator, error) {
 }
 
 func migrateURL(dbURL string) (string, error) {
+	if err := CheckURL(dbURL); err != nil {
+		return "", err
+	}
 	u, err := url.Parse(dbURL)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return "", fmt.Errorf("database URL must look like postgres://user@host:5432/db, got %s", RedactURL(dbURL))

@@ -9,13 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Store holds the connection pool and what the store learned about the targets.
@@ -43,6 +44,9 @@ type Config struct {
 
 // Open connects and pings.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if err := CheckURL(cfg.URL); err != nil {
+		return nil, err
+	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database URL %s: %v", RedactURL(cfg.URL), redactErr(err, cfg.URL))
@@ -58,7 +62,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), err)
+		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(err))
 	}
 	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
 }
@@ -70,32 +74,6 @@ func (s *Store) Close() { s.pool.Close() }
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 func newUID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
-
-// RedactURL returns u with its password replaced by "xxxxx", for logs and errors.
-func RedactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil || parsed.User == nil {
-		if i := strings.Index(u, "password="); i >= 0 {
-			end := strings.IndexAny(u[i:], " &")
-			if end < 0 {
-				return u[:i] + "password=xxxxx"
-			}
-			return u[:i] + "password=xxxxx" + u[i+end:]
-		}
-		return u
-	}
-	return parsed.Redacted()
-}
-
-func redactErr(err error, u string) string {
-	msg := err.Error()
-	if parsed, perr := url.Parse(u); perr == nil && parsed.User != nil {
-		if pw, ok := parsed.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return msg
-}
 
 // Retryable reports whether err is an infrastructure failure that a later attempt
 // of the same, idempotent transaction can get past: a lost or refused connection,
