@@ -14,8 +14,14 @@ export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
 all: build
 
+# The version and commit, for `syncflow version` (Go stamps them itself only where
+# it can read the repository).
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT  := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/syncflow
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/syncflow
 
 ## db: create the database (if missing) and the demo ScheduleHub target tables.
 db:
