@@ -63,6 +63,7 @@ func setupRun(f *flags) runFunc {
 	f.duration(&cfg.StatsInterval, "stats-interval", 15*time.Second, "how often gauges (dead letters, parked, lag, backfill) are refreshed")
 	f.int(&maxConns, "max-conns", 8, "most database connections")
 	f.string(&cpuProfile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the whole run to this file")
+	f.duration(&cfg.LeaseWait, "lease-wait", 5*time.Second, "at start, how long to wait for the replica name while another process holds it (one that was just killed lets go)")
 	return func(ctx context.Context, _ []string) error {
 		if cpuProfile != "" {
 			out, err := os.Create(cpuProfile)

@@ -73,7 +73,10 @@ type Config struct {
 	// StatsInterval is how often the gauges are read from the database and
 	// JetStream (default 15s).
 	StatsInterval time.Duration
-	Logger        *slog.Logger
+	// LeaseWait is how long a start waits for the lease on the replica name while
+	// another process holds it, in case that one is going away (default 5s).
+	LeaseWait time.Duration
+	Logger    *slog.Logger
 }
 
 // Run starts the service and blocks until ctx ends and everything has stopped.
@@ -82,6 +85,23 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.NATS.Logger == nil {
 		cfg.NATS.Logger = log
 	}
+	// The HTTP address first: a second process on the same address stops here,
+	// before it has any effect.
+	var ln net.Listener
+	if cfg.HTTPAddr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("metrics and health on %s: %w (is another syncflow running on this host? give this one another --http-addr)", cfg.HTTPAddr, err)
+		}
+		defer ln.Close()
+	}
+	// Then the lease on the replica name, before anything is touched: a second
+	// process under a live name refuses to start.
+	lease, err := store.AcquireLease(ctx, cfg.DatabaseURL, cfg.Consumer.Replica, leaseTag(cfg.Consumer.Replica), or(cfg.LeaseWait, 5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer lease.Release()
 	if cfg.Migrate {
 		m, err := store.NewMigrator(cfg.DatabaseURL)
 		if err != nil {
@@ -164,11 +184,8 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = g.Wait()
 		return err
 	}
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return abort(fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err))
-		}
+	g.Go(func() error { return lease.Keep(gctx, 5*time.Second, log) })
+	if ln != nil {
 		g.Go(func() error { return obs.serve(gctx, ln) })
 		if cfg.OnListen != nil {
 			cfg.OnListen(ln.Addr())
@@ -240,6 +257,12 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
+// leaseTag describes this process to another that finds its replica name taken.
+func leaseTag(replica string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("syncflow pid=%d host=%s replica=%s", os.Getpid(), host, replica)
+}
+
 func or(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
@@ -249,17 +272,22 @@ func or(d, def time.Duration) time.Duration {
 
 // CheckSchema refuses a schema that is not the one this binary was built with.
 func CheckSchema(ctx context.Context, st *store.Store) error {
-	want, err := store.Latest()
+	have, dirty, err := st.SchemaVersion(ctx)
 	if err != nil {
 		return err
 	}
-	have, dirty, err := st.SchemaVersion(ctx)
+	return schemaProblem(have, dirty)
+}
+
+// schemaProblem says what is wrong with schema version have, if anything.
+func schemaProblem(have uint, dirty bool) error {
+	want, err := store.Latest()
 	if err != nil {
 		return err
 	}
 	switch {
 	case dirty:
-		return fmt.Errorf("the bridge schema is dirty at version %d: fix the failed migration, then `syncflow migrate force %d` and `syncflow migrate up`", have, have-1)
+		return fmt.Errorf("the bridge schema is dirty at version %d: fix the failed migration, then `syncflow migrate force %d` and `syncflow migrate up`", have, int(have)-1)
 	case have < want:
 		return fmt.Errorf("the bridge schema is at version %d, this syncflow needs %d: run `syncflow migrate up` (or `syncflow run --migrate`)", have, want)
 	case have > want:

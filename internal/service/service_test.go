@@ -374,12 +374,15 @@ func TestMetricsAndHealth(t *testing.T) {
 	e.publish("apismith.cdc.sites", site("S1", 1, "one"))
 	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert"`)
 	e.publish("apismith.cdc.work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
+	e.publish("apismith.cdc.suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ID":"X"}}`)
 	e.eventually(`SELECT count(*) FROM bridge.pending_children`, "1", 10*time.Second)
 	want := []string{
 		`syncflow_events_total{entity="sites",outcome="inserted",source="realtime"} 1`,
 		`syncflow_events_total{entity="sites",outcome="failed",source="realtime"} 1`,
 		`syncflow_events_total{entity="work_centers",outcome="parked",source="realtime"} 1`,
 		`syncflow_dead_letters{entity="sites",stage="decode"} 1`,
+		// A subject no catalog entity owns counts too, under one label.
+		`syncflow_dead_letters{entity="_outside_catalog",stage="decode"} 1`,
 		`syncflow_parked_children{entity="work_centers"} 1`,
 		`syncflow_consumer_pending_messages{entity="sites",stream="APISMITH_CDC"} 0`,
 		`syncflow_batch_duration_seconds_count{entity="sites",source="realtime"}`,
@@ -430,5 +433,41 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	if code, _ := get("/healthz"); code != 200 {
 		t.Errorf("/healthz with NATS down: %d (alive is not ready)", code)
+	}
+	// The database refuses connections: /readyz gives the reason in its own
+	// words, not the driver's error.
+	admin, err := pgx.Connect(e.ctx, testenv.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(e.ctx)
+	var dbName string
+	if err := e.conn.QueryRow(e.ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	ident := pgx.Identifier{dbName}.Sanitize()
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`)
+	if _, err := admin.Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, dbName); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		code, body := get("/readyz")
+		if code == 503 && body == "not ready: PostgreSQL is not reachable\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with the database refusing connections: %d %q", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.logs.String(), "not ready: PostgreSQL is not reachable") {
+		t.Errorf("the cause was not logged:\n%s", e.logs)
 	}
 }

@@ -193,17 +193,19 @@ func (s *Store) DeadLetterUIDs(ctx context.Context, f DeadLetterFilter) ([]uuid.
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
 
-// DeadLetterCount is the number of dead letters of one entity and stage.
+// DeadLetterCount is the number of dead letters of one entity and stage, and
+// when the oldest of them was written.
 type DeadLetterCount struct {
-	Entity string `json:"entity_name"`
-	Stage  string `json:"stage_failed"`
-	Count  int64  `json:"count"`
+	Entity string    `json:"entity_name"`
+	Stage  string    `json:"stage_failed"`
+	Count  int64     `json:"count"`
+	Oldest time.Time `json:"oldest"`
 }
 
 // CountDeadLetters counts the dead letters f chooses by entity and stage.
 func (s *Store) CountDeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetterCount, error) {
 	var a args
-	rows, err := s.pool.Query(ctx, `SELECT entity_name, stage_failed, count(*) FROM bridge.failed_records WHERE `+f.where(&a)+`
+	rows, err := s.pool.Query(ctx, `SELECT entity_name, stage_failed, count(*), min(created_at) FROM bridge.failed_records WHERE `+f.where(&a)+`
 		GROUP BY 1, 2 ORDER BY 1, 2`, a...)
 	if err != nil {
 		return nil, err
