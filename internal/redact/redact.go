@@ -85,7 +85,7 @@ var (
 func urlSecrets(raw string) []string {
 	var out []string
 	for _, m := range kvRE.FindAllStringSubmatch(raw, -1) {
-		out = append(out, strings.Trim(m[3], `'"`))
+		out = append(out, withPieces(strings.Trim(m[3], `'"`))...)
 	}
 	i := strings.Index(raw, "://")
 	if i < 0 {
@@ -94,21 +94,20 @@ func urlSecrets(raw string) []string {
 	rest := raw[i+3:]
 	if u, err := url.Parse(raw); err == nil && u.User != nil {
 		if pw, ok := u.User.Password(); ok {
-			out = append(out, pw)
+			out = append(out, withPieces(pw)...)
 		} else if tokenScheme(u.Scheme) {
-			out = append(out, u.User.Username())
+			out = append(out, withPieces(u.User.Username())...)
 		}
 		// The raw spelling too: "p%40ss" as well as "p@ss".
 		if at := strings.LastIndex(rest[:hostEnd(rest)], "@"); at >= 0 {
 			if _, pw, ok := strings.Cut(rest[:at], ":"); ok {
-				out = append(out, pw)
+				out = append(out, withPieces(pw)...)
 			}
 		}
 		return out
 	}
 	// Unparseable: the user part is everything up to the last @; its password is
-	// after the first colon. Both are secrets, and so are their pieces that an
-	// error message may quote on their own (split at @, # and white space).
+	// after the first colon.
 	at := strings.LastIndex(rest, "@")
 	if at < 0 {
 		return out
@@ -118,12 +117,19 @@ func urlSecrets(raw string) []string {
 	if _, pw, ok := strings.Cut(userinfo, ":"); ok {
 		secret = pw
 	}
-	out = append(out, secret)
-	// Parsers quote what follows an @ they took for the end of the user part.
-	for j := strings.Index(secret, "@"); j >= 0; j = strings.Index(secret[j+1:], "@") + j + 1 {
-		out = append(out, secret[j+1:])
-		if !strings.Contains(secret[j+1:], "@") {
-			break
+	return append(out, withPieces(secret)...)
+}
+
+// withPieces returns a secret and the pieces of it that a parser may quote on
+// their own: what follows an @ it took for the end of the user part, and the
+// parts between @, #, / and white space.
+func withPieces(secret string) []string {
+	out := []string{secret}
+	for i, r := range secret {
+		if r == '@' || r == '#' || unicode.IsSpace(r) {
+			if tail := secret[i+1:]; len(tail) >= 3 {
+				out = append(out, tail)
+			}
 		}
 	}
 	for _, piece := range strings.FieldsFunc(secret, func(r rune) bool { return r == '@' || r == '#' || r == '/' || r == '?' || unicode.IsSpace(r) }) {
@@ -215,7 +221,7 @@ func maskURLs(s string) string {
 		if stop < 0 {
 			stop = len(body)
 		}
-		if at := strings.LastIndex(body, "@"); at > stop {
+		if at := strings.LastIndex(body, "@"); at > stop && passwordLike(body[stop:at]) {
 			if next := strings.IndexFunc(body[at:], func(r rune) bool { return unicode.IsSpace(r) || strings.ContainsRune("`'\"<>)]", r) }); next >= 0 {
 				stop = at + next
 			} else {
@@ -232,6 +238,13 @@ func maskURLs(s string) string {
 	}
 	b.WriteString(s[prev:])
 	return b.String()
+}
+
+// passwordLike reports whether s, the text between a URL's first white space and
+// a later @, can be the rest of a password (a few words at most), rather than
+// prose that happens to mention an @.
+func passwordLike(s string) bool {
+	return len(strings.Fields(s)) <= 3 && !strings.ContainsAny(s, "(),;")
 }
 
 // maskURL masks one URL: on the parsed URL when it parses, on its text otherwise.
