@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -159,11 +160,14 @@ func importMappings(ctx context.Context, st *store.Store, defs definitions, file
 	if err != nil {
 		return err
 	}
-	after, changes := mergeRules(existing, incoming, replace)
+	after, changes, lines := mergeRules(existing, incoming, replace)
 	if _, err := mapping.Compile(incoming); err != nil {
 		problems = append(problems, err.Error())
 	} else if _, err := mapping.Compile(after); err != nil {
 		problems = append(problems, "together with the rules already in bridge.field_mappings: "+err.Error())
+	}
+	if err := st.CheckRules(ctx, cat, incoming); err != nil {
+		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s is invalid, nothing was imported:\n%s", file, strings.Join(problems, "\n"))
@@ -174,7 +178,11 @@ func importMappings(ctx context.Context, st *store.Store, defs definitions, file
 	}
 	fmt.Printf("%s %d rules from %s: %d new, %d changed, %d unchanged, %d removed\n", verb, len(incoming), file,
 		changes["new"], changes["changed"], changes["unchanged"], changes["removed"])
+	for _, l := range lines {
+		fmt.Println("  " + l)
+	}
 	if dryRun {
+		fmt.Println("(dry run: nothing was changed)")
 		return nil
 	}
 	return st.WriteMappings(ctx, incoming, replace)
@@ -186,10 +194,11 @@ func keyOf(r mapping.Rule) ruleKey {
 	return ruleKey{r.Entity, strings.ToUpper(r.SourceField), r.TargetField}
 }
 
-// mergeRules returns the rule set after importing incoming over existing, and
-// counts of what changes.
-func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule, map[string]int) {
+// mergeRules returns the rule set after importing incoming over existing, counts
+// of what changes, and a line for each rule that is new, changed or removed.
+func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule, map[string]int, []string) {
 	changes := map[string]int{}
+	var lines []string
 	byKey := map[ruleKey]mapping.Rule{}
 	for _, r := range existing {
 		byKey[keyOf(r)] = r
@@ -203,10 +212,12 @@ func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule
 		switch {
 		case !ok:
 			changes["new"]++
+			lines = append(lines, "new:     "+describeRule(r))
 		case sameRule(old, r):
 			changes["unchanged"]++
 		default:
 			changes["changed"]++
+			lines = append(lines, "changed: "+describeRule(r)+", was "+describeRule(old))
 		}
 		byKey[k] = r
 	}
@@ -214,6 +225,7 @@ func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule
 	for k, r := range byKey {
 		if replace && entities[k.entity] && !inFile[k] {
 			changes["removed"]++
+			lines = append(lines, "removed: "+describeRule(r))
 			continue
 		}
 		out = append(out, r)
@@ -221,7 +233,19 @@ func mergeRules(existing, incoming []mapping.Rule, replace bool) ([]mapping.Rule
 	slices.SortFunc(out, func(a, b mapping.Rule) int {
 		return strings.Compare(a.Entity+"\x00"+a.SourceField+"\x00"+a.TargetField, b.Entity+"\x00"+b.SourceField+"\x00"+b.TargetField)
 	})
-	return out, changes
+	slices.Sort(lines)
+	return out, changes, lines
+}
+
+func describeRule(r mapping.Rule) string {
+	s := fmt.Sprintf("%s %s -> %s (%s", r.Entity, r.SourceField, r.TargetField, cmp.Or(r.Transformation, "none"))
+	if r.DefaultValue != nil {
+		s += fmt.Sprintf(", default %q", *r.DefaultValue)
+	}
+	if r.IsRequired {
+		s += ", required"
+	}
+	return s + ")"
 }
 
 func sameRule(a, b mapping.Rule) bool {

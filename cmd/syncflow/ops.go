@@ -53,6 +53,9 @@ func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench,
 	if err != nil {
 		return fail(fmt.Errorf("bridge.field_mappings holds invalid rules, fix them first: %w", err))
 	}
+	if err := st.CheckRules(ctx, cat, rs); err != nil {
+		return fail(fmt.Errorf("bridge.field_mappings does not fit the target tables, fix them first (syncflow mappings export, edit, import):\n%w", err))
+	}
 	return &workbench{st: st, cat: cat, rules: rules}, nil
 }
 

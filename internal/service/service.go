@@ -139,6 +139,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("bridge.field_mappings holds invalid rules, fix them: %w", err)
 	}
+	if err := st.CheckRules(ctx, cfg.Catalog, initial); err != nil {
+		return fmt.Errorf("bridge.field_mappings does not fit the target tables; fix the rules (syncflow mappings export, edit, import) or the tables:\n%w", err)
+	}
 	rules.Store(set)
 
 	nc, embedded, err := connectNATS(cfg.NATS, cfg.EmbeddedNATSDir, log)
@@ -230,6 +233,12 @@ func Run(ctx context.Context, cfg Config) error {
 			set, err := mapping.Compile(rs)
 			if err != nil {
 				log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
+				return
+			}
+			// A rule for a column the table does not have (any more) would drop
+			// its values without a trace: say so, and keep what was working.
+			if err := st.CheckRules(gctx, cfg.Catalog, rs); err != nil {
+				log.Error("field mappings do not fit the target tables; keeping the previous ones", "err", err)
 				return
 			}
 			rules.Store(set)

@@ -471,3 +471,41 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("the cause was not logged:\n%s", e.logs)
 	}
 }
+
+// A rule written past `mappings import` (by hand, or before the table changed)
+// that names a column the target lacks is reported at reload, and the previous
+// rules stay in force; at start it stops the service with the rule named.
+func TestRulesThatDoNotFitTheTable(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'sites', 'DESCRIPTION', 'description', 'uppercase')`); err != nil {
+		t.Fatal(err)
+	}
+	e.start(nil)
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'sites', 'COMPANY', 'compnay', 'trim')`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs.String(), "field mappings do not fit the target tables; keeping the previous ones") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the bad rule was not reported:\n%s", e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(e.logs.String(), "schedulehub.sites has no column compnay (did you mean company?)") {
+		t.Errorf("the report does not say what is wrong:\n%s", e.logs)
+	}
+	// The previous rules apply: DESCRIPTION upper-cased, COMPANY passed through.
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","COMPANY":"Acme"}}`)
+	e.eventually(`SELECT description, company FROM schedulehub.sites`, "MAIN|Acme", 10*time.Second)
+
+	// A new start refuses the rules, naming the one at fault.
+	cat, defs := testenv.Shipped(t)
+	err := service.Run(e.ctx, service.Config{DatabaseURL: dbURL, NATS: stream.Config{URL: srv.ClientURL()}, Catalog: cat, Streams: defs,
+		Consumer: consumer.Config{Replica: "refused"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "(sites COMPANY -> compnay): schedulehub.sites has no column compnay") {
+		t.Errorf("start with a rule that does not fit: %v", err)
+	}
+}
