@@ -328,7 +328,7 @@ func setupDLQGroups(f *flags) runFunc {
 		var letters int64
 		for _, g := range groups {
 			letters += g.Count
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", g.Fingerprint, g.Entity, g.Stage, g.Count, ago(g.FirstSeen), ago(g.LastSeen), g.SampleUID, clip(g.Reason, 70))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", g.Fingerprint, g.Entity, g.Stage, g.Count, ago(g.FirstSeen), ago(g.LastSeen), g.SampleUID, clip(g.Reason, 100))
 		}
 		if len(groups) == 0 {
 			fmt.Fprintln(tw, "(no unresolved dead letters match)")
