@@ -25,7 +25,7 @@ type shape struct {
 var (
 	nameList    = &shape{kind: "list", what: "a list of field names, e.g. [ORDER_NO, CONTRACT]"}
 	columnList  = &shape{kind: "list", what: "a list of column names, e.g. [order_no]"}
-	entityShape  = &shape{kind: "map", what: "an entity's settings", keys: map[string]*shape{
+	entityShape = &shape{kind: "map", what: "an entity's settings", keys: map[string]*shape{
 		"key":        nameList,
 		"rowversion": {kind: "scalar", what: "one of timestamp, objversion, date, number"},
 		"parents": {kind: "maps", what: "a list of parents, e.g. [{entity: sites, fields: [CONTRACT]}]", item: &shape{kind: "map", what: "a parent", keys: map[string]*shape{
