@@ -82,13 +82,28 @@ func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, s
 	if err != nil {
 		return err
 	}
+	// While the source is down, say what is being waited for and when it is
+	// tried next; a cron run would otherwise sit silent for minutes.
+	src.OnRetry = func(r backfill.Retry) {
+		log.Warn("APISmith is not answering; trying again", "url", r.URL, "err", r.Err,
+			"retry_in", time.Until(r.Next).Round(100*time.Millisecond), "give_up_at", r.GiveUp.UTC().Format(time.RFC3339))
+		if once {
+			fmt.Fprintf(os.Stderr, "waiting for APISmith at %s (%v): trying again at %s, giving up at %s (--apismith-retry-for)\n",
+				r.URL, r.Err, r.Next.UTC().Format("15:04:05Z"), r.GiveUp.UTC().Format("15:04:05Z"))
+		}
+	}
 	runner := &backfill.Runner{Store: st, Source: src, Publisher: &stream.Publisher{JS: js}, Catalog: cat, Replica: replica, Logger: log}
 	for {
 		results, err := runner.RunDue(ctx, entity)
 		for _, r := range results {
+			// The next run as the schedule records it, which `schedule list`
+			// shows too (a failed run is due again later, whatever it returned).
 			next := "-"
-			if r.NextRun != nil {
-				next = r.NextRun.UTC().Format(time.RFC3339)
+			sc, serr := st.Schedule(context.WithoutCancel(ctx), r.Entity)
+			if serr == nil {
+				next = nextRun(sc.NextRun)
+			} else if r.NextRun != nil {
+				next = nextRun(r.NextRun)
 			}
 			switch {
 			case r.Skipped != "":
@@ -97,7 +112,11 @@ func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, s
 				log.Info("backfill run", "entity", r.Entity, "published", r.Published, "completed", r.Completed, "next_run_at", next)
 			}
 			if once {
-				fmt.Printf("%s: published %d rows, completed %v, next run %s\n", r.Entity, r.Published, r.Completed, next)
+				state := fmt.Sprintf("completed %v", r.Completed)
+				if serr == nil && sc.LastError != nil {
+					state = "failed: " + clip(*sc.LastError, 200)
+				}
+				fmt.Printf("%s: published %d rows, %s, next run %s\n", r.Entity, r.Published, state, next)
 			}
 		}
 		if once {

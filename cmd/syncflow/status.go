@@ -103,11 +103,11 @@ func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON
 		for _, e := range slices.Sorted(maps.Keys(byEntity)) {
 			parts = append(parts, fmt.Sprintf("%s %d", e, byEntity[e]))
 		}
-		fmt.Printf("\n%d unresolved dead letters on subjects no catalog entity owns (%s): syncflow dlq list --outside-catalog --unresolved\n",
-			outsideTotal, strings.Join(parts, ", "))
+		fmt.Printf("\n%d unresolved dead letters on subjects no catalog entity owns (%s):\n  syncflow dlq list --outside-catalog --unresolved\n",
+			outsideTotal, clip(strings.Join(parts, ", "), 40))
 	}
 	if natsNote != "" {
-		fmt.Printf("\nPENDING unknown: %s\n", natsNote)
+		fmt.Printf("\nPENDING unknown: %s\n", clip(natsNote, 100))
 	}
 	return nil
 }
