@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -164,9 +165,12 @@ func TestEveryReadmeExampleWorks(t *testing.T) {
 	for _, ev := range events {
 		w.js.Publish(w.ctx, ev.subject, []byte(ev.body))
 	}
-	// A dead letter and a parked child for the commands that name one by UID.
+	// Dead letters of several causes and a parked child, for the commands that
+	// name one by UID or fingerprint.
 	w.publish("work_orders", workOrder("WO-README", "P-README"))
 	w.publish("sites", `{"entity":"sites","op":"upsert","rowversion":"no version","data":{"CONTRACT":"S9"}}`)
+	w.publish("work_orders", `{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"CONTRACT":"S1"}}`)
+	w.publish("suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ID":"X"}}`)
 	eventually(t, w.conn, `SELECT (SELECT count(*) FROM bridge.sync_batches WHERE rows_fetched > 0) > 0 AND
 		(SELECT count(*) FROM bridge.pending_children WHERE child_payload->'data'->>'ORDER_NO' = 'WO-README') = 1`, "true", logs)
 	time.Sleep(500 * time.Millisecond) // the rest of the events settle
@@ -190,6 +194,15 @@ func TestEveryReadmeExampleWorks(t *testing.T) {
 			stdout, args = filepath.Join(dir, args[n-1]), args[:n-2]
 		}
 		for j, a := range args {
+			if j > 0 && args[j-1] == "--fingerprint" && regexp.MustCompile(`^[0-9a-f]{12}$`).MatchString(a) {
+				// a fingerprint from the groups the README shows first
+				list, err := syncflow(t, w.env, "dlq", "list", "--unresolved", "--limit", "1", "--json")
+				m := regexp.MustCompile(`"fingerprint": "([0-9a-f]{12})"`).FindStringSubmatch(list)
+				if err != nil || m == nil {
+					t.Fatalf("no fingerprint to put in README line %d: %v\n%s", commandLines[i], err, list)
+				}
+				args[j] = m[1]
+			}
 			if a == "0193..." { // a UID from the listing the README shows first
 				table := "bridge.failed_records WHERE resolved_at IS NULL"
 				if args[0] == "parked" {
