@@ -175,15 +175,22 @@ func actionList(family []command, name string) string {
 // checkFlags refuses any flag that is not the command's own, naming the commands
 // that take it.
 func checkFlags(f *flags, cmd command, args []string, all []command) error {
-	for _, a := range args {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
 		if a == "--" {
 			return nil
 		}
 		if !strings.HasPrefix(a, "-") || a == "-" {
 			continue
 		}
-		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if name == "h" || name == "help" || f.Lookup(name) != nil {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name == "h" || name == "help" {
+			continue
+		}
+		if fl := f.Lookup(name); fl != nil {
+			if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); !hasValue && (!ok || !b.IsBoolFlag()) {
+				i++ // its value, which may start with a dash: --reason "-1 is not"
+			}
 			continue
 		}
 		var takers []string

@@ -75,6 +75,8 @@ func TestActionAmongFlags(t *testing.T) {
 		{[]string{"frobnicate"}, "frobnicate", `unknown command "frobnicate"`},
 		{[]string{"run", "--bogus"}, "run", "unknown flag --bogus"},
 		{[]string{"migrate", "force"}, "migrate force", "needs V"},
+		{[]string{"dlq", "list", "--reason", "-1 is not", "--stage", "write"}, "dlq list", ""},
+		{[]string{"dlq", "resolve", "--note", "--all", "--all"}, "dlq resolve", ""},
 	} {
 		p, path, err := prepare(tc.args)
 		if path != tc.path {

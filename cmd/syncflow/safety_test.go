@@ -315,3 +315,60 @@ func TestDeadLettersAtScale(t *testing.T) {
 		}
 	}
 }
+
+// prune removes a row only once its archive holds it: with an archive that
+// cannot be written, nothing is removed and prune fails.
+func TestPruneArchiveThatCannotBeWritten(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Fatal("this test writes to /dev/full, a device that is always full")
+	}
+	w := newWorld(t)
+	w.conn.Exec(w.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type, status, started_at, finished_at)
+		SELECT gen_random_uuid(), 'sites', 'realtime', 'completed', now() - interval '100 days', now() - interval '100 days' FROM generate_series(1, 10)`)
+	out, code := w.cli("prune", "--older-than", "90d", "--archive", "/dev/full")
+	if code != 1 || !strings.Contains(out, "no space left on device") || !strings.Contains(out, "the rest is still in place") {
+		t.Errorf("prune into a full archive (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.sync_batches`); got != "10" {
+		t.Errorf("%s batches left, want all 10", got)
+	}
+	if out, code := w.cli("prune", "--older-than", "90d", "--archive", filepath.Join(t.TempDir(), "no", "such", "dir.jsonl")); code != 1 || !strings.Contains(out, "nothing was removed") {
+		t.Errorf("prune into an archive that cannot be opened (%d): %s", code, out)
+	}
+}
+
+// migrate down of everything asks on a terminal, and takes only "yes"; without a
+// terminal it wants --yes.
+func TestMigrateDownAsksFirst(t *testing.T) {
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatal("this test runs syncflow on a terminal with script(1) from util-linux")
+	}
+	w := newWorld(t)
+	onTerminal := func(answer string) (string, int) {
+		cmd := exec.Command(script, "-qec", binary+" migrate down", "/dev/null")
+		cmd.Env = append(os.Environ(), w.env...)
+		cmd.Stdin = strings.NewReader(answer)
+		out, err := cmd.CombinedOutput()
+		if exit, ok := err.(*exec.ExitError); ok {
+			return string(out), exit.ExitCode()
+		}
+		return string(out), 0
+	}
+	if out, code := w.cli("migrate", "down"); code != 2 || !strings.Contains(out, "add --yes") || !strings.Contains(out, "bridge.failed_records") {
+		t.Errorf("without a terminal (%d): %s", code, out)
+	}
+	out, code := onTerminal("y\n")
+	if code != 2 || !strings.Contains(out, "Type yes to revert them:") || !strings.Contains(out, "not confirmed") {
+		t.Errorf("answered y (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bridge'`); got == "0" {
+		t.Fatal("the schema was dropped without a yes")
+	}
+	if out, code := onTerminal("yes\n"); code != 0 || !strings.Contains(out, "schema version: none") {
+		t.Errorf("answered yes (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM information_schema.tables WHERE table_schema = 'bridge'`); got != "0" {
+		t.Errorf("%s bridge tables left after yes", got)
+	}
+}
