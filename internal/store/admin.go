@@ -75,7 +75,7 @@ const reasonTemplateSQL = `regexp_replace(regexp_replace(regexp_replace(regexp_r
 	'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '?', 'g'),
 	'\m[0-9a-fA-F]{16,}\M', '?', 'g'),
 	'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?', '?', 'g'),
-	'\d+(\.\d+)?', 'N', 'g')`
+	'\m\d+(\.\d+)?\M', 'N', 'g')`
 
 // args collects the parameters of a statement built from a filter.
 type args []any
