@@ -169,6 +169,9 @@ func actionList(family []command, name string) string {
 	for _, c := range family {
 		out = append(out, strings.TrimPrefix(c.path, name+" "))
 	}
+	if len(out) == 1 {
+		return out[0]
+	}
 	return strings.Join(out[:len(out)-1], ", ") + " or " + out[len(out)-1]
 }
 

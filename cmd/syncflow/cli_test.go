@@ -65,6 +65,7 @@ func TestActionAmongFlags(t *testing.T) {
 		{[]string{"dlq", "--unresolved", "resolve"}, "dlq resolve", "--unresolved is not a flag of `syncflow dlq resolve`"},
 		{[]string{"dlq"}, "dlq", "say what to do: list, groups, show, retry, resolve or purge"},
 		{[]string{"dlq", "sideways"}, "dlq", `unknown dlq action "sideways"`},
+		{[]string{"streams"}, "streams", "say what to do: apply (see"},
 		{[]string{"dlq", "show"}, "dlq show", "needs UID"},
 		{[]string{"dlq", "show", "a", "b"}, "dlq show", `the extra argument "b"`},
 		{[]string{"dlq", "list", "items"}, "dlq list", `takes no arguments, got "items"`},
