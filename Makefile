@@ -5,8 +5,10 @@ BIN           := bin/syncflow
 ADMIN_URL     ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
 DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable
 NATS_URL      ?= nats://127.0.0.1:4222
-DB_NAME       := $(lastword $(subst /, ,$(firstword $(subst ?, ,$(DATABASE_URL)))))
 
+# The URLs reach the commands through the environment, never on a command line
+# that make echoes (or that ps shows).
+export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
@@ -14,14 +16,18 @@ export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
 all: build
 
+# The version and commit, for `syncflow version` (Go stamps them itself only where
+# it can read the repository).
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT  := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/syncflow
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/syncflow
 
 ## db: create the database (if missing) and the demo ScheduleHub target tables.
 db:
-	@psql "$(ADMIN_URL)" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$(DB_NAME)'" | grep -q 1 \
-		|| psql "$(ADMIN_URL)" -qc 'CREATE DATABASE "$(DB_NAME)"'
-	PGOPTIONS="-c client_min_messages=warning" psql "$(DATABASE_URL)" -q -v ON_ERROR_STOP=1 -f deploy/schedulehub.sql
+	$(GO) run ./deploy/demodb
 
 ## demo: a simulated ERP, a backfill, messy realtime traffic, and a check that the
 ## target matches (see deploy/demo.sh).

@@ -2,8 +2,9 @@
 # The demo: a simulated ERP, a backfill of every demo entity, a burst of messy
 # realtime traffic (children before parents, duplicates, out-of-order versions,
 # deletes, poison), and a check that ScheduleHub's tables match the simulator's
-# expected state. Uses its own database (syncflow_demo) and an embedded NATS on
-# port 14222, so it does not touch a running `make run`.
+# expected state. Uses its own database (syncflow_demo, or $DEMO_DATABASE_URL) and
+# an embedded NATS on port 14222 (or $DEMO_NATS_URL), so it does not touch a
+# running `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 echo "== a fresh database"
-psql "$ADMIN_URL" -qc 'DROP DATABASE IF EXISTS syncflow_demo WITH (FORCE)' -c 'CREATE DATABASE syncflow_demo'
-PGOPTIONS="-c client_min_messages=warning" psql "$DB_URL" -q -v ON_ERROR_STOP=1 -f deploy/schedulehub.sql
+DATABASE_URL=$DB_URL ADMIN_URL=$ADMIN_URL go run ./deploy/demodb -fresh
 
 echo "== the simulated ERP on http://$SIM_ADDR (${SIZES[*]})"
 bin/apismith-sim serve --addr "$SIM_ADDR" "${SIZES[@]}" 2>"$DIR/sim.log" &
@@ -55,6 +55,6 @@ cat "$DIR/verify.txt"
 echo
 bin/syncflow schedule list
 echo
-echo "dead letters by stage:"
-psql "$DB_URL" -Atc "SELECT stage_failed || ': ' || count(*) FROM bridge.failed_records GROUP BY stage_failed ORDER BY stage_failed"
+echo "dead letters by cause:"
+bin/syncflow dlq groups
 grep -q "matches" "$DIR/verify.txt"

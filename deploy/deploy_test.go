@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/url"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/telemetry"
@@ -54,18 +57,22 @@ var commands = []string{"run", "migrate", "streams", "mappings", "dlq", "parked"
 func TestKubernetesManifests(t *testing.T) {
 	kinds := map[string]bool{}
 	var args [][]any
-	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/configmap-catalog.yaml"} {
+	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/configmap-catalog.yaml", "k8s/configmap-sql.yaml"} {
 		for _, doc := range yamlDocs(t, f) {
 			if doc["apiVersion"] == nil || doc["kind"] == nil {
 				t.Errorf("%s: a document without apiVersion or kind", f)
 			}
 			kinds[doc["kind"].(string)] = true
 			walk(doc, func(k string, v any) {
-				if k == "args" {
-					args = append(args, v.([]any))
+				// The containers of SyncFlow's image run one of its commands.
+				if c, ok := v.(map[string]any); ok && k == "" && strings.Contains(fmt.Sprint(c["image"]), "syncflow") {
+					args = append(args, c["args"].([]any))
 				}
 			})
 		}
+	}
+	if len(args) < 4 {
+		t.Fatalf("only %d syncflow containers found", len(args))
 	}
 	for _, k := range []string{"Deployment", "Service", "Job", "CronJob", "ConfigMap"} {
 		if !kinds[k] {
@@ -124,6 +131,8 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
+// walk calls fn for every key and value, and with an empty key for every element
+// of a list.
 func walk(v any, fn func(string, any)) {
 	switch x := v.(type) {
 	case map[string]any:
@@ -133,8 +142,51 @@ func walk(v any, fn func(string, any)) {
 		}
 	case []any:
 		for _, val := range x {
+			fn("", val)
 			walk(val, fn)
 		}
+	}
+}
+
+// streams apply runs with the admin NATS credential, in the Job and in systemd,
+// and the migrate Job runs grants.sql after the migrations.
+func TestStreamsApplyUsesTheAdminCredential(t *testing.T) {
+	job := yamlDocs(t, "k8s/job-migrate.yaml")[0]
+	spec := job["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+	var order []string
+	for _, list := range []string{"initContainers", "containers"} {
+		for _, c := range spec[list].([]any) {
+			c := c.(map[string]any)
+			order = append(order, c["name"].(string))
+			if c["name"] == "streams" {
+				env := fmt.Sprint(c["env"])
+				if !strings.Contains(env, "syncflow-admin.creds") || strings.Contains(env, "/syncflow.creds") {
+					t.Errorf("the Job's streams apply does not use the admin credential: %s", env)
+				}
+			}
+		}
+	}
+	if !slices.Equal(order, []string{"migrate", "grants", "streams"}) {
+		t.Errorf("the Job runs %v, want migrate, grants, then streams", order)
+	}
+	cm := yamlDocs(t, "k8s/configmap-sql.yaml")[0]
+	grants, _ := os.ReadFile("grants.sql")
+	if got := cm["data"].(map[string]any)["grants.sql"].(string); got != string(grants) {
+		t.Errorf("k8s/configmap-sql.yaml differs from grants.sql")
+	}
+	unit, _ := os.ReadFile("systemd/syncflow.service")
+	if strings.Contains(string(unit), "streams apply") || !strings.Contains(string(unit), "Requires=syncflow-streams.service") {
+		t.Errorf("syncflow.service applies the streams itself, or does not require the unit that does:\n%s", unit)
+	}
+	streamsUnit, _ := os.ReadFile("systemd/syncflow-streams.service")
+	for _, want := range []string{"ExecStart=/usr/local/bin/syncflow streams apply", "User=syncflow-admin", "EnvironmentFile=/etc/syncflow/syncflow-admin.env"} {
+		if !strings.Contains(string(streamsUnit), want) {
+			t.Errorf("syncflow-streams.service lacks %q", want)
+		}
+	}
+	adminEnv, _ := os.ReadFile("systemd/syncflow-admin.env.example")
+	if !strings.Contains(string(adminEnv), "SYNCFLOW_NATS_CREDS=/etc/syncflow/syncflow-admin.creds") {
+		t.Errorf("syncflow-admin.env.example: %s", adminEnv)
 	}
 }
 
@@ -195,8 +247,8 @@ func TestAlertRulesAndDashboardUseMetricsThatExist(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowLagRising", "SyncFlowOrphansAging", "SyncFlowBackfillBehindSchedule",
-		"SyncFlowRowversionInversions", "SyncFlowBatchHeld"} {
+	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowDeadLettersOutsideCatalog", "SyncFlowLagRising", "SyncFlowOrphansAging",
+		"SyncFlowBackfillBehindSchedule", "SyncFlowRowversionInversions", "SyncFlowBatchHeld"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}
@@ -227,8 +279,9 @@ func TestAlertRulesAndDashboardUseMetricsThatExist(t *testing.T) {
 	}
 }
 
-// The roles SQL works: bridge_owner migrates, bridge_user runs the pipeline, and
-// bridge_user can do nothing else.
+// The roles SQL works: bridge_owner migrates and grants, bridge_user applies
+// batches and can do nothing else, bridge_operator also runs the operators'
+// commands; of ScheduleHub's tables only the catalog's are reachable.
 func TestRoles(t *testing.T) {
 	ctx := context.Background()
 	db, drop, err := testenv.NewDatabase(ctx, "roles")
@@ -243,8 +296,9 @@ func TestRoles(t *testing.T) {
 		admin.Close(ctx)
 		drop()
 		if c, err := pgx.Connect(ctx, testenv.AdminURL()); err == nil {
-			_, _ = c.Exec(ctx, `DROP ROLE IF EXISTS bridge_user`)
-			_, _ = c.Exec(ctx, `DROP ROLE IF EXISTS bridge_owner`)
+			for _, r := range []string{"bridge_operator", "bridge_user", "bridge_owner"} {
+				_, _ = c.Exec(ctx, `DROP ROLE IF EXISTS `+r)
+			}
 			c.Close(ctx)
 		}
 	})
@@ -252,7 +306,12 @@ func TestRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, sql := range []string{deploy.ScheduleHubSQL, string(roles), string(roles)} { // twice: idempotent
+	grants, err := os.ReadFile("grants.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A ScheduleHub table that is not the catalog's: SyncFlow must not reach it.
+	for _, sql := range []string{deploy.ScheduleHubSQL, `CREATE TABLE schedulehub.planner_notes (id int, note text)`, string(roles), string(roles)} { // twice: idempotent
 		if _, err := admin.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
@@ -273,54 +332,161 @@ func TestRoles(t *testing.T) {
 		t.Fatalf("bridge_owner cannot migrate: %v", err)
 	}
 	m.Close()
-
-	// bridge_user does its job.
-	st, err := store.Open(ctx, store.Config{URL: as("bridge_user")})
+	owner, err := pgx.Connect(ctx, as("bridge_owner"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	if v, _, err := st.SchemaVersion(ctx); err != nil || v == 0 {
-		t.Fatalf("bridge_user cannot read the schema version: %d %v", v, err)
+	defer owner.Close(ctx)
+	for range 2 { // idempotent
+		if _, err := owner.Exec(ctx, string(grants)); err != nil {
+			t.Fatalf("bridge_owner cannot run grants.sql: %v", err)
+		}
 	}
+
+	// bridge_user does its job.
 	cat, _ := testenv.Shipped(t)
-	if err := st.PrepareTargets(ctx, cat); err != nil {
-		t.Fatal(err)
+	open := func(role string) *store.Store {
+		st, err := store.Open(ctx, store.Config{URL: as(role)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		if v, _, err := st.SchemaVersion(ctx); err != nil || v == 0 {
+			t.Fatalf("%s cannot read the schema version: %d %v", role, v, err)
+		}
+		if err := st.PrepareTargets(ctx, cat); err != nil {
+			t.Fatal(err)
+		}
+		return st
 	}
-	e, _ := cat.Entity("sites")
-	ds := []pipeline.Delivery{{Subject: "apismith.cdc.sites", Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: 1,
-		Data: []byte(`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1"}}`)}}
-	res, err := st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: cat, BatchUID: testUID(), NewBatch: true, SyncType: "realtime",
-		Replica: "roles", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: cat}.Prepare(ds)})
-	if err != nil || res.Counts.Inserted != 1 {
-		t.Fatalf("bridge_user cannot apply a batch: %+v %v", res.Counts, err)
+	st := open("bridge_user")
+	apply := func(st *store.Store, entity, body string) store.Result {
+		t.Helper()
+		e, _ := cat.Entity(entity)
+		ds := []pipeline.Delivery{{Subject: "apismith.cdc." + entity, Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: 1, Data: []byte(body)}}
+		res, err := st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: cat, BatchUID: testUID(), NewBatch: true, SyncType: "realtime",
+			Replica: "roles", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: cat}.Prepare(ds)})
+		if err != nil {
+			t.Fatalf("cannot apply a batch: %+v %v", res.Counts, err)
+		}
+		return res
+	}
+	if res := apply(st, "sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1"}}`); res.Counts.Inserted != 1 {
+		t.Fatalf("bridge_user: %+v", res.Counts)
+	}
+	// A child parks, a broken event is dead-lettered, a sweep re-checks.
+	apply(st, "work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
+	apply(st, "sites", `not json`)
+	if _, err := st.SweepParked(ctx, cat, nil, "roles", store.ParkedSelection{All: true}); err != nil {
+		t.Fatalf("bridge_user cannot sweep: %v", err)
 	}
 	if err := st.FlushCheckpoints(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := st.LoadMappings(ctx); err != nil {
+		t.Fatalf("bridge_user cannot read the mapping rules: %v", err)
+	}
+	if err := st.CheckRules(ctx, cat, nil); err != nil {
+		t.Fatal(err)
+	}
 
-	// And nothing more.
+	denied := func(who string, err error, what string) {
+		t.Helper()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Errorf("%s: %s: %v, want permission denied (42501)", who, what, err)
+		}
+	}
+	// And nothing more: not the operators' work, not DDL, not other tables.
+	denied("bridge_user", st.WriteMappings(ctx, []mapping.Rule{{Entity: "sites", SourceField: "X", TargetField: "description"}}, false), "writing a mapping rule")
+	_, err = st.PurgeDeadLetters(ctx, store.DeadLetterFilter{})
+	denied("bridge_user", err, "purging dead letters")
+	_, err = st.Prune(ctx, time.Now().Add(time.Hour), false, nil)
+	denied("bridge_user", err, "pruning")
+	denied("bridge_user", st.SetSchedule(ctx, "items", store.ScheduleSettings{}), "creating a schedule")
 	user, err := pgx.Connect(ctx, as("bridge_user"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer user.Close(ctx)
-	for _, sql := range []string{
+	forbidden := []string{
 		`INSERT INTO public.outsider VALUES (1)`,
+		`SELECT * FROM schedulehub.planner_notes`,
+		`INSERT INTO schedulehub.planner_notes VALUES (1, 'x')`,
 		`CREATE TABLE public.mine (id int)`,
 		`CREATE TABLE bridge.mine (id int)`,
 		`DROP TABLE bridge.sync_batches`,
 		`ALTER TABLE schedulehub.sites ADD COLUMN x int`,
 		`TRUNCATE bridge.synced_records`,
+		`DELETE FROM bridge.synced_records`,
+		`DELETE FROM bridge.failed_records`,
+		`DELETE FROM bridge.sync_batches`,
+		`UPDATE bridge.field_mappings SET transformation = 'trim'`,
 		`CREATE SCHEMA other`,
-	} {
+	}
+	for _, sql := range forbidden {
 		_, err := user.Exec(ctx, sql)
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
-			t.Errorf("bridge_user: %s: %v, want permission denied (42501)", sql, err)
-		}
+		denied("bridge_user", err, sql)
 	}
 	if got := testenv.Rows(t, user, `SELECT contract FROM schedulehub.sites`); !strings.Contains(got, "S1") {
 		t.Errorf("target: %s", got)
+	}
+
+	// bridge_operator runs the operators' commands.
+	op := open("bridge_operator")
+	if err := op.WriteMappings(ctx, []mapping.Rule{{Entity: "sites", SourceField: "DESCRIPTION", TargetField: "description", Transformation: "trim"}}, true); err != nil {
+		t.Errorf("bridge_operator cannot import mapping rules: %v", err)
+	}
+	if err := op.SetSchedule(ctx, "items", store.ScheduleSettings{}); err != nil {
+		t.Errorf("bridge_operator cannot set a schedule: %v", err)
+	}
+	if _, err := op.RetryDeadLetters(ctx, cat, nil, "cli", store.DeadLetterSelection{Stage: "decode"}); err != nil {
+		t.Errorf("bridge_operator cannot retry dead letters: %v", err)
+	}
+	if _, err := op.ResolveDeadLetters(ctx, store.DeadLetterFilter{}, "roles test"); err != nil {
+		t.Errorf("bridge_operator cannot resolve dead letters: %v", err)
+	}
+	if n, err := op.PurgeDeadLetters(ctx, store.DeadLetterFilter{}); err != nil || n == 0 {
+		t.Errorf("bridge_operator cannot purge dead letters: %d %v", n, err)
+	}
+	if _, err := op.SweepParked(ctx, cat, nil, "cli", store.ParkedSelection{All: true, Expire: true}); err != nil {
+		t.Errorf("bridge_operator cannot expire parked children: %v", err)
+	}
+	if _, err := op.Prune(ctx, time.Now().Add(time.Hour), false, nil); err != nil {
+		t.Errorf("bridge_operator cannot prune: %v", err)
+	}
+	operator, err := pgx.Connect(ctx, as("bridge_operator"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer operator.Close(ctx)
+	for _, sql := range []string{`SELECT * FROM schedulehub.planner_notes`, `CREATE TABLE bridge.mine (id int)`, `TRUNCATE bridge.synced_records`, `DELETE FROM bridge.synced_records`} {
+		_, err := operator.Exec(ctx, sql)
+		denied("bridge_operator", err, sql)
+	}
+}
+
+// roles.sql grants exactly the shipped catalog's target tables.
+func TestRolesGrantTheCatalogTargetsOnly(t *testing.T) {
+	roles, err := os.ReadFile("roles.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var granted []string
+	for _, stmt := range regexp.MustCompile(`(?s)GRANT [A-Z, ]+ ON\s+([^;]*?)\s+TO bridge_user;`).FindAllStringSubmatch(string(roles), -1) {
+		granted = append(granted, regexp.MustCompile(`schedulehub\.\w+`).FindAllString(stmt[1], -1)...)
+	}
+	cat, _ := testenv.Shipped(t)
+	var targets []string
+	for _, e := range cat.Entities() {
+		targets = append(targets, e.Target.QualifiedName())
+	}
+	slices.Sort(granted)
+	slices.Sort(targets)
+	if !slices.Equal(granted, targets) {
+		t.Errorf("roles.sql grants %v, the catalog's targets are %v", granted, targets)
+	}
+	if strings.Contains(string(roles), "ALL TABLES IN SCHEMA schedulehub") {
+		t.Error("roles.sql grants every table of the schedulehub schema")
 	}
 }

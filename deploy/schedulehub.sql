@@ -55,3 +55,24 @@ CREATE TABLE IF NOT EXISTS schedulehub.work_order_operations (
     synced_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (order_no, operation_no)
 );
+
+-- synced_at says when SyncFlow last wrote the row: on every insert (the default)
+-- and every update (this trigger), so an upsert that changes a row moves it too.
+CREATE OR REPLACE FUNCTION schedulehub.touch_synced_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.synced_at := now();
+    RETURN NEW;
+END
+$$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['sites', 'work_centers', 'items', 'work_orders', 'work_order_operations'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS touch_synced_at ON schedulehub.%I', t);
+        EXECUTE format('CREATE TRIGGER touch_synced_at BEFORE UPDATE ON schedulehub.%I FOR EACH ROW EXECUTE FUNCTION schedulehub.touch_synced_at()', t);
+    END LOOP;
+END
+$$;

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,7 +17,11 @@ import (
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
-func backfillCmd(ctx context.Context, args []string) error {
+func backfillCommand() command {
+	return command{path: "backfill", summary: "publish the due nightly backfills from APISmith (--once for cron)", setup: setupBackfill}
+}
+
+func setupBackfill(f *flags) runFunc {
 	var (
 		c        common
 		n        natsFlags
@@ -30,8 +33,6 @@ func backfillCmd(ctx context.Context, args []string) error {
 		interval time.Duration
 		inFlight int
 	)
-	host, _ := os.Hostname()
-	f := newFlags("backfill", "backfill [--once] [--entity E]")
 	c.register(f)
 	n.register(f)
 	defs.register(f)
@@ -41,15 +42,15 @@ func backfillCmd(ctx context.Context, args []string) error {
 	f.duration(&src.RetryFor, "apismith-retry-for", 2*time.Minute, "retry a failing APISmith request (5xx, network, malformed page) this long")
 	f.BoolVar(&once, "once", false, "run the due schedules once and exit (for cron); otherwise loop")
 	f.StringVar(&entity, "entity", "", "only this entity's schedule")
-	f.string(&replica, "replica", host, "name of this process in sync_batches")
+	f.string(&replica, "replica", defaultReplica(), "name of this process in sync_batches (default: the host name)")
 	f.duration(&interval, "interval", time.Minute, "loop: how often to look for due schedules")
 	f.int(&inFlight, "publish-in-flight", 2000, "most messages published and not yet acknowledged")
-	if err := f.parse(args); err != nil {
-		return err
+	return func(ctx context.Context, _ []string) error {
+		return runBackfill(ctx, c, n, defs, &src, once, entity, replica, interval, inFlight)
 	}
-	if f.NArg() > 0 {
-		return fmt.Errorf("%w: backfill takes no arguments (did you mean --entity %s?)", errUsage, f.Arg(0))
-	}
+}
+
+func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, src *backfill.HTTPSource, once bool, entity, replica string, interval time.Duration, inFlight int) error {
 	log, err := c.logger(os.Stderr)
 	if err != nil {
 		return err
@@ -57,6 +58,11 @@ func backfillCmd(ctx context.Context, args []string) error {
 	cat, err := defs.catalog()
 	if err != nil {
 		return err
+	}
+	if entity != "" {
+		if err := knownEntity(cat, entity); err != nil {
+			return err
+		}
 	}
 	st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 4})
 	if err != nil {
@@ -76,13 +82,28 @@ func backfillCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	runner := &backfill.Runner{Store: st, Source: &src, Publisher: &stream.Publisher{JS: js}, Catalog: cat, Replica: replica, Logger: log}
+	// While the source is down, say what is being waited for and when it is
+	// tried next; a cron run would otherwise sit silent for minutes.
+	src.OnRetry = func(r backfill.Retry) {
+		log.Warn("APISmith is not answering; trying again", "url", r.URL, "err", r.Err,
+			"retry_in", time.Until(r.Next).Round(100*time.Millisecond), "give_up_at", r.GiveUp.UTC().Format(time.RFC3339))
+		if once {
+			fmt.Fprintf(os.Stderr, "waiting for APISmith at %s (%v): trying again at %s, giving up at %s (--apismith-retry-for)\n",
+				r.URL, r.Err, r.Next.UTC().Format("15:04:05Z"), r.GiveUp.UTC().Format("15:04:05Z"))
+		}
+	}
+	runner := &backfill.Runner{Store: st, Source: src, Publisher: &stream.Publisher{JS: js}, Catalog: cat, Replica: replica, Logger: log}
 	for {
 		results, err := runner.RunDue(ctx, entity)
 		for _, r := range results {
+			// The next run as the schedule records it, which `schedule list`
+			// shows too (a failed run is due again later, whatever it returned).
 			next := "-"
-			if r.NextRun != nil {
-				next = r.NextRun.UTC().Format(time.RFC3339)
+			sc, serr := st.Schedule(context.WithoutCancel(ctx), r.Entity)
+			if serr == nil {
+				next = nextRun(sc.NextRun)
+			} else if r.NextRun != nil {
+				next = nextRun(r.NextRun)
 			}
 			switch {
 			case r.Skipped != "":
@@ -91,7 +112,11 @@ func backfillCmd(ctx context.Context, args []string) error {
 				log.Info("backfill run", "entity", r.Entity, "published", r.Published, "completed", r.Completed, "next_run_at", next)
 			}
 			if once {
-				fmt.Printf("%s: published %d rows, completed %v, next run %s\n", r.Entity, r.Published, r.Completed, next)
+				state := fmt.Sprintf("completed %v", r.Completed)
+				if serr == nil && sc.LastError != nil {
+					state = "failed: " + clip(*sc.LastError, 200)
+				}
+				fmt.Printf("%s: published %d rows, %s, next run %s\n", r.Entity, r.Published, state, next)
 			}
 		}
 		if once {
@@ -111,56 +136,85 @@ func backfillCmd(ctx context.Context, args []string) error {
 	}
 }
 
-func scheduleCmd(ctx context.Context, args []string) error {
+func scheduleCommands() []command {
+	withEntity := func(path, summary string, do func(ctx context.Context, st *store.Store, entity string, dryRun bool) error, dry bool) command {
+		return command{path: path, args: "ENTITY", minArgs: 1, maxArgs: 1, summary: summary, setup: func(f *flags) runFunc {
+			var (
+				c      common
+				defs   definitions
+				dryRun bool
+			)
+			c.register(f)
+			defs.register(f)
+			if dry {
+				f.BoolVar(&dryRun, "dry-run", false, "say what would be reset; change nothing")
+			}
+			return func(ctx context.Context, args []string) error {
+				st, cat, err := openStore(ctx, c, defs)
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				if err := knownEntity(cat, args[0]); err != nil {
+					return err
+				}
+				err = do(ctx, st, args[0], dryRun)
+				if errors.Is(err, store.ErrNotFound) {
+					return fmt.Errorf("%w: %s has no schedule: create it with `syncflow schedule set %s`", errNotFound, args[0], args[0])
+				}
+				return err
+			}
+		}}
+	}
+	enable := func(on bool) func(ctx context.Context, st *store.Store, entity string, _ bool) error {
+		return func(ctx context.Context, st *store.Store, entity string, _ bool) error {
+			if err := st.EnableSchedule(ctx, entity, on); err != nil {
+				return err
+			}
+			fmt.Printf("%s: %s\n", entity, map[bool]string{true: "enabled", false: "disabled"}[on])
+			return nil
+		}
+	}
+	return []command{
+		{path: "schedule list", summary: "every schedule: window, progress, rows per night, next run, last error", setup: setupScheduleList},
+		{path: "schedule set", args: "ENTITY", minArgs: 1, maxArgs: 1, summary: "create or change an entity's schedule (a new one starts disabled)", setup: setupScheduleSet},
+		withEntity("schedule enable", "let the backfill run the entity's schedule", enable(true), false),
+		withEntity("schedule disable", "stop the backfill from running the entity's schedule", enable(false), false),
+		withEntity("schedule reset", "start the cycle again from the first row at the next run", func(ctx context.Context, st *store.Store, entity string, dryRun bool) error {
+			sc, err := st.Schedule(ctx, entity)
+			if err != nil {
+				return err
+			}
+			progress := fmt.Sprint(sc.Offset)
+			if sc.TotalRows != nil {
+				progress = fmt.Sprintf("%d of %d", sc.Offset, *sc.TotalRows)
+			}
+			if dryRun {
+				fmt.Printf("would reset %s: its progress (%s rows) is forgotten and the next run counts the rows and starts again from the first\n(dry run: nothing was changed)\n", entity, progress)
+				return nil
+			}
+			if err := st.ResetSchedule(ctx, entity); err != nil {
+				return err
+			}
+			fmt.Printf("%s: reset (it was at %s rows); the next run starts a new cycle from the first row\n", entity, progress)
+			return nil
+		}, true),
+	}
+}
+
+func setupScheduleList(f *flags) runFunc {
 	var (
-		c                  common
-		defs               definitions
-		window, tz         string
-		days, pageSize     int
-		continuous, asJSON bool
+		c      common
+		asJSON bool
 	)
-	f := newFlags("schedule", "schedule [flags] list | set ENTITY [--window 19:00-07:00] [--tz Europe/Stockholm] [--days 7] | enable ENTITY | disable ENTITY | reset ENTITY")
 	c.register(f)
-	defs.register(f)
-	f.StringVar(&window, "window", "", "set: the nightly window START-END in the time zone, e.g. 19:00-07:00")
-	f.StringVar(&tz, "tz", "", "set: the window's IANA time zone, e.g. Europe/Stockholm")
-	f.IntVar(&days, "days", 0, "set: nights to spread one full load over")
-	f.IntVar(&pageSize, "page-size", 0, "set: rows per page read from APISmith")
-	f.BoolVar(&continuous, "continuous", false, "set: start a new cycle after a complete one")
-	f.BoolVar(&asJSON, "json", false, "list: JSON for scripts")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if f.NArg() == 0 {
-		return fmt.Errorf("%w: say what to do: list, set, enable, disable or reset (see --help)", errUsage)
-	}
-	action := f.Arg(0)
-	if action != "list" && f.NArg() != 2 {
-		return fmt.Errorf("%w: %s takes one entity name", errUsage, action)
-	}
-	entity := f.Arg(1)
-	if action != "list" {
-		cat, err := defs.catalog()
+	f.BoolVar(&asJSON, "json", false, "JSON for scripts")
+	return func(ctx context.Context, _ []string) error {
+		st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 2})
 		if err != nil {
 			return err
 		}
-		if _, ok := cat.Entity(entity); !ok {
-			return fmt.Errorf("%w: entity %q is not in the catalog", errNotFound, entity)
-		}
-	}
-	st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 2})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	notFound := func(err error) error {
-		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("%w: %s has no schedule: create it with `syncflow schedule set %s`", errNotFound, entity, entity)
-		}
-		return err
-	}
-	switch action {
-	case "list":
+		defer st.Close()
 		list, err := st.Schedules(ctx)
 		if err != nil {
 			return err
@@ -181,23 +235,47 @@ func scheduleCmd(ctx context.Context, args []string) error {
 			if s.Completed != nil && s.TotalRows != nil {
 				progress += " (complete)"
 			}
-			perNight, next, lastErr := "-", "-", "-"
+			perNight, lastErr := "-", "-"
 			if s.RowsPerDay != nil {
 				perNight = fmt.Sprint(*s.RowsPerDay)
 			}
-			if s.NextRun != nil {
-				next = s.NextRun.UTC().Format("2006-01-02 15:04Z")
-			}
 			if s.LastError != nil {
-				lastErr = *s.LastError
+				lastErr = clip(*s.LastError, 60)
 			}
-			fmt.Fprintf(tw, "%s\t%v\t%s-%s %s\t%d\t%s\t%s\t%s\t%s\n", s.Entity, s.Enabled, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, progress, perNight, next, lastErr)
+			fmt.Fprintf(tw, "%s\t%v\t%s-%s %s\t%d\t%s\t%s\t%s\t%s\n", s.Entity, s.Enabled, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, progress, perNight, nextRun(s.NextRun), lastErr)
 		}
 		if len(list) == 0 {
 			fmt.Fprintln(tw, "(no schedules: create one with `syncflow schedule set ENTITY --window 19:00-07:00 --tz UTC --days 7`)")
 		}
 		return tw.Flush()
-	case "set":
+	}
+}
+
+// nextRun is how schedule list and backfill print a schedule's next run.
+func nextRun(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+func setupScheduleSet(f *flags) runFunc {
+	var (
+		c              common
+		defs           definitions
+		window, tz     string
+		days, pageSize int
+		continuous     bool
+	)
+	c.register(f)
+	defs.register(f)
+	f.StringVar(&window, "window", "", "the nightly window START-END in the time zone, e.g. 19:00-07:00")
+	f.StringVar(&tz, "tz", "", "the window's IANA time zone, e.g. Europe/Stockholm")
+	f.IntVar(&days, "days", 0, "nights to spread one full load over")
+	f.IntVar(&pageSize, "page-size", 0, "rows per page read from APISmith (1 to 10000)")
+	f.BoolVar(&continuous, "continuous", false, "start a new cycle after a complete one")
+	return func(ctx context.Context, args []string) error {
+		entity := args[0]
 		var set store.ScheduleSettings
 		if window != "" {
 			start, end, err := backfill.ParseWindow(window)
@@ -230,6 +308,14 @@ func scheduleCmd(ctx context.Context, args []string) error {
 				set.Continuous = &continuous
 			}
 		})
+		st, cat, err := openStore(ctx, c, defs)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		if err := knownEntity(cat, entity); err != nil {
+			return err
+		}
 		if err := st.SetSchedule(ctx, entity, set); err != nil {
 			return err
 		}
@@ -243,18 +329,5 @@ func scheduleCmd(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("%s: window %s-%s %s, %d days, %s\n", entity, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, state)
 		return nil
-	case "enable", "disable":
-		if err := notFound(st.EnableSchedule(ctx, entity, action == "enable")); err != nil {
-			return err
-		}
-		fmt.Printf("%s: %sd\n", entity, action)
-		return nil
-	case "reset":
-		if err := notFound(st.ResetSchedule(ctx, entity)); err != nil {
-			return err
-		}
-		fmt.Printf("%s: the next run starts a new cycle from the first row\n", entity)
-		return nil
 	}
-	return fmt.Errorf("%w: unknown schedule action %q: use list, set, enable, disable or reset", errUsage, strings.TrimSpace(action))
 }

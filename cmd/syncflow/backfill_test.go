@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +94,31 @@ func TestBackfillKilledMidRunResumes(t *testing.T) {
 	eventually(t, w.conn, `SELECT count(*) FROM bridge.synced_records WHERE entity_name = 'items' AND source_stream = 'backfill'`, fmt.Sprint(items), logs)
 	if got := w.query(`SELECT current_offset, completed_at IS NOT NULL FROM bridge.background_sync_schedule`); got != fmt.Sprintf("%d|true", items) {
 		t.Errorf("schedule: %s (killed at offset %s)", got, offset)
+	}
+}
+
+// While APISmith is down, `backfill --once` says what it waits for and when it
+// tries again; the next run it prints is the one `schedule list` shows.
+func TestBackfillOnceWhileTheSourceIsDown(t *testing.T) {
+	w := newWorld(t, "SYNCFLOW_APISMITH_URL=http://127.0.0.1:1")
+	now := time.Now().UTC()
+	window := now.Add(-time.Hour).Format("15:04") + "-" + now.Add(2*time.Hour).Format("15:04")
+	w.cli("schedule", "set", "items", "--window", window, "--tz", "UTC", "--days", "1")
+	w.cli("schedule", "enable", "items")
+	out, code := w.cli("backfill", "--once", "--apismith-retry-for", "2s", "--log-format", "json")
+	if code != 1 || !strings.Contains(out, "waiting for APISmith at http://127.0.0.1:1/api/v1/entities/items/count") ||
+		!strings.Contains(out, "connection refused): trying again at ") || !strings.Contains(out, "giving up at ") {
+		t.Fatalf("backfill --once with the source down (%d):\n%s", code, out)
+	}
+	if !regexp.MustCompile(`"retry_in":"[0-9.]+m?s"`).MatchString(out) {
+		t.Errorf("the log does not say when, in a duration people read:\n%s", out)
+	}
+	m := regexp.MustCompile(`items: published 0 rows, failed: .*, next run (\S+ \S+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no next run:\n%s", out)
+	}
+	list, _ := w.cli("schedule", "list")
+	if !strings.Contains(list, m[1]) {
+		t.Errorf("backfill said the next run is %s; schedule list says:\n%s", m[1], list)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
 	"github.com/syncflow/syncflow/streams"
@@ -45,12 +46,24 @@ func (f *flags) Arg(i int) string {
 	return ""
 }
 
-func newFlags(name, usageLine string) *flags {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+func newFlags(c command) *flags {
+	fs := flag.NewFlagSet(c.path, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // prepare reports errors; help goes to stdout
 	f := &flags{FlagSet: fs, env: map[string]string{}}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: syncflow %s\n\nFlags:\n", usageLine)
-		fs.PrintDefaults()
+		synopsis := c.path
+		if c.args != "" {
+			synopsis += " " + c.args
+		}
+		fmt.Fprintf(os.Stdout, "Usage: syncflow %s [flags]\n\n%s\n", synopsis, c.summary)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprint(os.Stdout, "\nFlags:\n")
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			fs.SetOutput(io.Discard)
+		}
 	}
 	return f
 }
@@ -79,8 +92,29 @@ func (f *flags) bool(p *bool, name string, def bool, usage string) {
 	f.BoolVar(p, name, def, usage+" ($"+envName(name)+")")
 }
 
+// secretFlags are the flags whose values hold secrets, or URLs that may.
+var secretFlags = map[string]func(string){
+	"database-url":   redact.AddURL,
+	"nats-url":       redact.AddURL,
+	"apismith-url":   redact.AddURL,
+	"nats-password":  func(s string) { redact.Add(s) },
+	"nats-token":     func(s string) { redact.Add(s) },
+	"apismith-token": func(s string) { redact.Add(s) },
+}
+
+// registerSecrets tells package redact the secrets this command was given, so
+// that no output, log line or error shows them.
+func (f *flags) registerSecrets() {
+	f.VisitAll(func(fl *flag.Flag) {
+		if add, ok := secretFlags[fl.Name]; ok {
+			add(fl.Value.String())
+		}
+	})
+}
+
 // parse applies environment variables first, so that flags on the command line win.
 func (f *flags) parse(args []string) error {
+	defer f.registerSecrets() // also when parsing fails: the error is printed
 	var errs []error
 	f.VisitAll(func(fl *flag.Flag) {
 		if v, ok := os.LookupEnv(f.env[fl.Name]); ok && f.env[fl.Name] != "" {
@@ -96,7 +130,8 @@ func (f *flags) parse(args []string) error {
 	for {
 		if err := f.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				os.Exit(0)
+				f.Usage()
+				return errHelp
 			}
 			return fmt.Errorf("%w: %v (see --help)", errUsage, err)
 		}
@@ -113,21 +148,30 @@ func (f *flags) parse(args []string) error {
 	}
 }
 
-// common holds the settings shared by the commands.
+// logging holds the log settings.
+type logging struct {
+	logFormat string
+	logLevel  string
+}
+
+func (l *logging) register(f *flags) {
+	f.string(&l.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text or json")
+	f.string(&l.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// common holds the settings of the commands that use the database.
 type common struct {
 	databaseURL string
-	logFormat   string
-	logLevel    string
+	logging
 }
 
 func (c *common) register(f *flags) {
 	f.string(&c.databaseURL, "database-url", defaultDatabaseURL, "PostgreSQL URL")
-	f.string(&c.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text or json")
-	f.string(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	c.logging.register(f)
 }
 
-func (c *common) logger(w io.Writer) (*slog.Logger, error) {
-	log, _, err := telemetry.NewLogger(w, c.logFormat, c.logLevel)
+func (l *logging) logger(w io.Writer) (*slog.Logger, error) {
+	log, _, err := telemetry.NewLogger(w, l.logFormat, l.logLevel)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -177,7 +178,7 @@ func TestOrphan(t *testing.T) {
 	}
 	uid := w.query(`SELECT uid::text FROM bridge.failed_records`)
 	out, code := w.cli("dlq", "show", uid)
-	if code != 0 || !strings.Contains(out, "stage    orphan") || !strings.Contains(out, `"ORDER_NO":"WO-ORPHAN"`) {
+	if code != 0 || !regexp.MustCompile(`(?m)^stage +orphan$`).MatchString(out) || !strings.Contains(out, `"ORDER_NO":"WO-ORPHAN"`) {
 		t.Errorf("dlq show (%d):\n%s", code, out)
 	}
 	out, code = w.cli("dlq", "resolve", uid, "--note", "order cancelled in the ERP")
@@ -519,10 +520,10 @@ func TestMigrateAndPruneCommands(t *testing.T) {
 		{[]string{"migrate", "version"}, "schema version: none"},
 		{[]string{"migrate", "up"}, "schema version: 2"},
 		{[]string{"migrate", "up"}, "schema version: 2"},
-		{[]string{"migrate", "down", "1"}, "schema version: 1"},
+		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 1"},
 		{[]string{"migrate", "force", "1"}, "schema version: 1"},
 		{[]string{"migrate", "up"}, "schema version: 2"},
-		{[]string{"migrate", "down"}, "schema version: none"},
+		{[]string{"migrate", "down", "--yes"}, "schema version: none"},
 		{[]string{"migrate", "up"}, "schema version: 2"},
 	}
 	for _, s := range steps {

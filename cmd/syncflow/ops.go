@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,12 +13,10 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/store"
 )
-
-// errNotFound marks a UID or name that matches nothing: exit code 3.
-var errNotFound = errors.New("not found")
 
 // workbench is what the commands that re-run records through the pipeline need:
 // the store, the catalog, the target tables checked, and the current mapping rules.
@@ -55,10 +53,37 @@ func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench,
 	if err != nil {
 		return fail(fmt.Errorf("bridge.field_mappings holds invalid rules, fix them first: %w", err))
 	}
+	if err := st.CheckRules(ctx, cat, rs); err != nil {
+		return fail(fmt.Errorf("bridge.field_mappings does not fit the target tables, fix them first (syncflow mappings export, edit, import):\n%w", err))
+	}
 	return &workbench{st: st, cat: cat, rules: rules}, nil
 }
 
 func (w *workbench) Close() { w.st.Close() }
+
+// knownEntity refuses a name that is not a catalog entity: exit code 3.
+func knownEntity(cat *catalog.Catalog, name string) error {
+	if _, ok := cat.Entity(name); !ok {
+		return fmt.Errorf("%w: entity %q is not in the catalog (its entities: %s)", errNotFound, name, strings.Join(cat.Names(), ", "))
+	}
+	return nil
+}
+
+// stages are the stages a dead letter can have failed at.
+var stages = []pipeline.Stage{pipeline.StageDecode, pipeline.StageNormalization, pipeline.StageMapping, pipeline.StageParent,
+	pipeline.StageOrphan, pipeline.StageWrite, pipeline.StageMaxDeliver}
+
+// knownStage refuses a name that is not a stage: exit code 3.
+func knownStage(name string) error {
+	if !slices.Contains(stages, pipeline.Stage(name)) {
+		names := make([]string, len(stages))
+		for i, s := range stages {
+			names[i] = string(s)
+		}
+		return fmt.Errorf("%w: %q is not a stage (the stages: %s)", errNotFound, name, strings.Join(names, ", "))
+	}
+	return nil
+}
 
 // parseUIDs parses UID arguments; a malformed one is a usage error.
 func parseUIDs(args []string) ([]uuid.UUID, error) {

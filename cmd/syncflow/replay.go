@@ -16,7 +16,11 @@ import (
 	"github.com/syncflow/syncflow/streams"
 )
 
-func replayCmd(ctx context.Context, args []string) error {
+func replayCommand() command {
+	return command{path: "replay", summary: "re-deliver a time or sequence range of an entity through the pipeline", setup: setupReplay}
+}
+
+func setupReplay(f *flags) runFunc {
 	var (
 		c             common
 		n             natsFlags
@@ -26,8 +30,8 @@ func replayCmd(ctx context.Context, args []string) error {
 		fromSeq       uint64
 		toSeq         uint64
 		batch         int
+		dryRun        bool
 	)
-	f := newFlags("replay", "replay --entity E (--since TIME | --from-seq N) [--to-seq M] [--stream realtime|backfill]")
 	c.register(f)
 	n.register(f)
 	defs.register(f)
@@ -37,8 +41,18 @@ func replayCmd(ctx context.Context, args []string) error {
 	f.Uint64Var(&toSeq, "to-seq", 0, "stop after this stream sequence (default: the end of the stream)")
 	f.StringVar(&which, "stream", "realtime", "realtime (APISMITH_CDC) or backfill (APISMITH_BACKFILL)")
 	f.IntVar(&batch, "batch-size", 500, "messages written per transaction")
-	if err := f.parse(args); err != nil {
-		return err
+	f.BoolVar(&dryRun, "dry-run", false, "count the messages in the range; apply nothing")
+	return func(ctx context.Context, _ []string) error {
+		return replay(ctx, c, n, defs, entity, since, which, fromSeq, toSeq, batch, dryRun)
+	}
+}
+
+func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity, since, which string, fromSeq, toSeq uint64, batch int, dryRun bool) error {
+	if batch < 1 || batch > 10000 {
+		return fmt.Errorf("%w: --batch-size is 1 to 10000", errUsage)
+	}
+	if toSeq > 0 && toSeq < fromSeq {
+		return fmt.Errorf("%w: --to-seq %d is before --from-seq %d", errUsage, toSeq, fromSeq)
 	}
 	if entity == "" || (since == "") == (fromSeq == 0) {
 		return fmt.Errorf("%w: say --entity E and one of --since TIME or --from-seq N", errUsage)
@@ -95,6 +109,22 @@ func replayCmd(ctx context.Context, args []string) error {
 		defer cancel()
 		_ = js.DeleteConsumer(dctx, streamName, name)
 	}()
+	if dryRun {
+		count, err := replayCount(ctx, js, streamName, name, cfg, toSeq)
+		if err != nil {
+			return err
+		}
+		from := "stored since " + start.UTC().Format(time.RFC3339)
+		if fromSeq > 0 {
+			from = fmt.Sprintf("from sequence %d", fromSeq)
+		}
+		if toSeq > 0 {
+			from += fmt.Sprintf(" to sequence %d", toSeq)
+		}
+		fmt.Printf("would replay %d %s events from %s (%s): each is applied again only where its mapped row differs from the target's\n(dry run: nothing was changed)\n",
+			count, entity, streamName, from)
+		return nil
+	}
 	fetcher, err := stream.NewFetcher(ctx, js, streamName, name, source)
 	if err != nil {
 		return err
@@ -149,4 +179,41 @@ func replayCmd(ctx context.Context, args []string) error {
 	fmt.Printf("replayed %d %s events from %s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
 		total.Fetched, entity, streamName, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
 	return ctx.Err()
+}
+
+// replayCount counts the messages a replay consumer would deliver, up to toSeq:
+// its pending count, less that of a consumer starting after toSeq.
+func replayCount(ctx context.Context, js jetstream.JetStream, streamName, name string, cfg jetstream.ConsumerConfig, toSeq uint64) (uint64, error) {
+	cons, err := js.Consumer(ctx, streamName, name)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	count := info.NumPending
+	if toSeq == 0 {
+		return count, nil
+	}
+	after := cfg
+	after.Name = name + "_end"
+	after.DeliverPolicy, after.OptStartSeq, after.OptStartTime = jetstream.DeliverByStartSequencePolicy, toSeq+1, nil
+	end, err := js.CreateConsumer(ctx, streamName, after)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = js.DeleteConsumer(dctx, streamName, after.Name)
+	}()
+	endInfo, err := end.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if endInfo.NumPending > count {
+		return 0, nil
+	}
+	return count - endInfo.NumPending, nil
 }

@@ -10,20 +10,34 @@ import (
 	"github.com/syncflow/syncflow/internal/service"
 )
 
-func runCmd(ctx context.Context, args []string) error {
+func runCommand() command {
+	return command{path: "run", summary: "consume change events and write them to ScheduleHub (the service)", setup: setupRun}
+}
+
+// defaultReplica is the name of this process in sync_batches and of its lease:
+// the host name, so that two hosts never share one by default.
+func defaultReplica() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return "syncflow"
+	}
+	return host
+}
+
+func setupRun(f *flags) runFunc {
 	var (
-		c    common
-		n    natsFlags
-		defs definitions
-		cfg  service.Config
+		c          common
+		n          natsFlags
+		defs       definitions
+		cfg        service.Config
+		maxConns   int
+		cpuProfile string
 	)
-	host, _ := os.Hostname()
-	f := newFlags("run", "run [flags]")
 	c.register(f)
 	n.register(f)
 	defs.register(f)
 	cc := &cfg.Consumer
-	f.string(&cc.Replica, "replica", host, "name of this replica in sync_batches")
+	f.string(&cc.Replica, "replica", defaultReplica(), "name of this replica in sync_batches; one running process per name (default: the host name)")
 	f.int(&cc.BatchSize, "batch-size", 500, "most messages fetched and written in one transaction")
 	f.duration(&cc.FetchWait, "fetch-wait", time.Second, "how long an idle fetch waits for a message")
 	f.duration(&cc.BatchWindow, "batch-window", time.Minute, "length of one rolling realtime sync_batches row")
@@ -53,39 +67,37 @@ func runCmd(ctx context.Context, args []string) error {
 	f.int(&cfg.BackfillShare, "backfill-share", 1, "backfill batches written at once across all entities (realtime is not limited)")
 	f.string(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9464", "where to serve /metrics, /healthz and /readyz (empty: nowhere)")
 	f.duration(&cfg.StatsInterval, "stats-interval", 15*time.Second, "how often gauges (dead letters, parked, lag, backfill) are refreshed")
-	var maxConns int
 	f.int(&maxConns, "max-conns", 8, "most database connections")
-	var cpuProfile string
 	f.string(&cpuProfile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the whole run to this file")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if cpuProfile != "" {
-		out, err := os.Create(cpuProfile)
+	f.duration(&cfg.LeaseWait, "lease-wait", 5*time.Second, "at start, how long to wait for the replica name while another process holds it (one that was just killed lets go)")
+	return func(ctx context.Context, _ []string) error {
+		if cpuProfile != "" {
+			out, err := os.Create(cpuProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(out); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		}
+		log, err := c.logger(os.Stderr)
 		if err != nil {
 			return err
 		}
-		if err := pprof.StartCPUProfile(out); err != nil {
+		if cfg.Catalog, err = defs.catalog(); err != nil {
 			return err
 		}
-		defer pprof.StopCPUProfile()
-	}
-	log, err := c.logger(os.Stderr)
-	if err != nil {
+		if cfg.Streams, err = defs.streams(cfg.Catalog); err != nil {
+			return err
+		}
+		cfg.DatabaseURL, cfg.MaxConns, cfg.Logger = c.databaseURL, int32(maxConns), log
+		n.cfg.Name, n.cfg.Logger = "syncflow-"+cc.Replica, log
+		cfg.NATS = n.cfg
+		err = service.Run(ctx, cfg)
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return nil // stopped by a signal while starting: a clean stop
+		}
 		return err
 	}
-	if cfg.Catalog, err = defs.catalog(); err != nil {
-		return err
-	}
-	if cfg.Streams, err = defs.streams(cfg.Catalog); err != nil {
-		return err
-	}
-	cfg.DatabaseURL, cfg.MaxConns, cfg.Logger = c.databaseURL, int32(maxConns), log
-	n.cfg.Name, n.cfg.Logger = "syncflow-"+cc.Replica, log
-	cfg.NATS = n.cfg
-	err = service.Run(ctx, cfg)
-	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return nil // stopped by a signal while starting: a clean stop
-	}
-	return err
 }

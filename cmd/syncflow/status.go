@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/streams"
@@ -30,21 +33,31 @@ type streamLag struct {
 	AckPending uint64 `json:"ack_pending"`
 }
 
-func statusCmd(ctx context.Context, args []string) error {
+func statusCommand() command {
+	return command{path: "status", summary: "per entity: checkpoint, last batch, pending, dead letters, parked, backfill", setup: setupStatus}
+}
+
+func setupStatus(f *flags) runFunc {
 	var (
-		c      common
-		n      natsFlags
-		defs   definitions
-		asJSON bool
+		c            common
+		n            natsFlags
+		defs         definitions
+		asJSON, wide bool
 	)
-	f := newFlags("status", "status [--json]")
 	c.register(f)
 	n.register(f)
 	defs.register(f)
-	f.BoolVar(&asJSON, "json", false, "JSON for scripts")
-	if err := f.parse(args); err != nil {
-		return err
+	f.BoolVar(&asJSON, "json", false, "JSON for scripts, with every detail")
+	f.BoolVar(&wide, "wide", false, "a wide table with every detail: the last batch's counts, pending per stream, dead letters per stage")
+	return func(ctx context.Context, _ []string) error {
+		if asJSON && wide {
+			return fmt.Errorf("%w: --json already has every detail: drop --wide", errUsage)
+		}
+		return status(ctx, c, n, defs, asJSON, wide)
 	}
+}
+
+func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON, wide bool) error {
 	cat, err := defs.catalog()
 	if err != nil {
 		return err
@@ -62,27 +75,127 @@ func statusCmd(ctx context.Context, args []string) error {
 	for i, s := range stats {
 		out[i] = entityStatus{EntityStats: s}
 	}
-	natsNote := lagFromNATS(ctx, n, defs, cat, out)
-	outside, err := st.DeadLettersOutside(ctx, cat.Names())
+	natsNote := redact.String(lagFromNATS(ctx, n, defs, cat, out))
+	outside, err := st.CountDeadLetters(ctx, store.DeadLetterFilter{OutsideCatalog: cat.Names(), Unresolved: true})
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		return printJSON(map[string]any{"entities": out, "dead_letters_outside_catalog": outside, "nats": natsNote})
+	var outsideTotal int64
+	byEntity := map[string]int64{}
+	for _, o := range outside {
+		outsideTotal += o.Count
+		byEntity[o.Entity] += o.Count
 	}
+	if asJSON {
+		return printJSON(map[string]any{"entities": out, "dead_letters_outside_catalog": outsideTotal,
+			"dead_letters_outside_catalog_by_entity": byEntity, "nats": natsNote})
+	}
+	if wide {
+		err = statusWide(out)
+	} else {
+		err = statusTable(out)
+	}
+	if err != nil {
+		return err
+	}
+	if outsideTotal > 0 {
+		var parts []string
+		for _, e := range slices.Sorted(maps.Keys(byEntity)) {
+			parts = append(parts, fmt.Sprintf("%s %d", e, byEntity[e]))
+		}
+		fmt.Printf("\n%d unresolved dead letters on subjects no catalog entity owns (%s):\n  syncflow dlq list --outside-catalog --unresolved\n",
+			outsideTotal, clip(strings.Join(parts, ", "), 40))
+	}
+	if natsNote != "" {
+		fmt.Printf("\nPENDING unknown: %s\n", clip(natsNote, 100))
+	}
+	return nil
+}
+
+// statusTable is the narrow table: one short line per entity, under 120 columns.
+func statusTable(out []entityStatus) error {
+	now := time.Now()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD\tPARKED\tBACKFILL")
+	for _, e := range out {
+		checkpoint, cpAge := checkpointOf(e)
+		last := "-"
+		if b := e.LastBatch; b != nil {
+			state := b.Status
+			if state == "completed" {
+				state = "ok"
+			}
+			last = state + " " + ago(b.StartedAt) + " ago"
+		}
+		pending := "-"
+		if e.Lag != nil {
+			var sum uint64
+			for _, l := range e.Lag {
+				sum += l.Pending + l.AckPending
+			}
+			pending = fmt.Sprint(sum)
+		}
+		var dead int64
+		for _, k := range e.DeadLetters {
+			dead += k
+		}
+		backfill := "-"
+		if sc := e.Schedule; sc != nil {
+			switch {
+			case !sc.Enabled:
+				backfill = "off"
+			case sc.LastError != nil:
+				backfill = "failing"
+			case sc.Completed != nil && sc.TotalRows != nil:
+				backfill = "done"
+			case sc.TotalRows != nil && *sc.TotalRows > 0:
+				backfill = fmt.Sprintf("%d%%", sc.Offset*100 / *sc.TotalRows)
+			default:
+				backfill = "on"
+			}
+			if sc.NextRun != nil && sc.Enabled && sc.LastError == nil && sc.Completed == nil {
+				backfill += " next " + roundDuration(sc.NextRun.Sub(now))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, e.Parked, backfill)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Println("\nDetails: syncflow status --wide (counts, stages, streams) or --json")
+	return nil
+}
+
+func checkpointOf(e entityStatus) (string, string) {
+	checkpoint, cpAge := "-", "-"
+	for _, cp := range e.Checkpoints {
+		if cp.RowVersion != nil {
+			checkpoint = *cp.RowVersion
+		}
+		if cp.SyncedAt != nil {
+			cpAge = ago(*cp.SyncedAt)
+		}
+	}
+	return checkpoint, cpAge
+}
+
+func roundDuration(d time.Duration) string {
+	if d < 0 {
+		return "now"
+	}
+	if d < time.Hour {
+		return d.Round(time.Minute).String()
+	}
+	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+}
+
+// statusWide is the table with every detail.
+func statusWide(out []entityStatus) error {
 	now := time.Now()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD LETTERS\tPARKED\tBACKFILL")
 	for _, e := range out {
-		checkpoint, cpAge := "-", "-"
-		for _, cp := range e.Checkpoints {
-			if cp.RowVersion != nil {
-				checkpoint = *cp.RowVersion
-			}
-			if cp.SyncedAt != nil {
-				cpAge = ago(*cp.SyncedAt)
-			}
-		}
+		checkpoint, cpAge := checkpointOf(e)
 		last := "-"
 		if b := e.LastBatch; b != nil {
 			last = fmt.Sprintf("%s %s %s ago: %d in, %d ins, %d upd, %d unch, %d stale, %d del, %d parked, %d failed",
@@ -135,16 +248,7 @@ func statusCmd(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, parked, backfill)
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if outside > 0 {
-		fmt.Printf("\n%d unresolved dead letters on subjects no catalog entity owns (syncflow dlq list --entity unknown)\n", outside)
-	}
-	if natsNote != "" {
-		fmt.Printf("\nPENDING unknown: %s\n", natsNote)
-	}
-	return nil
+	return tw.Flush()
 }
 
 // lagFromNATS fills in the consumers' pending counts; it returns why it could not.

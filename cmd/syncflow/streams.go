@@ -12,23 +12,22 @@ import (
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
-func streamsCmd(ctx context.Context, args []string) error {
-	var (
-		c    common
-		n    natsFlags
-		defs definitions
-	)
-	f := newFlags("streams", "streams [flags] apply")
-	c.register(f)
-	n.register(f)
-	defs.register(f)
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if f.NArg() != 1 || f.Arg(0) != "apply" {
-		return fmt.Errorf("%w: the only action is `syncflow streams apply`", errUsage)
-	}
-	log, err := c.logger(os.Stderr)
+func streamsCommands() []command {
+	return []command{{path: "streams apply", summary: "create or update the streams and their durable consumers (idempotent; needs an admin NATS user)", setup: func(f *flags) runFunc {
+		var (
+			l    logging
+			n    natsFlags
+			defs definitions
+		)
+		l.register(f)
+		n.register(f)
+		defs.register(f)
+		return func(ctx context.Context, _ []string) error { return applyStreams(ctx, l, n, defs) }
+	}}}
+}
+
+func applyStreams(ctx context.Context, l logging, n natsFlags, defs definitions) error {
+	log, err := l.logger(os.Stderr)
 	if err != nil {
 		return err
 	}

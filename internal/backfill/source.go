@@ -46,6 +46,17 @@ type HTTPSource struct {
 	RetryFor time.Duration
 	// Client is the HTTP client (default: a new one).
 	Client *http.Client
+	// OnRetry, when set, learns of each failed request that will be tried again:
+	// what failed, when the next attempt is, and when the retries end.
+	OnRetry func(Retry)
+}
+
+// Retry describes a failed request to the source that will be tried again.
+type Retry struct {
+	URL    string
+	Err    error
+	Next   time.Time // the next attempt
+	GiveUp time.Time // when the retries end, if the source stays down
 }
 
 // ErrSource marks an answer of the source that retrying will not change (4xx).
@@ -114,7 +125,14 @@ func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into an
 	}
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
 		backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(retryFor)), ctx)
-	if err := backoff.Retry(attempt, bo); err != nil {
+	start := time.Now()
+	notify := func(err error, wait time.Duration) {
+		if s.OnRetry != nil {
+			now := time.Now()
+			s.OnRetry(Retry{URL: u, Err: err, Next: now.Add(wait), GiveUp: start.Add(retryFor)})
+		}
+	}
+	if err := backoff.RetryNotify(attempt, bo, notify); err != nil {
 		if errors.Is(err, ErrSource) || errors.Is(err, context.Canceled) {
 			return err
 		}

@@ -59,10 +59,27 @@ type Entity struct {
 	Delete DeleteMode
 	// SoftDeleteColumn is the timestamptz column set by a soft delete.
 	SoftDeleteColumn string
+	// Upsert says what an upsert does to the target columns an event does not
+	// carry: merge keeps them (the default), replace resets them.
+	Upsert UpsertMode
 	// TimeZone is the time zone objversions of this entity are read in: its
 	// time_zone, else the catalog's source_time_zone, else UTC.
 	TimeZone *time.Location
 }
+
+// UpsertMode says what an upsert does to the columns absent from an event.
+type UpsertMode string
+
+const (
+	// UpsertMerge keeps the target's values of the columns an event does not
+	// carry: an event that sends some fields changes only those (the default).
+	UpsertMerge UpsertMode = "merge"
+	// UpsertReplace sets every column an event does not carry (but the key and
+	// the soft-delete column) to its default, NULL without one: for entities
+	// whose events always carry the whole row, so that a field dropped from
+	// the row is dropped from the target too.
+	UpsertReplace UpsertMode = "replace"
+)
 
 // Parent names a parent entity and the child's fields that hold its key.
 type Parent struct {
@@ -132,6 +149,7 @@ type entityBlock struct {
 	} `yaml:"target"`
 	Delete           string `yaml:"delete"`
 	SoftDeleteColumn string `yaml:"soft_delete_column"`
+	Upsert           string `yaml:"upsert"`
 	TimeZone         string `yaml:"time_zone"`
 }
 
@@ -141,13 +159,19 @@ var (
 	fieldRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$#]{0,127}$`)
 )
 
-// Parse reads and validates a catalog in YAML. The error lists every problem found.
+// Parse reads and validates a catalog in YAML. The error lists every problem
+// found, by line and in the catalog's own terms.
 func Parse(data []byte) (*Catalog, error) {
+	if err := checkShape(data); err != nil {
+		return nil, err
+	}
 	var f fileFormat
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("catalog: %w", err)
+		// checkShape has seen every key and kind; what is left is a value the
+		// YAML library cannot read (e.g. a number too large).
+		return nil, fmt.Errorf("catalog: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	c := &Catalog{SourceSystem: f.SourceSystem, entities: map[string]*Entity{}}
 	if c.SourceSystem == "" {
@@ -177,6 +201,7 @@ func Parse(data []byte) (*Catalog, error) {
 			RowVersion:       event.VersionKind(strings.ToLower(b.RowVersion)),
 			Delete:           DeleteMode(strings.ToLower(b.Delete)),
 			SoftDeleteColumn: b.SoftDeleteColumn,
+			Upsert:           UpsertMode(strings.ToLower(b.Upsert)),
 		}
 		e.TimeZone = c.SourceTimeZone
 		if b.TimeZone != "" {
@@ -216,6 +241,13 @@ func Parse(data []byte) (*Catalog, error) {
 			}
 		default:
 			bad(name, "delete: %q is not one of hard, soft", b.Delete)
+		}
+		switch e.Upsert {
+		case "":
+			e.Upsert = UpsertMerge
+		case UpsertMerge, UpsertReplace:
+		default:
+			bad(name, "upsert: %q is not one of merge, replace", b.Upsert)
 		}
 		schema, table, ok := strings.Cut(b.Target.Table, ".")
 		if !ok || !identRE.MatchString(schema) || !identRE.MatchString(table) {

@@ -89,7 +89,7 @@ entities:
 		{"soft delete without column", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    delete: soft\n", 1),
 			[]string{`entity "sites"`, "soft_delete_column"}},
 		{"unknown field", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    keys: [x]\n", 1),
-			[]string{"field keys not found"}},
+			[]string{`entity "sites": unknown setting keys (did you mean key?)`}},
 		{"empty", "entities: {}", []string{"no entities"}},
 		{"bad source time zone", "source_time_zone: Mars/Olympus\n" + valid, []string{"source_time_zone", `"Mars/Olympus" is not a time zone`}},
 		{"bad entity time zone", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    time_zone: CEST\n", 1),
@@ -136,5 +136,53 @@ func TestParseReportsAll(t *testing.T) {
 	_, err := Parse([]byte(y))
 	if err == nil || !strings.Contains(err.Error(), "plants") || !strings.Contains(err.Error(), "nodot") {
 		t.Fatalf("err = %v, want both problems", err)
+	}
+}
+
+// Mistakes in the file's shape are reported by line, in the catalog's terms.
+func TestParseShapeErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"misspelled setting", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    rowvresion: timestamp\n", 1),
+			[]string{`catalog line 5: entity "sites": unknown setting rowvresion (did you mean rowversion?)`, "the settings here are delete, key, parents, rowversion, soft_delete_column, target, time_zone, upsert"}},
+		{"misspelled top level", strings.Replace(valid, "entities:", "entites:", 1),
+			[]string{"catalog line 2: unknown setting entites (did you mean entities?)"}},
+		{"key not a list", strings.Replace(valid, "key: [contract]\n", "key: contract\n", 1),
+			[]string{`catalog line 4: entity "sites": key: must be a list of field names, e.g. [ORDER_NO, CONTRACT]`}},
+		{"parents not a list", strings.Replace(valid, "parents: [{entity: sites, fields: [CONTRACT]}]", "parents: sites", 1),
+			[]string{`entity "work_centers": parents: must be a list of parents, e.g. [{entity: sites, fields: [CONTRACT]}]`}},
+		{"parent setting", strings.Replace(valid, "fields: [CONTRACT]", "feilds: [CONTRACT]", 1),
+			[]string{`entity "work_centers": parents[1]: unknown setting feilds (did you mean fields?)`}},
+		{"target setting", strings.Replace(valid, "{table: schedulehub.sites", "{tabel: schedulehub.sites", 1),
+			[]string{`entity "sites": target: unknown setting tabel (did you mean table?)`}},
+		{"not YAML", "entities: [", []string{"catalog: not valid YAML"}},
+		{"upsert mode", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    upsert: overwrite\n", 1),
+			[]string{`entity "sites": upsert: "overwrite" is not one of merge, replace`}},
+	} {
+		_, err := Parse([]byte(tc.yaml))
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v\nwant %q", tc.name, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "catalog.") || strings.Contains(err.Error(), "[]string") || strings.Contains(err.Error(), "!!") {
+			t.Errorf("%s: the error speaks of Go or YAML types: %v", tc.name, err)
+		}
+	}
+	c, err := Parse([]byte(strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    upsert: replace\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := c.Entity("sites"); s.Upsert != UpsertReplace {
+		t.Errorf("upsert: %q", s.Upsert)
+	}
+	if w, _ := c.Entity("work_centers"); w.Upsert != UpsertMerge {
+		t.Errorf("default upsert: %q", w.Upsert)
 	}
 }

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"bufio"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -21,7 +22,13 @@ const (
 var csvHeader = []string{"entity_name", "source_field", "target_field", "transformation", "default_value", "is_required"}
 
 // ReadRules reads rules in format (csv or json). It reports every malformed row.
+// A leading UTF-8 byte order mark (Excel's "CSV UTF-8") is skipped.
 func ReadRules(r io.Reader, format string) ([]Rule, error) {
+	br := bufio.NewReader(r)
+	if bom, err := br.Peek(3); err == nil && string(bom) == "\uFEFF" {
+		_, _ = br.Discard(3)
+	}
+	r = br
 	switch format {
 	case FormatJSON:
 		dec := json.NewDecoder(r)

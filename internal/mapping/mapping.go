@@ -110,6 +110,16 @@ func Compile(rules []Rule) (*Set, error) {
 		chain, err := parseChain(r.Transformation)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %v", where, err))
+		} else if r.DefaultValue != nil {
+			// A default is used when the field is missing; one its own
+			// transformation refuses would fail every such record.
+			var v any = *r.DefaultValue
+			for _, st := range chain {
+				if v, err = st(v); err != nil {
+					errs = append(errs, fmt.Errorf("%s: default_value %q does not pass %s: %v", where, *r.DefaultValue, r.Transformation, err))
+					break
+				}
+			}
 		}
 		c.chain = chain
 		id := [3]string{r.Entity, c.source, r.TargetField}
@@ -128,6 +138,21 @@ func Compile(rules []Rule) (*Set, error) {
 		return nil, errors.Join(errs...)
 	}
 	return s, nil
+}
+
+// Result names the kind of value a transformation chain produces, for checking
+// it against the target column's type: integer, decimal, boolean, date or
+// timestamp, or "" when the chain does not convert (the value keeps the form it
+// was sent in, and the database converts it).
+func Result(transformation string) string {
+	kind := ""
+	for _, name := range strings.Split(transformation, "|") {
+		switch name = strings.TrimSpace(name); name {
+		case "integer", "decimal", "boolean", "date", "timestamp":
+			kind = name
+		}
+	}
+	return kind
 }
 
 func parseChain(t string) ([]step, error) {

@@ -137,3 +137,45 @@ func TestCompileRejects(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A default must pass its own transformation: it is used for every record that
+// lacks the field.
+func TestCompileChecksDefaults(t *testing.T) {
+	_, err := Compile([]Rule{{Entity: "items", SourceField: "LEAD_TIME", TargetField: "lead_time_days", Transformation: "integer", DefaultValue: ptr("notanint")}})
+	if err == nil || !strings.Contains(err.Error(), `default_value "notanint" does not pass integer`) {
+		t.Errorf("%v", err)
+	}
+	for _, r := range []Rule{
+		{Entity: "items", SourceField: "A", TargetField: "a", Transformation: "trim|integer", DefaultValue: ptr(" 7 ")},
+		{Entity: "items", SourceField: "B", TargetField: "b", Transformation: "boolean", DefaultValue: ptr("N")},
+		{Entity: "items", SourceField: "C", TargetField: "c", Transformation: "date", DefaultValue: ptr("20260101")},
+		{Entity: "items", SourceField: "D", TargetField: "d", DefaultValue: ptr("anything")},
+	} {
+		if _, err := Compile([]Rule{r}); err != nil {
+			t.Errorf("%+v: %v", r, err)
+		}
+	}
+}
+
+func TestResult(t *testing.T) {
+	for chain, want := range map[string]string{"": "", "none": "", "trim|uppercase": "", "integer": "integer", "trim|decimal": "decimal",
+		"boolean": "boolean", "date": "date", "timestamp|trim": "timestamp"} {
+		if got := Result(chain); got != want {
+			t.Errorf("Result(%q) = %q, want %q", chain, got, want)
+		}
+	}
+}
+
+// Excel's "CSV UTF-8" starts with a byte order mark.
+func TestReadRulesSkipsTheByteOrderMark(t *testing.T) {
+	for _, format := range []string{FormatCSV, FormatJSON} {
+		body := "entity_name,source_field,target_field,transformation,default_value,is_required\nitems,UNIT_MEAS,unit_meas,trim,,false\n"
+		if format == FormatJSON {
+			body = `[{"entity_name":"items","source_field":"UNIT_MEAS","target_field":"unit_meas","transformation":"trim"}]`
+		}
+		rules, err := ReadRules(strings.NewReader("\uFEFF"+body), format)
+		if err != nil || len(rules) != 1 || rules[0].Entity != "items" {
+			t.Errorf("%s: %+v %v", format, rules, err)
+		}
+	}
+}

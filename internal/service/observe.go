@@ -23,6 +23,10 @@ import (
 	"github.com/syncflow/syncflow/internal/telemetry"
 )
 
+// OutsideCatalog is the entity label of the dead letters of subjects no catalog
+// entity owns.
+const OutsideCatalog = "_outside_catalog"
+
 // observer keeps the metrics current and answers the health endpoints.
 type observer struct {
 	m        *telemetry.Metrics
@@ -32,6 +36,8 @@ type observer struct {
 	fetchers []boundFetcher
 	bound    atomic.Bool // every consumer is bound
 	log      *slog.Logger
+	// lastReason is the last reason /readyz gave ("" when ready).
+	lastReason atomic.Value
 
 	mu   sync.Mutex
 	held map[string]heldBatch // by "entity source": batches held after a failed write
@@ -149,6 +155,21 @@ func (o *observer) refresh(ctx context.Context) error {
 			m.BackfillFailing.WithLabelValues(s.Entity).Set(failing)
 		}
 	}
+	// Dead letters of subjects no catalog entity owns count like any other, under
+	// one label: their entity names come from the subjects, which anyone
+	// publishing to the stream chooses.
+	outside, err := o.st.CountDeadLetters(ctx, store.DeadLetterFilter{OutsideCatalog: o.entities, Unresolved: true})
+	if err != nil {
+		return err
+	}
+	var oldest *time.Time
+	for _, k := range outside {
+		m.DeadLetters.WithLabelValues(OutsideCatalog, k.Stage).Add(float64(k.Count))
+		if oldest == nil || k.Oldest.Before(*oldest) {
+			oldest = &k.Oldest
+		}
+	}
+	m.DeadLetterAge.WithLabelValues(OutsideCatalog).Set(age(now, oldest))
 	var errs []error
 	for _, b := range o.fetchers {
 		pending, ackPending, err := b.f.Pending(ctx)
@@ -183,26 +204,44 @@ func (o *observer) runRefresh(ctx context.Context, interval time.Duration) error
 	}
 }
 
-// ready reports why the service is not ready, or nil.
+// ready reports why the service is not ready, or nil. The reason is SyncFlow's
+// own words: a driver's error (which may quote hosts, users and internals) goes
+// to the log, once per change of reason.
 func (o *observer) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := o.st.Ping(ctx); err != nil {
-		return errors.New("PostgreSQL is not reachable: " + err.Error())
+		return o.notReady("PostgreSQL is not reachable", err)
 	}
-	if err := CheckSchema(ctx, o.st); err != nil {
-		return err
+	have, dirty, err := o.st.SchemaVersion(ctx)
+	if err != nil {
+		return o.notReady("the bridge schema version cannot be read", err)
+	}
+	if err := schemaProblem(have, dirty); err != nil {
+		return o.notReady(err.Error(), nil)
 	}
 	if !o.nc.IsConnected() {
-		return errors.New("NATS is not connected (status " + o.nc.Status().String() + ")")
+		return o.notReady("NATS is not connected (status "+o.nc.Status().String()+")", nil)
 	}
 	if !o.bound.Load() {
-		return errors.New("the consumers are not bound yet")
+		return o.notReady("the consumers are not bound yet", nil)
 	}
 	if held := o.heldReasons(); held != "" {
-		return errors.New(held)
+		return o.notReady(held, nil)
 	}
+	o.lastReason.Store("")
 	return nil
+}
+
+func (o *observer) notReady(reason string, cause error) error {
+	if prev, _ := o.lastReason.Swap(reason).(string); prev != reason {
+		if cause != nil {
+			o.log.Warn("not ready: "+reason, "err", cause)
+		} else {
+			o.log.Warn("not ready: " + reason)
+		}
+	}
+	return errors.New(reason)
 }
 
 // serve answers /metrics, /healthz and /readyz on addr until ctx ends.

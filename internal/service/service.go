@@ -27,6 +27,7 @@ import (
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
@@ -78,7 +79,10 @@ type Config struct {
 	// StatsInterval is how often the gauges are read from the database and
 	// JetStream (default 15s).
 	StatsInterval time.Duration
-	Logger        *slog.Logger
+	// LeaseWait is how long a start waits for the lease on the replica name while
+	// another process holds it, in case that one is going away (default 5s).
+	LeaseWait time.Duration
+	Logger    *slog.Logger
 }
 
 // Run starts the service and blocks until ctx ends and everything has stopped.
@@ -87,6 +91,23 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.NATS.Logger == nil {
 		cfg.NATS.Logger = log
 	}
+	// The HTTP address first: a second process on the same address stops here,
+	// before it has any effect.
+	var ln net.Listener
+	if cfg.HTTPAddr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("metrics and health on %s: %w (is another syncflow running on this host? give this one another --http-addr)", cfg.HTTPAddr, err)
+		}
+		defer ln.Close()
+	}
+	// Then the lease on the replica name, before anything is touched: a second
+	// process under a live name refuses to start.
+	lease, err := store.AcquireLease(ctx, cfg.DatabaseURL, cfg.Consumer.Replica, leaseTag(cfg.Consumer.Replica), or(cfg.LeaseWait, 5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer lease.Release()
 	if cfg.Migrate {
 		m, err := store.NewMigrator(cfg.DatabaseURL)
 		if err != nil {
@@ -123,6 +144,9 @@ func Run(ctx context.Context, cfg Config) error {
 	set, err := mapping.Compile(initial)
 	if err != nil {
 		return fmt.Errorf("bridge.field_mappings holds invalid rules, fix them: %w", err)
+	}
+	if err := st.CheckRules(ctx, cfg.Catalog, initial); err != nil {
+		return fmt.Errorf("bridge.field_mappings does not fit the target tables; fix the rules (syncflow mappings export, edit, import) or the tables:\n%w", err)
 	}
 	rules.Store(set)
 
@@ -195,11 +219,9 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = wait()
 		return err
 	}
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return abort(fmt.Errorf("metrics and health on %s: %w", cfg.HTTPAddr, err))
-		}
+	// The lease is held until the last commit and the last checkpoint are done.
+	goInfra(func() error { return lease.Keep(ictx, 5*time.Second, log) })
+	if ln != nil {
 		goInfra(func() error { return obs.serve(ictx, ln) })
 		if cfg.OnListen != nil {
 			cfg.OnListen(ln.Addr())
@@ -251,6 +273,12 @@ func Run(ctx context.Context, cfg Config) error {
 				log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
 				return
 			}
+			// A rule for a column the table does not have (any more) would drop
+			// its values without a trace: say so, and keep what was working.
+			if err := st.CheckRules(gctx, cfg.Catalog, rs); err != nil {
+				log.Error("field mappings do not fit the target tables; keeping the previous ones", "err", err)
+				return
+			}
 			rules.Store(set)
 			log.Debug("field mappings loaded", "rules", len(rs))
 		})
@@ -266,7 +294,7 @@ func Run(ctx context.Context, cfg Config) error {
 		g.Go(func() error { return drain.Run(gctx) })
 	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
-		"database", store.RedactURL(cfg.DatabaseURL), "nats", nc.ConnectedUrlRedacted())
+		"database", redact.String(cfg.DatabaseURL), "nats", redact.String(nc.ConnectedUrlRedacted()))
 	// The consumers stop fetching, commit or nak what they hold, and return; then
 	// the checkpointer flushes what they committed last; then NATS and the pool
 	// are closed (deferred above).
@@ -279,6 +307,12 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
+// leaseTag describes this process to another that finds its replica name taken.
+func leaseTag(replica string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("syncflow pid=%d host=%s replica=%s", os.Getpid(), host, replica)
+}
+
 func or(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
@@ -288,17 +322,22 @@ func or(d, def time.Duration) time.Duration {
 
 // CheckSchema refuses a schema that is not the one this binary was built with.
 func CheckSchema(ctx context.Context, st *store.Store) error {
-	want, err := store.Latest()
+	have, dirty, err := st.SchemaVersion(ctx)
 	if err != nil {
 		return err
 	}
-	have, dirty, err := st.SchemaVersion(ctx)
+	return schemaProblem(have, dirty)
+}
+
+// schemaProblem says what is wrong with schema version have, if anything.
+func schemaProblem(have uint, dirty bool) error {
+	want, err := store.Latest()
 	if err != nil {
 		return err
 	}
 	switch {
 	case dirty:
-		return fmt.Errorf("the bridge schema is dirty at version %d: fix the failed migration, then `syncflow migrate force %d` and `syncflow migrate up`", have, have-1)
+		return fmt.Errorf("the bridge schema is dirty at version %d: fix the failed migration, then `syncflow migrate force %d` and `syncflow migrate up`", have, int(have)-1)
 	case have < want:
 		return fmt.Errorf("the bridge schema is at version %d, this syncflow needs %d: run `syncflow migrate up` (or `syncflow run --migrate`)", have, want)
 	case have > want:
@@ -319,7 +358,7 @@ func connectNATS(cfg stream.Config, embeddedDir string, log *slog.Logger) (*nats
 	}
 	u, perr := url.Parse(strings.Split(cfg.URL, ",")[0])
 	if perr != nil {
-		return nil, nil, fmt.Errorf("nats URL %q: %v", cfg.URL, perr)
+		return nil, nil, fmt.Errorf("nats URL %s: %v", redact.String(cfg.URL), redact.String(perr.Error()))
 	}
 	hostname, portText, _ := net.SplitHostPort(u.Host)
 	port, _ := strconv.Atoi(portText)

@@ -523,12 +523,15 @@ func TestMetricsAndHealth(t *testing.T) {
 	e.publish("apismith.cdc.sites", site("S1", 1, "one"))
 	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert"`)
 	e.publish("apismith.cdc.work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
+	e.publish("apismith.cdc.suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ID":"X"}}`)
 	e.eventually(`SELECT count(*) FROM bridge.pending_children`, "1", 10*time.Second)
 	want := []string{
 		`syncflow_events_total{entity="sites",outcome="inserted",source="realtime"} 1`,
 		`syncflow_events_total{entity="sites",outcome="failed",source="realtime"} 1`,
 		`syncflow_events_total{entity="work_centers",outcome="parked",source="realtime"} 1`,
 		`syncflow_dead_letters{entity="sites",stage="decode"} 1`,
+		// A subject no catalog entity owns counts too, under one label.
+		`syncflow_dead_letters{entity="_outside_catalog",stage="decode"} 1`,
 		`syncflow_parked_children{entity="work_centers"} 1`,
 		`syncflow_consumer_pending_messages{entity="sites",stream="APISMITH_CDC"} 0`,
 		`syncflow_batch_duration_seconds_count{entity="sites",source="realtime"}`,
@@ -579,5 +582,79 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	if code, _ := get("/healthz"); code != 200 {
 		t.Errorf("/healthz with NATS down: %d (alive is not ready)", code)
+	}
+	// The database refuses connections: /readyz gives the reason in its own
+	// words, not the driver's error.
+	admin, err := pgx.Connect(e.ctx, testenv.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(e.ctx)
+	var dbName string
+	if err := e.conn.QueryRow(e.ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	ident := pgx.Identifier{dbName}.Sanitize()
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`)
+	if _, err := admin.Exec(e.ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, dbName); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		code, body := get("/readyz")
+		if code == 503 && body == "not ready: PostgreSQL is not reachable\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with the database refusing connections: %d %q", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := admin.Exec(e.ctx, `ALTER DATABASE `+ident+` ALLOW_CONNECTIONS true`); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.logs.String(), "not ready: PostgreSQL is not reachable") {
+		t.Errorf("the cause was not logged:\n%s", e.logs)
+	}
+}
+
+// A rule written past `mappings import` (by hand, or before the table changed)
+// that names a column the target lacks is reported at reload, and the previous
+// rules stay in force; at start it stops the service with the rule named.
+func TestRulesThatDoNotFitTheTable(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'sites', 'DESCRIPTION', 'description', 'uppercase')`); err != nil {
+		t.Fatal(err)
+	}
+	e.start(nil)
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field, transformation)
+		VALUES (gen_random_uuid(), 'sites', 'COMPANY', 'compnay', 'trim')`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs.String(), "field mappings do not fit the target tables; keeping the previous ones") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the bad rule was not reported:\n%s", e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(e.logs.String(), "schedulehub.sites has no column compnay (did you mean company?)") {
+		t.Errorf("the report does not say what is wrong:\n%s", e.logs)
+	}
+	// The previous rules apply: DESCRIPTION upper-cased, COMPANY passed through.
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","COMPANY":"Acme"}}`)
+	e.eventually(`SELECT description, company FROM schedulehub.sites`, "MAIN|Acme", 10*time.Second)
+
+	// A new start refuses the rules, naming the one at fault.
+	cat, defs := testenv.Shipped(t)
+	err := service.Run(e.ctx, service.Config{DatabaseURL: dbURL, NATS: stream.Config{URL: srv.ClientURL()}, Catalog: cat, Streams: defs,
+		Consumer: consumer.Config{Replica: "refused"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "(sites COMPANY -> compnay): schedulehub.sites has no column compnay") {
+		t.Errorf("start with a rule that does not fit: %v", err)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,52 +28,146 @@ type DeadLetterInfo struct {
 	CreatedAt      time.Time       `json:"created_at"`
 	ResolvedAt     *time.Time      `json:"resolved_at"`
 	ResolutionNote *string         `json:"resolution_note"`
+	Fingerprint    string          `json:"fingerprint"`
 	Raw            []byte          `json:"-"`
 	RawText        string          `json:"raw,omitempty"`
 	Normalized     json.RawMessage `json:"normalized_data,omitempty"`
 	History        json.RawMessage `json:"history,omitempty"`
 }
 
-// DeadLetterFilter narrows ListDeadLetters.
+// DeadLetterFilter chooses dead letters for the operator commands (dlq list,
+// groups, retry, resolve, purge). Every field that is set narrows the choice;
+// the zero filter chooses every dead letter.
 type DeadLetterFilter struct {
-	Entity, Stage string
-	Since         time.Time
-	Unresolved    bool
-	Limit         int
+	UIDs   []uuid.UUID
+	Entity string
+	Stage  string
+	// Since and Until bound created_at: Since <= created_at < Until.
+	Since, Until time.Time
+	// Reason is a substring of the error message, matched case-insensitively.
+	Reason string
+	// Fingerprint chooses one group of `dlq groups`.
+	Fingerprint string
+	// OutsideCatalog, when set, chooses only the dead letters of entities that are
+	// not among these names: those of subjects no catalog entity owns.
+	OutsideCatalog []string
+	// Unresolved and Resolved choose by state; ResolvedBefore (with Resolved)
+	// chooses those resolved before it.
+	Unresolved, Resolved bool
+	ResolvedBefore       time.Time
+	// After is a listing's cursor: the rows after this UID in the listing's order.
+	After uuid.UUID
+	// Limit caps a listing (default 100).
+	Limit int
+}
+
+// fingerprintSQL is the fingerprint of a dead letter's reason: its entity, its
+// stage and its error message with the values stripped (quoted strings, UUIDs,
+// hashes, timestamps, numbers), hashed short. Dead letters with one cause share
+// it, whatever key or value each one failed on. It is computed in SQL only, so
+// that `dlq groups` and every selection by --fingerprint agree.
+const fingerprintSQL = `left(md5(entity_name || chr(31) || stage_failed || chr(31) || ` + reasonTemplateSQL + `), 12)`
+
+// reasonTemplateSQL is the error message with its values replaced by ? and its
+// numbers by N.
+const reasonTemplateSQL = `regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(error_message,
+	'"(\\.|[^"\\])*"|''[^'']*''|` + "`[^`]*`" + `', '?', 'g'),
+	'[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '?', 'g'),
+	'\m[0-9a-fA-F]{16,}\M', '?', 'g'),
+	'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?', '?', 'g'),
+	'\m\d+(\.\d+)?\M', 'N', 'g')`
+
+// args collects the parameters of a statement built from a filter.
+type args []any
+
+func (a *args) add(v any) string {
+	*a = append(*a, v)
+	return "$" + strconv.Itoa(len(*a))
+}
+
+// where returns the filter's conditions (without the cursor and the limit).
+func (f DeadLetterFilter) where(a *args) string {
+	conds := []string{"true"}
+	if len(f.UIDs) > 0 {
+		conds = append(conds, "uid = ANY ("+a.add(f.UIDs)+"::uuid[])")
+	}
+	if f.Entity != "" {
+		conds = append(conds, "entity_name = "+a.add(f.Entity))
+	}
+	if f.Stage != "" {
+		conds = append(conds, "stage_failed = "+a.add(f.Stage))
+	}
+	if !f.Since.IsZero() {
+		conds = append(conds, "created_at >= "+a.add(f.Since))
+	}
+	if !f.Until.IsZero() {
+		conds = append(conds, "created_at < "+a.add(f.Until))
+	}
+	if f.Reason != "" {
+		conds = append(conds, "strpos(lower(error_message), lower("+a.add(f.Reason)+")) > 0")
+	}
+	if f.Fingerprint != "" {
+		conds = append(conds, fingerprintSQL+" = "+a.add(strings.ToLower(f.Fingerprint)))
+	}
+	if f.OutsideCatalog != nil {
+		conds = append(conds, "NOT entity_name = ANY ("+a.add(f.OutsideCatalog)+"::text[])")
+	}
+	if f.Unresolved {
+		conds = append(conds, "resolved_at IS NULL")
+	}
+	if f.Resolved {
+		conds = append(conds, "resolved_at IS NOT NULL")
+	}
+	if !f.ResolvedBefore.IsZero() {
+		conds = append(conds, "resolved_at < "+a.add(f.ResolvedBefore))
+	}
+	return strings.Join(conds, " AND ")
 }
 
 const deadLetterColumns = `uid, entity_name, stage_failed, error_message, coalesce(stream, ''), coalesce(subject, ''),
 	coalesce(stream_seq, 0), coalesce(bk_hash, ''), retry_count, max_retries, next_retry_at, created_at, resolved_at,
-	resolution_note, raw_bytes, normalized_data, history`
+	resolution_note, ` + fingerprintSQL + `, raw_bytes, normalized_data, history`
 
 func scanDeadLetter(row pgx.CollectableRow) (DeadLetterInfo, error) {
 	var d DeadLetterInfo
 	var normalized, history []byte
 	err := row.Scan(&d.UID, &d.Entity, &d.Stage, &d.Error, &d.Stream, &d.Subject, &d.StreamSeq, &d.BKHash, &d.RetryCount,
-		&d.MaxRetries, &d.NextRetryAt, &d.CreatedAt, &d.ResolvedAt, &d.ResolutionNote, &d.Raw, &normalized, &history)
+		&d.MaxRetries, &d.NextRetryAt, &d.CreatedAt, &d.ResolvedAt, &d.ResolutionNote, &d.Fingerprint, &d.Raw, &normalized, &history)
 	d.RawText = string(d.Raw)
 	d.Normalized, d.History = normalized, history
 	return d, err
 }
 
-// ListDeadLetters returns dead letters, newest first.
-func (s *Store) ListDeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetterInfo, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+deadLetterColumns+` FROM bridge.failed_records
-		WHERE ($1 = '' OR entity_name = $1) AND ($2 = '' OR stage_failed = $2)
-		  AND created_at >= $3 AND (NOT $4 OR resolved_at IS NULL)
-		ORDER BY created_at DESC, uid DESC LIMIT $5`, f.Entity, f.Stage, f.Since, f.Unresolved, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, scanDeadLetter)
-}
-
 // ErrNotFound is returned for a UID that names nothing.
 var ErrNotFound = errors.New("not found")
+
+// ListDeadLetters returns the dead letters f chooses, newest first, at most
+// f.Limit of them after the cursor f.After, and how many f chooses in all.
+func (s *Store) ListDeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetterInfo, int64, error) {
+	var a args
+	where := f.where(&a)
+	var total int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM bridge.failed_records WHERE `+where, a...).Scan(&total); err != nil {
+		return nil, 0, err
+	}
+	if f.After != uuid.Nil {
+		where += " AND (created_at, uid) < (SELECT created_at, uid FROM bridge.failed_records WHERE uid = " + a.add(f.After) + ")"
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+deadLetterColumns+` FROM bridge.failed_records WHERE `+where+`
+		ORDER BY created_at DESC, uid DESC LIMIT `+a.add(limitOr(f.Limit, 100)), a...)
+	if err != nil {
+		return nil, 0, err
+	}
+	list, err := pgx.CollectRows(rows, scanDeadLetter)
+	return list, total, err
+}
+
+func limitOr(limit, def int) int {
+	if limit <= 0 {
+		return def
+	}
+	return limit
+}
 
 // DeadLetter returns one dead letter.
 func (s *Store) DeadLetter(ctx context.Context, uid uuid.UUID) (DeadLetterInfo, error) {
@@ -86,42 +182,119 @@ func (s *Store) DeadLetter(ctx context.Context, uid uuid.UUID) (DeadLetterInfo, 
 	return d, err
 }
 
-// ResolveDeadLetter marks a dead letter resolved by hand, with a note.
-func (s *Store) ResolveDeadLetter(ctx context.Context, uid uuid.UUID, note string) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE bridge.failed_records SET resolved_at = now(), resolution_note = $2, next_retry_at = NULL,
-		history = history || jsonb_build_object('at', now(), 'resolved_by_hand', $2::text)
-		WHERE uid = $1 AND resolved_at IS NULL`, uid, sanitizeText(note))
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		if _, err := s.DeadLetter(ctx, uid); err != nil {
-			return err
-		}
-		return errors.New("already resolved")
-	}
-	return nil
-}
-
-// UnresolvedDeadLetters returns the UIDs a retry with sel would choose.
-func (s *Store) UnresolvedDeadLetters(ctx context.Context, sel DeadLetterSelection) ([]uuid.UUID, error) {
-	rows, err := s.pool.Query(ctx, `SELECT uid FROM bridge.failed_records WHERE resolved_at IS NULL
-		AND (coalesce(cardinality($1::uuid[]), 0) = 0 OR uid = ANY ($1)) AND ($2 = '' OR entity_name = $2) AND ($3 = '' OR stage_failed = $3)
-		ORDER BY created_at`, sel.UIDs, sel.Entity, sel.Stage)
+// DeadLetterUIDs returns the UIDs of the dead letters f chooses, oldest first
+// (the order a retry takes them in).
+func (s *Store) DeadLetterUIDs(ctx context.Context, f DeadLetterFilter) ([]uuid.UUID, error) {
+	var a args
+	rows, err := s.pool.Query(ctx, `SELECT uid FROM bridge.failed_records WHERE `+f.where(&a)+` ORDER BY created_at, uid`, a...)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
 
-// PurgeDeadLetters deletes resolved dead letters resolved before the cutoff, in
-// chunks of a thousand so that no lock is held for long. It returns how many.
-func (s *Store) PurgeDeadLetters(ctx context.Context, resolvedBefore time.Time) (int64, error) {
+// DeadLetterCount is the number of dead letters of one entity and stage, and
+// when the oldest of them was written.
+type DeadLetterCount struct {
+	Entity string    `json:"entity_name"`
+	Stage  string    `json:"stage_failed"`
+	Count  int64     `json:"count"`
+	Oldest time.Time `json:"oldest"`
+}
+
+// CountDeadLetters counts the dead letters f chooses by entity and stage.
+func (s *Store) CountDeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetterCount, error) {
+	var a args
+	rows, err := s.pool.Query(ctx, `SELECT entity_name, stage_failed, count(*), min(created_at) FROM bridge.failed_records WHERE `+f.where(&a)+`
+		GROUP BY 1, 2 ORDER BY 1, 2`, a...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[DeadLetterCount])
+}
+
+// DeadLetterGroup is one cause of dead letters: the ones of one entity and stage
+// whose reasons differ only in their values.
+type DeadLetterGroup struct {
+	Fingerprint string    `json:"fingerprint"`
+	Entity      string    `json:"entity_name"`
+	Stage       string    `json:"stage_failed"`
+	Count       int64     `json:"count"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	SampleUID   uuid.UUID `json:"sample_uid"`
+	Reason      string    `json:"reason"`
+	Sample      string    `json:"sample_error"`
+}
+
+// DeadLetterGroups groups the dead letters f chooses by entity, stage and the
+// fingerprint of their reason, the largest groups first, at most f.Limit of
+// them; it also returns how many groups there are in all.
+func (s *Store) DeadLetterGroups(ctx context.Context, f DeadLetterFilter) ([]DeadLetterGroup, int64, error) {
+	var a args
+	where := f.where(&a)
+	rows, err := s.pool.Query(ctx, `WITH chosen AS (
+			SELECT uid, entity_name, stage_failed, created_at, error_message, `+reasonTemplateSQL+` AS reason, `+fingerprintSQL+` AS fingerprint
+			FROM bridge.failed_records WHERE `+where+`)
+		SELECT fingerprint, entity_name, stage_failed, count(*), min(created_at), max(created_at),
+		       (array_agg(uid ORDER BY created_at DESC, uid DESC))[1], min(reason),
+		       (array_agg(error_message ORDER BY created_at DESC, uid DESC))[1], count(*) OVER ()
+		FROM chosen GROUP BY fingerprint, entity_name, stage_failed
+		ORDER BY count(*) DESC, max(created_at) DESC, fingerprint LIMIT `+a.add(limitOr(f.Limit, 100)), a...)
+	if err != nil {
+		return nil, 0, err
+	}
+	var total int64
+	groups, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (DeadLetterGroup, error) {
+		var g DeadLetterGroup
+		err := r.Scan(&g.Fingerprint, &g.Entity, &g.Stage, &g.Count, &g.FirstSeen, &g.LastSeen, &g.SampleUID, &g.Reason, &g.Sample, &total)
+		return g, err
+	})
+	return groups, total, err
+}
+
+// DeadLetterEntities returns the entity names that have dead letters, of the
+// given ones (all of them when names is nil).
+func (s *Store) DeadLetterEntities(ctx context.Context, names []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT entity_name FROM bridge.failed_records
+		WHERE $1::text[] IS NULL OR entity_name = ANY ($1) ORDER BY 1`, names)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// ErrAlreadyResolved is returned when a dead letter named by its UID is resolved already.
+var ErrAlreadyResolved = errors.New("already resolved")
+
+// ResolveDeadLetters marks the unresolved dead letters f chooses resolved by hand,
+// with a note, in chunks of a thousand (short transactions). It returns how many.
+func (s *Store) ResolveDeadLetters(ctx context.Context, f DeadLetterFilter, note string) (int64, error) {
+	f.Unresolved, f.After, f.Limit = true, uuid.Nil, 0
+	var a args
+	where := f.where(&a)
+	notePos := a.add(sanitizeText(note))
+	sql := `UPDATE bridge.failed_records SET resolved_at = now(), resolution_note = ` + notePos + `, next_retry_at = NULL,
+		history = history || jsonb_build_object('at', now(), 'resolved_by_hand', ` + notePos + `::text)
+		WHERE uid IN (SELECT uid FROM bridge.failed_records WHERE ` + where + ` LIMIT 1000 FOR UPDATE SKIP LOCKED)`
+	return s.chunked(ctx, sql, a)
+}
+
+// PurgeDeadLetters deletes the resolved dead letters f chooses, in chunks of a
+// thousand so that no lock is held for long. It returns how many.
+func (s *Store) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+	f.Resolved, f.Unresolved, f.After, f.Limit = true, false, uuid.Nil, 0
+	var a args
+	sql := `DELETE FROM bridge.failed_records WHERE uid IN (
+		SELECT uid FROM bridge.failed_records WHERE ` + f.where(&a) + ` LIMIT 1000 FOR UPDATE SKIP LOCKED)`
+	return s.chunked(ctx, sql, a)
+}
+
+// chunked runs sql, which changes at most a thousand rows, until it changes fewer.
+func (s *Store) chunked(ctx context.Context, sql string, a args) (int64, error) {
 	var total int64
 	for {
-		tag, err := s.pool.Exec(ctx, `DELETE FROM bridge.failed_records WHERE uid IN (
-			SELECT uid FROM bridge.failed_records WHERE resolved_at IS NOT NULL AND resolved_at < $1 LIMIT 1000
-			FOR UPDATE SKIP LOCKED)`, resolvedBefore)
+		tag, err := s.pool.Exec(ctx, sql, a...)
 		if err != nil {
 			return total, err
 		}
@@ -147,102 +320,100 @@ type ParkedInfo struct {
 	ChildPayload json.RawMessage `json:"child_payload,omitempty"`
 }
 
-// ListParked returns parked children, oldest first.
-func (s *Store) ListParked(ctx context.Context, entity string, limit int) ([]ParkedInfo, error) {
-	if limit <= 0 {
-		limit = 100
+// ParkedFilter chooses parked children for the operator commands (parked list,
+// release, expire). Every field that is set narrows the choice.
+type ParkedFilter struct {
+	UIDs []uuid.UUID
+	// Entity is the child's entity; Parent the entity it waits for; ParentKey a
+	// substring of the parent key it waits for (its JSON text).
+	Entity, Parent, ParentKey string
+	// Since and Until bound when the child was parked: Since <= created_at < Until.
+	Since, Until time.Time
+	// OlderThan chooses children parked longer than this.
+	OlderThan time.Duration
+	// After is a listing's cursor; Limit caps a listing (default 100).
+	After uuid.UUID
+	Limit int
+}
+
+func (f ParkedFilter) where(a *args) string {
+	conds := []string{"true"}
+	if len(f.UIDs) > 0 {
+		conds = append(conds, "uid = ANY ("+a.add(f.UIDs)+"::uuid[])")
+	}
+	if f.Entity != "" {
+		conds = append(conds, "child_entity = "+a.add(f.Entity))
+	}
+	if f.Parent != "" {
+		conds = append(conds, "parent_entity = "+a.add(f.Parent))
+	}
+	if f.ParentKey != "" {
+		conds = append(conds, "strpos(parent_key::text, "+a.add(f.ParentKey)+") > 0")
+	}
+	if !f.Since.IsZero() {
+		conds = append(conds, "created_at >= "+a.add(f.Since))
+	}
+	if !f.Until.IsZero() {
+		conds = append(conds, "created_at < "+a.add(f.Until))
+	}
+	if f.OlderThan > 0 {
+		conds = append(conds, "created_at <= now() - "+a.add(f.OlderThan)+"::interval")
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// ListParked returns the parked children f chooses, oldest first, at most f.Limit
+// after the cursor f.After, and how many f chooses in all.
+func (s *Store) ListParked(ctx context.Context, f ParkedFilter) ([]ParkedInfo, int64, error) {
+	var a args
+	where := f.where(&a)
+	var total int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM bridge.pending_children WHERE `+where, a...).Scan(&total); err != nil {
+		return nil, 0, err
+	}
+	if f.After != uuid.Nil {
+		where += " AND (created_at, uid) > (SELECT created_at, uid FROM bridge.pending_children WHERE uid = " + a.add(f.After) + ")"
 	}
 	rows, err := s.pool.Query(ctx, `SELECT uid, child_entity, child_bk_hash, parent_entity, parent_key, child_rowversion,
 		retry_count, max_retries, next_retry_at, created_at, child_payload
-		FROM bridge.pending_children WHERE $1 = '' OR child_entity = $1 ORDER BY created_at, uid LIMIT $2`, entity, limit)
+		FROM bridge.pending_children WHERE `+where+` ORDER BY created_at, uid LIMIT `+a.add(limitOr(f.Limit, 100)), a...)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ParkedInfo, error) {
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ParkedInfo, error) {
 		var p ParkedInfo
 		var key, payload []byte
 		err := r.Scan(&p.UID, &p.Child, &p.ChildBKHash, &p.Parent, &key, &p.RowVersion, &p.RetryCount, &p.MaxRetries, &p.NextRetryAt, &p.CreatedAt, &payload)
 		p.ParentKey, p.ChildPayload = key, payload
 		return p, err
 	})
+	return list, total, err
 }
 
-// ParkedUIDs returns which of uids are parked.
-func (s *Store) ParkedUIDs(ctx context.Context, uids []uuid.UUID) ([]uuid.UUID, error) {
-	rows, err := s.pool.Query(ctx, `SELECT uid FROM bridge.pending_children WHERE uid = ANY ($1)`, uids)
+// ParkedUIDs returns the UIDs of the parked children f chooses, oldest first.
+func (s *Store) ParkedUIDs(ctx context.Context, f ParkedFilter) ([]uuid.UUID, error) {
+	var a args
+	rows, err := s.pool.Query(ctx, `SELECT uid FROM bridge.pending_children WHERE `+f.where(&a)+` ORDER BY created_at, uid`, a...)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
 
-// PruneResult counts what Prune removed.
-type PruneResult struct {
-	Batches, DeadLetters int64
+// ParkedCount is the number of children of one entity waiting for one parent entity.
+type ParkedCount struct {
+	Entity string `json:"child_entity"`
+	Parent string `json:"parent_entity"`
+	Count  int64  `json:"count"`
 }
 
-// Prune removes, in chunks of a thousand rows with short transactions, the dead
-// letters resolved before cutoff and the batches finished before cutoff that
-// nothing still needs (no unresolved dead letter, no parked child, no checkpoint
-// points at them; the ledger's reference is cleared). archive, when set, receives
-// every removed row as JSON before it goes. With dryRun it only counts.
-func (s *Store) Prune(ctx context.Context, cutoff time.Time, dryRun bool, archive func(table string, row []byte) error) (PruneResult, error) {
-	var res PruneResult
-	if dryRun {
-		err := s.pool.QueryRow(ctx, `SELECT
-			(SELECT count(*) FROM bridge.failed_records WHERE resolved_at < $1),
-			(SELECT count(*) FROM bridge.sync_batches b WHERE b.finished_at < $1 AND b.status <> 'running'
-			   AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f WHERE f.batch_uid = b.uid AND (f.resolved_at IS NULL OR f.resolved_at >= $1))
-			   AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p WHERE p.batch_uid = b.uid)
-			   AND NOT EXISTS (SELECT 1 FROM bridge.erp_sync_state e WHERE e.last_batch_uid = b.uid))`, cutoff).Scan(&res.DeadLetters, &res.Batches)
-		return res, err
+// CountParked counts the parked children f chooses by child and parent entity.
+func (s *Store) CountParked(ctx context.Context, f ParkedFilter) ([]ParkedCount, error) {
+	var a args
+	rows, err := s.pool.Query(ctx, `SELECT child_entity, parent_entity, count(*) FROM bridge.pending_children WHERE `+f.where(&a)+`
+		GROUP BY 1, 2 ORDER BY 1, 2`, a...)
+	if err != nil {
+		return nil, err
 	}
-	chunk := func(sql, table string) (int64, error) {
-		var total int64
-		for {
-			var n int64
-			err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				rows, err := tx.Query(ctx, sql, cutoff)
-				if err != nil {
-					return err
-				}
-				defer rows.Close()
-				n = 0
-				for rows.Next() {
-					var row []byte
-					if err := rows.Scan(&row); err != nil {
-						return err
-					}
-					n++
-					if archive != nil {
-						if err := archive(table, row); err != nil {
-							return err
-						}
-					}
-				}
-				return rows.Err()
-			})
-			if err != nil {
-				return total, err
-			}
-			total += n
-			if n < 1000 {
-				return total, nil
-			}
-		}
-	}
-	var err error
-	if res.DeadLetters, err = chunk(`DELETE FROM bridge.failed_records WHERE uid IN (
-			SELECT uid FROM bridge.failed_records WHERE resolved_at < $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)
-		RETURNING row_to_json(failed_records)::text`, "failed_records"); err != nil {
-		return res, err
-	}
-	res.Batches, err = chunk(`DELETE FROM bridge.sync_batches WHERE uid IN (
-			SELECT b.uid FROM bridge.sync_batches b WHERE b.finished_at < $1 AND b.status <> 'running'
-			  AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f WHERE f.batch_uid = b.uid)
-			  AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p WHERE p.batch_uid = b.uid)
-			  AND NOT EXISTS (SELECT 1 FROM bridge.erp_sync_state e WHERE e.last_batch_uid = b.uid)
-			LIMIT 1000 FOR UPDATE SKIP LOCKED)
-		RETURNING row_to_json(sync_batches)::text`, "sync_batches")
-	return res, err
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[ParkedCount])
 }

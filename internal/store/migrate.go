@@ -1,16 +1,22 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/golang-migrate/migrate/v4"
 	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5" // registers pgx5://
 	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgx/v5"
 
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/migrations"
 )
 
@@ -35,6 +41,9 @@ func NewMigrator(dbURL string) (*Migrator, error) {
 }
 
 func migrateURL(dbURL string) (string, error) {
+	if err := CheckURL(dbURL); err != nil {
+		return "", err
+	}
 	u, err := url.Parse(dbURL)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return "", fmt.Errorf("database URL must look like postgres://user@host:5432/db, got %s", RedactURL(dbURL))
@@ -80,22 +89,86 @@ func (m *Migrator) Force(v int) error { return m.m.Force(v) }
 
 // Latest returns the highest version among the embedded migrations.
 func Latest() (uint, error) {
-	src, err := iofs.New(migrations.FS, ".")
+	ms, err := Migrations()
 	if err != nil {
 		return 0, err
 	}
-	defer src.Close()
-	v, err := src.First()
+	return ms[len(ms)-1].Version, nil
+}
+
+// Migration is one embedded migration.
+type Migration struct {
+	Version uint
+	Name    string // from the file name: 0001_bridge_schema -> bridge_schema
+}
+
+func (m Migration) String() string { return fmt.Sprintf("%04d %s", m.Version, m.Name) }
+
+// Migrations returns the embedded migrations, oldest first.
+func Migrations() ([]Migration, error) {
+	files, err := fs.Glob(migrations.FS, "*.up.sql")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	for {
-		next, err := src.Next(v)
-		if err != nil {
-			return v, nil
+	var out []Migration
+	for _, f := range files {
+		num, name, ok := strings.Cut(strings.TrimSuffix(f, ".up.sql"), "_")
+		v, err := strconv.ParseUint(num, 10, 32)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("migration file %s is not named NNNN_name.up.sql", f)
 		}
-		v = next
+		out = append(out, Migration{Version: uint(v), Name: name})
 	}
+	if len(out) == 0 {
+		return nil, errors.New("no migrations are embedded")
+	}
+	slices.SortFunc(out, func(a, b Migration) int { return cmp.Compare(a.Version, b.Version) })
+	return out, nil
+}
+
+// TableRows is a table of the bridge schema and its rows.
+type TableRows struct {
+	Table string
+	Rows  int64
+	// Unresolved counts the unresolved dead letters (failed_records only).
+	Unresolved int64
+}
+
+// BridgeContents counts the rows of every table in the bridge schema, for
+// `migrate down` to say what it would drop. It returns nothing when the schema
+// does not exist.
+func BridgeContents(ctx context.Context, dbURL string) ([]TableRows, error) {
+	if err := CheckURL(dbURL); err != nil {
+		return nil, err
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(dbURL), redact.Error(err))
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'bridge' AND c.relkind IN ('r', 'p') ORDER BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var out []TableRows
+	for _, t := range tables {
+		tr := TableRows{Table: "bridge." + t}
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{"bridge", t}.Sanitize()).Scan(&tr.Rows); err != nil {
+			return nil, err
+		}
+		if t == "failed_records" {
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM bridge.failed_records WHERE resolved_at IS NULL`).Scan(&tr.Unresolved); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, tr)
+	}
+	return out, nil
 }
 
 func ignoreNoChange(err error) error {

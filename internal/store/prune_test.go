@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -29,9 +30,11 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("dry run: %+v %v", dry, err)
 	}
 	var archived []string
-	res, err := f.st.Prune(f.ctx, time.Now().Add(-90*24*time.Hour), false, func(table string, row []byte) error {
-		archived = append(archived, table+" "+string(row))
-		return nil
+	res, err := f.st.Prune(f.ctx, time.Now().Add(-90*24*time.Hour), false, archiveFunc{
+		add: func(table string, row []byte) error {
+			archived = append(archived, table+" "+string(row))
+			return nil
+		},
 	})
 	if err != nil || res.DeadLetters != 1 || res.Batches != 1 {
 		t.Fatalf("prune: %+v %v", res, err)
@@ -45,5 +48,55 @@ func TestPrune(t *testing.T) {
 	}
 	if len(archived) != 2 || !strings.Contains(archived[0], `failed_records {"uid"`) || !strings.Contains(archived[1], "sync_batches") {
 		t.Errorf("archive: %v", archived)
+	}
+}
+
+type archiveFunc struct {
+	add  func(table string, row []byte) error
+	sync func() error
+}
+
+func (a archiveFunc) Add(table string, row []byte) error { return a.add(table, row) }
+
+func (a archiveFunc) Sync() error {
+	if a.sync == nil {
+		return nil
+	}
+	return a.sync()
+}
+
+// A row is deleted only once the archive holds it: an archive that cannot write
+// or cannot sync (a full disk) leaves every row where it was.
+func TestPruneKeepsRowsTheArchiveCouldNotTake(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type, status, started_at, finished_at)
+		SELECT gen_random_uuid(), 'sites', 'realtime', 'completed', now() - interval '100 days', now() - interval '100 days' FROM generate_series(1, 1500)`); err != nil {
+		t.Fatal(err)
+	}
+	full := errors.New("no space left on device")
+	for name, a := range map[string]archiveFunc{
+		"write fails": {add: func(string, []byte) error { return full }},
+		"sync fails":  {add: func(string, []byte) error { return nil }, sync: func() error { return full }},
+	} {
+		if _, err := f.st.Prune(f.ctx, time.Now().Add(-90*24*time.Hour), false, a); !errors.Is(err, full) {
+			t.Errorf("%s: %v", name, err)
+		}
+		if got := f.rows(`SELECT count(*) FROM bridge.sync_batches`); got != "1500" {
+			t.Errorf("%s: %s batches left, want all 1500", name, got)
+		}
+	}
+	// The second chunk fails: the first, archived and synced, is gone; the rest stays.
+	syncs := 0
+	_, err := f.st.Prune(f.ctx, time.Now().Add(-90*24*time.Hour), false, archiveFunc{
+		add: func(string, []byte) error { return nil },
+		sync: func() error {
+			if syncs++; syncs > 1 {
+				return full
+			}
+			return nil
+		},
+	})
+	if !errors.Is(err, full) || f.rows(`SELECT count(*) FROM bridge.sync_batches`) != "500" {
+		t.Errorf("after a failure in the second chunk: %v, %s left", err, f.rows(`SELECT count(*) FROM bridge.sync_batches`))
 	}
 }

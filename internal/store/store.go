@@ -9,13 +9,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Store holds the connection pool and what the store learned about the targets.
@@ -63,6 +63,9 @@ func (c Config) withDefaults() Config {
 // Open connects and pings.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
+	if err := CheckURL(cfg.URL); err != nil {
+		return nil, err
+	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database URL %s: %v", RedactURL(cfg.URL), redactErr(err, cfg.URL))
@@ -81,7 +84,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), classify(err))
+		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(classify(err)))
 	}
 	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), deadLog: &deadLetterLog{log: cfg.Logger},
 		NewUID: newUID}, nil
@@ -94,29 +97,3 @@ func (s *Store) Close() { s.pool.Close() }
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 func newUID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
-
-// RedactURL returns u with its password replaced by "xxxxx", for logs and errors.
-func RedactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil || parsed.User == nil {
-		if i := strings.Index(u, "password="); i >= 0 {
-			end := strings.IndexAny(u[i:], " &")
-			if end < 0 {
-				return u[:i] + "password=xxxxx"
-			}
-			return u[:i] + "password=xxxxx" + u[i+end:]
-		}
-		return u
-	}
-	return parsed.Redacted()
-}
-
-func redactErr(err error, u string) string {
-	msg := err.Error()
-	if parsed, perr := url.Parse(u); perr == nil && parsed.User != nil {
-		if pw, ok := parsed.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return msg
-}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -155,9 +156,19 @@ func (t *target) upsertSQL(cols []string) string {
 			set = append(set, quoted[i]+" = excluded."+quoted[i])
 		}
 	}
-	if t.entity.Delete == catalog.DeleteSoft && !slices.Contains(cols, t.entity.SoftDeleteColumn) {
+	soft := t.entity.Delete == catalog.DeleteSoft
+	if soft && !slices.Contains(cols, t.entity.SoftDeleteColumn) {
 		sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
 		set = append(set, sd+" = NULL")
+	}
+	if t.entity.Upsert == catalog.UpsertReplace {
+		// The event is the whole row: a column it does not carry goes back to
+		// its default (NULL without one), as on an insert.
+		for _, c := range slices.Sorted(maps.Keys(t.columns)) {
+			if !slices.Contains(cols, c) && !slices.Contains(t.key, c) && !(soft && c == t.entity.SoftDeleteColumn) {
+				set = append(set, pgx.Identifier{c}.Sanitize()+" = DEFAULT")
+			}
+		}
 	}
 	keys := make([]string, len(t.key))
 	for i, k := range t.key {

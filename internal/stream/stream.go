@@ -13,14 +13,17 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Config says how to reach NATS.
@@ -61,7 +64,7 @@ func Connect(cfg Config) (*nats.Conn, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", redact.String(nc.ConnectedUrlRedacted())) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats error", "err", err) }),
 	}
 	if cfg.CredsFile != "" {
@@ -87,13 +90,19 @@ func Connect(cfg Config) (*nats.Conn, error) {
 		}
 		opts = append(opts, nats.Secure(tc))
 	}
-	url := cfg.URL
-	if url == "" {
-		url = nats.DefaultURL
+	servers := cfg.URL
+	if servers == "" {
+		servers = nats.DefaultURL
 	}
-	nc, err := nats.Connect(url, opts...)
+	for _, u := range strings.Split(servers, ",") {
+		if _, err := url.Parse(strings.TrimSpace(u)); err != nil {
+			// The parser's message would quote pieces of a password.
+			return nil, fmt.Errorf("the NATS URL %s does not parse: write it as nats://HOST:4222 and pass credentials with --nats-user/--nats-password, --nats-token or --nats-creds", redact.String(u))
+		}
+	}
+	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats at %s: %w", url, err)
+		return nil, fmt.Errorf("nats at %s: %w", redact.String(servers), redact.Error(err))
 	}
 	return nc, nil
 }

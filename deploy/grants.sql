@@ -1,0 +1,25 @@
+-- The rights on the bridge tables, for the roles of deploy/roles.sql. Run as
+-- bridge_owner (who owns the tables) after every `syncflow migrate up`; safe to
+-- run again. It fails if a table is missing: migrate first.
+--
+-- bridge_user, the service, applies batches: the ledger, the checkpoints, the
+-- batches, parked children and dead letters are written as a batch commits; the
+-- mapping rules are only read; schedules are advanced by the backfill.
+GRANT SELECT, INSERT, UPDATE ON
+    bridge.synced_records,
+    bridge.erp_sync_state,
+    bridge.sync_batches,
+    bridge.failed_records
+TO bridge_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.pending_children TO bridge_user;
+GRANT SELECT ON bridge.field_mappings TO bridge_user;
+GRANT SELECT, UPDATE ON bridge.background_sync_schedule TO bridge_user;
+
+-- bridge_operator is a bridge_user, and also changes the mapping rules and the
+-- schedules, purges resolved dead letters and prunes old batches.
+GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.field_mappings TO bridge_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.background_sync_schedule TO bridge_operator;
+GRANT DELETE ON bridge.failed_records, bridge.sync_batches TO bridge_operator;
+
+-- Whatever a later migration adds is nobody's until this file grants it.
+REVOKE ALL ON ALL TABLES IN SCHEMA bridge FROM PUBLIC;

@@ -1,0 +1,76 @@
+package redact_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/syncflow/syncflow/internal/redact"
+)
+
+func TestString(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, secret string
+		keep             []string // what must still be there, to be useful
+	}{
+		{"postgres password", "postgres://bridge_user:s3cretPW@db:5432/x", "s3cretPW", []string{"bridge_user", "db:5432"}},
+		{"encoded @ % space #", "postgres://bob:p%40ss%20w%23rd%25@db:5432/x?sslmode=disable", "p%40ss%20w%23rd%25", []string{"bob", "db:5432", "sslmode=disable"}},
+		{"in an error", "database postgres://bob:hunter22@db/x is not reachable: EOF", "hunter22", []string{"bob", "is not reachable: EOF"}},
+		{"unparseable, @ and space", "postgres://bob:p@ss w#rd1@127.0.0.1:5432/db", "p@ss w#rd1", []string{"127.0.0.1:5432/db"}},
+		{"unparseable, bad escape", "postgres://bob:p%ZZss@127.0.0.1:5432/db", "p%ZZss", []string{"127.0.0.1"}},
+		{"key/value DSN", "host=db port=5432 user=bob password=s3cret dbname=x", "s3cret", []string{"user=bob", "dbname=x"}},
+		{"quoted DSN value", "host=db password='a b c' user=bob", "'a b c'", []string{"user=bob"}},
+		{"query password", "postgres://bob@db/x?password=qpw123&sslmode=require", "qpw123", []string{"sslmode=require"}},
+		{"nats user and password", "nats at nats://bob:s3cretNATS@127.0.0.1:1: no servers", "s3cretNATS", []string{"bob", "127.0.0.1:1", "no servers"}},
+		{"nats token", "nats://tok3nSECRET@127.0.0.1:4222", "tok3nSECRET", []string{"127.0.0.1:4222"}},
+		{"several nats URLs", "nats://a:pw1xyz@h1:4222,nats://a:pw2xyz@h2:4222", "pw1xyz", []string{"h1:4222", "h2:4222"}},
+		{"short password", "postgres://bob:p@db/postgres", "bob:p@", []string{"postgres", "db"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := redact.String(tc.in)
+			if strings.Contains(got, tc.secret) {
+				t.Errorf("%q\n -> %q still holds %q", tc.in, got, tc.secret)
+			}
+			for _, k := range tc.keep {
+				if !strings.Contains(got, k) {
+					t.Errorf("%q\n -> %q lost %q", tc.in, got, k)
+				}
+			}
+		})
+	}
+}
+
+// A registered secret is masked in every spelling, wherever it appears; a short one
+// only where it stands alone, so that the text around it stays readable.
+func TestRegisteredSecrets(t *testing.T) {
+	redact.AddURL("postgres://bob:p@ss w#rd1@127.0.0.1:5432/db")
+	redact.Add(`q"uo\te`, "p")
+	for _, in := range []string{
+		"cannot parse `postgres://bob:xxxxx@ss w#rd1@127.0.0.1:5432/db`: failed to parse as URL (unexpected spaces found in \"ss w#rd1@127.0.0.1\")",
+		`parse "postgres://bob:p@ss w": invalid character " " in host name`,
+		`{"err":"password is q\"uo\\te"}`,
+		"the password p@ss%20w%23rd1 leaked",
+	} {
+		got := redact.String(in)
+		for _, bad := range []string{"p@ss w#rd1", "ss w#rd1", "w#rd1", `q\"uo\\te`, "p%40ss", "ss%20w"} {
+			if strings.Contains(got, bad) {
+				t.Errorf("%q\n -> %q still holds %q", in, got, bad)
+			}
+		}
+	}
+	if got := redact.String("failed to open database postgres: user=postgres lookup p"); got != "failed to open database postgres: user=postgres lookup xxxxx" {
+		t.Errorf("a one-letter password mangled the text: %q", got)
+	}
+}
+
+func TestError(t *testing.T) {
+	base := errors.New("connect postgres://u:Secret99@h/x failed")
+	err := redact.Error(fmt.Errorf("wrapped: %w", base))
+	if strings.Contains(err.Error(), "Secret99") || !errors.Is(err, base) {
+		t.Errorf("%v (is: %v)", err, errors.Is(err, base))
+	}
+	if redact.Error(nil) != nil {
+		t.Error("nil error")
+	}
+}
