@@ -423,6 +423,7 @@ func (h *heldMessages) remove(id uint64) {
 // keepAlive sends InProgress for every message held longer than every, every
 // every/2, until ctx ends.
 func (h *heldMessages) keepAlive(ctx context.Context, every time.Duration) {
+	every = max(every, 20*time.Millisecond) // an ack wait of a few milliseconds must not make a busy loop
 	t := time.NewTicker(every / 2)
 	defer t.Stop()
 	for {
