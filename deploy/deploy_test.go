@@ -21,6 +21,7 @@ import (
 
 	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -363,7 +364,7 @@ func TestRoles(t *testing.T) {
 	apply := func(st *store.Store, entity, body string) store.Result {
 		t.Helper()
 		e, _ := cat.Entity(entity)
-		ds := []pipeline.Delivery{{Subject: "apismith.cdc." + entity, Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: 1, Data: []byte(body)}}
+		ds := []pipeline.Delivery{{Subject: "apismith.cdc." + entity, Source: event.Realtime, StreamSeq: 1, Data: []byte(body)}}
 		res, err := st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: cat, BatchUID: testUID(), NewBatch: true, SyncType: "realtime",
 			Replica: "roles", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: cat}.Prepare(ds)})
 		if err != nil {

@@ -10,14 +10,8 @@ import "embed"
 //go:embed *.json consumers catalog.yaml
 var FS embed.FS
 
-// Names of the two streams SyncFlow consumes.
-const (
-	Realtime = "APISMITH_CDC"
-	Backfill = "APISMITH_BACKFILL"
-)
-
 // Advisories is the stream that keeps JetStream's max-deliveries advisories for the
-// two streams; AdvisoriesConsumer is SyncFlow's consumer of it.
+// two streams (event.Realtime and event.Backfill); AdvisoriesConsumer is SyncFlow's consumer of it.
 const (
 	Advisories         = "SYNCFLOW_ADVISORIES"
 	AdvisoriesConsumer = "max_deliveries"

@@ -32,6 +32,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/store"
@@ -133,7 +134,7 @@ func run(cfg config) error {
 	if b.cat, err = catalog.Parse(data); err != nil {
 		return err
 	}
-	if b.defs, err = stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, b.cat.Names()); err != nil {
+	if b.defs, err = stream.LoadDefinitions(streams.FS, b.cat.Names()); err != nil {
 		return err
 	}
 	b.events, b.want = generate(cfg.n, 42, cfg.dupShare, cfg.ooo)
@@ -368,7 +369,7 @@ func peakRSS(pid int) float64 {
 
 // baselineConsumer is a durable consumer over every realtime subject.
 func (b *bench) baselineConsumer(name string) (jetstream.Consumer, error) {
-	return b.js.CreateOrUpdateConsumer(b.ctx, streams.Realtime, jetstream.ConsumerConfig{
+	return b.js.CreateOrUpdateConsumer(b.ctx, event.Realtime.Stream, jetstream.ConsumerConfig{
 		Durable: name, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "apismith.cdc.>",
 		MaxAckPending: 10000, AckWait: time.Minute,
 	})
@@ -390,7 +391,7 @@ func (b *bench) bareRows(msgs []jetstream.Msg) ([]bareRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		ds[i] = pipeline.Delivery{Subject: m.Subject(), Source: pipeline.Realtime, StreamSeq: md.Sequence.Stream, Data: m.Data()}
+		ds[i] = pipeline.Delivery{Subject: m.Subject(), Source: event.Realtime, StreamSeq: md.Sequence.Stream, Data: m.Data()}
 	}
 	p := pipeline.Preparer{Catalog: b.cat}.Prepare(ds)
 	if len(p.Failures) > 0 {
@@ -523,7 +524,7 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 	}
 	var mu sync.Mutex
 	var lat []time.Duration
-	onCommit := func(_ string, _ pipeline.Source, msgs []stream.Message, _ store.Result) {
+	onCommit := func(_ string, _ event.Source, msgs []stream.Message, _ store.Result) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()

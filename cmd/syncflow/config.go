@@ -231,7 +231,7 @@ func (d *definitions) streams(cat *catalog.Catalog) (stream.Definitions, error) 
 	if d.streamsDir != "" {
 		fsys = os.DirFS(d.streamsDir)
 	}
-	return stream.LoadDefinitions(fsys, []string{streams.Realtime, streams.Backfill}, cat.Names())
+	return stream.LoadDefinitions(fsys, cat.Names())
 }
 
 func atoiArg(s, what string) (int, error) {

@@ -13,7 +13,6 @@ import (
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
-	"github.com/syncflow/syncflow/streams"
 )
 
 func replayCommand() command {
@@ -61,11 +60,11 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	if err != nil {
 		return err
 	}
-	streamName, prefix, source := streams.Realtime, event.RealtimePrefix, pipeline.Realtime
+	source := event.Realtime
 	switch which {
 	case "realtime":
 	case "backfill":
-		streamName, prefix, source = streams.Backfill, event.BackfillPrefix, pipeline.Backfill
+		source = event.Backfill
 	default:
 		return fmt.Errorf("%w: --stream is realtime or backfill, not %q", errUsage, which)
 	}
@@ -94,23 +93,23 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	}
 	// A consumer of its own, removed afterwards (and by the server if we die).
 	name := fmt.Sprintf("syncflow_replay_%s_%d", entity, time.Now().UnixNano())
-	cfg := jetstream.ConsumerConfig{Name: name, FilterSubject: prefix + entity, AckPolicy: jetstream.AckExplicitPolicy,
+	cfg := jetstream.ConsumerConfig{Name: name, FilterSubject: source.Subject(entity), AckPolicy: jetstream.AckExplicitPolicy,
 		AckWait: time.Minute, MaxAckPending: 10 * batch, InactiveThreshold: time.Hour, Description: "syncflow replay"}
 	if fromSeq > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, fromSeq
 	} else {
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
 	}
-	if _, err := js.CreateConsumer(ctx, streamName, cfg); err != nil {
-		return fmt.Errorf("replay consumer on %s: %w", streamName, err)
+	if _, err := js.CreateConsumer(ctx, source.Stream, cfg); err != nil {
+		return fmt.Errorf("replay consumer on %s: %w", source.Stream, err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = js.DeleteConsumer(dctx, streamName, name)
+		_ = js.DeleteConsumer(dctx, source.Stream, name)
 	}()
 	if dryRun {
-		count, err := replayCount(ctx, js, streamName, name, cfg, toSeq)
+		count, err := replayCount(ctx, js, source.Stream, name, cfg, toSeq)
 		if err != nil {
 			return err
 		}
@@ -122,18 +121,15 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 			from += fmt.Sprintf(" to sequence %d", toSeq)
 		}
 		fmt.Printf("would replay %d %s events from %s (%s): each is applied again only where its mapped row differs from the target's\n(dry run: nothing was changed)\n",
-			count, entity, streamName, from)
+			count, entity, source.Stream, from)
 		return nil
 	}
-	fetcher, err := stream.NewFetcher(ctx, js, streamName, name, source)
+	fetcher, err := stream.NewFetcher(ctx, js, source, name)
 	if err != nil {
 		return err
 	}
 	var total pipeline.Counts
-	syncType := "realtime"
-	if source == pipeline.Backfill {
-		syncType = "background"
-	}
+	syncType := source.SyncType
 	batchUID, fresh := uuid.Must(uuid.NewV7()), true
 	for ctx.Err() == nil {
 		msgs, err := fetcher.Fetch(ctx, batch, 500*time.Millisecond)
@@ -177,14 +173,14 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 		_ = wb.st.CloseBatch(ctx, batchUID, nil)
 	}
 	fmt.Printf("replayed %d %s events from %s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
-		total.Fetched, entity, streamName, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
+		total.Fetched, entity, source.Stream, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
 	return ctx.Err()
 }
 
 // replayCount counts the messages a replay consumer would deliver, up to toSeq:
 // its pending count, less that of a consumer starting after toSeq.
-func replayCount(ctx context.Context, js jetstream.JetStream, streamName, name string, cfg jetstream.ConsumerConfig, toSeq uint64) (uint64, error) {
-	cons, err := js.Consumer(ctx, streamName, name)
+func replayCount(ctx context.Context, js jetstream.JetStream, stream, name string, cfg jetstream.ConsumerConfig, toSeq uint64) (uint64, error) {
+	cons, err := js.Consumer(ctx, stream, name)
 	if err != nil {
 		return 0, err
 	}
@@ -199,14 +195,14 @@ func replayCount(ctx context.Context, js jetstream.JetStream, streamName, name s
 	after := cfg
 	after.Name = name + "_end"
 	after.DeliverPolicy, after.OptStartSeq, after.OptStartTime = jetstream.DeliverByStartSequencePolicy, toSeq+1, nil
-	end, err := js.CreateConsumer(ctx, streamName, after)
+	end, err := js.CreateConsumer(ctx, stream, after)
 	if err != nil {
 		return 0, err
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = js.DeleteConsumer(dctx, streamName, after.Name)
+		_ = js.DeleteConsumer(dctx, stream, after.Name)
 	}()
 	endInfo, err := end.Info(ctx)
 	if err != nil {

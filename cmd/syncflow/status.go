@@ -14,10 +14,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // entityStatus is one entity's line of `syncflow status`.
@@ -204,9 +204,9 @@ func statusWide(out []entityStatus) error {
 		pending := "-"
 		if e.Lag != nil {
 			var parts []string
-			for _, s := range []string{streams.Realtime, streams.Backfill} {
-				if l, ok := e.Lag[s]; ok {
-					parts = append(parts, fmt.Sprintf("%s %d", strings.TrimPrefix(strings.ToLower(s), "apismith_"), l.Pending+l.AckPending))
+			for _, src := range event.Sources {
+				if l, ok := e.Lag[src.Stream]; ok {
+					parts = append(parts, fmt.Sprintf("%s %d", src.Name, l.Pending+l.AckPending))
 				}
 			}
 			pending = strings.Join(parts, ", ")
@@ -271,7 +271,8 @@ func lagFromNATS(ctx context.Context, n natsFlags, defs definitions, cat *catalo
 	defer cancel()
 	for i, e := range cat.Names() {
 		out[i].Lag = map[string]streamLag{}
-		for _, s := range []string{streams.Realtime, streams.Backfill} {
+		for _, src := range event.Sources {
+			s := src.Stream
 			cons, err := js.Consumer(ctx, s, sdefs.Consumers[s][e].Durable)
 			if err != nil {
 				continue

@@ -19,7 +19,6 @@ import (
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
-	"github.com/syncflow/syncflow/streams"
 )
 
 var dbURL string
@@ -87,7 +86,7 @@ func (r *rig) query(sql string) string {
 func (r *rig) published(subject string) (ids map[string]int, n int) {
 	r.t.Helper()
 	ids = map[string]int{}
-	s, err := r.js.Stream(r.ctx, streams.Backfill)
+	s, err := r.js.Stream(r.ctx, event.Backfill.Stream)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -250,7 +250,7 @@ func messages(e *catalog.Entity, rows []SourceRow, sourceSystem string) ([]Messa
 		if err := json.Unmarshal(row.RowVersion, &rv); err != nil {
 			rv = string(row.RowVersion)
 		}
-		out[i] = Message{Subject: event.BackfillPrefix + e.Name, ID: messageID(e.Name, key, rv), Body: body}
+		out[i] = Message{Subject: event.Backfill.Subject(e.Name), ID: messageID(e.Name, key, rv), Body: body}
 	}
 	return out, nil
 }

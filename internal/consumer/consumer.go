@@ -54,6 +54,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -99,13 +100,13 @@ type Config struct {
 	// Replica names this process in sync_batches (default the host name).
 	Replica string
 	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
-	OnCommit func(entity string, source pipeline.Source, msgs []stream.Message, res store.Result)
+	OnCommit func(entity string, source event.Source, msgs []stream.Message, res store.Result)
 	// OnHold, when set, is called when the consumer starts holding a batch after a
 	// failed write (with the failure), at every retry, and when it stops (nil).
-	OnHold func(entity string, source pipeline.Source, failure error)
+	OnHold func(entity string, source event.Source, failure error)
 	// OnEscalate, when set, is called when a batch that kept timing out is written
 	// with its rows isolated.
-	OnEscalate func(entity string, source pipeline.Source)
+	OnEscalate func(entity string, source event.Source)
 }
 
 func (c Config) withDefaults() Config {
@@ -133,7 +134,7 @@ func (r *Rules) Store(s *mapping.Set) { r.p.Store(s) }
 type Consumer struct {
 	Entity  *catalog.Entity
 	Catalog *catalog.Catalog
-	Source  pipeline.Source
+	Source  event.Source
 	Fetcher Fetcher
 	Writer  Writer
 	Rules   *Rules
@@ -164,7 +165,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	log := c.Logger.With("entity", c.entityName(), "source", string(c.Source))
+	log := c.Logger.With("entity", c.entityName(), "source", c.Source.Name)
 	defer c.closeBatch(log, nil)
 	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHeartbeat()
@@ -244,7 +245,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	}
 	rules := c.Rules.Load()
 	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
-	b := store.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: syncType(c.Source), Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	b := store.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: c.Source.SyncType, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
 	res, err := c.write(ctx, wctx, log, b)
 	res.Took = c.Now().Sub(began)
 	if err == nil {
@@ -373,13 +374,6 @@ func (c *Consumer) entityName() string {
 		return store.UnknownEntity
 	}
 	return c.Entity.Name
-}
-
-func syncType(s pipeline.Source) string {
-	if s == pipeline.Backfill {
-		return "background"
-	}
-	return "realtime"
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/store"
 )
 
@@ -57,14 +57,14 @@ func TestWriteHoldsAndEscalates(t *testing.T) {
 	}}
 	var holds []string
 	escalated := 0
-	c := &Consumer{Writer: w, Source: pipeline.Realtime, Config: Config{EscalateAfter: 3,
-		OnHold: func(_ string, _ pipeline.Source, failure error) {
+	c := &Consumer{Writer: w, Source: event.Realtime, Config: Config{EscalateAfter: 3,
+		OnHold: func(_ string, _ event.Source, failure error) {
 			holds = append(holds, store.Kind(failure))
 			if failure == nil {
 				holds[len(holds)-1] = "released"
 			}
 		},
-		OnEscalate: func(string, pipeline.Source) { escalated++ },
+		OnEscalate: func(string, event.Source) { escalated++ },
 	}.withDefaults()}
 	ctx := context.Background()
 	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), store.Batch{}); err != nil {

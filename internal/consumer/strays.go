@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
@@ -16,7 +16,7 @@ import (
 type Strays struct {
 	Find     func(ctx context.Context) ([]*stream.Fetcher, error)
 	Catalog  *catalog.Catalog
-	Source   pipeline.Source
+	Source   event.Source
 	Writer   Writer
 	Interval time.Duration // default 10s
 	Replica  string
@@ -29,7 +29,7 @@ func (s *Strays) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
-	log := s.Logger.With("source", string(s.Source))
+	log := s.Logger.With("source", s.Source.Name)
 	for {
 		fetchers, err := s.Find(ctx)
 		if err != nil && ctx.Err() == nil {

@@ -113,18 +113,55 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 	return ev, nil
 }
 
-// Subject prefixes: realtime events on apismith.cdc.<entity>, backfill on
-// apismith.backfill.<entity>.
-const (
-	RealtimePrefix = "apismith.cdc."
-	BackfillPrefix = "apismith.backfill."
+// Source is one of the two streams SyncFlow reads: every change as it happens
+// (realtime), or the nightly backfill's copies of whole rows. Everything that
+// differs between them comes from here.
+type Source struct {
+	// Name is how the bridge tables write the source (source_stream), and how
+	// versions of one key tell realtime from backfill (a realtime version wins a
+	// rowversion tie).
+	Name string
+	// Stream is the JetStream stream, and SubjectPrefix its subjects' prefix: an
+	// event of entity e is published on SubjectPrefix + e.
+	Stream, SubjectPrefix string
+	// SyncType is the sync_type of its sync_batches rows.
+	SyncType string
+}
+
+// The two sources.
+var (
+	Realtime = Source{Name: "realtime", Stream: "APISMITH_CDC", SubjectPrefix: "apismith.cdc.", SyncType: "realtime"}
+	Backfill = Source{Name: "backfill", Stream: "APISMITH_BACKFILL", SubjectPrefix: "apismith.backfill.", SyncType: "background"}
+	Sources  = []Source{Realtime, Backfill}
 )
+
+// SourceNamed returns the source of a name (source_stream); an unknown name is
+// Realtime, the source of every event before there was a backfill.
+func SourceNamed(name string) Source {
+	if name == Backfill.Name {
+		return Backfill
+	}
+	return Realtime
+}
+
+// SourceOfStream returns the source whose stream is stream.
+func SourceOfStream(stream string) (Source, bool) {
+	for _, s := range Sources {
+		if s.Stream == stream {
+			return s, true
+		}
+	}
+	return Source{}, false
+}
+
+// Subject returns the subject of entity's events.
+func (s Source) Subject(entity string) string { return s.SubjectPrefix + entity }
 
 // SubjectEntity returns the entity token of a SyncFlow subject, or "" when the
 // subject is not one.
 func SubjectEntity(subject string) string {
-	for _, p := range []string{RealtimePrefix, BackfillPrefix} {
-		if rest, ok := strings.CutPrefix(subject, p); ok && rest != "" && !strings.Contains(rest, ".") {
+	for _, src := range Sources {
+		if rest, ok := strings.CutPrefix(subject, src.SubjectPrefix); ok && rest != "" && !strings.Contains(rest, ".") {
 			return rest
 		}
 	}

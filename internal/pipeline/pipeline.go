@@ -12,14 +12,6 @@ import (
 	"github.com/syncflow/syncflow/internal/normalize"
 )
 
-// Source is the stream a delivery came from.
-type Source string
-
-const (
-	Realtime Source = "realtime"
-	Backfill Source = "backfill"
-)
-
 // Stage names where a record failed; the values are bridge.failed_records.stage_failed.
 type Stage string
 
@@ -48,9 +40,9 @@ const (
 
 // Delivery is one message as fetched from a stream.
 type Delivery struct {
-	Subject   string
-	Source    Source
-	Stream    string
+	Subject string
+	// Source is the stream the message came from, and StreamSeq its sequence in it.
+	Source    event.Source
 	StreamSeq uint64
 	Data      []byte
 	// Published is when JetStream stored the message (zero when unknown).
@@ -85,7 +77,7 @@ type Candidate struct {
 // Version orders the versions of one key.
 type Version struct {
 	Ord    int64
-	Source Source
+	Source event.Source
 	Seq    uint64
 	Hash   []byte
 }
@@ -100,7 +92,7 @@ func Compare(a, b Version) int {
 	if a.Ord != b.Ord {
 		return cmp.Compare(a.Ord, b.Ord)
 	}
-	if ra, rb := a.Source == Realtime, b.Source == Realtime; ra != rb {
+	if ra, rb := a.Source == event.Realtime, b.Source == event.Realtime; ra != rb {
 		if ra {
 			return 1
 		}
@@ -166,7 +158,7 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 			}
 			out.Superseded = append(out.Superseded, older.Index)
 			out.Candidates[j] = newer
-			if newer.Version.Source == Realtime && older.Version.Source == Realtime && older.Version.Seq > newer.Version.Seq {
+			if newer.Version.Source == event.Realtime && older.Version.Source == event.Realtime && older.Version.Seq > newer.Version.Seq {
 				out.Inverted++
 			}
 			continue
@@ -181,7 +173,7 @@ func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 	subjectEntity := event.SubjectEntity(d.Subject)
 	if subjectEntity == "" {
 		return Candidate{}, &Failure{Index: i, Stage: StageDecode,
-			Err: fmt.Errorf("%w: subject %q is not %s<entity> or %s<entity>", event.ErrDecode, d.Subject, event.RealtimePrefix, event.BackfillPrefix)}
+			Err: fmt.Errorf("%w: subject %q is not %s<entity> or %s<entity>", event.ErrDecode, d.Subject, event.Realtime.SubjectPrefix, event.Backfill.SubjectPrefix)}
 	}
 	ev, err := event.Decode(d.Data, subjectEntity)
 	if err != nil {
@@ -196,7 +188,7 @@ func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 	// tells the two readings of a wall clock repeated by a DST fall-back apart; a
 	// backfill copy is published hours later and gets the earlier reading.
 	var published time.Time
-	if d.Source == Realtime {
+	if d.Source == event.Realtime {
 		published = d.Published
 	}
 	rec, err := normalize.Normalize(ev, e, p.Catalog.SourceSystem, published)
@@ -264,7 +256,7 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 		case !known:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
 		case !Supersedes(c.Version, a.Version):
-			d.Inverted = c.Version.Source == Realtime && a.Version.Source == Realtime && c.Version.Seq > a.Version.Seq
+			d.Inverted = c.Version.Source == event.Realtime && a.Version.Source == event.Realtime && c.Version.Seq > a.Version.Seq
 			if Compare(c.Version, a.Version) == 0 || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {
 				d.Outcome = Unchanged
 			} else {

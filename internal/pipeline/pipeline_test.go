@@ -31,7 +31,7 @@ func preparer(t *testing.T, rules ...mapping.Rule) Preparer {
 }
 
 func site(seq uint64, op, contract, rv, desc string) Delivery {
-	return Delivery{Subject: "apismith.cdc.sites", Source: Realtime, Stream: "APISMITH_CDC", StreamSeq: seq,
+	return Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: seq,
 		Data: []byte(fmt.Sprintf(`{"entity":"sites","op":%q,"rowversion":%q,"data":{"CONTRACT":%q,"DESCRIPTION":%q}}`, op, rv, contract, desc))}
 }
 
@@ -39,11 +39,11 @@ func TestPrepareStages(t *testing.T) {
 	p := preparer(t, mapping.Rule{Entity: "sites", SourceField: "DESCRIPTION", TargetField: "description", IsRequired: true})
 	ds := []Delivery{
 		site(1, "upsert", "S1", "2026-01-01T00:00:00Z", "a"),
-		{Subject: "apismith.cdc.sites", Source: Realtime, StreamSeq: 2, Data: []byte(`nope`)},
-		{Subject: "apismith.cdc.plants", Source: Realtime, StreamSeq: 3, Data: []byte(`{"entity":"plants","op":"upsert","rowversion":"x","data":{}}`)},
+		{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 2, Data: []byte(`nope`)},
+		{Subject: "apismith.cdc.plants", Source: event.Realtime, StreamSeq: 3, Data: []byte(`{"entity":"plants","op":"upsert","rowversion":"x","data":{}}`)},
 		site(4, "upsert", "", "2026-01-01T00:00:00Z", "a"),
 		site(5, "upsert", "S2", "2026-01-01T00:00:00Z", ""),
-		{Subject: "apismith.cdc.sites.x", Source: Realtime, StreamSeq: 6, Data: site(6, "upsert", "S3", "2026-01-01T00:00:00Z", "a").Data},
+		{Subject: "apismith.cdc.sites.x", Source: event.Realtime, StreamSeq: 6, Data: site(6, "upsert", "S3", "2026-01-01T00:00:00Z", "a").Data},
 	}
 	got := p.Prepare(ds)
 	stages := map[int]Stage{}
@@ -92,18 +92,18 @@ func TestPrepareCollapsesToNewest(t *testing.T) {
 
 func TestSupersedes(t *testing.T) {
 	h1, h2 := []byte{1}, []byte{2}
-	applied := Version{Ord: 10, Source: Realtime, Seq: 5, Hash: h1}
+	applied := Version{Ord: 10, Source: event.Realtime, Seq: 5, Hash: h1}
 	for _, tt := range []struct {
 		in   Version
 		want bool
 	}{
-		{Version{Ord: 11, Source: Backfill, Seq: 1, Hash: h1}, true},
-		{Version{Ord: 9, Source: Realtime, Seq: 99, Hash: h2}, false},
-		{Version{Ord: 10, Source: Realtime, Seq: 6, Hash: h1}, true},
-		{Version{Ord: 10, Source: Realtime, Seq: 4, Hash: h2}, false},
-		{Version{Ord: 10, Source: Backfill, Seq: 99, Hash: h2}, false}, // a backfill copy never replaces a realtime version it ties with
-		{Version{Ord: 10, Source: Realtime, Seq: 5, Hash: h1}, false},  // the same event again
-		{Version{Ord: 10, Source: Realtime, Seq: 5, Hash: h2}, true},   // the same event, remapped
+		{Version{Ord: 11, Source: event.Backfill, Seq: 1, Hash: h1}, true},
+		{Version{Ord: 9, Source: event.Realtime, Seq: 99, Hash: h2}, false},
+		{Version{Ord: 10, Source: event.Realtime, Seq: 6, Hash: h1}, true},
+		{Version{Ord: 10, Source: event.Realtime, Seq: 4, Hash: h2}, false},
+		{Version{Ord: 10, Source: event.Backfill, Seq: 99, Hash: h2}, false}, // a backfill copy never replaces a realtime version it ties with
+		{Version{Ord: 10, Source: event.Realtime, Seq: 5, Hash: h1}, false},  // the same event again
+		{Version{Ord: 10, Source: event.Realtime, Seq: 5, Hash: h2}, true},   // the same event, remapped
 	} {
 		if got := Supersedes(tt.in, applied); got != tt.want {
 			t.Errorf("Supersedes(%+v) = %v, want %v", tt.in, got, tt.want)
@@ -111,16 +111,16 @@ func TestSupersedes(t *testing.T) {
 	}
 	// Applied from the backfill: a realtime event of the same rowversion wins the
 	// tie whatever its sequence, a later backfill copy wins by sequence.
-	backfilled := Version{Ord: 10, Source: Backfill, Seq: 500, Hash: h1}
+	backfilled := Version{Ord: 10, Source: event.Backfill, Seq: 500, Hash: h1}
 	for _, tt := range []struct {
 		in   Version
 		want bool
 	}{
-		{Version{Ord: 10, Source: Realtime, Seq: 1, Hash: h1}, true},
-		{Version{Ord: 10, Source: Realtime, Seq: 1, Hash: nil}, true}, // a realtime delete of the last rowversion
-		{Version{Ord: 10, Source: Backfill, Seq: 501, Hash: h2}, true},
-		{Version{Ord: 10, Source: Backfill, Seq: 499, Hash: h2}, false},
-		{Version{Ord: 9, Source: Realtime, Seq: 900, Hash: h2}, false},
+		{Version{Ord: 10, Source: event.Realtime, Seq: 1, Hash: h1}, true},
+		{Version{Ord: 10, Source: event.Realtime, Seq: 1, Hash: nil}, true}, // a realtime delete of the last rowversion
+		{Version{Ord: 10, Source: event.Backfill, Seq: 501, Hash: h2}, true},
+		{Version{Ord: 10, Source: event.Backfill, Seq: 499, Hash: h2}, false},
+		{Version{Ord: 9, Source: event.Realtime, Seq: 900, Hash: h2}, false},
 	} {
 		if got := Supersedes(tt.in, backfilled); got != tt.want {
 			t.Errorf("Supersedes(%+v, backfill copy) = %v, want %v", tt.in, got, tt.want)
@@ -134,7 +134,7 @@ func TestSupersedes(t *testing.T) {
 func TestCompareIsATotalOrder(t *testing.T) {
 	var vs []Version
 	for _, ord := range []int64{1, 2} {
-		for _, src := range []Source{Realtime, Backfill} {
+		for _, src := range []event.Source{event.Realtime, event.Backfill} {
 			for _, seq := range []uint64{1, 2, 3} {
 				vs = append(vs, Version{Ord: ord, Source: src, Seq: seq})
 			}
@@ -162,7 +162,7 @@ func TestDecide(t *testing.T) {
 	h := func(d Delivery) Candidate { return p.Prepare([]Delivery{d}).Candidates[0] }
 	base := h(site(5, "upsert", "S1", "2026-01-01T00:00:10Z", "x"))
 	live := map[string]Applied{base.Record.BKHash: {Version: base.Version}}
-	tomb := map[string]Applied{base.Record.BKHash: {Version: Version{Ord: base.Version.Ord, Source: Realtime, Seq: 5}, Deleted: true}}
+	tomb := map[string]Applied{base.Record.BKHash: {Version: Version{Ord: base.Version.Ord, Source: event.Realtime, Seq: 5}, Deleted: true}}
 	tests := []struct {
 		name    string
 		d       Delivery
@@ -204,13 +204,13 @@ func TestDecide(t *testing.T) {
 		t.Errorf("an inversion within one batch: %d, want 1", got.Inverted)
 	}
 	bf := site(9, "upsert", "S1", "2026-01-01T00:00:10Z", "y")
-	bf.Source = Backfill
+	bf.Source = event.Backfill
 	if got := Decide([]Candidate{h(bf)}, live)[0]; got.Outcome != Stale {
 		t.Errorf("equal version from backfill over realtime: %s, want stale (realtime wins a tie)", got.Outcome)
 	}
 	// The other way round: a backfill copy was applied first; the realtime change
 	// and the realtime delete of the same rowversion both win.
-	copied := map[string]Applied{base.Record.BKHash: {Version: Version{Ord: base.Version.Ord, Source: Backfill, Seq: 700, Hash: base.Version.Hash}}}
+	copied := map[string]Applied{base.Record.BKHash: {Version: Version{Ord: base.Version.Ord, Source: event.Backfill, Seq: 700, Hash: base.Version.Hash}}}
 	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "y"))}, copied)[0]; got.Outcome != Updated || !got.Target {
 		t.Errorf("realtime change tying a backfill copy: %s target=%v, want updated", got.Outcome, got.Target)
 	}

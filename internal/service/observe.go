@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -50,8 +51,8 @@ type heldBatch struct {
 
 // hold is the consumers' OnHold: it counts the failed attempt and keeps what
 // /readyz reports.
-func (o *observer) hold(entity string, source pipeline.Source, failure error) {
-	key := entity + " " + string(source)
+func (o *observer) hold(entity string, source event.Source, failure error) {
+	key := entity + " " + source.Name
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.held == nil {
@@ -59,12 +60,12 @@ func (o *observer) hold(entity string, source pipeline.Source, failure error) {
 	}
 	if failure == nil {
 		delete(o.held, key)
-		o.m.Held.WithLabelValues(entity, string(source)).Set(0)
+		o.m.Held.WithLabelValues(entity, source.Name).Set(0)
 		return
 	}
 	reason := store.Kind(failure)
-	o.m.HeldRetries.WithLabelValues(entity, string(source), reason).Inc()
-	o.m.Held.WithLabelValues(entity, string(source)).Set(1)
+	o.m.HeldRetries.WithLabelValues(entity, source.Name, reason).Inc()
+	o.m.Held.WithLabelValues(entity, source.Name).Set(1)
 	h, ok := o.held[key]
 	if !ok {
 		h.since = time.Now()
@@ -91,8 +92,8 @@ type boundFetcher struct {
 }
 
 // record is the consumers' OnCommit: counts, durations, sizes and lag.
-func (o *observer) record(entity string, source pipeline.Source, msgs []stream.Message, res store.Result) {
-	src := string(source)
+func (o *observer) record(entity string, source event.Source, msgs []stream.Message, res store.Result) {
+	src := source.Name
 	c := res.Counts
 	for outcome, n := range map[pipeline.Outcome]int64{pipeline.Inserted: c.Inserted, pipeline.Updated: c.Updated,
 		pipeline.Unchanged: c.Unchanged, pipeline.Stale: c.Stale, pipeline.Deleted: c.Deleted, pipeline.Parked: c.Parked, pipeline.Failed: c.Failed} {

@@ -26,12 +26,10 @@ import (
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // Config configures the service. Zero durations take the defaults named.
@@ -178,15 +176,15 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
 	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
 	userHook := cfg.Consumer.OnCommit
-	cfg.Consumer.OnCommit = func(entity string, source pipeline.Source, msgs []stream.Message, res store.Result) {
+	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []stream.Message, res store.Result) {
 		obs.record(entity, source, msgs, res)
 		if userHook != nil {
 			userHook(entity, source, msgs, res)
 		}
 	}
 	cfg.Consumer.OnHold = obs.hold
-	cfg.Consumer.OnEscalate = func(entity string, source pipeline.Source) {
-		metrics.Escalations.WithLabelValues(entity, string(source)).Inc()
+	cfg.Consumer.OnEscalate = func(entity string, source event.Source) {
+		metrics.Escalations.WithLabelValues(entity, source.Name).Inc()
 	}
 	// Two groups, stopped in order: g holds the workers that commit (consumers,
 	// strays, the dead-letter worker, the advisory drain, the mappings watcher);
@@ -229,17 +227,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
 	}
 	backfillGate := make(chan struct{}, max(cfg.BackfillShare, 1))
-	sources := []pipeline.Source{pipeline.Realtime}
+	sources := []event.Source{event.Realtime}
 	if cfg.Backfill {
-		sources = append(sources, pipeline.Backfill)
+		sources = append(sources, event.Backfill)
 	}
 	for _, source := range sources {
-		name, prefix := streams.Realtime, event.RealtimePrefix
-		if source == pipeline.Backfill {
-			name, prefix = streams.Backfill, event.BackfillPrefix
-		}
-		finder := &stream.StrayFinder{JS: js, Stream: name, Source: source, Known: func(subject string) bool {
-			entity, ok := strings.CutPrefix(subject, prefix)
+		finder := &stream.StrayFinder{JS: js, Source: source, Known: func(subject string) bool {
+			entity, ok := strings.CutPrefix(subject, source.SubjectPrefix)
 			_, known := cfg.Catalog.Entity(entity)
 			return ok && known
 		}}
@@ -247,12 +241,12 @@ func Run(ctx context.Context, cfg Config) error {
 			Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica, Logger: log}
 		g.Go(func() error { return strays.Run(gctx) })
 		for _, e := range cfg.Catalog.Entities() {
-			durable := cfg.Streams.Consumers[name][e.Name].Durable
-			fetcher, err := stream.NewFetcher(ctx, js, name, durable, source)
+			durable := cfg.Streams.Consumers[source.Stream][e.Name].Durable
+			fetcher, err := stream.NewFetcher(ctx, js, source, durable)
 			if err != nil {
 				return abort(err)
 			}
-			obs.fetchers = append(obs.fetchers, boundFetcher{stream: name, entity: e.Name, f: fetcher})
+			obs.fetchers = append(obs.fetchers, boundFetcher{stream: source.Stream, entity: e.Name, f: fetcher})
 			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
 				Rules: rules, Config: cfg.Consumer, Logger: log}
 			// Held messages are kept alive well within the consumer's ack wait,
@@ -260,7 +254,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if wait := fetcher.AckWait(); wait > 0 {
 				c.Config.Heartbeat = min(cmp.Or(c.Config.Heartbeat, 10*time.Second), wait/3)
 			}
-			if source == pipeline.Backfill {
+			if source == event.Backfill {
 				c.Gate = backfillGate
 			}
 			g.Go(func() error { return c.Run(gctx) })

@@ -21,12 +21,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/syncflow/syncflow/internal/consumer"
-	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
-	"github.com/syncflow/syncflow/streams"
 )
 
 var dbURL string
@@ -123,7 +122,7 @@ func (e *env) start(tune func(*service.Config)) (stop func()) {
 	// Wait until the consumers exist.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := e.js.Consumer(e.ctx, streams.Realtime, "syncflow_cdc_work_order_operations"); err == nil {
+		if _, err := e.js.Consumer(e.ctx, event.Realtime.Stream, "syncflow_cdc_work_order_operations"); err == nil {
 			return stop
 		}
 		if time.Now().After(deadline) {
@@ -311,7 +310,7 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 		}
 		c.Consumer.BatchSize = 20
 		c.Consumer.Heartbeat = 300 * time.Millisecond
-		c.Consumer.OnCommit = func(_ string, _ pipeline.Source, msgs []stream.Message, _ store.Result) {
+		c.Consumer.OnCommit = func(_ string, _ event.Source, msgs []stream.Message, _ store.Result) {
 			for _, m := range msgs {
 				if m.NumDelivered > 1 {
 					redelivered.Add(1)

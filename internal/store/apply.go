@@ -199,7 +199,7 @@ func lockLedger(ctx context.Context, tx pgx.Tx, entity string, cands []pipeline.
 			return nil, err
 		}
 		applied[hash] = pipeline.Applied{
-			Version: pipeline.Version{Ord: ord, Source: pipeline.Source(src), Seq: uint64(seq), Hash: payload},
+			Version: pipeline.Version{Ord: ord, Source: event.SourceNamed(src), Seq: uint64(seq), Hash: payload},
 			Deleted: deleted,
 		}
 	}
@@ -257,7 +257,7 @@ func writeOnce(ctx context.Context, tx pgx.Tx, t *target, batchUID uuid.UUID, ds
 		key, _ := json.Marshal(d.Record.Key)
 		hashes[j], keys[j] = d.Record.BKHash, string(key)
 		versions[j], ords[j] = d.Record.RowVersion.Text, d.Record.RowVersion.Ord
-		srcs[j], seqs[j] = string(d.Version.Source), int64(d.Version.Seq)
+		srcs[j], seqs[j] = d.Version.Source.Name, int64(d.Version.Seq)
 		payloads[j], deleted[j] = d.PayloadHash, d.Record.Op == event.OpDelete
 	}
 	rows, err := tx.Query(ctx, upsertLedgerSQL, t.entity.Name, batchUID, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)

@@ -11,11 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
-	"github.com/syncflow/syncflow/streams"
 )
 
 var dbURL string
@@ -77,7 +77,7 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 	ds := make([]pipeline.Delivery, len(bodies))
 	for i, b := range bodies {
 		f.seq++
-		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: f.seq, Data: []byte(b)}
+		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: event.Realtime, StreamSeq: f.seq, Data: []byte(b)}
 	}
 	e, _ := f.cat.Entity(entity)
 	prepared := pipeline.Preparer{Catalog: f.cat, Rules: rules}.Prepare(ds)

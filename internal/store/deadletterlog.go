@@ -35,7 +35,7 @@ func (l *deadLetterLog) note(d deadLetter) {
 	}
 	if l.logged < deadLetterLogBurst {
 		l.logged++
-		l.log.Warn("dead letter", "stage", string(d.Stage), "entity", d.Entity, "stream", d.delivery.Stream,
+		l.log.Warn("dead letter", "stage", string(d.Stage), "entity", d.Entity, "stream", d.delivery.Source.Stream,
 			"stream_seq", d.delivery.StreamSeq, "reason", d.Err.Error())
 		return
 	}

@@ -131,12 +131,12 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 		d := f.delivery
 		uids[j] = w.s.NewUID()
 		entities[j] = entityLabel(f.Entity)
-		if d.Source != "" {
-			src := string(d.Source)
+		if d.Source.Name != "" {
+			src := d.Source.Name
 			srcs[j] = &src
 		}
-		if d.Stream != "" && d.StreamSeq > 0 {
-			stream, seq := d.Stream, int64(d.StreamSeq)
+		if d.Source.Stream != "" && d.StreamSeq > 0 {
+			stream, seq := d.Source.Stream, int64(d.StreamSeq)
 			streams[j], seqs[j] = &stream, &seq
 		}
 		subjects[j] = sanitizeText(d.Subject)
@@ -185,8 +185,8 @@ func lastPerMessage(dead []deadLetter) []deadLetter {
 	}
 	last := map[message]int{}
 	for i, d := range dead {
-		if d.delivery.Stream != "" && d.delivery.StreamSeq > 0 {
-			last[message{d.delivery.Stream, d.delivery.StreamSeq}] = i
+		if d.delivery.Source.Stream != "" && d.delivery.StreamSeq > 0 {
+			last[message{d.delivery.Source.Stream, d.delivery.StreamSeq}] = i
 		}
 	}
 	if len(last) == len(dead) {
@@ -194,7 +194,7 @@ func lastPerMessage(dead []deadLetter) []deadLetter {
 	}
 	out := dead[:0:0]
 	for i, d := range dead {
-		if j, ok := last[message{d.delivery.Stream, d.delivery.StreamSeq}]; ok && j != i {
+		if j, ok := last[message{d.delivery.Source.Stream, d.delivery.StreamSeq}]; ok && j != i {
 			continue
 		}
 		out = append(out, d)

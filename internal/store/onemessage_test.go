@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // applyAt applies bodies as the realtime messages at the given stream sequences,
@@ -18,7 +18,7 @@ func (f *fixture) applyAt(entity string, seqs []uint64, bodies ...string) store.
 	f.t.Helper()
 	ds := make([]pipeline.Delivery, len(bodies))
 	for i, b := range bodies {
-		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: seqs[i], Data: []byte(b)}
+		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: event.Realtime, StreamSeq: seqs[i], Data: []byte(b)}
 	}
 	e, _ := f.cat.Entity(entity)
 	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime",
@@ -41,7 +41,7 @@ func TestOneDeadLetterPerMessage(t *testing.T) {
 	f.applyAt("sites", []uint64{7}, poison)            // redelivered after a crash before the ack
 	f.applyAt("sites", []uint64{7, 7}, poison, poison) // twice in one fetch
 	err := f.st.RecordDeadLetters(f.ctx, f.cat, []store.DeadLetter{{
-		Delivery: pipeline.Delivery{Subject: "apismith.cdc.sites", Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: 7},
+		Delivery: pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 7},
 		Failure:  pipeline.Failure{Stage: pipeline.StageMaxDeliver, Entity: "sites", Err: errString("JetStream gave up")},
 	}})
 	if err != nil {
@@ -69,7 +69,7 @@ func TestDeadLetterOfAnEntityWithAHugeName(t *testing.T) {
 		huge = append(huge, hex.EncodeToString(sum[:])...)
 	}
 	body := `{"entity":"` + string(huge) + `","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"A":1}}`
-	ds := []pipeline.Delivery{{Subject: "apismith.cdc." + string(huge), Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: 1, Data: []byte(body)}}
+	ds := []pipeline.Delivery{{Subject: "apismith.cdc." + string(huge), Source: event.Realtime, StreamSeq: 1, Data: []byte(body)}}
 	var noEntity *catalog.Entity
 	if _, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: noEntity, Catalog: f.cat, BatchUID: f.batch, NewBatch: true, SyncType: "realtime",
 		Replica: "test", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)}); err != nil {

@@ -9,9 +9,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/store"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // orphanFixture parks work order WO1 under its missing item P1 (the site is there),
@@ -74,7 +73,7 @@ func TestOrphanRaceWithTheParent(t *testing.T) {
 				t.Fatal(err)
 			}
 			if _, err := block.Exec(f.ctx, `INSERT INTO bridge.failed_records (uid, entity_name, stream, stream_seq, raw_bytes, stage_failed, error_message)
-				VALUES (gen_random_uuid(), 'work_orders', $1, 500, '', 'decode', 'blocker')`, streams.Realtime); err != nil {
+				VALUES (gen_random_uuid(), 'work_orders', $1, 500, '', 'decode', 'blocker')`, event.Realtime.Stream); err != nil {
 				t.Fatal(err)
 			}
 			swept := make(chan error, 1)
@@ -86,7 +85,7 @@ func TestOrphanRaceWithTheParent(t *testing.T) {
 				swept <- err
 			}()
 			f.waitForLockWaits(1)
-			item := raceVersion{pipeline.Realtime, 900, `{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`}
+			item := raceVersion{event.Realtime, 900, `{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`}
 			if order == "parent commits first" {
 				if err := <-f.applyAsync("items", item, f.batch); err != nil {
 					t.Fatal(err)

@@ -8,13 +8,13 @@ import (
 
 	"pgregory.net/rapid"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
-	"github.com/syncflow/syncflow/streams"
 )
 
 type histEvent struct {
-	source pipeline.Source
+	source event.Source
 	seq    uint64 // stream sequence within its source
 	key    string
 	op     string
@@ -41,11 +41,11 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		n := rapid.IntRange(1, 30).Draw(rt, "events")
 		var hist []histEvent
-		seqs := map[pipeline.Source]uint64{}
+		seqs := map[event.Source]uint64{}
 		for range n {
-			src := pipeline.Realtime
+			src := event.Realtime
 			if rapid.Bool().Draw(rt, "backfill") {
-				src = pipeline.Backfill
+				src = event.Backfill
 			}
 			seqs[src]++
 			hist = append(hist, histEvent{
@@ -75,7 +75,7 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 			if w.op == "upsert" {
 				wantTarget = append(wantTarget, k+"|"+w.desc)
 			}
-			wantLedger = append(wantLedger, fmt.Sprintf("%s|%d|%s|%d|%v", k, w.ord, w.source, w.seq, w.op == "delete"))
+			wantLedger = append(wantLedger, fmt.Sprintf("%s|%d|%s|%d|%v", k, w.ord, w.source.Name, w.seq, w.op == "delete"))
 		}
 		for _, interleaving := range []string{"first", "second"} {
 			f.truncate()
@@ -92,15 +92,11 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 				batch := perm[:size]
 				perm = perm[size:]
 				// A batch comes from one consumer, hence one stream.
-				for _, src := range []pipeline.Source{pipeline.Realtime, pipeline.Backfill} {
+				for _, src := range []event.Source{event.Realtime, event.Backfill} {
 					var ds []pipeline.Delivery
 					for _, ev := range batch {
 						if ev.source == src {
-							stream, subject := streams.Realtime, "apismith.cdc.sites"
-							if src == pipeline.Backfill {
-								stream, subject = streams.Backfill, "apismith.backfill.sites"
-							}
-							ds = append(ds, pipeline.Delivery{Subject: subject, Source: src, Stream: stream, StreamSeq: ev.seq, Data: []byte(ev.body())})
+							ds = append(ds, pipeline.Delivery{Subject: src.Subject("sites"), Source: src, StreamSeq: ev.seq, Data: []byte(ev.body())})
 						}
 					}
 					if len(ds) == 0 {

@@ -6,24 +6,20 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // A version of one key as a test delivers it.
 type raceVersion struct {
-	src  pipeline.Source
+	src  event.Source
 	seq  uint64
 	body string
 }
 
 func (v raceVersion) delivery(entity string) pipeline.Delivery {
-	stream, prefix := streams.Realtime, "apismith.cdc."
-	if v.src == pipeline.Backfill {
-		stream, prefix = streams.Backfill, "apismith.backfill."
-	}
-	return pipeline.Delivery{Subject: prefix + entity, Source: v.src, Stream: stream, StreamSeq: v.seq, Data: []byte(v.body)}
+	return pipeline.Delivery{Subject: v.src.Subject(entity), Source: v.src, StreamSeq: v.seq, Data: []byte(v.body)}
 }
 
 // applyAsync applies one version as its own batch, counted in batch, and reports
@@ -105,7 +101,7 @@ func (f *fixture) race(entity string, first, second raceVersion) {
 func TestConcurrentTransactionsOnOneKey(t *testing.T) {
 	f := newFixture(t)
 	const r = "2026-01-01T00:00:10Z"
-	site := func(src pipeline.Source, seq uint64, op, desc string) raceVersion {
+	site := func(src event.Source, seq uint64, op, desc string) raceVersion {
 		return raceVersion{src, seq, siteEvent(op, "S1", r, desc)}
 	}
 	cases := []struct {
@@ -116,19 +112,19 @@ func TestConcurrentTransactionsOnOneKey(t *testing.T) {
 		ledger   string
 	}{
 		{"realtime change vs backfill copy, new key", false,
-			site(pipeline.Backfill, 900, "upsert", "copy"), site(pipeline.Realtime, 5, "upsert", "change"),
+			site(event.Backfill, 900, "upsert", "copy"), site(event.Realtime, 5, "upsert", "change"),
 			"S1|change", "realtime|5|false"},
 		{"realtime change vs backfill copy, existing key", true,
-			site(pipeline.Backfill, 900, "upsert", "copy"), site(pipeline.Realtime, 5, "upsert", "change"),
+			site(event.Backfill, 900, "upsert", "copy"), site(event.Realtime, 5, "upsert", "change"),
 			"S1|change", "realtime|5|false"},
 		{"realtime delete of the last rowversion vs backfill copy", false,
-			site(pipeline.Backfill, 900, "upsert", "copy"), site(pipeline.Realtime, 6, "delete", ""),
+			site(event.Backfill, 900, "upsert", "copy"), site(event.Realtime, 6, "delete", ""),
 			"", "realtime|6|true"},
 		{"two realtime changes in one second", true,
-			site(pipeline.Realtime, 7, "upsert", "later"), site(pipeline.Realtime, 5, "upsert", "earlier"),
+			site(event.Realtime, 7, "upsert", "later"), site(event.Realtime, 5, "upsert", "earlier"),
 			"S1|later", "realtime|7|false"},
 		{"two backfill copies in one second", false,
-			site(pipeline.Backfill, 901, "upsert", "later copy"), site(pipeline.Backfill, 900, "upsert", "earlier copy"),
+			site(event.Backfill, 901, "upsert", "later copy"), site(event.Backfill, 900, "upsert", "earlier copy"),
 			"S1|later copy", "backfill|901|false"},
 	}
 	for _, tc := range cases {
@@ -155,8 +151,8 @@ func TestConcurrentTransactionsOnOneKey(t *testing.T) {
 	// and the parents release it.
 	for _, order := range []string{"winner first", "winner second"} {
 		f.truncate()
-		copyV := raceVersion{pipeline.Backfill, 900, woEvent("WO1", r, "copy")}
-		change := raceVersion{pipeline.Realtime, 5, woEvent("WO1", r, "change")}
+		copyV := raceVersion{event.Backfill, 900, woEvent("WO1", r, "copy")}
+		change := raceVersion{event.Realtime, 5, woEvent("WO1", r, "change")}
 		first, second := change, copyV
 		if order == "winner second" {
 			first, second = copyV, change

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -140,7 +141,7 @@ func (w *txWork) takeReleased(ctx context.Context, keys []parentKey) (items []re
 		if err := rows.Scan(&it.orphan, &it.uid, &entity, &raw, &src, &stream, &subject, &seq, &published, &lockedNow); err != nil {
 			return nil, false, err
 		}
-		it.delivery = pipeline.Delivery{Subject: subject, Source: pipeline.Source(src), Stream: stream, StreamSeq: uint64(seq), Data: raw}
+		it.delivery = pipeline.Delivery{Subject: subject, Source: event.SourceNamed(src), StreamSeq: uint64(seq), Data: raw}
 		if published != nil {
 			it.delivery.Published = *published
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -131,7 +132,7 @@ func (s *Store) retryDeadLetters(ctx context.Context, cat *catalog.Catalog, rule
 		entity := rows[0].entity
 		ds := make([]pipeline.Delivery, len(rows))
 		for i, r := range rows {
-			ds[i] = pipeline.Delivery{Subject: r.subject, Source: pipeline.Source(r.src), Stream: r.stream, StreamSeq: uint64(r.seq), Data: r.raw}
+			ds[i] = pipeline.Delivery{Subject: r.subject, Source: event.SourceNamed(r.src), StreamSeq: uint64(r.seq), Data: r.raw}
 			if r.published != nil {
 				ds[i].Published = *r.published
 			}

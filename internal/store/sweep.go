@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -300,10 +301,11 @@ func (w *txWork) orphanParked(ctx context.Context, rows []parkedRow) error {
 	defer q.Close()
 	for q.Next() {
 		var d deadLetter
-		var reason string
-		if err := q.Scan(&d.Entity, &d.delivery.Stream, &d.delivery.StreamSeq, &reason); err != nil {
+		var reason, stream string
+		if err := q.Scan(&d.Entity, &stream, &d.delivery.StreamSeq, &reason); err != nil {
 			return err
 		}
+		d.delivery.Source, _ = event.SourceOfStream(stream)
 		d.Stage, d.Err = pipeline.StageOrphan, fmt.Errorf("%s", reason)
 		w.orphaned = append(w.orphaned, d)
 	}
@@ -336,7 +338,7 @@ func (w *txWork) takeParked(ctx context.Context, rows []parkedRow) ([]releasedIt
 		if err := q.Scan(&it.uid, &entity, &raw, &src, &stream, &subject, &seq, &published); err != nil {
 			return nil, err
 		}
-		it.delivery = pipeline.Delivery{Subject: subject, Source: pipeline.Source(src), Stream: stream, StreamSeq: uint64(seq), Data: raw}
+		it.delivery = pipeline.Delivery{Subject: subject, Source: event.SourceNamed(src), StreamSeq: uint64(seq), Data: raw}
 		if published != nil {
 			it.delivery.Published = *published
 		}

@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // A batch whose write keeps timing out (here: a target row locked by a session
@@ -28,7 +28,7 @@ func TestTimedOutRowsAreIsolated(t *testing.T) {
 	e, _ := f.cat.Entity("sites")
 	var ds []pipeline.Delivery
 	for i, c := range []string{"S1", "S2", "S3"} {
-		ds = append(ds, pipeline.Delivery{Subject: "apismith.cdc.sites", Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: uint64(100 + i),
+		ds = append(ds, pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: uint64(100 + i),
 			Data: []byte(siteEvent("upsert", c, "2026-01-01T00:00:02Z", c+" v2"))})
 	}
 	b := store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, SyncType: "realtime", Replica: "test", Deliveries: ds,

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
@@ -33,7 +34,7 @@ func TestDSTFallBackInTheSourceTimeZone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return pipeline.Delivery{Subject: "apismith.cdc.items", Source: pipeline.Realtime, Stream: streams.Realtime, StreamSeq: seq, Published: at,
+		return pipeline.Delivery{Subject: "apismith.cdc.items", Source: event.Realtime, StreamSeq: seq, Published: at,
 			Data: []byte(`{"entity":"items","op":"upsert","rowversion":"` + objversion + `","data":{"PART_NO":"P1","DESCRIPTION":"` + desc + `"}}`)}
 	}
 	apply := func(cat *catalog.Catalog, d pipeline.Delivery) store.Result {

@@ -427,7 +427,7 @@ func (w *txWork) insertParked(ctx context.Context, e *catalog.Entity, decisions 
 		hashes[j], pents[j], phashes[j], pkeys[j] = d.Record.BKHash, r.parent.Entity, r.parent.BKHash, string(key)
 		payloads[j], raws[j] = parkablePayload(r.delivery.Data), r.delivery.Data
 		rvs[j], ords[j] = d.Record.RowVersion.Text, d.Record.RowVersion.Ord
-		srcs[j], streams[j], subjects[j], seqs[j] = string(d.Version.Source), r.delivery.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
+		srcs[j], streams[j], subjects[j], seqs[j] = d.Version.Source.Name, r.delivery.Source.Stream, sanitizeText(r.delivery.Subject), int64(d.Version.Seq)
 		phash[j] = d.PayloadHash
 		if !r.delivery.Published.IsZero() {
 			at := r.delivery.Published

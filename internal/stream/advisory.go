@@ -9,8 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // GaveUp is a message JetStream stopped delivering to a consumer after max_deliver
@@ -68,8 +68,9 @@ func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) (
 			_ = m.Ack()
 			continue
 		}
+		src, _ := event.SourceOfStream(a.Stream)
 		g := GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, ack: m.Ack, nak: func() error { return m.NakWithDelay(2 * time.Second) },
-			Delivery: pipeline.Delivery{Stream: a.Stream, StreamSeq: a.StreamSeq, Source: sourceOf(a.Stream)}}
+			Delivery: pipeline.Delivery{StreamSeq: a.StreamSeq, Source: src}}
 		s, err := r.js.Stream(ctx, a.Stream)
 		if err != nil {
 			return out, err
@@ -89,11 +90,4 @@ func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) (
 		return out, err
 	}
 	return out, nil
-}
-
-func sourceOf(stream string) pipeline.Source {
-	if stream == streams.Backfill {
-		return pipeline.Backfill
-	}
-	return pipeline.Realtime
 }

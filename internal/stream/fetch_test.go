@@ -9,10 +9,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
-	"github.com/syncflow/syncflow/streams"
 )
 
 // A fetch is bounded in bytes as well as in messages: a backlog of 500 KB events
@@ -37,7 +36,7 @@ func TestFetchIsBoundedInBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f, err := stream.NewFetcher(ctx, js, streams.Realtime, defs.Consumers[streams.Realtime]["items"].Durable, pipeline.Realtime)
+	f, err := stream.NewFetcher(ctx, js, event.Realtime, defs.Consumers[event.Realtime.Stream]["items"].Durable)
 	if err != nil {
 		t.Fatal(err)
 	}

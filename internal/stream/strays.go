@@ -10,8 +10,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/event"
 )
 
 // StrayFinder finds subjects of a stream that no catalog consumer reads (an entity
@@ -20,8 +19,7 @@ import (
 // Every message in the streams is thus read by someone, and ends as a dead letter.
 type StrayFinder struct {
 	JS     jetstream.JetStream
-	Stream string
-	Source pipeline.Source
+	Source event.Source
 	// Known reports whether a catalog consumer reads subject.
 	Known func(subject string) bool
 	// Limit caps the stray consumers of this stream (default 100).
@@ -39,13 +37,13 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	s, err := f.JS.Stream(ctx, f.Stream)
+	s, err := f.JS.Stream(ctx, f.Source.Stream)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", f.Stream, err)
+		return nil, fmt.Errorf("stream %s: %w", f.Source.Stream, err)
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(">"))
 	if err != nil {
-		return nil, fmt.Errorf("stream %s subjects: %w", f.Stream, err)
+		return nil, fmt.Errorf("stream %s subjects: %w", f.Source.Stream, err)
 	}
 	var errs []string
 	for _, subject := range slices.Sorted(maps.Keys(info.State.Subjects)) {
@@ -57,8 +55,8 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 			break
 		}
 		sum := sha256.Sum256([]byte(subject))
-		durable := "syncflow_" + strings.ToLower(string(f.Source)) + "_stray_" + hex.EncodeToString(sum[:8])
-		_, err := f.JS.CreateOrUpdateConsumer(ctx, f.Stream, jetstream.ConsumerConfig{
+		durable := "syncflow_" + f.Source.Name + "_stray_" + hex.EncodeToString(sum[:8])
+		_, err := f.JS.CreateOrUpdateConsumer(ctx, f.Source.Stream, jetstream.ConsumerConfig{
 			Durable:       durable,
 			Description:   "SyncFlow: dead-letters messages on " + subject + ", which no catalog entity owns",
 			DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -70,7 +68,7 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 			errs = append(errs, fmt.Sprintf("consumer for stray subject %s: %v", subject, err))
 			continue
 		}
-		fetcher, err := NewFetcher(ctx, f.JS, f.Stream, durable, f.Source)
+		fetcher, err := NewFetcher(ctx, f.JS, f.Source, durable)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/redact"
 )
@@ -148,10 +149,11 @@ const (
 // LoadDefinitions reads <STREAM>.json for each stream and
 // consumers/<STREAM>/<entity>.json for each entity. A missing consumer definition is
 // an error that names the file to add.
-func LoadDefinitions(fsys fs.FS, streamNames, entities []string) (Definitions, error) {
+func LoadDefinitions(fsys fs.FS, entities []string) (Definitions, error) {
 	defs := Definitions{Streams: map[string]jetstream.StreamConfig{}, Consumers: map[string]map[string]jetstream.ConsumerConfig{}}
 	var errs []error
-	for _, s := range streamNames {
+	for _, src := range event.Sources {
+		s := src.Stream
 		var sc jetstream.StreamConfig
 		if err := readJSON(fsys, s+".json", &sc); err != nil {
 			errs = append(errs, err)
@@ -240,8 +242,7 @@ func (m Message) InProgress() error { return m.msg.InProgress() }
 // Fetcher pulls batches from one durable consumer.
 type Fetcher struct {
 	consumer jetstream.Consumer
-	source   pipeline.Source
-	stream   string
+	source   event.Source
 	// MaxBytes bounds the bytes of one fetch (default DefaultFetchBytes): a batch
 	// of 1 MiB events holds a few of them, not a batch size of them.
 	MaxBytes int
@@ -251,12 +252,12 @@ type Fetcher struct {
 const DefaultFetchBytes = 4 << 20
 
 // NewFetcher binds to an existing durable consumer.
-func NewFetcher(ctx context.Context, js jetstream.JetStream, stream, durable string, source pipeline.Source) (*Fetcher, error) {
-	c, err := js.Consumer(ctx, stream, durable)
+func NewFetcher(ctx context.Context, js jetstream.JetStream, source event.Source, durable string) (*Fetcher, error) {
+	c, err := js.Consumer(ctx, source.Stream, durable)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w (run `syncflow streams apply`)", durable, stream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w (run `syncflow streams apply`)", durable, source.Stream, err)
 	}
-	return &Fetcher{consumer: c, source: source, stream: stream}, nil
+	return &Fetcher{consumer: c, source: source}, nil
 }
 
 // AckWait is how long the server waits for an ack before it redelivers a message
@@ -322,7 +323,7 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, e
 			return out, err
 		}
 		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, pending: md.NumPending, Delivery: pipeline.Delivery{
-			Subject: m.Subject(), Source: f.source, Stream: f.stream, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp,
+			Subject: m.Subject(), Source: f.source, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp,
 		}})
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {

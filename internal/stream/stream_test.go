@@ -22,7 +22,7 @@ func shipped(t *testing.T) (*catalog.Catalog, stream.Definitions) {
 
 func TestShippedDefinitions(t *testing.T) {
 	cat, defs := shipped(t)
-	prefixes := map[string]string{streams.Realtime: event.RealtimePrefix, streams.Backfill: event.BackfillPrefix}
+	prefixes := map[string]string{event.Realtime.Stream: event.Realtime.SubjectPrefix, event.Backfill.Stream: event.Backfill.SubjectPrefix}
 	for name, prefix := range prefixes {
 		sc := defs.Streams[name]
 		if sc.Retention != jetstream.LimitsPolicy || sc.Storage != jetstream.FileStorage || sc.Duplicates == 0 {
@@ -38,7 +38,7 @@ func TestShippedDefinitions(t *testing.T) {
 			}
 		}
 	}
-	if _, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime}, []string{"suppliers"}); err == nil {
+	if _, err := stream.LoadDefinitions(streams.FS, []string{"suppliers"}); err == nil {
 		t.Error("an entity without a consumer definition must be an error")
 	}
 }
@@ -86,7 +86,7 @@ func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
 	cat, _ := shipped(t)
 	run("stream", "add", "--config", streams.Advisories+".json")
 	run("consumer", "add", streams.Advisories, "--config", filepath.Join("consumers", streams.Advisories, streams.AdvisoriesConsumer+".json"))
-	for _, s := range []string{streams.Realtime, streams.Backfill} {
+	for _, s := range []string{event.Realtime.Stream, event.Backfill.Stream} {
 		run("stream", "add", "--config", s+".json")
 		for _, e := range cat.Names() {
 			run("consumer", "add", s, "--config", filepath.Join("consumers", s, e+".json"))

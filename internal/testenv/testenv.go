@@ -183,7 +183,7 @@ func Shipped(t testing.TB) (*catalog.Catalog, stream.Definitions) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defs, err := stream.LoadDefinitions(streams.FS, []string{streams.Realtime, streams.Backfill}, cat.Names())
+	defs, err := stream.LoadDefinitions(streams.FS, cat.Names())
 	if err != nil {
 		t.Fatal(err)
 	}
