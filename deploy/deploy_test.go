@@ -20,7 +20,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/syncflow/syncflow/deploy"
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -361,24 +363,32 @@ func TestRoles(t *testing.T) {
 		return st
 	}
 	st := open("bridge_user")
-	apply := func(st *store.Store, entity, body string) store.Result {
+	applier, err := apply.NewApplier(st, deadletter.Config{}.Stamp(apply.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls, err := deadletter.New(store.DeadLetters{Store: st}, applier, deadletter.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyAs := func(st *store.Store, entity, body string) apply.Result {
 		t.Helper()
 		e, _ := cat.Entity(entity)
 		ds := []pipeline.Delivery{{Subject: "apismith.cdc." + entity, Source: event.Realtime, StreamSeq: 1, Data: []byte(body)}}
-		res, err := st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: cat, BatchUID: testUID(), NewBatch: true, SyncType: "realtime",
+		res, err := applier.ApplyBatch(ctx, apply.Batch{Entity: e, Catalog: cat, BatchUID: testUID(), NewBatch: true, Source: event.Realtime,
 			Replica: "roles", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: cat}.Prepare(ds)})
 		if err != nil {
 			t.Fatalf("cannot apply a batch: %+v %v", res.Counts, err)
 		}
 		return res
 	}
-	if res := apply(st, "sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1"}}`); res.Counts.Inserted != 1 {
+	if res := applyAs(st, "sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1"}}`); res.Counts.Inserted != 1 {
 		t.Fatalf("bridge_user: %+v", res.Counts)
 	}
 	// A child parks, a broken event is dead-lettered, a sweep re-checks.
-	apply(st, "work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
-	apply(st, "sites", `not json`)
-	if _, err := st.SweepParked(ctx, cat, nil, "roles", store.ParkedSelection{All: true}); err != nil {
+	applyAs(st, "work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
+	applyAs(st, "sites", `not json`)
+	if _, err := dls.Sweep(ctx, cat, nil, "roles", deadletter.ParkedSelection{All: true}); err != nil {
 		t.Fatalf("bridge_user cannot sweep: %v", err)
 	}
 	if err := st.FlushCheckpoints(ctx); err != nil {
@@ -435,13 +445,21 @@ func TestRoles(t *testing.T) {
 
 	// bridge_operator runs the operators' commands.
 	op := open("bridge_operator")
+	opApplier, err := apply.NewApplier(op, deadletter.Config{}.Stamp(apply.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opDLs, err := deadletter.New(store.DeadLetters{Store: op}, opApplier, deadletter.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := op.WriteMappings(ctx, []mapping.Rule{{Entity: "sites", SourceField: "DESCRIPTION", TargetField: "description", Transformation: "trim"}}, true); err != nil {
 		t.Errorf("bridge_operator cannot import mapping rules: %v", err)
 	}
 	if err := op.SetSchedule(ctx, "items", store.ScheduleSettings{}); err != nil {
 		t.Errorf("bridge_operator cannot set a schedule: %v", err)
 	}
-	if _, err := op.RetryDeadLetters(ctx, cat, nil, "cli", store.DeadLetterSelection{Stage: "decode"}); err != nil {
+	if _, err := opDLs.Retry(ctx, cat, nil, "cli", deadletter.Selection{Stage: "decode"}); err != nil {
 		t.Errorf("bridge_operator cannot retry dead letters: %v", err)
 	}
 	if _, err := op.ResolveDeadLetters(ctx, store.DeadLetterFilter{}, "roles test"); err != nil {
@@ -450,7 +468,7 @@ func TestRoles(t *testing.T) {
 	if n, err := op.PurgeDeadLetters(ctx, store.DeadLetterFilter{}); err != nil || n == 0 {
 		t.Errorf("bridge_operator cannot purge dead letters: %d %v", n, err)
 	}
-	if _, err := op.SweepParked(ctx, cat, nil, "cli", store.ParkedSelection{All: true, Expire: true}); err != nil {
+	if _, err := opDLs.Sweep(ctx, cat, nil, "cli", deadletter.ParkedSelection{All: true, Expire: true}); err != nil {
 		t.Errorf("bridge_operator cannot expire parked children: %v", err)
 	}
 	if _, err := op.Prune(ctx, time.Now().Add(time.Hour), false, nil); err != nil {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/backfill"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
@@ -47,7 +48,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var backfilled atomic.Int64
-	onCommit := func(_ string, src event.Source, msgs []stream.Message, res store.Result) {
+	onCommit := func(_ string, src event.Source, msgs []stream.Message, res apply.Result) {
 		if src == event.Backfill {
 			backfilled.Add(res.Counts.Fetched)
 			return

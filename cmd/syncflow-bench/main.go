@@ -30,12 +30,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
-	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
@@ -524,7 +524,7 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 	}
 	var mu sync.Mutex
 	var lat []time.Duration
-	onCommit := func(_ string, _ event.Source, msgs []stream.Message, _ store.Result) {
+	onCommit := func(_ string, _ event.Source, msgs []stream.Message, _ apply.Result) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/store"
 )
 
@@ -612,10 +613,10 @@ func retryDeadLetters(ctx context.Context, c common, defs definitions, st *store
 		return err
 	}
 	defer wb.Close()
-	var total store.RetryResult
+	var total deadletter.RetryResult
 	for start := 0; start < len(chosen); start += 500 {
 		chunk := chosen[start:min(start+500, len(chosen))]
-		res, err := wb.st.RetryDeadLetters(ctx, wb.cat, wb.rules, "cli", store.DeadLetterSelection{UIDs: chunk, Limit: len(chunk)})
+		res, err := wb.dls.Retry(ctx, wb.cat, wb.rules, "cli", deadletter.Selection{UIDs: chunk})
 		if err != nil {
 			return fmt.Errorf("after %d retried: %w", total.Retried, err)
 		}

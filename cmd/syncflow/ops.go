@@ -11,7 +11,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
@@ -21,9 +23,11 @@ import (
 // workbench is what the commands that re-run records through the pipeline need:
 // the store, the catalog, the target tables checked, and the current mapping rules.
 type workbench struct {
-	st    *store.Store
-	cat   *catalog.Catalog
-	rules *mapping.Set
+	st      *store.Store
+	cat     *catalog.Catalog
+	rules   *mapping.Set
+	applier *apply.Applier
+	dls     *deadletter.DeadLetters
 }
 
 func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench, error) {
@@ -56,7 +60,16 @@ func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench,
 	if err := st.CheckRules(ctx, cat, rs); err != nil {
 		return fail(fmt.Errorf("bridge.field_mappings does not fit the target tables, fix them first (syncflow mappings export, edit, import):\n%w", err))
 	}
-	return &workbench{st: st, cat: cat, rules: rules}, nil
+	dlCfg := deadletter.Config{}
+	applier, err := apply.NewApplier(st, dlCfg.Stamp(apply.Config{}))
+	if err != nil {
+		return fail(err)
+	}
+	dls, err := deadletter.New(store.DeadLetters{Store: st}, applier, dlCfg)
+	if err != nil {
+		return fail(err)
+	}
+	return &workbench{st: st, cat: cat, rules: rules, applier: applier, dls: dls}, nil
 }
 
 func (w *workbench) Close() { w.st.Close() }

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/store"
 )
 
@@ -255,10 +256,10 @@ func setupParkedAction(f *flags, expire bool) runFunc {
 			return err
 		}
 		defer wb.Close()
-		var total store.SweepResult
+		var total deadletter.SweepResult
 		for start := 0; start < len(chosen); start += 500 {
 			chunk := chosen[start:min(start+500, len(chosen))]
-			res, err := wb.st.SweepParked(ctx, wb.cat, wb.rules, "cli", store.ParkedSelection{UIDs: chunk, Expire: expire})
+			res, err := wb.dls.Sweep(ctx, wb.cat, wb.rules, "cli", deadletter.ParkedSelection{UIDs: chunk, Expire: expire})
 			if err != nil {
 				return fmt.Errorf("after %d re-checked: %w", total.Examined, err)
 			}

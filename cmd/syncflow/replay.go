@@ -9,9 +9,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
@@ -129,7 +129,6 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 		return err
 	}
 	var total pipeline.Counts
-	syncType := source.SyncType
 	batchUID, fresh := uuid.Must(uuid.NewV7()), true
 	for ctx.Err() == nil {
 		msgs, err := fetcher.Fetch(ctx, batch, 500*time.Millisecond)
@@ -151,8 +150,8 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 				ds[i] = m.Delivery
 			}
 			prepared := pipeline.Preparer{Catalog: wb.cat, Rules: wb.rules}.Prepare(ds)
-			res, err := wb.st.ApplyBatch(ctx, store.Batch{Entity: e, Catalog: wb.cat, Rules: wb.rules, BatchUID: batchUID, NewBatch: fresh,
-				SyncType: syncType, Replica: "replay", Deliveries: ds, Prepared: prepared})
+			res, err := wb.applier.ApplyBatch(ctx, apply.Batch{Entity: e, Catalog: wb.cat, Rules: wb.rules, BatchUID: batchUID, NewBatch: fresh,
+				Source: source, Replica: "replay", Deliveries: ds, Prepared: prepared})
 			if err != nil {
 				return fmt.Errorf("after %d replayed: %w", total.Fetched, err)
 			}

@@ -32,7 +32,7 @@
 // Each attempt to write a batch has a deadline (BatchTimeout), and every statement
 // a timeout of its own (see store.Config). A batch that times out EscalateAfter
 // times is not retried the same way for ever: it is logged as an error, counted,
-// and written with its rows isolated (store.Batch.IsolateTimeouts), so that rows
+// and written with its rows isolated (apply.Batch.IsolateTimeouts), so that rows
 // that keep timing out become dead letters at stage write and the rest commits.
 //
 // # Shutdown
@@ -53,11 +53,11 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
@@ -68,7 +68,7 @@ type Fetcher interface {
 
 // Writer commits prepared batches (store.Store).
 type Writer interface {
-	ApplyBatch(ctx context.Context, b store.Batch) (store.Result, error)
+	ApplyBatch(ctx context.Context, b apply.Batch) (apply.Result, error)
 	CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error
 }
 
@@ -100,7 +100,7 @@ type Config struct {
 	// Replica names this process in sync_batches (default the host name).
 	Replica string
 	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
-	OnCommit func(entity string, source event.Source, msgs []stream.Message, res store.Result)
+	OnCommit func(entity string, source event.Source, msgs []stream.Message, res apply.Result)
 	// OnHold, when set, is called when the consumer starts holding a batch after a
 	// failed write (with the failure), at every retry, and when it stops (nil).
 	OnHold func(entity string, source event.Source, failure error)
@@ -236,7 +236,7 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 	}
 }
 
-func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (store.Result, error) {
+func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (apply.Result, error) {
 	began := c.Now()
 	c.rollBatch(log)
 	ds := make([]pipeline.Delivery, len(msgs))
@@ -245,7 +245,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	}
 	rules := c.Rules.Load()
 	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
-	b := store.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, SyncType: c.Source.SyncType, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	b := apply.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
 	res, err := c.write(ctx, wctx, log, b)
 	res.Took = c.Now().Sub(began)
 	if err == nil {
@@ -261,7 +261,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 // with backoff (until RetryFor, when set), and a batch that keeps timing out is
 // written with its rows isolated. Only a shutdown, or RetryFor running out, ends
 // it without a commit.
-func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Batch) (store.Result, error) {
+func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Batch) (apply.Result, error) {
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
 		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
@@ -272,7 +272,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Ba
 			c.Config.OnHold(c.entityName(), c.Source, nil)
 		}
 	}()
-	return backoff.RetryNotifyWithData(func() (store.Result, error) {
+	return backoff.RetryNotifyWithData(func() (apply.Result, error) {
 		actx, cancel := context.WithTimeout(wctx, c.Config.BatchTimeout)
 		if b.IsolateTimeouts {
 			// Isolating is many statements, each under the statement timeout: the
@@ -286,7 +286,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Ba
 			return res, nil
 		case wctx.Err() != nil:
 			return res, backoff.Permanent(err) // shutdown, past its grace
-		case errors.Is(err, store.ErrTimeout):
+		case errors.Is(err, apply.ErrTimeout):
 			if timeouts++; timeouts >= c.Config.EscalateAfter && !b.IsolateTimeouts {
 				log.Error("batch keeps timing out; writing it with its rows isolated, rows that time out alone become dead letters",
 					"timeouts", timeouts, "batch_size", len(b.Deliveries), "err", err)
@@ -299,7 +299,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Ba
 		return res, err
 	}, bo, func(err error, next time.Duration) {
 		holding = true
-		log.Warn("batch held: writing it failed; retrying", "reason", store.Kind(err), "err", err, "retry_in", next, "batch_size", len(b.Deliveries))
+		log.Warn("batch held: writing it failed; retrying", "reason", apply.Kind(err), "err", err, "retry_in", next, "batch_size", len(b.Deliveries))
 		if c.Config.OnHold != nil {
 			c.Config.OnHold(c.entityName(), c.Source, err)
 		}
@@ -307,7 +307,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b store.Ba
 }
 
 // settle is the one place that decides what happens to fetched messages.
-func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.Message, res *store.Result, err error) {
+func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.Message, res *apply.Result, err error) {
 	switch {
 	case err == nil && res != nil:
 		for _, m := range msgs {
@@ -371,7 +371,7 @@ func (c *Consumer) closeBatch(log *slog.Logger, failure error) {
 
 func (c *Consumer) entityName() string {
 	if c.Entity == nil {
-		return store.UnknownEntity
+		return apply.UnknownEntity
 	}
 	return c.Entity.Name
 }

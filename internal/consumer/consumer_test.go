@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 func TestNakDelayDoubles(t *testing.T) {
@@ -32,17 +32,17 @@ func TestNakDelayDoubles(t *testing.T) {
 // fakeWriter fails the first attempts with errs, then commits.
 type fakeWriter struct {
 	errs    []error
-	batches []store.Batch
+	batches []apply.Batch
 }
 
-func (f *fakeWriter) ApplyBatch(_ context.Context, b store.Batch) (store.Result, error) {
+func (f *fakeWriter) ApplyBatch(_ context.Context, b apply.Batch) (apply.Result, error) {
 	f.batches = append(f.batches, b)
 	if len(f.errs) > 0 {
 		err := f.errs[0]
 		f.errs = f.errs[1:]
-		return store.Result{}, err
+		return apply.Result{}, err
 	}
-	return store.Result{}, nil
+	return apply.Result{}, nil
 }
 
 func (f *fakeWriter) CloseBatch(context.Context, uuid.UUID, error) error { return nil }
@@ -51,15 +51,15 @@ func (f *fakeWriter) CloseBatch(context.Context, uuid.UUID, error) error { retur
 // after EscalateAfter timeouts it is written with its rows isolated; the hold is
 // reported at every retry and its end once.
 func TestWriteHoldsAndEscalates(t *testing.T) {
-	timeout := fmt.Errorf("apply: %w", store.ErrTimeout)
+	timeout := fmt.Errorf("apply: %w", apply.ErrTimeout)
 	w := &fakeWriter{errs: []error{
-		fmt.Errorf("%w: read-only", store.ErrUnavailable), timeout, errors.New("no known kind"), timeout, timeout, timeout,
+		fmt.Errorf("%w: read-only", apply.ErrUnavailable), timeout, errors.New("no known kind"), timeout, timeout, timeout,
 	}}
 	var holds []string
 	escalated := 0
 	c := &Consumer{Writer: w, Source: event.Realtime, Config: Config{EscalateAfter: 3,
 		OnHold: func(_ string, _ event.Source, failure error) {
-			holds = append(holds, store.Kind(failure))
+			holds = append(holds, apply.Kind(failure))
 			if failure == nil {
 				holds[len(holds)-1] = "released"
 			}
@@ -67,7 +67,7 @@ func TestWriteHoldsAndEscalates(t *testing.T) {
 		OnEscalate: func(string, event.Source) { escalated++ },
 	}.withDefaults()}
 	ctx := context.Background()
-	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), store.Batch{}); err != nil {
+	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); err != nil {
 		t.Fatal(err)
 	}
 	var isolated []bool
@@ -88,16 +88,16 @@ func TestWriteHoldsAndEscalates(t *testing.T) {
 
 // RetryFor gives a held batch up (the caller naks it); a shutdown ends the retries.
 func TestWriteGivesUp(t *testing.T) {
-	w := &fakeWriter{errs: slices.Repeat([]error{fmt.Errorf("%w", store.ErrUnavailable)}, 1000)}
+	w := &fakeWriter{errs: slices.Repeat([]error{fmt.Errorf("%w", apply.ErrUnavailable)}, 1000)}
 	c := &Consumer{Writer: w, Config: Config{RetryFor: 300 * time.Millisecond}.withDefaults()}
 	ctx := context.Background()
-	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), store.Batch{}); !errors.Is(err, store.ErrUnavailable) {
+	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); !errors.Is(err, apply.ErrUnavailable) {
 		t.Errorf("after RetryFor: %v", err)
 	}
 	c = &Consumer{Writer: w, Config: Config{}.withDefaults()}
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := c.write(cctx, ctx, slog.New(slog.DiscardHandler), store.Batch{}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := c.write(cctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("after the consumer's context ended: %v", err)
 	}
 }

@@ -25,6 +25,20 @@ const (
 	StageMaxDeliver    Stage = "max_deliver"
 )
 
+// Retried reports whether dead letters of the stage are retried by themselves:
+// mapping (the rules may be fixed), write (the target may accept the row later)
+// and max_deliver (the crash loop may have been transient). The bytes of a decode
+// or normalization failure will fail the same way until the catalog or the
+// publisher changes, and an orphan is released by its parent's arrival: those are
+// retried by hand.
+func (s Stage) Retried() bool {
+	switch s {
+	case StageMapping, StageWrite, StageMaxDeliver:
+		return true
+	}
+	return false
+}
+
 // Outcome is what happened to one delivery.
 type Outcome string
 

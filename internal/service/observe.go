@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -63,7 +64,7 @@ func (o *observer) hold(entity string, source event.Source, failure error) {
 		o.m.Held.WithLabelValues(entity, source.Name).Set(0)
 		return
 	}
-	reason := store.Kind(failure)
+	reason := apply.Kind(failure)
 	o.m.HeldRetries.WithLabelValues(entity, source.Name, reason).Inc()
 	o.m.Held.WithLabelValues(entity, source.Name).Set(1)
 	h, ok := o.held[key]
@@ -92,7 +93,7 @@ type boundFetcher struct {
 }
 
 // record is the consumers' OnCommit: counts, durations, sizes and lag.
-func (o *observer) record(entity string, source event.Source, msgs []stream.Message, res store.Result) {
+func (o *observer) record(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
 	src := source.Name
 	c := res.Counts
 	for outcome, n := range map[pipeline.Outcome]int64{pipeline.Inserted: c.Inserted, pipeline.Updated: c.Updated,

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/deadletter"
@@ -61,9 +62,9 @@ type Config struct {
 	StrayInterval time.Duration
 	// CheckpointInterval is how often checkpoints are written (default 500ms).
 	CheckpointInterval time.Duration
-	// Park says how long parked children wait; Retry how dead letters are retried.
-	Park  store.ParkPolicy
-	Retry store.RetryPolicy
+	// Park says how long parked children wait; Retry how dead letters are retried
+	// (zero fields take deadletter.DefaultPark's and DefaultRetry's).
+	Park, Retry deadletter.Backoff
 	// DeadLetterInterval is how often parked children are swept and due dead
 	// letters retried (default 5s).
 	DeadLetterInterval time.Duration
@@ -118,11 +119,21 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout,
-		LockTimeout: cfg.LockTimeout, IdleInTransactionTimeout: cfg.IdleInTransactionTimeout, Park: cfg.Park, Retry: cfg.Retry, Logger: log})
+		LockTimeout: cfg.LockTimeout, IdleInTransactionTimeout: cfg.IdleInTransactionTimeout})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	dlCfg := deadletter.Config{Park: cfg.Park, Retry: cfg.Retry, Interval: cfg.DeadLetterInterval, Logger: log}
+	applier, err := apply.NewApplier(st, dlCfg.Stamp(apply.Config{IsolationTimeout: cfg.StatementTimeout, Logger: log}))
+	if err != nil {
+		return err
+	}
+	dls, err := deadletter.New(store.DeadLetters{Store: st}, applier, dlCfg)
+	if err != nil {
+		return err
+	}
+	w := writer{Applier: applier, Store: st}
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}
@@ -176,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
 	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
 	userHook := cfg.Consumer.OnCommit
-	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []stream.Message, res store.Result) {
+	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
 		obs.record(entity, source, msgs, res)
 		if userHook != nil {
 			userHook(entity, source, msgs, res)
@@ -237,7 +248,7 @@ func Run(ctx context.Context, cfg Config) error {
 			_, known := cfg.Catalog.Entity(entity)
 			return ok && known
 		}}
-		strays := &consumer.Strays{Find: finder.Find, Catalog: cfg.Catalog, Source: source, Writer: st,
+		strays := &consumer.Strays{Find: finder.Find, Catalog: cfg.Catalog, Source: source, Writer: w,
 			Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica, Logger: log}
 		g.Go(func() error { return strays.Run(gctx) })
 		for _, e := range cfg.Catalog.Entities() {
@@ -247,7 +258,7 @@ func Run(ctx context.Context, cfg Config) error {
 				return abort(err)
 			}
 			obs.fetchers = append(obs.fetchers, boundFetcher{stream: source.Stream, entity: e.Name, f: fetcher})
-			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: st,
+			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: w,
 				Rules: rules, Config: cfg.Consumer, Logger: log}
 			// Held messages are kept alive well within the consumer's ack wait,
 			// whatever the heartbeat setting.
@@ -280,11 +291,10 @@ func Run(ctx context.Context, cfg Config) error {
 	goInfra(func() error { return st.RunCheckpoints(ictx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
 	obs.bound.Store(true)
 	goInfra(func() error { return obs.runRefresh(ictx, or(cfg.StatsInterval, 15*time.Second)) })
-	worker := &deadletter.Worker{Store: st, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica,
-		Interval: cfg.DeadLetterInterval, Logger: log}
+	worker := &deadletter.Worker{DeadLetters: dls, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica}
 	g.Go(func() error { return worker.Run(gctx) })
 	if advisories != nil {
-		drain := &deadletter.GaveUpDrain{Reader: advisories, Store: st, Catalog: cfg.Catalog, Logger: log}
+		drain := &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: cfg.Catalog, Logger: log}
 		g.Go(func() error { return drain.Run(gctx) })
 	}
 	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
@@ -305,6 +315,13 @@ func Run(ctx context.Context, cfg Config) error {
 func leaseTag(replica string) string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("syncflow pid=%d host=%s replica=%s", os.Getpid(), host, replica)
+}
+
+// writer is what the consumers write with: batches applied, rolling batch rows
+// closed.
+type writer struct {
+	*apply.Applier
+	*store.Store
 }
 
 func or(d, def time.Duration) time.Duration {

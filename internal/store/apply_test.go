@@ -10,7 +10,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -28,6 +30,8 @@ type fixture struct {
 	t     *testing.T
 	ctx   context.Context
 	st    *store.Store
+	ap    *apply.Applier
+	dl    *deadletter.DeadLetters
 	cat   *catalog.Catalog
 	conn  *pgx.Conn
 	batch uuid.UUID
@@ -35,14 +39,20 @@ type fixture struct {
 	fresh bool
 }
 
-func newFixture(t *testing.T, tune ...func(*store.Config)) *fixture {
+// fixtureConfig is what a test may tune of its fixture.
+type fixtureConfig struct {
+	Store       store.Config
+	DeadLetters deadletter.Config
+}
+
+func newFixture(t *testing.T, tune ...func(*fixtureConfig)) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	cfg := store.Config{URL: dbURL}
+	cfg := fixtureConfig{Store: store.Config{URL: dbURL}}
 	for _, f := range tune {
 		f(&cfg)
 	}
-	st, err := store.Open(ctx, cfg)
+	st, err := store.Open(ctx, cfg.Store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +66,15 @@ func newFixture(t *testing.T, tune ...func(*store.Config)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(ctx) })
-	f := &fixture{t: t, ctx: ctx, st: st, cat: cat, conn: conn}
+	ap, err := apply.NewApplier(st, cfg.DeadLetters.Stamp(apply.Config{IsolationTimeout: cfg.Store.StatementTimeout}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl, err := deadletter.New(store.DeadLetters{Store: st}, ap, cfg.DeadLetters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, ctx: ctx, st: st, ap: ap, dl: dl, cat: cat, conn: conn}
 	f.truncate()
 	return f
 }
@@ -72,7 +90,7 @@ func (f *fixture) truncate() {
 }
 
 // apply runs bodies through the pipeline and the store as one batch of entity.
-func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) store.Result {
+func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) apply.Result {
 	f.t.Helper()
 	ds := make([]pipeline.Delivery, len(bodies))
 	for i, b := range bodies {
@@ -81,7 +99,7 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) sto
 	}
 	e, _ := f.cat.Entity(entity)
 	prepared := pipeline.Preparer{Catalog: f.cat, Rules: rules}.Prepare(ds)
-	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, Rules: rules, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "test", Deliveries: ds, Prepared: prepared})
+	res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, Rules: rules, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime, Replica: "test", Deliveries: ds, Prepared: prepared})
 	if err != nil {
 		f.t.Fatal(err)
 	}

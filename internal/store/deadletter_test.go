@@ -6,13 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 func TestSweeperOrphansAChildWhoseParentNeverComes(t *testing.T) {
-	f := newFixture(t, func(c *store.Config) {
-		c.Park = store.ParkPolicy{FirstRetry: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetries: 3}
+	f := newFixture(t, func(c *fixtureConfig) {
+		c.DeadLetters.Park = deadletter.Backoff{FirstRetry: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxRetries: 3}
 	})
 	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
 	f.apply("work_orders", nil, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting for P1"))
@@ -22,7 +24,7 @@ func TestSweeperOrphansAChildWhoseParentNeverComes(t *testing.T) {
 	var orphaned int
 	for i := 0; i < 50 && orphaned == 0; i++ {
 		time.Sleep(25 * time.Millisecond)
-		res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{})
+		res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +61,7 @@ func TestSweeperReleasesWhenTheParentArrivedUnnoticed(t *testing.T) {
 		ON CONFLICT (entity_name, bk_hash) DO UPDATE SET deleted = false, rowversion = 'x', rowversion_ord = 1`); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{All: true})
+	res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{All: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,11 @@ func TestRetryAfterMappingFix(t *testing.T) {
 		t.Fatalf("mapping dead letters scheduled for a retry: %s", got)
 	}
 	// Retried with the rule still broken: failed again, history kept.
-	r, err := f.st.RetryDeadLetters(f.ctx, f.cat, broken, "test", store.DeadLetterSelection{Entity: "sites", Limit: 10})
+	var ten []uuid.UUID
+	for _, u := range strings.Fields(f.rows(`SELECT uid::text FROM bridge.failed_records ORDER BY created_at LIMIT 10`)) {
+		ten = append(ten, uuid.MustParse(u))
+	}
+	r, err := f.dl.Retry(f.ctx, f.cat, broken, "test", deadletter.Selection{Entity: "sites", UIDs: ten})
 	if err != nil || r.FailedAgain != 10 {
 		t.Fatalf("%+v %v", r, err)
 	}
@@ -99,7 +105,7 @@ func TestRetryAfterMappingFix(t *testing.T) {
 		t.Fatalf("failed again with history: %s", got)
 	}
 	fixed, _ := mapping.Compile([]mapping.Rule{{Entity: "sites", SourceField: "DESCRIPTION", TargetField: "description", Transformation: "uppercase"}})
-	r, err = f.st.RetryDeadLetters(f.ctx, f.cat, fixed, "test", store.DeadLetterSelection{Entity: "sites"})
+	r, err = f.dl.Retry(f.ctx, f.cat, fixed, "test", deadletter.Selection{Entity: "sites"})
 	if err != nil || r.Resolved != 50 || r.FailedAgain != 0 {
 		t.Fatalf("%+v %v", r, err)
 	}
@@ -110,7 +116,7 @@ func TestRetryAfterMappingFix(t *testing.T) {
 		t.Fatalf("resolved: %s", got)
 	}
 	// Nothing is due any more.
-	r, err = f.st.RetryDeadLetters(f.ctx, f.cat, fixed, "test", store.DeadLetterSelection{Due: true})
+	r, err = f.dl.Retry(f.ctx, f.cat, fixed, "test", deadletter.Selection{Due: true})
 	if err != nil || r.Retried != 0 {
 		t.Fatalf("%+v %v", r, err)
 	}

@@ -10,36 +10,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
+
+	"github.com/syncflow/syncflow/internal/apply"
 )
 
-// The kinds of database errors. The store classifies every error it returns once,
-// here, from pgx's and pgconn's own types and PostgreSQL's SQLSTATE codes, never by
-// matching message text; callers decide with errors.Is.
-//
-// Only ErrRowRejected is caused by the records themselves. Every other failure is
-// the database's: the caller holds the work and tries again later, and no record
-// is dead-lettered because of it.
-var (
-	// ErrRowRejected: the target or the bridge refused the data of a row: SQLSTATE
-	// classes 22 (data exception) and 23 (integrity constraint), 21000 (a key written
-	// twice in one statement), class 54 (a program limit, such as a value too long
-	// for an index) and 42804 (a value of the wrong type). Splitting the work can
-	// isolate the rows to blame.
-	ErrRowRejected = errors.New("row rejected")
-	// ErrUnavailable: the database cannot take the work now: connections refused,
-	// reset or closed; the server shutting down, starting or not accepting
-	// connections (57P01-57P03, 55000); read-only after a failover (25006);
-	// credentials rejected after a rotation (class 28); the database missing
-	// (3D000); out of resources (classes 53 and 58); a session ended for idling in a
-	// transaction (25P03); a closed pool.
-	ErrUnavailable = errors.New("database unavailable")
-	// ErrConflict: a serialization failure or a deadlock (40001, 40P01); trying
-	// again succeeds.
-	ErrConflict = errors.New("transaction conflict")
-	// ErrTimeout: a statement or lock timeout (57014, 55P03) or the deadline of the
-	// work. Work that keeps timing out is escalated by the caller.
-	ErrTimeout = errors.New("timed out")
-)
+// Every error the store returns is classified here, once, into the kinds of
+// apply (apply.ErrRowRejected, ErrUnavailable, ErrConflict, ErrTimeout), from
+// pgx's and pgconn's own types and PostgreSQL's SQLSTATE codes, never by matching
+// message text; callers decide with errors.Is.
 
 // kindError is an error with its kind.
 type kindError struct {
@@ -72,7 +50,7 @@ func kindOf(err error) error {
 	// it (a FATAL 28P01, 3D000, 55000 or 57P03 arrives wrapped in a ConnectError).
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {
-		return ErrUnavailable
+		return apply.ErrUnavailable
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -80,19 +58,19 @@ func kindOf(err error) error {
 	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err):
-		return ErrTimeout
+		return apply.ErrTimeout
 	case errors.Is(err, puddle.ErrClosedPool), errors.Is(err, pgconn.ErrConnClosed),
 		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return ErrUnavailable
+		return apply.ErrUnavailable
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) {
-		return ErrUnavailable
+		return apply.ErrUnavailable
 	}
 	if pgconn.SafeToRetry(err) {
 		// Nothing reached the server: a connection lost before the statement was sent.
-		return ErrUnavailable
+		return apply.ErrUnavailable
 	}
 	return nil
 }
@@ -102,27 +80,15 @@ func sqlstateKind(code string) error {
 	switch {
 	case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"), strings.HasPrefix(code, "54"),
 		code == "21000", code == "42804":
-		return ErrRowRejected
+		return apply.ErrRowRejected
 	case code == "40001", code == "40P01":
-		return ErrConflict
+		return apply.ErrConflict
 	case code == "57014", code == "55P03":
-		return ErrTimeout
+		return apply.ErrTimeout
 	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "28"), strings.HasPrefix(code, "53"),
 		strings.HasPrefix(code, "57P"), strings.HasPrefix(code, "58"),
 		code == "25006", code == "25P03", code == "3D000", code == "55000":
-		return ErrUnavailable
+		return apply.ErrUnavailable
 	}
 	return nil
-}
-
-// Kind names the kind of err for logs, metrics and /readyz: "row rejected",
-// "database unavailable", "transaction conflict", "timed out", or "error" for an
-// error of no known kind. It never includes the error's text.
-func Kind(err error) string {
-	for _, k := range []error{ErrRowRejected, ErrUnavailable, ErrConflict, ErrTimeout} {
-		if errors.Is(err, k) {
-			return k.Error()
-		}
-	}
-	return "error"
 }

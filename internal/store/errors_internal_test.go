@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -80,36 +82,36 @@ func TestClassify(t *testing.T) {
 		err  error
 		want error // nil: no known kind
 	}{
-		{"division by zero (22012)", fails(`SELECT 1/0`), ErrRowRejected},
-		{"check constraint (23514)", fails(`CREATE TEMP TABLE t (x int CHECK (x > 0))`, `INSERT INTO t VALUES (-1)`), ErrRowRejected},
-		{"index row too large (54000)", fails(`CREATE TEMP TABLE t (s text)`, `CREATE INDEX ON t (s)`, long), ErrRowRejected},
-		{"type mismatch (42804)", fails(`CREATE TEMP TABLE t (x int)`, `INSERT INTO t SELECT 'a'::text`), ErrRowRejected},
-		{"key twice in one statement (21000)", fails(`CREATE TEMP TABLE t (x int PRIMARY KEY)`, `INSERT INTO t VALUES (1), (1) ON CONFLICT (x) DO UPDATE SET x = 1`), ErrRowRejected},
-		{"read-only after a failover (25006)", fails(`SET default_transaction_read_only = on`, `CREATE TABLE ro (x int)`), ErrUnavailable},
-		{"statement timeout (57014)", fails(`SET statement_timeout = 10`, `SELECT pg_sleep(1)`), ErrTimeout},
-		{"lock timeout (55P03)", pgErr("55P03"), ErrTimeout},
-		{"serialization failure (40001)", pgErr("40001"), ErrConflict},
-		{"deadlock (40P01)", pgErr("40P01"), ErrConflict},
-		{"too many connections (53300)", pgErr("53300"), ErrUnavailable},
-		{"credentials rejected (28P01)", pgErr("28P01"), ErrUnavailable},
-		{"idle in transaction too long (25P03)", pgErr("25P03"), ErrUnavailable},
-		{"connection refused", connect("postgres://postgres@127.0.0.1:1/x?sslmode=disable"), ErrUnavailable},
-		{"database missing at connect (3D000)", connect(withDB("syncflow_no_such_database")), ErrUnavailable},
-		{"session terminated (57P01)", terminated(), ErrUnavailable},
-		{"closed pool", closedPool(), ErrUnavailable},
-		{"batch deadline", fmt.Errorf("apply: %w", context.DeadlineExceeded), ErrTimeout},
+		{"division by zero (22012)", fails(`SELECT 1/0`), apply.ErrRowRejected},
+		{"check constraint (23514)", fails(`CREATE TEMP TABLE t (x int CHECK (x > 0))`, `INSERT INTO t VALUES (-1)`), apply.ErrRowRejected},
+		{"index row too large (54000)", fails(`CREATE TEMP TABLE t (s text)`, `CREATE INDEX ON t (s)`, long), apply.ErrRowRejected},
+		{"type mismatch (42804)", fails(`CREATE TEMP TABLE t (x int)`, `INSERT INTO t SELECT 'a'::text`), apply.ErrRowRejected},
+		{"key twice in one statement (21000)", fails(`CREATE TEMP TABLE t (x int PRIMARY KEY)`, `INSERT INTO t VALUES (1), (1) ON CONFLICT (x) DO UPDATE SET x = 1`), apply.ErrRowRejected},
+		{"read-only after a failover (25006)", fails(`SET default_transaction_read_only = on`, `CREATE TABLE ro (x int)`), apply.ErrUnavailable},
+		{"statement timeout (57014)", fails(`SET statement_timeout = 10`, `SELECT pg_sleep(1)`), apply.ErrTimeout},
+		{"lock timeout (55P03)", pgErr("55P03"), apply.ErrTimeout},
+		{"serialization failure (40001)", pgErr("40001"), apply.ErrConflict},
+		{"deadlock (40P01)", pgErr("40P01"), apply.ErrConflict},
+		{"too many connections (53300)", pgErr("53300"), apply.ErrUnavailable},
+		{"credentials rejected (28P01)", pgErr("28P01"), apply.ErrUnavailable},
+		{"idle in transaction too long (25P03)", pgErr("25P03"), apply.ErrUnavailable},
+		{"connection refused", connect("postgres://postgres@127.0.0.1:1/x?sslmode=disable"), apply.ErrUnavailable},
+		{"database missing at connect (3D000)", connect(withDB("syncflow_no_such_database")), apply.ErrUnavailable},
+		{"session terminated (57P01)", terminated(), apply.ErrUnavailable},
+		{"closed pool", closedPool(), apply.ErrUnavailable},
+		{"batch deadline", fmt.Errorf("apply: %w", context.DeadlineExceeded), apply.ErrTimeout},
 		{"a table dropped under us (42P01)", fails(`SELECT * FROM no_such_table`), nil},
 		{"a bug", errors.New("counts do not add up"), nil},
 	} {
 		got := classify(tc.err)
 		if tc.want == nil {
-			if Kind(got) != "error" {
-				t.Errorf("%s: %v classified %q, want no kind", tc.name, tc.err, Kind(got))
+			if apply.Kind(got) != "error" {
+				t.Errorf("%s: %v classified %q, want no kind", tc.name, tc.err, apply.Kind(got))
 			}
 			continue
 		}
 		if !errors.Is(got, tc.want) {
-			t.Errorf("%s: %v classified %q, want %q", tc.name, tc.err, Kind(got), tc.want)
+			t.Errorf("%s: %v classified %q, want %q", tc.name, tc.err, apply.Kind(got), tc.want)
 		}
 		if got.Error() != tc.err.Error() {
 			t.Errorf("%s: classify changed the message: %q", tc.name, got.Error())

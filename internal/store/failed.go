@@ -11,52 +11,30 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/syncflow/syncflow/internal/catalog"
-
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/deadletter"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
-// RetryPolicy says which dead letters the retry worker re-runs by itself, and when.
-//
-// Retried automatically: mapping (the rules may be fixed), write (the target may
-// accept the row later, e.g. after a constraint or a referenced row changed) and
-// max_deliver (the crash loop may have been transient). Not retried automatically:
-// decode and normalization (the bytes will not change; fix the catalog or the
-// publisher, then `syncflow dlq retry`), and orphan (the sweeper already waited for
-// the parent). Any dead letter can be re-run by hand.
-//
-// The worker retries after FirstRetry (default 1m), doubling up to MaxDelay
-// (default 1h), MaxRetries times (default 5).
-type RetryPolicy = Backoff
+// bridge.failed_records: the dead letters, one unresolved per message (stream,
+// stream_seq), with the raw bytes exactly as received.
 
-var retryDefaults = Backoff{FirstRetry: time.Minute, MaxDelay: time.Hour, MaxRetries: 5}
-
-// AutoRetried reports whether dead letters of stage are retried by the worker.
-func AutoRetried(stage pipeline.Stage) bool {
-	switch stage {
-	case pipeline.StageMapping, pipeline.StageWrite, pipeline.StageMaxDeliver:
-		return true
-	}
-	return false
-}
-
-// insertFailuresSQL writes dead letters, one unresolved dead letter per message
-// (stream, stream_seq): a message that fails again while it has one (redelivered,
-// replayed, retried, or given up by JetStream) updates it, and the earlier attempt
-// goes into its history.
+// insertFailuresSQL writes dead letters; a message that already has an unresolved
+// one updates it (failureConflictSQL).
 var insertFailuresSQL = `
 INSERT INTO bridge.failed_records AS f
     (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
      raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at,
      parent_entity, parent_bk_hash, published_at)
 SELECT u.uid, $1, u.entity, $2, u.src, u.stream, u.subject, u.seq, u.bk_hash,
-       u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err, $3,
-       CASE WHEN u.retry THEN now() + $4::interval END, u.parent_entity, u.parent_hash, u.published
-FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
-            $12::bytea[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bool[], $18::text[], $19::text[],
-            $20::timestamptz[])
-    AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, retry,
-          parent_entity, parent_hash, published)
+       u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err, u.max_retries, now() + u.retry_after,
+       u.parent_entity, u.parent_hash, u.published
+FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[],
+            $10::bytea[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::interval[],
+            $17::text[], $18::text[], $19::timestamptz[])
+    AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, max_retries,
+          retry_after, parent_entity, parent_hash, published)
 ` + failureConflictSQL
 
 // failureConflictSQL is the rule for a message that already has an unresolved
@@ -75,61 +53,24 @@ ON CONFLICT (stream, stream_seq) WHERE resolved_at IS NULL DO UPDATE SET
     published_at = coalesce(excluded.published_at, f.published_at),
     next_retry_at = CASE WHEN excluded.next_retry_at IS NOT NULL THEN coalesce(f.next_retry_at, excluded.next_retry_at) END`
 
-// DeadLetter is a failed delivery recorded outside a batch.
-type DeadLetter struct {
-	Delivery pipeline.Delivery
-	Failure  pipeline.Failure
-}
-
-// RecordDeadLetters writes dead letters that belong to no batch, such as the
-// messages JetStream gave up delivering. A message that already has an unresolved
-// dead letter updates it (see insertFailuresSQL).
-func (s *Store) RecordDeadLetters(ctx context.Context, cat *catalog.Catalog, items []DeadLetter) error {
-	var w *txWork
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		w = s.newWork(tx, uuid.Nil, cat, nil)
-		for _, it := range items {
-			w.deadLetter(it.Failure, it.Delivery)
-		}
-		return w.flushDeadLetters(ctx)
-	})
-	if err == nil {
-		w.logDeadLetters()
-	}
-	return classify(err)
-}
-
-// logDeadLetters logs the dead letters of a committed transaction.
-func (w *txWork) logDeadLetters() {
-	for _, d := range w.dead {
-		w.s.deadLog.note(d)
-	}
-}
-
-// flushDeadLetters writes the transaction's dead letters, raw bytes exactly as
-// received, one per message.
-func (w *txWork) flushDeadLetters(ctx context.Context) error {
-	w.dead = lastPerMessage(w.dead)
-	if len(w.dead) == 0 {
-		return nil
-	}
-	n := len(w.dead)
+// AddDeadLetters writes dead letters, raw bytes exactly as received, one per
+// message.
+func (t *tx) AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem string, dead []apply.DeadLetter) error {
+	dead = lastPerMessage(dead)
+	n := len(dead)
 	uids := make([]uuid.UUID, n)
 	entities, srcs, streams, subjects := make([]string, n), make([]*string, n), make([]*string, n), make([]string, n)
 	hashes, rawData, normalized := make([]*string, n), make([]*string, n), make([]*string, n)
 	parents, parentHashes := make([]*string, n), make([]*string, n)
 	seqs := make([]*int64, n)
+	maxRetries := make([]int32, n)
+	retryAfter := make([]*time.Duration, n)
 	published := make([]*time.Time, n)
 	raws := make([][]byte, n)
 	stages, errs := make([]string, n), make([]string, n)
-	retry := make([]bool, n)
-	sourceSystem := "oracle_ifs"
-	if w.cat != nil {
-		sourceSystem = w.cat.SourceSystem
-	}
-	for j, f := range w.dead {
-		d := f.delivery
-		uids[j] = w.s.NewUID()
+	for j, f := range dead {
+		d := f.Delivery
+		uids[j] = t.s.NewUID()
 		entities[j] = entityLabel(f.Entity)
 		if d.Source.Name != "" {
 			src := d.Source.Name
@@ -162,31 +103,26 @@ func (w *txWork) flushDeadLetters(ctx context.Context) error {
 			}
 		}
 		stages[j], errs[j] = string(f.Stage), sanitizeText(f.Err.Error())
-		retry[j] = AutoRetried(f.Stage)
+		maxRetries[j], retryAfter[j] = int32(f.MaxRetries), f.RetryAfter
 	}
-	policy := w.s.cfg.Retry
-	var batch *uuid.UUID
-	if w.batchUID != uuid.Nil {
-		batch = &w.batchUID
-	}
-	_, err := w.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem, policy.MaxRetries, policy.FirstRetry,
-		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, retry,
+	_, err := t.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem,
+		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, maxRetries, retryAfter,
 		parents, parentHashes, published)
-	return err
+	return classify(err)
 }
 
 // lastPerMessage keeps, of several failures of one message in one transaction (a
 // message delivered twice in one fetch), the last: one statement may not write a
 // dead letter twice.
-func lastPerMessage(dead []deadLetter) []deadLetter {
+func lastPerMessage(dead []apply.DeadLetter) []apply.DeadLetter {
 	type message struct {
 		stream string
 		seq    uint64
 	}
 	last := map[message]int{}
 	for i, d := range dead {
-		if d.delivery.Source.Stream != "" && d.delivery.StreamSeq > 0 {
-			last[message{d.delivery.Source.Stream, d.delivery.StreamSeq}] = i
+		if d.Delivery.Source.Stream != "" && d.Delivery.StreamSeq > 0 {
+			last[message{d.Delivery.Source.Stream, d.Delivery.StreamSeq}] = i
 		}
 	}
 	if len(last) == len(dead) {
@@ -194,12 +130,99 @@ func lastPerMessage(dead []deadLetter) []deadLetter {
 	}
 	out := dead[:0:0]
 	for i, d := range dead {
-		if j, ok := last[message{d.delivery.Source.Stream, d.delivery.StreamSeq}]; ok && j != i {
+		if j, ok := last[message{d.Delivery.Source.Stream, d.Delivery.StreamSeq}]; ok && j != i {
 			continue
 		}
 		out = append(out, d)
 	}
 	return out
+}
+
+const resolveDeadLettersSQL = `
+UPDATE bridge.failed_records SET
+    resolved_at = now(), resolution_note = $2, next_retry_at = NULL,
+    history = history || jsonb_build_object('at', now(), 'stage', stage_failed, 'error', error_message, 'resolution', $2::text)
+WHERE uid = ANY ($1)`
+
+// ResolveDeadLetters marks dead letters resolved, with note.
+func (t *tx) ResolveDeadLetters(ctx context.Context, uids []uuid.UUID, note string) error {
+	_, err := t.tx.Exec(ctx, resolveDeadLettersSQL, uids, note)
+	return classify(err)
+}
+
+const failedAgainSQL = `
+UPDATE bridge.failed_records SET
+    history = history || jsonb_build_object('at', now(), 'stage', stage_failed, 'error', error_message),
+    retry_count = retry_count + 1, stage_failed = $2, error_message = $3,
+    normalized_data = coalesce($4::jsonb, normalized_data), bk_hash = coalesce($5, bk_hash),
+    next_retry_at = now() + $6::interval
+WHERE uid = $1`
+
+// FailedAgain records a retry's failure on its dead letter.
+func (t *tx) FailedAgain(ctx context.Context, uid uuid.UUID, f pipeline.Failure, retryAfter *time.Duration) error {
+	var normalized *string
+	if f.Normalized != nil {
+		if body, err := json.Marshal(f.Normalized); err == nil {
+			normalized = jsonbText(body)
+		}
+	}
+	var bk *string
+	if f.BKHash != "" {
+		bk = &f.BKHash
+	}
+	_, err := t.tx.Exec(ctx, failedAgainSQL, uid, string(f.Stage), sanitizeText(f.Err.Error()), normalized, bk, retryAfter)
+	return classify(err)
+}
+
+// The partial index ix_failed_records_retry serves this query.
+const dueDeadLettersSQL = `
+SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
+       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, published_at
+FROM bridge.failed_records
+WHERE resolved_at IS NULL AND next_retry_at <= now()
+ORDER BY next_retry_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+const chosenDeadLettersSQL = `
+SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
+       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, published_at
+FROM bridge.failed_records
+WHERE resolved_at IS NULL
+  AND (coalesce(cardinality($2::uuid[]), 0) = 0 OR uid = ANY ($2))
+  AND ($3 = '' OR entity_name = $3)
+  AND ($4 = '' OR stage_failed = $4)
+ORDER BY created_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+// SelectDeadLetters locks and returns the unresolved dead letters sel chooses.
+func (t *tx) SelectDeadLetters(ctx context.Context, sel deadletter.Selection, limit int) ([]deadletter.Dead, error) {
+	var q pgx.Rows
+	var err error
+	if sel.Due {
+		q, err = t.tx.Query(ctx, dueDeadLettersSQL, limit)
+	} else {
+		q, err = t.tx.Query(ctx, chosenDeadLettersSQL, limit, sel.UIDs, sel.Entity, sel.Stage)
+	}
+	if err != nil {
+		return nil, classify(err)
+	}
+	rows, err := pgx.CollectRows(q, func(r pgx.CollectableRow) (deadletter.Dead, error) {
+		var (
+			d                 deadletter.Dead
+			src, stream, subj string
+			seq               int64
+			published         *time.Time
+		)
+		err := r.Scan(&d.UID, &d.Entity, &src, &stream, &subj, &seq, &d.Delivery.Data, &d.Retries, &d.MaxRetries, &published)
+		d.Delivery.Subject, d.Delivery.Source, d.Delivery.StreamSeq = subj, event.SourceNamed(src), uint64(seq)
+		if published != nil {
+			d.Delivery.Published = *published
+		}
+		return d, err
+	})
+	return rows, classify(err)
 }
 
 // jsonbText returns body re-encoded as JSON that PostgreSQL's jsonb accepts, or nil
@@ -235,7 +258,7 @@ const maxEntityLabel = 128
 func entityLabel(entity string) string {
 	entity = sanitizeText(entity)
 	if entity == "" {
-		return UnknownEntity
+		return apply.UnknownEntity
 	}
 	if r := []rune(entity); len(r) > maxEntityLabel {
 		return string(r[:maxEntityLabel-1]) + "…"

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 // failParking makes parking the work order orderNo fail with SQLSTATE code, as a
@@ -63,7 +63,7 @@ func TestRetryIsolatesEachRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.failParking("WO2", "XX000")
-	r, err := f.st.RetryDeadLetters(f.ctx, f.cat, nil, "test", store.DeadLetterSelection{Due: true})
+	r, err := f.dl.Retry(f.ctx, f.cat, nil, "test", deadletter.Selection{Due: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,22 +6,22 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 // applyAt applies bodies as the realtime messages at the given stream sequences,
 // in one batch.
-func (f *fixture) applyAt(entity string, seqs []uint64, bodies ...string) store.Result {
+func (f *fixture) applyAt(entity string, seqs []uint64, bodies ...string) apply.Result {
 	f.t.Helper()
 	ds := make([]pipeline.Delivery, len(bodies))
 	for i, b := range bodies {
 		ds[i] = pipeline.Delivery{Subject: "apismith.cdc." + entity, Source: event.Realtime, StreamSeq: seqs[i], Data: []byte(b)}
 	}
 	e, _ := f.cat.Entity(entity)
-	res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime",
+	res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime,
 		Replica: "test", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)})
 	if err != nil {
 		f.t.Fatal(err)
@@ -40,7 +40,7 @@ func TestOneDeadLetterPerMessage(t *testing.T) {
 	f.applyAt("sites", []uint64{7}, poison)
 	f.applyAt("sites", []uint64{7}, poison)            // redelivered after a crash before the ack
 	f.applyAt("sites", []uint64{7, 7}, poison, poison) // twice in one fetch
-	err := f.st.RecordDeadLetters(f.ctx, f.cat, []store.DeadLetter{{
+	err := f.ap.RecordDeadLetters(f.ctx, f.cat, []apply.DeadLetter{{
 		Delivery: pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 7},
 		Failure:  pipeline.Failure{Stage: pipeline.StageMaxDeliver, Entity: "sites", Err: errString("JetStream gave up")},
 	}})
@@ -71,7 +71,7 @@ func TestDeadLetterOfAnEntityWithAHugeName(t *testing.T) {
 	body := `{"entity":"` + string(huge) + `","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"A":1}}`
 	ds := []pipeline.Delivery{{Subject: "apismith.cdc." + string(huge), Source: event.Realtime, StreamSeq: 1, Data: []byte(body)}}
 	var noEntity *catalog.Entity
-	if _, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: noEntity, Catalog: f.cat, BatchUID: f.batch, NewBatch: true, SyncType: "realtime",
+	if _, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: noEntity, Catalog: f.cat, BatchUID: f.batch, NewBatch: true, Source: event.Realtime,
 		Replica: "test", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)}); err != nil {
 		t.Fatal(err)
 	}

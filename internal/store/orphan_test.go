@@ -9,16 +9,16 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 // orphanFixture parks work order WO1 under its missing item P1 (the site is there),
 // one re-check away from becoming an orphan and due now.
 func orphanFixture(t *testing.T, body string) *fixture {
 	t.Helper()
-	f := newFixture(t, func(c *store.Config) {
-		c.Park = store.ParkPolicy{FirstRetry: time.Hour, MaxDelay: time.Hour, MaxRetries: 3}
+	f := newFixture(t, func(c *fixtureConfig) {
+		c.DeadLetters.Park = deadletter.Backoff{FirstRetry: time.Hour, MaxDelay: time.Hour, MaxRetries: 3}
 	})
 	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
 	f.applyAt("work_orders", []uint64{500}, body)
@@ -35,7 +35,7 @@ const spacedWorkOrder = "{ \"entity\" : \"work_orders\", \"op\":\"upsert\",\"row
 // letter.
 func TestOrphanIsReleasedWhenItsParentArrives(t *testing.T) {
 	f := orphanFixture(t, spacedWorkOrder)
-	res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{})
+	res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{})
 	if err != nil || res.Orphaned != 1 {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -78,7 +78,7 @@ func TestOrphanRaceWithTheParent(t *testing.T) {
 			}
 			swept := make(chan error, 1)
 			go func() {
-				res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{})
+				res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{})
 				if err == nil && res.Orphaned != 1 {
 					err = fmt.Errorf("sweep %+v, want one orphan", res)
 				}
@@ -143,8 +143,8 @@ func TestOrphanRaceWithTheParent(t *testing.T) {
 func TestManualReleaseKeepsTheBudget(t *testing.T) {
 	f := orphanFixture(t, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting"))
 	uid := f.rows(`SELECT uid::text FROM bridge.pending_children`)
-	for _, sel := range []store.ParkedSelection{{UIDs: []uuid.UUID{mustUID(t, uid)}}, {All: true}} {
-		res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", sel)
+	for _, sel := range []deadletter.ParkedSelection{{UIDs: []uuid.UUID{mustUID(t, uid)}}, {All: true}} {
+		res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", sel)
 		if err != nil || res.Orphaned != 0 || res.Released != 0 || res.Waiting != 1 {
 			t.Fatalf("%+v: %+v %v", sel, res, err)
 		}
@@ -156,7 +156,7 @@ func TestManualReleaseKeepsTheBudget(t *testing.T) {
 		t.Fatalf("%s dead letters", got)
 	}
 	// The sweeper's own re-check still orphans it.
-	if res, err := f.st.SweepParked(f.ctx, f.cat, nil, "test", store.ParkedSelection{}); err != nil || res.Orphaned != 1 {
+	if res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{}); err != nil || res.Orphaned != 1 {
 		t.Fatalf("%+v %v", res, err)
 	}
 	if !strings.Contains(f.rows(`SELECT error_message FROM bridge.failed_records`), "the parent's arrival still releases it") {

@@ -8,9 +8,9 @@ import (
 
 	"pgregory.net/rapid"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 type histEvent struct {
@@ -103,7 +103,7 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 						continue
 					}
 					prepared := pipeline.Preparer{Catalog: f.cat}.Prepare(ds)
-					res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime", Replica: "prop", Deliveries: ds, Prepared: prepared})
+					res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime, Replica: "prop", Deliveries: ds, Prepared: prepared})
 					if err != nil {
 						rt.Fatal(err)
 					}

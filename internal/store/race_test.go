@@ -6,9 +6,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 // A version of one key as a test delivers it.
@@ -30,7 +30,7 @@ func (f *fixture) applyAsync(entity string, v raceVersion, batch uuid.UUID) <-ch
 	ds := []pipeline.Delivery{v.delivery(entity)}
 	go func() {
 		prepared := pipeline.Preparer{Catalog: f.cat}.Prepare(ds)
-		_, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: f.cat, BatchUID: batch, SyncType: "realtime", Replica: "race", Deliveries: ds, Prepared: prepared})
+		_, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: batch, Source: event.Realtime, Replica: "race", Deliveries: ds, Prepared: prepared})
 		done <- err
 	}()
 	return done

@@ -8,7 +8,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"time"
 
@@ -24,7 +23,6 @@ type Store struct {
 	cfg         Config
 	targets     *targets
 	checkpoints *checkpoints
-	deadLog     *deadLetterLog
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
 }
@@ -41,22 +39,10 @@ type Config struct {
 	// forgotten transaction holds SyncFlow's work for ever. Zero leaves the server's
 	// setting; `syncflow run` sets 30s, 10s and 60s by default.
 	StatementTimeout, LockTimeout, IdleInTransactionTimeout time.Duration
-	// Park says how long parked children wait; Retry which dead letters are retried
-	// by themselves, and when (zero fields take the defaults of ParkPolicy and
-	// RetryPolicy).
-	Park  ParkPolicy
-	Retry RetryPolicy
-	// Logger receives what happens after a commit and cannot fail it (default: discard).
-	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
 	c.MaxConns = cmp.Or(c.MaxConns, 8)
-	c.Park = c.Park.or(parkDefaults)
-	c.Retry = c.Retry.or(retryDefaults)
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
 	return c
 }
 
@@ -86,8 +72,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(classify(err)))
 	}
-	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), deadLog: &deadLetterLog{log: cfg.Logger},
-		NewUID: newUID}, nil
+	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
 }
 
 // Close closes the pool.

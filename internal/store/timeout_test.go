@@ -5,16 +5,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
 // A batch whose write keeps timing out (here: a target row locked by a session
 // that never lets go) fails with ErrTimeout; written with IsolateTimeouts, the row
 // to blame becomes a dead letter at stage write and the rest commits.
 func TestTimedOutRowsAreIsolated(t *testing.T) {
-	f := newFixture(t, func(c *store.Config) { c.LockTimeout = 100 * time.Millisecond; c.StatementTimeout = 2 * time.Second })
+	f := newFixture(t, func(c *fixtureConfig) {
+		c.Store.LockTimeout = 100 * time.Millisecond
+		c.Store.StatementTimeout = 2 * time.Second
+	})
 	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "one"), siteEvent("upsert", "S2", "2026-01-01T00:00:01Z", "two"),
 		siteEvent("upsert", "S3", "2026-01-01T00:00:01Z", "three"))
 	hold, err := f.conn.Begin(f.ctx)
@@ -31,13 +34,13 @@ func TestTimedOutRowsAreIsolated(t *testing.T) {
 		ds = append(ds, pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: uint64(100 + i),
 			Data: []byte(siteEvent("upsert", c, "2026-01-01T00:00:02Z", c+" v2"))})
 	}
-	b := store.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, SyncType: "realtime", Replica: "test", Deliveries: ds,
+	b := apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, Source: event.Realtime, Replica: "test", Deliveries: ds,
 		Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)}
-	if _, err := f.st.ApplyBatch(f.ctx, b); !errors.Is(err, store.ErrTimeout) {
+	if _, err := f.ap.ApplyBatch(f.ctx, b); !errors.Is(err, apply.ErrTimeout) {
 		t.Fatalf("a write blocked by a lock: %v, want a timeout", err)
 	}
 	b.IsolateTimeouts = true
-	res, err := f.st.ApplyBatch(f.ctx, b)
+	res, err := f.ap.ApplyBatch(f.ctx, b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
 )
@@ -37,11 +37,11 @@ func TestDSTFallBackInTheSourceTimeZone(t *testing.T) {
 		return pipeline.Delivery{Subject: "apismith.cdc.items", Source: event.Realtime, StreamSeq: seq, Published: at,
 			Data: []byte(`{"entity":"items","op":"upsert","rowversion":"` + objversion + `","data":{"PART_NO":"P1","DESCRIPTION":"` + desc + `"}}`)}
 	}
-	apply := func(cat *catalog.Catalog, d pipeline.Delivery) store.Result {
+	apply := func(cat *catalog.Catalog, d pipeline.Delivery) apply.Result {
 		t.Helper()
 		e, _ := cat.Entity("items")
 		ds := []pipeline.Delivery{d}
-		res, err := f.st.ApplyBatch(f.ctx, store.Batch{Entity: e, Catalog: cat, BatchUID: f.batch, NewBatch: f.fresh, SyncType: "realtime",
+		res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: cat, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime,
 			Replica: "test", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: cat}.Prepare(ds)})
 		if err != nil {
 			t.Fatal(err)

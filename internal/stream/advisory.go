@@ -9,26 +9,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
-
-// GaveUp is a message JetStream stopped delivering to a consumer after max_deliver
-// attempts, read back from its stream.
-type GaveUp struct {
-	Consumer   string
-	Deliveries uint64
-	// Delivery is the message; Found is false when the stream no longer holds it.
-	Delivery pipeline.Delivery
-	Found    bool
-	ack, nak func() error
-}
-
-// Ack acknowledges the advisory (after the dead letter was committed).
-func (g GaveUp) Ack() error { return g.ack() }
-
-// Nak asks for the advisory again (the dead letter could not be recorded).
-func (g GaveUp) Nak() error { return g.nak() }
 
 // AdvisoryReader reads the max-deliveries advisories kept in the advisories stream.
 type AdvisoryReader struct {
@@ -54,14 +38,14 @@ type maxDeliverAdvisory struct {
 
 // Fetch returns up to n advisories with the messages they name. An advisory that
 // cannot be parsed is acked and skipped (it names nothing to dead-letter).
-func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) ([]GaveUp, error) {
+func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) ([]deadletter.GaveUp, error) {
 	fctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	batch, err := r.consumer.Fetch(n, jetstream.FetchContext(fctx))
 	if err != nil {
 		return nil, err
 	}
-	var out []GaveUp
+	var out []deadletter.GaveUp
 	for m := range batch.Messages() {
 		var a maxDeliverAdvisory
 		if err := json.Unmarshal(m.Data(), &a); err != nil || a.Stream == "" || a.StreamSeq == 0 {
@@ -69,7 +53,7 @@ func (r *AdvisoryReader) Fetch(ctx context.Context, n int, wait time.Duration) (
 			continue
 		}
 		src, _ := event.SourceOfStream(a.Stream)
-		g := GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, ack: m.Ack, nak: func() error { return m.NakWithDelay(2 * time.Second) },
+		g := deadletter.GaveUp{Consumer: a.Consumer, Deliveries: a.Deliveries, Ack: m.Ack, Nak: func() error { return m.NakWithDelay(2 * time.Second) },
 			Delivery: pipeline.Delivery{StreamSeq: a.StreamSeq, Source: src}}
 		s, err := r.js.Stream(ctx, a.Stream)
 		if err != nil {

@@ -1,4 +1,4 @@
-package store
+package apply
 
 import (
 	"fmt"
@@ -26,7 +26,7 @@ type deadLetterLog struct {
 	flushing   bool
 }
 
-func (l *deadLetterLog) note(d deadLetter) {
+func (l *deadLetterLog) note(d DeadLetter) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -35,8 +35,8 @@ func (l *deadLetterLog) note(d deadLetter) {
 	}
 	if l.logged < deadLetterLogBurst {
 		l.logged++
-		l.log.Warn("dead letter", "stage", string(d.Stage), "entity", d.Entity, "stream", d.delivery.Source.Stream,
-			"stream_seq", d.delivery.StreamSeq, "reason", d.Err.Error())
+		l.log.Warn("dead letter", "stage", string(d.Stage), "entity", d.Entity, "stream", d.Delivery.Source.Stream,
+			"stream_seq", d.Delivery.StreamSeq, "reason", d.Err.Error())
 		return
 	}
 	if l.suppressed == nil {

@@ -41,6 +41,12 @@ func newCheckpoints() *checkpoints {
 	return &checkpoints{pending: map[checkpointKey]checkpointNote{}}
 }
 
+// NoteCheckpoints notes the highest committed rowversion per source system of
+// entity, for the next flush (apply.Store).
+func (s *Store) NoteCheckpoints(entity string, batch uuid.UUID, highs map[string]event.RowVersion) {
+	s.checkpoints.note(entity, batch, highs)
+}
+
 // highest returns, per source system, the highest rowversion the ledger accepted.
 func highest(ds []pipeline.Decision) map[string]event.RowVersion {
 	out := map[string]event.RowVersion{}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
 // target is what the store knows about one ScheduleHub table: its columns (mapped
@@ -201,4 +203,44 @@ func (t *target) deleteSQL() string {
 		return "UPDATE " + t.ident + " AS t SET " + sd + " = now() FROM" + from + " AND t." + sd + " IS NULL"
 	}
 	return "DELETE FROM " + t.ident + " AS t USING" + from
+}
+
+// WriteTarget upserts and deletes rows of entity's target table: one statement per
+// set of columns the rows carry (the rows travel as one JSON array), rows in key
+// order, and one for the deletes.
+func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []map[string]any) error {
+	tg, err := t.s.target(entity)
+	if err != nil {
+		return err
+	}
+	bySig := map[string][]byte{} // a JSON array of rows per column list
+	for _, row := range upserts {
+		cols := tg.writable(row)
+		sig := strings.Join(cols, ",")
+		buf := bySig[sig]
+		if buf == nil {
+			buf = append(make([]byte, 0, 1024*len(upserts)), '[')
+		} else {
+			buf = append(buf, ',')
+		}
+		if bySig[sig], err = pipeline.AppendRowJSON(buf, row, cols); err != nil {
+			return err
+		}
+	}
+	for _, sig := range slices.Sorted(maps.Keys(bySig)) {
+		body := append(bySig[sig], ']')
+		if _, err := t.tx.Exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body); err != nil {
+			return classify(err)
+		}
+	}
+	if len(deletes) > 0 {
+		body, err := json.Marshal(deletes)
+		if err != nil {
+			return err
+		}
+		if _, err := t.tx.Exec(ctx, tg.deleteSQL(), body); err != nil {
+			return classify(err)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,108 @@
+package apply
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/normalize"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// Store is what applying needs of the database outside a transaction.
+type Store interface {
+	// InTx runs fn in one transaction and commits when fn returns nil. Its error
+	// is classified (see the kinds in errors.go).
+	InTx(ctx context.Context, fn func(Tx) error) error
+	// AnyReleasable tells, cheaply, whether children or orphan dead letters wait
+	// for any of parents that are applied now.
+	AnyReleasable(ctx context.Context, parents []Key) (bool, error)
+	// NoteCheckpoints hands the highest committed rowversion per source system of
+	// entity to the checkpointer.
+	NoteCheckpoints(entity string, batch uuid.UUID, highs map[string]event.RowVersion)
+}
+
+// Tx is one transaction: one operation per statement, deciding nothing.
+type Tx interface {
+	// LockLedger reads and locks the ledger rows of entity's keys (bk_hash), in key
+	// order; a key without a row is absent from the result.
+	LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error)
+	// ParentsPresent says which keys are applied: in the ledger and not deleted.
+	ParentsPresent(ctx context.Context, keys []Key) (map[Key]bool, error)
+	// Park writes parked children, one row per child key; a version not newer
+	// than the one parked (pipeline.Compare) is refused. It returns the child
+	// hashes it wrote.
+	Park(ctx context.Context, batch uuid.UUID, entity string, rows []ParkRow, firstRetry time.Duration, maxRetries int) (map[string]bool, error)
+	// TakeReleased takes out of the queue, in key order and within limit rows and
+	// maxBytes of events, the children waiting for parents that are applied, and
+	// locks the unresolved orphan dead letters that name them; more says the
+	// bounds left children behind.
+	TakeReleased(ctx context.Context, parents []Key, limit, maxBytes int) (items []Released, more bool, err error)
+	// MarkDue makes the children waiting for parents due for the sweeper now.
+	MarkDue(ctx context.Context, parents []Key) error
+	// ResolveDeadLetters marks dead letters resolved, with note.
+	ResolveDeadLetters(ctx context.Context, uids []uuid.UUID, note string) error
+	// WriteLedger writes ledger rows of entity, each only where it supersedes the
+	// row there (pipeline.Supersedes, in SQL); it returns the hashes it wrote.
+	WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []LedgerRow) (map[string]bool, error)
+	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
+	// rows of entity's target table.
+	WriteTarget(ctx context.Context, entity string, upserts, deletes []map[string]any) error
+	// Savepoint runs fn under a savepoint, rolled back when fn fails.
+	Savepoint(ctx context.Context, fn func() error) error
+	// AddDeadLetters writes dead letters, one unresolved per message: a message
+	// that already has one updates it, the earlier attempt kept in its history.
+	AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem string, dead []DeadLetter) error
+	// CountBatch adds counts to a sync_batches row, creating it when missing, and
+	// closes it as completed when close is set.
+	CountBatch(ctx context.Context, b BatchRow, c pipeline.Counts, close bool) error
+	// SetStatementTimeout sets the statement timeout for the rest of the
+	// transaction.
+	SetStatementTimeout(ctx context.Context, d time.Duration) error
+}
+
+// Key names one row of an entity: a parent a child waits for, or a parent applied.
+type Key struct{ Entity, Hash string }
+
+// ParkRow is a child parked under its first missing parent.
+type ParkRow struct {
+	Child    normalize.Record
+	Version  pipeline.Version
+	Parent   normalize.ParentRef
+	Delivery pipeline.Delivery
+}
+
+// Released is a child taken out of the queue, or an orphan dead letter (UID) whose
+// parent has come.
+type Released struct {
+	Orphan   bool
+	UID      uuid.UUID
+	Delivery pipeline.Delivery
+}
+
+// LedgerRow is what the ledger keeps of one applied version.
+type LedgerRow struct {
+	Record  normalize.Record
+	Version pipeline.Version
+	Deleted bool
+}
+
+// DeadLetter is a failed delivery, and when it is first retried (nil: by hand
+// only) and how often.
+type DeadLetter struct {
+	pipeline.Failure
+	Delivery   pipeline.Delivery
+	RetryAfter *time.Duration
+	MaxRetries int
+}
+
+// BatchRow is a sync_batches row: the unit of work its counts add up in.
+type BatchRow struct {
+	UID          uuid.UUID
+	Entity       string
+	SourceSystem string
+	SyncType     string
+	Replica      string
+}

@@ -1,0 +1,163 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// bridge.synced_records, the ledger: one row per (entity, key hash) with the
+// version applied, a hash of its mapped payload and a tombstone flag.
+
+// lockLedgerSQL joins the keys rather than testing bk_hash = ANY ($2): with a
+// generic plan and a growing ledger, PostgreSQL chose a sequential scan for the
+// ANY form (tens of milliseconds per batch, growing with the table); the join is
+// planned as one index lookup per key.
+const lockLedgerSQL = `
+SELECT r.bk_hash, r.rowversion_ord, r.source_stream, r.stream_seq, r.payload_hash, r.deleted
+FROM unnest($2::text[]) AS k (bk_hash)
+JOIN bridge.synced_records r ON r.entity_name = $1 AND r.bk_hash = k.bk_hash
+ORDER BY r.bk_hash
+FOR UPDATE OF r`
+
+// LockLedger reads and locks the ledger rows of entity's keys, in key order, so
+// that two replicas lock in the same order.
+func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error) {
+	applied := make(map[string]pipeline.Applied, len(hashes))
+	if len(hashes) == 0 {
+		return applied, nil
+	}
+	rows, err := t.tx.Query(ctx, lockLedgerSQL, entity, hashes)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			hash, src string
+			ord, seq  int64
+			payload   []byte
+			deleted   bool
+		)
+		if err := rows.Scan(&hash, &ord, &src, &seq, &payload, &deleted); err != nil {
+			return nil, classify(err)
+		}
+		applied[hash] = pipeline.Applied{
+			Version: pipeline.Version{Ord: ord, Source: event.SourceNamed(src), Seq: uint64(seq), Hash: payload},
+			Deleted: deleted,
+		}
+	}
+	return applied, classify(rows.Err())
+}
+
+// supersedesSQL is pipeline.Supersedes in SQL, for an ON CONFLICT guard: the
+// excluded row replaces the row aliased as alias when its (rowversion, realtime,
+// stream sequence) is greater (a realtime version beats a backfill one of the same
+// rowversion), or when it is the same event with another payload hash.
+func supersedesSQL(alias string) string {
+	return `((excluded.rowversion_ord, excluded.source_stream = 'realtime', excluded.stream_seq)
+        > (` + alias + `.rowversion_ord, ` + alias + `.source_stream = 'realtime', ` + alias + `.stream_seq)
+    OR ((excluded.rowversion_ord, excluded.source_stream, excluded.stream_seq)
+        = (` + alias + `.rowversion_ord, ` + alias + `.source_stream, ` + alias + `.stream_seq)
+        AND excluded.payload_hash IS DISTINCT FROM ` + alias + `.payload_hash))`
+}
+
+var upsertLedgerSQL = `
+INSERT INTO bridge.synced_records AS r
+    (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
+     stream_seq, payload_hash, deleted, batch_uid)
+SELECT $1, u.bk_hash, u.business_key::jsonb, u.rowversion, u.ord, u.src, u.seq, u.hash, u.deleted, $2
+FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], $10::bool[])
+    AS u (bk_hash, business_key, rowversion, ord, src, seq, hash, deleted)
+ORDER BY u.bk_hash
+ON CONFLICT (entity_name, bk_hash) DO UPDATE SET
+    business_key = excluded.business_key, rowversion = excluded.rowversion,
+    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream,
+    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
+    deleted = excluded.deleted, batch_uid = excluded.batch_uid, updated_at = now()
+WHERE ` + supersedesSQL("r") + `
+RETURNING bk_hash`
+
+// WriteLedger writes ledger rows, each only where it supersedes the row there, and
+// returns the key hashes it wrote. Keys go in order: two transactions inserting
+// overlapping new keys take their index entries in the same order and cannot
+// deadlock.
+func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []apply.LedgerRow) (map[string]bool, error) {
+	rows = slices.Clone(rows)
+	slices.SortFunc(rows, func(a, b apply.LedgerRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
+	n := len(rows)
+	var (
+		hashes   = make([]string, n)
+		keys     = make([]string, n)
+		versions = make([]string, n)
+		ords     = make([]int64, n)
+		srcs     = make([]string, n)
+		seqs     = make([]int64, n)
+		payloads = make([][]byte, n)
+		deleted  = make([]bool, n)
+	)
+	for j, r := range rows {
+		key, _ := json.Marshal(r.Record.Key)
+		hashes[j], keys[j] = r.Record.BKHash, string(key)
+		versions[j], ords[j] = r.Record.RowVersion.Text, r.Record.RowVersion.Ord
+		srcs[j], seqs[j] = r.Version.Source.Name, int64(r.Version.Seq)
+		payloads[j], deleted[j] = r.Version.Hash, r.Deleted
+	}
+	q, err := t.tx.Query(ctx, upsertLedgerSQL, entity, batch, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)
+	if err != nil {
+		return nil, classify(err)
+	}
+	won, err := pgx.CollectRows(q, pgx.RowTo[string])
+	if err != nil {
+		return nil, classify(err)
+	}
+	accepted := make(map[string]bool, len(won))
+	for _, h := range won {
+		accepted[h] = true
+	}
+	return accepted, nil
+}
+
+const presentParentsSQL = `
+SELECT r.entity_name, r.bk_hash
+FROM bridge.synced_records r
+JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
+WHERE NOT r.deleted`
+
+// ParentsPresent returns which of keys are applied (in the ledger and not
+// deleted). It takes no lock: a parent applied by another transaction at the same
+// moment is caught by the re-check after commit.
+func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
+	entities, hashes := keyArrays(keys)
+	rows, err := t.tx.Query(ctx, presentParentsSQL, entities, hashes)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rows.Close()
+	present := map[apply.Key]bool{}
+	for rows.Next() {
+		var k apply.Key
+		if err := rows.Scan(&k.Entity, &k.Hash); err != nil {
+			return nil, classify(err)
+		}
+		present[k] = true
+	}
+	return present, classify(rows.Err())
+}
+
+// keyArrays returns keys as the two arrays the statements take.
+func keyArrays(keys []apply.Key) (entities, hashes []string) {
+	entities, hashes = make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		entities[i], hashes[i] = k.Entity, k.Hash
+	}
+	return entities, hashes
+}

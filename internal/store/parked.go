@@ -1,0 +1,394 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/deadletter"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// bridge.pending_children: children parked until their parents are applied, one
+// row per child key, with the event's bytes as received.
+
+var parkSQL = `
+INSERT INTO bridge.pending_children AS p
+    (uid, batch_uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload, child_raw,
+     child_rowversion, rowversion_ord, source_stream, stream, subject, stream_seq, payload_hash, published_at,
+     max_retries, next_retry_at)
+SELECT u.uid, $1, $2, u.child_hash, u.parent_entity, u.parent_hash, u.parent_key::jsonb, u.payload::jsonb, u.raw,
+       u.rowversion, u.ord, u.src, u.stream, u.subject, u.seq, u.hash, u.published, $3, now() + $4::interval
+FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::text[],
+            $13::bigint[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bytea[], $19::timestamptz[])
+    AS u (uid, child_hash, parent_entity, parent_hash, parent_key, payload, raw, rowversion, ord, src, stream, subject,
+          seq, hash, published)
+ORDER BY u.child_hash
+ON CONFLICT (child_entity, child_bk_hash) DO UPDATE SET
+    batch_uid = excluded.batch_uid, parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
+    parent_key = excluded.parent_key, child_payload = excluded.child_payload, child_raw = excluded.child_raw,
+    child_rowversion = excluded.child_rowversion, rowversion_ord = excluded.rowversion_ord,
+    source_stream = excluded.source_stream, stream = excluded.stream, subject = excluded.subject,
+    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash, published_at = excluded.published_at,
+    retry_count = 0, next_retry_at = excluded.next_retry_at
+WHERE ` + supersedesSQL("p") + `
+RETURNING child_bk_hash`
+
+// Park writes parked rows; one row per child key, so a version not newer than the
+// one already parked is refused. It returns the child hashes written.
+func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []apply.ParkRow, firstRetry time.Duration, maxRetries int) (map[string]bool, error) {
+	n := len(rows)
+	uids := make([]uuid.UUID, n)
+	hashes, pents, phashes, pkeys, rvs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([]*string, n)
+	raws := make([][]byte, n)
+	srcs, streams, subjects := make([]string, n), make([]string, n), make([]string, n)
+	ords, seqs := make([]int64, n), make([]int64, n)
+	phash := make([][]byte, n)
+	published := make([]*time.Time, n)
+	for j, r := range rows {
+		key, _ := json.Marshal(r.Parent.Key)
+		uids[j] = t.s.NewUID()
+		hashes[j], pents[j], phashes[j], pkeys[j] = r.Child.BKHash, r.Parent.Entity, r.Parent.BKHash, string(key)
+		payloads[j], raws[j] = parkablePayload(r.Delivery.Data), r.Delivery.Data
+		rvs[j], ords[j] = r.Child.RowVersion.Text, r.Child.RowVersion.Ord
+		srcs[j], streams[j], subjects[j], seqs[j] = r.Version.Source.Name, r.Delivery.Source.Stream, sanitizeText(r.Delivery.Subject), int64(r.Version.Seq)
+		phash[j] = r.Version.Hash
+		if !r.Delivery.Published.IsZero() {
+			at := r.Delivery.Published
+			published[j] = &at
+		}
+	}
+	q, err := t.tx.Query(ctx, parkSQL, batch, entity, maxRetries, firstRetry,
+		uids, hashes, pents, phashes, pkeys, payloads, raws, rvs, ords, srcs, streams, subjects, seqs, phash, published)
+	if err != nil {
+		return nil, classify(err)
+	}
+	won, err := pgx.CollectRows(q, pgx.RowTo[string])
+	if err != nil {
+		return nil, classify(err)
+	}
+	accepted := make(map[string]bool, len(won))
+	for _, h := range won {
+		accepted[h] = true
+	}
+	return accepted, nil
+}
+
+// parkablePayload returns the event as jsonb will take it, for reading the parked
+// row in psql: the bytes as they are when they are valid UTF-8 without a \u
+// escape (nearly always), else re-encoded by jsonbText; nil when the event has no
+// JSONB form (a NUL character). The bytes themselves are kept in child_raw.
+func parkablePayload(body []byte) *string {
+	if utf8.Valid(body) && !bytes.Contains(body, []byte(`\u`)) {
+		s := string(body)
+		return &s
+	}
+	return jsonbText(body)
+}
+
+// releaseSQL takes out of the queue, in key order and within the bounds, the
+// children waiting for the given parents that are applied (in this transaction or
+// a committed one), and locks the orphan dead letters that name them. It skips
+// rows another transaction holds (one parking a newer version of the child):
+// waiting for them deadlocked with that transaction, and the re-check after
+// commit releases them. The last column counts the parked rows locked, to tell
+// whether the bounds cut the release short.
+const releaseSQL = `
+WITH k AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
+locked AS (
+    SELECT p.uid, octet_length(p.child_raw) AS size
+    FROM bridge.pending_children p
+    JOIN k ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted
+    ORDER BY p.uid
+    LIMIT $3
+    FOR UPDATE OF p SKIP LOCKED),
+chunk AS (
+    SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - size AS before FROM locked) c
+    WHERE before < $4),
+released AS (
+    DELETE FROM bridge.pending_children p USING chunk WHERE p.uid = chunk.uid
+    RETURNING p.uid, p.child_entity, p.child_raw, p.source_stream, p.stream, p.subject, p.stream_seq, p.published_at),
+orphans AS (
+    SELECT f.uid, f.entity_name, f.raw_bytes, f.source_stream, f.stream, f.subject, f.stream_seq, f.published_at
+    FROM bridge.failed_records f
+    JOIN k ON f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
+    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+    ORDER BY f.uid
+    LIMIT $3
+    FOR UPDATE OF f SKIP LOCKED)
+SELECT false, uid, child_entity, child_raw, source_stream, coalesce(stream, ''), coalesce(subject, ''),
+       coalesce(stream_seq, 0), published_at, (SELECT count(*) FROM locked)
+FROM released
+UNION ALL
+SELECT true, uid, entity_name, raw_bytes, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
+       coalesce(stream_seq, 0), published_at, 0
+FROM orphans`
+
+// TakeReleased runs releaseSQL; more says the bounds left children behind.
+func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) (items []apply.Released, more bool, err error) {
+	entities, hashes := keyArrays(parents)
+	rows, err := t.tx.Query(ctx, releaseSQL, entities, hashes, limit, maxBytes)
+	if err != nil {
+		return nil, false, classify(err)
+	}
+	defer rows.Close()
+	var parked, orphans, locked int64
+	for rows.Next() {
+		var (
+			it                           apply.Released
+			entity, src, stream, subject string
+			seq, lockedNow               int64
+			published                    *time.Time
+		)
+		if err := rows.Scan(&it.Orphan, &it.UID, &entity, &it.Delivery.Data, &src, &stream, &subject, &seq, &published, &lockedNow); err != nil {
+			return nil, false, classify(err)
+		}
+		it.Delivery.Subject, it.Delivery.Source, it.Delivery.StreamSeq = subject, event.SourceNamed(src), uint64(seq)
+		if published != nil {
+			it.Delivery.Published = *published
+		}
+		if it.Orphan {
+			orphans++
+		} else {
+			parked++
+			locked = lockedNow
+		}
+		items = append(items, it)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, classify(err)
+	}
+	return items, locked >= int64(limit) || parked < locked || orphans >= int64(limit), nil
+}
+
+// markDueSQL makes the children a bounded release left behind due for the
+// sweeper now, should the process die before its re-checks release them.
+const markDueSQL = `
+UPDATE bridge.pending_children p SET next_retry_at = now()
+FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash AND p.next_retry_at > now()`
+
+// MarkDue makes the children waiting for parents due for the sweeper now.
+func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
+	entities, hashes := keyArrays(parents)
+	_, err := t.tx.Exec(ctx, markDueSQL, entities, hashes)
+	return classify(err)
+}
+
+// anyReleasableSQL tells, cheaply, whether a re-check after commit has anything
+// to release.
+const anyReleasableSQL = `
+WITH k AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash))
+SELECT EXISTS (
+    SELECT 1 FROM bridge.pending_children p
+    JOIN k ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted)
+OR EXISTS (
+    SELECT 1 FROM bridge.failed_records f
+    JOIN k ON f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
+    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL)`
+
+// AnyReleasable tells whether children or orphans wait for any of parents that
+// are applied now (apply.Store).
+func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
+	entities, hashes := keyArrays(parents)
+	var any bool
+	err := s.pool.QueryRow(ctx, anyReleasableSQL, entities, hashes).Scan(&any)
+	return any, classify(err)
+}
+
+// The sweep reads what it decides on without the events (they are moved by SQL
+// when a child is orphaned, and read in bounded chunks when it is released).
+const parkedMetaColumns = `uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key::text,
+       retry_count, max_retries, created_at, octet_length(child_raw)`
+
+// One statement per way of choosing, each served by its own index: the due rows
+// by ix_pending_children_retry, chosen UIDs by the primary key.
+const (
+	sweepDueSQL = `
+SELECT ` + parkedMetaColumns + `
+FROM bridge.pending_children
+WHERE next_retry_at <= now()
+ORDER BY next_retry_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+	sweepUIDsSQL = `
+SELECT ` + parkedMetaColumns + `
+FROM bridge.pending_children
+WHERE uid = ANY ($1)
+ORDER BY uid
+FOR UPDATE SKIP LOCKED`
+	sweepAllSQL = `
+SELECT ` + parkedMetaColumns + `
+FROM bridge.pending_children
+ORDER BY uid
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+	sweepOlderSQL = `
+SELECT ` + parkedMetaColumns + `
+FROM bridge.pending_children
+WHERE created_at <= now() - $2::interval
+ORDER BY created_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+)
+
+// SelectParked locks and returns the parked children sel chooses.
+func (t *tx) SelectParked(ctx context.Context, sel deadletter.ParkedSelection, limit int) ([]deadletter.Parked, error) {
+	var q pgx.Rows
+	var err error
+	switch {
+	case len(sel.UIDs) > 0:
+		q, err = t.tx.Query(ctx, sweepUIDsSQL, sel.UIDs)
+	case sel.Expire && sel.OlderThan > 0:
+		q, err = t.tx.Query(ctx, sweepOlderSQL, limit, sel.OlderThan)
+	case sel.All || sel.Expire:
+		q, err = t.tx.Query(ctx, sweepAllSQL, limit)
+	default:
+		q, err = t.tx.Query(ctx, sweepDueSQL, limit)
+	}
+	if err != nil {
+		return nil, classify(err)
+	}
+	rows, err := pgx.CollectRows(q, scanParked)
+	return rows, classify(err)
+}
+
+func scanParked(r pgx.CollectableRow) (deadletter.Parked, error) {
+	var p deadletter.Parked
+	err := r.Scan(&p.UID, &p.Child.Entity, &p.Child.Hash, &p.Parent.Entity, &p.Parent.Hash, &p.ParentKey, &p.Retries, &p.MaxRetries,
+		&p.Created, &p.Size)
+	return p, err
+}
+
+const parkedChildrenSQL = `
+SELECT ` + parkedMetaColumns + `
+FROM bridge.pending_children
+WHERE (child_entity, child_bk_hash) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+
+// ParkedChildren returns the rows parked for children.
+func (t *tx) ParkedChildren(ctx context.Context, children []apply.Key) ([]deadletter.Parked, error) {
+	if len(children) == 0 {
+		return nil, nil
+	}
+	entities, hashes := keyArrays(children)
+	q, err := t.tx.Query(ctx, parkedChildrenSQL, entities, hashes)
+	if err != nil {
+		return nil, classify(err)
+	}
+	rows, err := pgx.CollectRows(q, scanParked)
+	return rows, classify(err)
+}
+
+// takeParkedSQL takes chosen rows out of the queue with their events.
+const takeParkedSQL = `
+DELETE FROM bridge.pending_children WHERE uid = ANY ($1)
+RETURNING uid, child_entity, child_raw, source_stream, coalesce(stream, ''), coalesce(subject, ''), stream_seq, published_at`
+
+// waitParkedSQL counts a re-check of rows whose parent is still missing, and sets
+// the next.
+const waitParkedSQL = `
+UPDATE bridge.pending_children p SET retry_count = p.retry_count + 1, next_retry_at = now() + w.delay
+FROM unnest($1::uuid[], $2::interval[]) AS w (uid, delay)
+WHERE p.uid = w.uid`
+
+// orphanParkedSQL moves parked rows into the dead letters at stage orphan, with
+// their events' bytes as received and the parent they waited for, in SQL: the
+// events never pass through SyncFlow's memory. A message with an unresolved dead
+// letter updates it (insertFailuresSQL's rule).
+const orphanParkedSQL = `
+WITH gone AS (
+    DELETE FROM bridge.pending_children p USING unnest($1::uuid[], $2::text[], $3::uuid[]) AS o (uid, reason, new_uid)
+    WHERE p.uid = o.uid
+    RETURNING p.*, o.reason, o.new_uid)
+INSERT INTO bridge.failed_records AS f
+    (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
+     raw_bytes, raw_data, stage_failed, error_message, max_retries, next_retry_at,
+     parent_entity, parent_bk_hash, published_at)
+SELECT g.new_uid, $4, g.child_entity, $5, g.source_stream, g.stream, g.subject, nullif(g.stream_seq, 0), g.child_bk_hash,
+       g.child_raw, g.child_payload, 'orphan', g.reason, $6, NULL,
+       g.parent_entity, g.parent_bk_hash, g.published_at
+FROM gone g
+ORDER BY g.uid
+` + failureConflictSQL + `
+RETURNING f.entity_name, coalesce(f.stream, ''), coalesce(f.stream_seq, 0), f.error_message`
+
+// WaitParked counts a re-check of rows and sets their next.
+func (t *tx) WaitParked(ctx context.Context, uids []uuid.UUID, delays []time.Duration) error {
+	_, err := t.tx.Exec(ctx, waitParkedSQL, uids, delays)
+	return classify(err)
+}
+
+// OrphanParked moves rows into the dead letters at stage orphan (orphanParkedSQL)
+// and returns them as written, for the log.
+func (t *tx) OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []deadletter.Orphan, maxRetries int) ([]apply.DeadLetter, error) {
+	uids, reasons, newUIDs := make([]uuid.UUID, len(orphans)), make([]string, len(orphans)), make([]uuid.UUID, len(orphans))
+	for i, o := range orphans {
+		uids[i], reasons[i], newUIDs[i] = o.UID, o.Reason, o.DeadLetterUID
+	}
+	q, err := t.tx.Query(ctx, orphanParkedSQL, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer q.Close()
+	var out []apply.DeadLetter
+	for q.Next() {
+		var d apply.DeadLetter
+		var reason, stream string
+		if err := q.Scan(&d.Entity, &stream, &d.Delivery.StreamSeq, &reason); err != nil {
+			return nil, classify(err)
+		}
+		d.Delivery.Source, _ = event.SourceOfStream(stream)
+		d.Stage, d.Err = pipeline.StageOrphan, errString(reason)
+		out = append(out, d)
+	}
+	return out, classify(q.Err())
+}
+
+// TakeParked takes rows out of the queue, with their events.
+func (t *tx) TakeParked(ctx context.Context, uids []uuid.UUID) ([]apply.Released, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	q, err := t.tx.Query(ctx, takeParkedSQL, uids)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer q.Close()
+	var items []apply.Released
+	for q.Next() {
+		var (
+			it                           apply.Released
+			entity, src, stream, subject string
+			seq                          int64
+			published                    *time.Time
+		)
+		if err := q.Scan(&it.UID, &entity, &it.Delivery.Data, &src, &stream, &subject, &seq, &published); err != nil {
+			return nil, classify(err)
+		}
+		it.Delivery.Subject, it.Delivery.Source, it.Delivery.StreamSeq = subject, event.SourceNamed(src), uint64(seq)
+		if published != nil {
+			it.Delivery.Published = *published
+		}
+		items = append(items, it)
+	}
+	return items, classify(q.Err())
+}
+
+// errString is an error that is its text (a reason read back from the table).
+type errString string
+
+func (e errString) Error() string { return string(e) }
