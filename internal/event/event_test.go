@@ -254,3 +254,25 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// CheckNumber caps numbers and says nothing of text that is not one: "five" and
+// "none" hold an "e" but are not numbers with an exponent.
+func TestCheckNumber(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want string // "" for no error
+	}{
+		{"42", ""}, {"-3.5e10", ""}, {"1E+100", ""}, {"1e-100", ""}, {".5e3", ""},
+		{"1e101", "exponent beyond ±100"}, {"1e-999999", "exponent beyond ±100"}, {"1e99999999999999999999", "exponent beyond ±100"},
+		{strings.Repeat("9", 101), "101 characters exceeds"},
+		{"five", ""}, {"none", ""}, {"e5", ""}, {"1e", ""}, {"1.2.3e5", ""},
+	} {
+		err := CheckNumber(tt.in)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("CheckNumber(%q) = %v, want nil", tt.in, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("CheckNumber(%q) = %v, want %q", tt.in, err, tt.want)
+		}
+	}
+}

@@ -86,18 +86,31 @@ const (
 )
 
 // CheckNumber refuses a number text longer than MaxNumberLength or with an
-// exponent beyond MaxExponent; it does not check that s is a number.
+// exponent beyond MaxExponent. Text that is not a decimal number ("five") is
+// left to the caller, whose own parse says what is wrong with it.
 func CheckNumber(s string) error {
 	if len(s) > MaxNumberLength {
 		return fmt.Errorf("number of %d characters exceeds the limit of %d", len(s), MaxNumberLength)
 	}
-	i := strings.IndexAny(s, "eE")
-	if i < 0 {
+	mantissa, exp, found := strings.Cut(strings.ToLower(s), "e")
+	if !found || !isDecimal(strings.TrimLeft(mantissa, "+-")) {
 		return nil
 	}
-	exp, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
-	if err != nil || exp > MaxExponent || exp < -MaxExponent {
+	n, err := strconv.Atoi(strings.TrimPrefix(exp, "+"))
+	if err != nil {
+		if isDigits(strings.TrimLeft(exp, "+-")) {
+			return fmt.Errorf("number %s has an exponent beyond ±%d", s, MaxExponent) // too many digits for an int
+		}
+		return nil
+	}
+	if n > MaxExponent || n < -MaxExponent {
 		return fmt.Errorf("number %s has an exponent beyond ±%d", s, MaxExponent)
 	}
 	return nil
+}
+
+// isDecimal reports whether s is digits with at most one decimal point.
+func isDecimal(s string) bool {
+	whole, frac, _ := strings.Cut(s, ".")
+	return (whole != "" || frac != "") && (whole == "" || isDigits(whole)) && (frac == "" || isDigits(frac))
 }

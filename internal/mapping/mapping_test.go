@@ -35,6 +35,8 @@ func TestTransformations(t *testing.T) {
 		{"decimal", json.Number("-3e2"), json.Number("-3e2"), false},
 		{"decimal", "1/3", nil, true},
 		{"integer", json.Number("1e999999"), nil, true},
+		{"integer", "1e2", int64(100), false},
+		{"decimal", "2.5E-3", json.Number("2.5E-3"), false},
 		{"decimal", json.Number("1e999999"), nil, true},
 		{"decimal", "1e-101", nil, true},
 		{"decimal", json.Number("1e-100"), json.Number("1e-100"), false},
@@ -141,6 +143,15 @@ func TestCompileRejects(t *testing.T) {
 // A default must pass its own transformation: it is used for every record that
 // lacks the field.
 func TestCompileChecksDefaults(t *testing.T) {
+	// Text with an "e" is not a number with an exponent: the error says what it is.
+	for _, text := range []string{"five", "none"} {
+		if _, err := toInteger(text); err == nil || !strings.Contains(err.Error(), "is not an integer") {
+			t.Errorf("integer %q: %v, want \"is not an integer\"", text, err)
+		}
+		if _, err := toDecimal(text); err == nil || !strings.Contains(err.Error(), "is not a decimal number") {
+			t.Errorf("decimal %q: %v, want \"is not a decimal number\"", text, err)
+		}
+	}
 	_, err := Compile([]Rule{{Entity: "items", SourceField: "LEAD_TIME", TargetField: "lead_time_days", Transformation: "integer", DefaultValue: ptr("notanint")}})
 	if err == nil || !strings.Contains(err.Error(), `default_value "notanint" does not pass integer`) {
 		t.Errorf("%v", err)
