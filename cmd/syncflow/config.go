@@ -28,8 +28,9 @@ const (
 // flags wraps a FlagSet whose every flag can also come from a SYNCFLOW_* variable.
 type flags struct {
 	*flag.FlagSet
-	env  map[string]string // flag name -> variable
-	args []string          // positional arguments, wherever they stood among the flags
+	env   map[string]string // flag name -> variable
+	args  []string          // positional arguments, wherever they stood among the flags
+	usage func()            // prints the command's help (on --help only)
 }
 
 // Args, NArg and Arg return the positional arguments.
@@ -50,7 +51,10 @@ func newFlags(c command) *flags {
 	fs := flag.NewFlagSet(c.path, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // prepare reports errors; help goes to stdout
 	f := &flags{FlagSet: fs, env: map[string]string{}}
-	fs.Usage = func() {
+	// The flag package prints the usage on every parse error, and on --help before
+	// returning it: a mistake gets one line (parse), --help the help once.
+	fs.Usage = func() {}
+	f.usage = func() {
 		synopsis := c.path
 		if c.args != "" {
 			synopsis += " " + c.args
@@ -79,8 +83,23 @@ func (f *flags) string(p *string, name, def, usage string) {
 
 func (f *flags) duration(p *time.Duration, name string, def time.Duration, usage string) {
 	f.env[name] = envName(name)
-	f.DurationVar(p, name, def, usage+" ($"+envName(name)+")")
+	*p = def
+	f.Var((*durationValue)(p), name, usage+" ($"+envName(name)+")")
 }
+
+// durationValue is a time.Duration flag whose error says what a duration looks like.
+type durationValue time.Duration
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration: use e.g. 500ms, 10s, 2m or 1h30m")
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
 
 func (f *flags) int(p *int, name string, def int, usage string) {
 	f.env[name] = envName(name)
@@ -130,7 +149,7 @@ func (f *flags) parse(args []string) error {
 	for {
 		if err := f.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				f.Usage()
+				f.usage()
 				return errHelp
 			}
 			return fmt.Errorf("%w: %v (see --help)", errUsage, err)

@@ -64,6 +64,17 @@ func TestTwoReplicasContendedKeysWithKills(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}
+	// working waits until replica has written something, so that a kill lands
+	// while it works.
+	working := func(replica string) {
+		deadline := time.Now().Add(20 * time.Second)
+		for w.query(`SELECT count(*) > 0 FROM bridge.sync_batches WHERE replica = '`+replica+`' AND status = 'running' AND rows_fetched > 0`) != "true" {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %s wrote nothing", replica)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	r1, r2 := start("r1"), start("r2")
 	for i := range events {
 		e := &events[i]
@@ -79,12 +90,15 @@ func TestTwoReplicasContendedKeysWithKills(t *testing.T) {
 		e.seq = ack.Sequence
 		switch i {
 		case len(events) / 4:
+			working("r1")
 			kill(r1)
 			r1 = start("r1")
 		case len(events) / 2:
+			working("r2")
 			kill(r2)
 			r2 = start("r2")
 		case 3 * len(events) / 4:
+			working("r1")
 			kill(r1)
 			r1 = start("r1")
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/deadletter"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 )
 
@@ -264,7 +265,7 @@ func dlqTable(list []store.DeadLetterInfo) error {
 		case d.NextRetryAt != nil:
 			state = "retry in " + time.Until(*d.NextRetryAt).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", d.UID, d.Entity, d.Stage, ago(d.CreatedAt), d.RetryCount, d.MaxRetries, state, clip(d.Error, 90))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.UID, d.Entity, d.Stage, ago(d.CreatedAt), retries(d.Stage, d.RetryCount, d.MaxRetries), state, clip(d.Error, 90))
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(tw, "(no dead letters match)")
@@ -387,7 +388,7 @@ func dlqShow(d store.DeadLetterInfo) error {
 	fmt.Fprintf(w, "fingerprint\t%s\n", d.Fingerprint)
 	fmt.Fprintf(w, "message\t%s seq %d (%s)\n", d.Stream, d.StreamSeq, d.Subject)
 	fmt.Fprintf(w, "created\t%s (%s ago)\n", d.CreatedAt.UTC().Format(time.RFC3339), ago(d.CreatedAt))
-	fmt.Fprintf(w, "retries\t%d of %d\n", d.RetryCount, d.MaxRetries)
+	fmt.Fprintf(w, "retries\t%s\n", retries(d.Stage, d.RetryCount, d.MaxRetries))
 	if d.NextRetryAt != nil {
 		fmt.Fprintf(w, "next retry\t%s\n", d.NextRetryAt.UTC().Format(time.RFC3339))
 	}
@@ -493,12 +494,19 @@ func setupDLQAction(f *flags, verb string) runFunc {
 			parts = append(parts, fmt.Sprintf("%s/%s %d", k.Entity, k.Stage, k.Count))
 		}
 		what := flt.describe()
+		if verb == "purge" && age != "" {
+			what = strings.TrimPrefix(what+", resolved more than "+age+" ago", ", ")
+		}
 		if what == "" && len(uids) == 0 {
 			what = "all"
 		} else if len(uids) > 0 {
 			what = strings.TrimPrefix(what+fmt.Sprintf(", %d UIDs", len(uids)), ", ")
 		}
 		if n == 0 {
+			if dryRun {
+				fmt.Printf("would %s 0 dead letters: none matches (%s)\n(dry run: nothing was changed)\n", verb, what)
+				return nil
+			}
 			fmt.Printf("%s 0 dead letters: none matches (%s)\n", pastTense(verb), what)
 			return nil
 		}
@@ -629,4 +637,13 @@ func retryDeadLetters(ctx context.Context, c common, defs definitions, st *store
 		return fmt.Errorf("%d dead letters failed again: see `syncflow dlq list --unresolved`", total.FailedAgain)
 	}
 	return nil
+}
+
+// retries shows the retries of a dead letter: of how many automatic ones, or that
+// its stage is retried by hand only.
+func retries(stage string, count, max int) string {
+	if !pipeline.Stage(stage).Retried() {
+		return fmt.Sprintf("%d (by hand only)", count)
+	}
+	return fmt.Sprintf("%d of %d", count, max)
 }

@@ -162,9 +162,6 @@ type fetched struct {
 // Run consumes until ctx ends, then closes its rolling batch and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.Config = c.Config.withDefaults()
-	if c.Now == nil {
-		c.Now = time.Now
-	}
 	log := c.Logger.With("entity", c.entityName(), "source", c.Source.Name)
 	defer c.closeBatch(log, nil)
 	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
@@ -237,7 +234,7 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 }
 
 func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (apply.Result, error) {
-	began := c.Now()
+	began := c.now()
 	c.rollBatch(log)
 	ds := make([]pipeline.Delivery, len(msgs))
 	for i, m := range msgs {
@@ -247,7 +244,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
 	b := apply.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
 	res, err := c.write(ctx, wctx, log, b)
-	res.Took = c.Now().Sub(began)
+	res.Took = c.now().Sub(began)
 	if err == nil {
 		c.batchNew = false
 		if c.Config.OnCommit != nil {
@@ -265,10 +262,13 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
 		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
-	var timeouts int
-	holding := false
+	var timeouts, failures int
+	var heldSince time.Time
 	defer func() {
-		if holding && c.Config.OnHold != nil {
+		if failures == 0 {
+			return
+		}
+		if c.Config.OnHold != nil {
 			c.Config.OnHold(c.entityName(), c.Source, nil)
 		}
 	}()
@@ -283,6 +283,9 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		res, err := c.Writer.ApplyBatch(actx, b)
 		switch {
 		case err == nil:
+			if failures > 0 {
+				log.Info("held batch written", "failed_attempts", failures, "held_for", c.now().Sub(heldSince), "batch_size", len(b.Deliveries))
+			}
 			return res, nil
 		case wctx.Err() != nil:
 			return res, backoff.Permanent(err) // shutdown, past its grace
@@ -298,7 +301,9 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		}
 		return res, err
 	}, bo, func(err error, next time.Duration) {
-		holding = true
+		if failures++; failures == 1 {
+			heldSince = c.now()
+		}
 		log.Warn("batch held: writing it failed; retrying", "reason", apply.Kind(err), "err", err, "retry_in", next, "batch_size", len(b.Deliveries))
 		if c.Config.OnHold != nil {
 			c.Config.OnHold(c.entityName(), c.Source, err)
@@ -346,7 +351,7 @@ func nakDelay(base time.Duration, delivered uint64) time.Duration {
 
 // rollBatch starts a new rolling sync_batches row when the window has passed.
 func (c *Consumer) rollBatch(log *slog.Logger) {
-	now := c.Now()
+	now := c.now()
 	if c.batchUID != uuid.Nil && now.Sub(c.batchStart) < c.Config.BatchWindow {
 		return
 	}
@@ -367,6 +372,14 @@ func (c *Consumer) closeBatch(log *slog.Logger, failure error) {
 		}
 	}
 	c.batchUID = uuid.Nil
+}
+
+// now is the consumer's clock.
+func (c *Consumer) now() time.Time {
+	if c.Now == nil {
+		return time.Now()
+	}
+	return c.Now()
 }
 
 func (c *Consumer) entityName() string {

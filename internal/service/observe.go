@@ -212,26 +212,32 @@ func (o *observer) runRefresh(ctx context.Context, interval time.Duration) error
 func (o *observer) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
+	// The batches held come with whatever else is wrong: during an outage the
+	// operator sees both the cause and who waits for it.
+	var reasons []string
+	var cause error
 	if err := o.st.Ping(ctx); err != nil {
-		return o.notReady("PostgreSQL is not reachable", err)
-	}
-	have, dirty, err := o.st.SchemaVersion(ctx)
-	if err != nil {
-		return o.notReady("the bridge schema version cannot be read", err)
-	}
-	if err := schemaProblem(have, dirty); err != nil {
-		return o.notReady(err.Error(), nil)
+		reasons, cause = append(reasons, "PostgreSQL is not reachable"), err
+	} else if have, dirty, err := o.st.SchemaVersion(ctx); err != nil {
+		reasons, cause = append(reasons, "the bridge schema version cannot be read"), err
+	} else if err := schemaProblem(have, dirty); err != nil {
+		reasons = append(reasons, err.Error())
 	}
 	if !o.nc.IsConnected() {
-		return o.notReady("NATS is not connected (status "+o.nc.Status().String()+")", nil)
+		reasons = append(reasons, "NATS is not connected (status "+o.nc.Status().String()+")")
 	}
 	if !o.bound.Load() {
-		return o.notReady("the consumers are not bound yet", nil)
+		reasons = append(reasons, "the consumers are not bound yet")
 	}
 	if held := o.heldReasons(); held != "" {
-		return o.notReady(held, nil)
+		reasons = append(reasons, held)
 	}
-	o.lastReason.Store("")
+	if len(reasons) > 0 {
+		return o.notReady(strings.Join(reasons, "; "), cause)
+	}
+	if prev, _ := o.lastReason.Swap("").(string); prev != "" {
+		o.log.Info("ready again")
+	}
 	return nil
 }
 

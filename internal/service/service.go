@@ -107,6 +107,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lease.Release()
+	// A process that held the name until its connection dropped stops writing
+	// within a check of the lease: let it, before this one touches the name's rows.
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(store.LeaseSettle):
+	}
 	if cfg.Migrate {
 		m, err := store.NewMigrator(cfg.DatabaseURL)
 		if err != nil {
@@ -133,7 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	w := writer{Applier: applier, Store: st}
+	w := writer{Applier: applier, Store: st, lease: lease}
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}
@@ -229,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	// The lease is held until the last commit and the last checkpoint are done.
-	goInfra(func() error { return lease.Keep(ictx, 5*time.Second, log) })
+	goInfra(func() error { return lease.Keep(ictx, store.LeaseCheck, log) })
 	if ln != nil {
 		goInfra(func() error { return obs.serve(ictx, ln) })
 		if cfg.OnListen != nil {
@@ -318,10 +325,21 @@ func leaseTag(replica string) string {
 }
 
 // writer is what the consumers write with: batches applied, rolling batch rows
-// closed.
+// closed. While the lease on the replica name is not held (its connection
+// dropped), it writes nothing: the batch is held, as in an outage, and another
+// process may be taking the name.
 type writer struct {
 	*apply.Applier
 	*store.Store
+	lease *store.Lease
+}
+
+// ApplyBatch applies b while the lease is held.
+func (w writer) ApplyBatch(ctx context.Context, b apply.Batch) (apply.Result, error) {
+	if !w.lease.Held() {
+		return apply.Result{}, fmt.Errorf("%w: the lease on the replica name is being taken again", apply.ErrUnavailable)
+	}
+	return w.Applier.ApplyBatch(ctx, b)
 }
 
 func or(d, def time.Duration) time.Duration {

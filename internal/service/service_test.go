@@ -604,7 +604,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		code, body := get("/readyz")
-		if code == 503 && body == "not ready: PostgreSQL is not reachable\n" {
+		if code == 503 && strings.HasPrefix(body, "not ready: PostgreSQL is not reachable") {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -142,6 +142,7 @@ func (s *Store) FlushCheckpoints(ctx context.Context) error {
 func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log *slog.Logger) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	failing, warned := 0, time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -152,8 +153,20 @@ func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log 
 			}
 			return nil
 		case <-t.C:
-			if err := s.FlushCheckpoints(ctx); err != nil && ctx.Err() == nil {
-				log.Warn("writing checkpoints failed; retrying", "err", err)
+			err := s.FlushCheckpoints(ctx)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				// Once when the writes start failing, then once a minute: an
+				// outage must not flood the log twice a second.
+				failing++
+				if failing == 1 || time.Since(warned) >= time.Minute {
+					log.Warn("writing checkpoints failed; retrying", "err", err, "failures", failing)
+					warned = time.Now()
+				}
+			case failing > 0:
+				log.Info("checkpoints written again", "failures", failing)
+				failing = 0
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,15 +24,32 @@ import (
 //
 // The lock lives as long as its connection: a process that dies loses it at
 // once. When the connection drops while the process lives (a database restart),
-// Keep reconnects and takes the lock again; if another process took the name in
-// the meantime, Keep returns an error and the process stops.
+// Held turns false (the process stops writing under the name), Keep reconnects
+// and takes the lock again; if another process took the name in the meantime,
+// Keep returns an error and the process stops. A process that takes a name waits
+// LeaseSettle before it touches the name's rows, long enough for a holder that
+// lost its connection to notice and stop writing.
 type Lease struct {
 	url, name, tag string
 	key            int64
 
 	mu   sync.Mutex
 	conn *pgx.Conn
+	held atomic.Bool
 }
+
+// LeaseSettle is how long a process that took a replica name waits before it
+// touches the name's rows: four times the interval at which Keep checks the
+// lease (LeaseCheck), so that a holder whose connection dropped has stopped
+// writing.
+const (
+	LeaseCheck  = 500 * time.Millisecond
+	LeaseSettle = 4 * LeaseCheck
+)
+
+// Held reports whether the lease is held now: false from the moment Keep finds
+// its connection lost until it has taken the lock again.
+func (l *Lease) Held() bool { return l.held.Load() }
 
 // LeaseHeldError says the replica name is taken, and by whom.
 type LeaseHeldError struct {
@@ -134,6 +152,7 @@ func (l *Lease) acquire(ctx context.Context) error {
 	l.mu.Lock()
 	l.conn = conn
 	l.mu.Unlock()
+	l.held.Store(true)
 	return nil
 }
 
@@ -174,7 +193,8 @@ func (l *Lease) Keep(ctx context.Context, interval time.Duration, log *slog.Logg
 			if err == nil || ctx.Err() != nil {
 				continue
 			}
-			log.Warn("the connection holding the replica lease was lost; taking the lease again", "replica", l.name, "err", err)
+			l.held.Store(false)
+			log.Warn("the connection holding the replica lease was lost; writing stops until the lease is taken again", "replica", l.name, "err", err)
 			conn.Close(context.Background())
 			l.mu.Lock()
 			l.conn = nil
@@ -186,7 +206,7 @@ func (l *Lease) Keep(ctx context.Context, interval time.Duration, log *slog.Logg
 		switch {
 		case err == nil:
 			if lost {
-				log.Info("replica lease taken again", "replica", l.name)
+				log.Info("replica lease taken again; writing resumes", "replica", l.name)
 			}
 			lost = false
 		case errors.As(err, &held):
@@ -208,6 +228,7 @@ func (l *Lease) Keep(ctx context.Context, interval time.Duration, log *slog.Logg
 func (l *Lease) Release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.held.Store(false)
 	if l.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -73,11 +73,14 @@ func TestLeaseKeptAcrossConnectionLoss(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- lease.Keep(ctx, 50*time.Millisecond, log) }()
 	_, before := holder()
+	if !lease.Held() {
+		t.Fatal("a lease just taken is not held")
+	}
 	kill("lease-test one")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		name, pid := holder()
-		if name == "lease-test one" && pid != before {
+		if name == "lease-test one" && pid != before && lease.Held() {
 			break // held again, on a new connection
 		}
 		if time.Now().After(deadline) {
@@ -100,6 +103,9 @@ func TestLeaseKeptAcrossConnectionLoss(t *testing.T) {
 		var heldErr *store.LeaseHeldError
 		if !errors.As(err, &heldErr) || heldErr.Holder.Tag != "lease-test thief" {
 			t.Errorf("Keep: %v", err)
+		}
+		if lease.Held() {
+			t.Error("a lease taken by another process still says held")
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("Keep did not notice the name was taken")

@@ -56,7 +56,7 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar,
 func replaceAttr(_ []string, a slog.Attr) slog.Attr {
 	switch a.Value.Kind() {
 	case slog.KindDuration:
-		a.Value = slog.StringValue(a.Value.Duration().String())
+		a.Value = slog.StringValue(Round(a.Value.Duration()).String())
 	case slog.KindString:
 		a.Value = slog.StringValue(redact.String(a.Value.String()))
 	case slog.KindAny:
@@ -70,4 +70,18 @@ func replaceAttr(_ []string, a slog.Attr) slog.Attr {
 		}
 	}
 	return a
+}
+
+// Round rounds a duration to the precision people read it in: 83ms, 1.3s, 12s.
+func Round(d time.Duration) time.Duration {
+	switch abs := d.Abs(); {
+	case abs >= 10*time.Second:
+		return d.Round(time.Second)
+	case abs >= time.Second:
+		return d.Round(100 * time.Millisecond)
+	case abs >= time.Millisecond:
+		return d.Round(time.Millisecond)
+	default:
+		return d.Round(time.Microsecond)
+	}
 }
