@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Every command accepts its own flags only: each flag of every other command is a
@@ -90,6 +91,20 @@ func TestActionAmongFlags(t *testing.T) {
 			t.Errorf("%v: %v, want a usage error with %q", tc.args, err, tc.err)
 		case tc.err == "" && p.cmd.path != tc.path:
 			t.Errorf("%v: prepared %q", tc.args, p.cmd.path)
+		}
+	}
+}
+
+// An age is positive, in any unit: 0d and -2d would choose everything.
+func TestParseAge(t *testing.T) {
+	for in, want := range map[string]time.Duration{"12h": 12 * time.Hour, "30d": 30 * 24 * time.Hour, "1.5d": 36 * time.Hour, "90s": 90 * time.Second} {
+		if got, err := parseAge(in); err != nil || got != want {
+			t.Errorf("parseAge(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0d", "-2d", "0s", "-1h", "d", "90", "soon"} {
+		if _, err := parseAge(in); !errors.Is(err, errUsage) {
+			t.Errorf("parseAge(%q) = %v, want a usage error", in, err)
 		}
 	}
 }

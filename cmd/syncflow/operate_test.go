@@ -368,23 +368,23 @@ func TestTwoReplicasParentsAndChildren(t *testing.T) {
 	}
 }
 
-// A target that changes under the running service (here: a column renamed) is
-// the database's failure, not the message's: the consumer holds the batch and
-// retries it, nothing is dead-lettered, and once the target is fixed the event
-// is applied.
+// A target that changes under the running service (here: the table renamed away)
+// is the database's failure, not the message's: the consumer holds the batch and
+// retries it, nothing is dead-lettered, and once the table is back the event is
+// applied.
 func TestSchemaDriftHoldsTheBatch(t *testing.T) {
 	dir := editedStreams(t, map[string]any{"max_deliver": 3, "ack_wait": time.Second.Nanoseconds()})
 	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
 	logs := service(t, w.env, "--fetch-wait", "50ms", "--heartbeat", "300ms")
 	w.publish("sites", siteS1)
 	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "1", logs)
-	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN description TO descr`); err != nil {
+	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME TO sites_moved`); err != nil {
 		t.Fatal(err)
 	}
 	w.publish("sites", `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T09:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"renamed plant"}}`)
 	waitForLog(t, logs, "batch held: writing it failed; retrying")
 	time.Sleep(4 * time.Second) // longer than max_deliver times the ack wait
-	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites RENAME COLUMN descr TO description`); err != nil {
+	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.sites_moved RENAME TO sites`); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, w.conn, `SELECT description FROM schedulehub.sites`, "renamed plant", logs)

@@ -135,9 +135,10 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 // parseAge reads a duration with an optional d suffix for days (90d).
 func parseAge(s string) (time.Duration, error) {
 	if d, ok := strings.CutSuffix(s, "d"); ok {
-		if n, err := time.ParseDuration(d + "h"); err == nil {
+		if n, err := time.ParseDuration(d + "h"); err == nil && n > 0 {
 			return 24 * n, nil
 		}
+		return 0, fmt.Errorf("%w: %q is not an age: use e.g. 12h, 30d", errUsage, s)
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {

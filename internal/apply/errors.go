@@ -16,8 +16,8 @@ var (
 	// ErrRowRejected: the target or the bridge refused the data of a row: SQLSTATE
 	// classes 22 (data exception) and 23 (integrity constraint), 21000 (a key written
 	// twice in one statement), class 54 (a program limit, such as a value too long
-	// for an index) and 42804 (a value of the wrong type). Splitting the work can
-	// isolate the rows to blame.
+	// for an index), 42804 (a value of the wrong type) and P0001 (a target
+	// trigger's RAISE EXCEPTION). Splitting the work can isolate the rows to blame.
 	ErrRowRejected = errors.New("row rejected")
 	// ErrUnavailable: the database cannot take the work now: connections refused,
 	// reset or closed; the server shutting down, starting or not accepting
@@ -26,11 +26,13 @@ var (
 	// (3D000); out of resources (classes 53 and 58); a session ended for idling in a
 	// transaction (25P03); a closed pool.
 	ErrUnavailable = errors.New("database unavailable")
-	// ErrConflict: a serialization failure or a deadlock (40001, 40P01); trying
-	// again succeeds.
+	// ErrConflict: another transaction is in the way: a serialization failure, a
+	// deadlock (40001, 40P01), or a lock not granted within lock_timeout (55P03:
+	// a table locked by DDL or VACUUM FULL, a row held by a long transaction).
+	// Trying again succeeds once it is gone; it is never blamed on the rows.
 	ErrConflict = errors.New("transaction conflict")
-	// ErrTimeout: a statement or lock timeout (57014, 55P03) or the deadline of the
-	// work. Work that keeps timing out is escalated by the caller.
+	// ErrTimeout: a statement timeout (57014) or the deadline of the work. Work that
+	// keeps timing out is escalated by the caller.
 	ErrTimeout = errors.New("timed out")
 )
 

@@ -276,8 +276,9 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		actx, cancel := context.WithTimeout(wctx, c.Config.BatchTimeout)
 		if b.IsolateTimeouts {
 			// Isolating is many statements, each under the statement timeout: the
-			// batch deadline would cut it short.
-			actx, cancel = context.WithCancel(wctx)
+			// batch deadline would cut it short. It still has one, for a
+			// connection that stops answering altogether.
+			actx, cancel = context.WithTimeout(wctx, 10*c.Config.BatchTimeout)
 		}
 		defer cancel()
 		res, err := c.Writer.ApplyBatch(actx, b)

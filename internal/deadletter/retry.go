@@ -28,6 +28,8 @@ type Selection struct {
 // RetryResult counts what a retry run did.
 type RetryResult struct {
 	Retried, Resolved, FailedAgain int
+	// More is set when the run's bounds left chosen dead letters for the next.
+	More bool
 }
 
 // Retry re-runs chosen dead letters through the current pipeline (the current
@@ -55,10 +57,11 @@ func (d *DeadLetters) retry(ctx context.Context, cat *catalog.Catalog, rules *ma
 	)
 	err := d.Store.InTx(ctx, func(tx Tx) error {
 		res = RetryResult{}
-		rows, err := tx.SelectDeadLetters(ctx, sel, d.cfg.RoundLimit)
+		rows, more, err := tx.SelectDeadLetters(ctx, sel, d.cfg.RoundLimit, apply.ReleaseBytes)
 		if err != nil || len(rows) == 0 {
 			return err
 		}
+		res.More = more
 		ds := make([]pipeline.Delivery, len(rows))
 		entity := rows[0].Entity
 		for i, r := range rows {

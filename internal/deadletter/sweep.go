@@ -9,6 +9,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -53,16 +54,33 @@ func (d *DeadLetters) Sweep(ctx context.Context, cat *catalog.Catalog, rules *ma
 	err := d.Store.InTx(ctx, func(tx Tx) error {
 		res = SweepResult{}
 		rows, err := tx.SelectParked(ctx, sel, d.cfg.RoundLimit)
-		if err != nil || len(rows) == 0 {
+		if err != nil {
 			return err
 		}
-		res.Examined = len(rows)
-		res.More = len(sel.UIDs) == 0 && len(rows) == d.cfg.RoundLimit
-		batch := apply.BatchRow{UID: d.cfg.NewUID(), Entity: entityOf(rows), SourceSystem: cat.SourceSystem, SyncType: "realtime", Replica: replica}
+		// The sweep's own round also releases orphans whose parent is applied:
+		// the safety net for a parent whose re-checks after its commit did not run.
+		var orphans []apply.Released
+		if len(sel.UIDs) == 0 && !sel.Expire {
+			var more bool
+			if orphans, more, err = tx.TakeReleasableOrphans(ctx, apply.ReleaseLimit, apply.ReleaseBytes); err != nil {
+				return err
+			}
+			res.More = more
+		}
+		if len(rows) == 0 && len(orphans) == 0 {
+			return nil
+		}
+		res.Examined = len(rows) + len(orphans)
+		res.More = res.More || len(sel.UIDs) == 0 && len(rows) == d.cfg.RoundLimit
+		batch := apply.BatchRow{UID: d.cfg.NewUID(), Entity: entityOf(rows, orphans), SourceSystem: cat.SourceSystem, SyncType: "realtime", Replica: replica}
 		if err := tx.CountBatch(ctx, batch, pipeline.Counts{}, false); err != nil { // the rows written reference it
 			return err
 		}
 		w = d.Applier.Work(tx, batch, cat, rules)
+		orphanCounts, err := w.ApplyReleased(ctx, orphans)
+		if err != nil {
+			return err
+		}
 		keys := map[apply.Key]bool{}
 		for _, r := range rows {
 			keys[r.Parent] = true
@@ -107,7 +125,8 @@ func (d *DeadLetters) Sweep(ctx context.Context, cat *catalog.Catalog, rules *ma
 			counts.Failed += int64(len(reparked))
 			expired, reparked = len(reparked), nil
 		}
-		res.Released = len(plan.Release) - len(reparked) - expired
+		counts.Merge(orphanCounts)
+		res.Released = len(plan.Release) - len(reparked) - expired + len(orphans)
 		res.Orphaned = len(plan.Orphan) + expired
 		res.Waiting = len(plan.Wait) + len(reparked) + plan.Deferred + len(plan.Untouched)
 		// Every examined row has one outcome: released ones theirs (counted by
@@ -196,14 +215,22 @@ func (d *DeadLetters) orphan(ctx context.Context, tx Tx, w *apply.Work, batch ap
 	return nil
 }
 
-func entityOf(rows []Parked) string {
-	entity := rows[0].Child.Entity
+// entityOf names the entity of the sweep's batch row: the one entity of the rows
+// it examined, or "several".
+func entityOf(rows []Parked, orphans []apply.Released) string {
+	names := map[string]bool{}
 	for _, r := range rows {
-		if r.Child.Entity != entity {
-			return "several"
+		names[r.Child.Entity] = true
+	}
+	for _, o := range orphans {
+		names[event.SubjectEntity(o.Delivery.Subject)] = true
+	}
+	if len(names) == 1 {
+		for n := range names {
+			return n
 		}
 	}
-	return entity
+	return "several"
 }
 
 func uids(rows []Parked) []uuid.UUID {

@@ -32,11 +32,16 @@ type Tx interface {
 	OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []Orphan, maxRetries int) ([]apply.DeadLetter, error)
 	// TakeParked takes parked children out of the queue, with their events.
 	TakeParked(ctx context.Context, uids []uuid.UUID) ([]apply.Released, error)
+	// TakeReleasableOrphans locks the unresolved orphan dead letters whose parent
+	// is applied, at most limit and about maxBytes of their events; more says the
+	// bounds left some behind.
+	TakeReleasableOrphans(ctx context.Context, limit, maxBytes int) (items []apply.Released, more bool, err error)
 	// ParkedChildren returns the rows parked for children (entity and key hash).
 	ParkedChildren(ctx context.Context, children []apply.Key) ([]Parked, error)
 	// SelectDeadLetters locks (skipping locked ones) and returns the unresolved
-	// dead letters sel chooses, at most limit.
-	SelectDeadLetters(ctx context.Context, sel Selection, limit int) ([]Dead, error)
+	// dead letters sel chooses, at most limit and about maxBytes of their events;
+	// more says the bounds left some for the next run.
+	SelectDeadLetters(ctx context.Context, sel Selection, limit, maxBytes int) (dead []Dead, more bool, err error)
 	// FailedAgain records a retry's failure on its dead letter (the earlier
 	// attempt into its history), and its next retry after retryAfter (nil: none).
 	FailedAgain(ctx context.Context, uid uuid.UUID, f pipeline.Failure, retryAfter *time.Duration) error

@@ -76,7 +76,7 @@ func (w *Worker) Round(ctx context.Context) error {
 		if res.Retried > 0 {
 			log.Info("retried dead letters", "retried", res.Retried, "resolved", res.Resolved, "failed_again", res.FailedAgain)
 		}
-		if res.Retried < d.cfg.RoundLimit {
+		if !res.More {
 			return nil
 		}
 	}

@@ -122,6 +122,17 @@ func TestParseRowVersionInTheSourceTimeZone(t *testing.T) {
 	if got := parse("20261025021000", time.Time{}); !got.Equal(at("2026-10-25T00:10:00Z")) {
 		t.Errorf("a repeated wall clock without a publish time: %s, want the earlier instant", got)
 	}
+	// Never a version from the future: a delete carries the row's last rowversion
+	// (02:50 CEST, changed at 00:50Z) and is published at 01:25Z; reading it as
+	// 02:50 CET (01:50Z) would make the row's re-creation at 01:40Z look stale.
+	if got := parse("20261025025000", at("2026-10-25T01:25:01Z")); !got.Equal(at("2026-10-25T00:50:00Z")) {
+		t.Errorf("an old rowversion published late in the repeated hour: %s, want 00:50Z (not after the publish time)", got)
+	}
+	// A backlog published after the repeated hour: both readings are before the
+	// publish time; the later is the one a change made just before could have.
+	if got := parse("20261025022000", at("2026-10-25T03:00:00Z")); !got.Equal(at("2026-10-25T01:20:00Z")) {
+		t.Errorf("a repeated wall clock published later: %s, want the later reading 01:20Z", got)
+	}
 	// 2026-03-29: 02:30 does not exist (02:00 CET jumps to 03:00 CEST).
 	if got := parse("20260329023000", time.Time{}); !got.Equal(at("2026-03-29T01:30:00Z")) {
 		t.Errorf("a skipped wall clock: %s", got)

@@ -2,7 +2,6 @@ package event
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -104,9 +103,16 @@ func ParseRowVersion(raw json.RawMessage, kind VersionKind, zone *time.Location,
 
 // inZone returns the instant whose wall clock in zone is wall's (wall is in UTC
 // only to carry the fields). Of two such instants (a repeated hour) it returns
-// the one closest to near, or the earlier when near is zero; a wall clock that
-// does not exist (the hour a DST spring-forward skips) is read with the offset
-// before the change.
+// the latest not after near plus publishSkew (a change is stored after it was
+// made, never an hour before), or the earlier when near is zero or both are
+// later; a wall clock that does not exist (the hour a DST spring-forward skips)
+// is read with the offset before the change.
+//
+// The latest not after the publish time, not the closest to it: a delete carries
+// the row's last rowversion, which may be long before the delete was published,
+// and a backlog may be published an hour late; either way the reading after the
+// publish time would be a version from the future, which would make every later
+// change of the row look stale.
 func inZone(wall time.Time, zone *time.Location, near time.Time) time.Time {
 	if zone == nil || zone == time.UTC {
 		return wall
@@ -125,14 +131,21 @@ func inZone(wall time.Time, zone *time.Location, near time.Time) time.Time {
 		_, offset := wall.Add(-26 * time.Hour).In(zone).Zone()
 		return wall.Add(-time.Duration(offset) * time.Second)
 	}
-	best := slices.MinFunc(candidates, func(a, b time.Time) int { return a.Compare(b) })
+	slices.SortFunc(candidates, func(a, b time.Time) int { return a.Compare(b) })
+	best := candidates[0]
 	if !near.IsZero() {
-		best = slices.MinFunc(candidates, func(a, b time.Time) int {
-			return cmp.Compare(a.Sub(near).Abs(), b.Sub(near).Abs())
-		})
+		for _, c := range candidates {
+			if !c.After(near.Add(publishSkew)) {
+				best = c
+			}
+		}
 	}
 	return best
 }
+
+// publishSkew is how far the ERP database's clock may run ahead of the stream's
+// (a change seems stored before it was made).
+const publishSkew = 5 * time.Minute
 
 func isDigits(s string) bool {
 	for i := 0; i < len(s); i++ {

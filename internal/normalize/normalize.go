@@ -74,6 +74,9 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 		if _, dup := rec.Fields[up]; dup {
 			return fail("data has field %q more than once (names are case-insensitive)", up)
 		}
+		if err := checkNumbers(v); err != nil {
+			return fail("field %s: %v", up, err)
+		}
 		rec.Fields[up] = Value(v)
 	}
 	rv, err := event.ParseRowVersion(ev.RowVersion, e.RowVersion, e.TimeZone, published)
@@ -83,9 +86,6 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 	rec.RowVersion = rv
 	rec.Key = make([]string, len(e.Key))
 	for i, f := range e.Key {
-		if err := checkNumber(rec.Fields[f]); err != nil {
-			return fail("key field %s: %v", f, err)
-		}
 		v, ok := event.KeyValue(rec.Fields[f])
 		if !ok {
 			return fail("key field %s is missing or empty", f)
@@ -96,9 +96,6 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 	for _, p := range e.Parents {
 		key := make([]string, 0, len(p.Fields))
 		for _, f := range p.Fields {
-			if err := checkNumber(rec.Fields[f]); err != nil {
-				return fail("parent %s field %s: %v", p.Entity, f, err)
-			}
 			if v, ok := event.KeyValue(rec.Fields[f]); ok {
 				key = append(key, v)
 			}
@@ -115,10 +112,25 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 	return rec, nil
 }
 
-// checkNumber applies event.CheckNumber to a number value.
-func checkNumber(v any) error {
-	if n, ok := v.(json.Number); ok {
-		return event.CheckNumber(string(n))
+// checkNumbers applies event.CheckNumber to every number in v, nested ones too:
+// a number beyond the caps fails normalization wherever it is, as nothing
+// downstream (the target's numeric columns, the dead letters' JSONB) can take it.
+func checkNumbers(v any) error {
+	switch x := v.(type) {
+	case json.Number:
+		return event.CheckNumber(string(x))
+	case map[string]any:
+		for _, e := range x {
+			if err := checkNumbers(e); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if err := checkNumbers(e); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

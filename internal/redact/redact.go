@@ -55,9 +55,35 @@ func Add(ss ...string) {
 // key/value DSN): its password, a NATS token, secret query parameters. It works
 // on URLs that do not parse too, taking the user part as a whole.
 func AddURL(raw string) {
+	// The user part of every URL in the text first, whole: a password may hold
+	// a comma, which would otherwise cut it in two below.
+	for _, userinfo := range userinfos(raw) {
+		secret := userinfo
+		if _, pw, ok := strings.Cut(userinfo, ":"); ok {
+			secret = pw
+		}
+		Add(withPieces(secret)...)
+	}
 	for _, one := range strings.Split(raw, ",") {
 		Add(urlSecrets(strings.TrimSpace(one))...)
 	}
+}
+
+// userinfos returns the user part of every URL in raw: what lies between its
+// "://" and the last @ before the next URL's scheme (or the end).
+func userinfos(raw string) []string {
+	locs := schemeRE.FindAllStringIndex(raw, -1)
+	var out []string
+	for i, loc := range locs {
+		end := len(raw)
+		if i+1 < len(locs) {
+			end = locs[i+1][0]
+		}
+		if at := strings.LastIndex(raw[loc[1]:end], "@"); at > 0 {
+			out = append(out, raw[loc[1]:loc[1]+at])
+		}
+	}
+	return out
 }
 
 // spellings returns s as it may appear in a message.
@@ -79,13 +105,20 @@ var (
 	// schemeRE finds where a URL starts inside a text.
 	schemeRE = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://`)
 	// kvRE finds key=value secrets (a DSN, a URL query, a log line).
-	kvRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s&;,'"]+)`)
+	// An unquoted value runs to white space or the & of a URL query: a password
+	// may hold , ; or a quote.
+	kvRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s&]+)`)
+	// kvDSNRE reads the values of a key/value DSN the process was given, as libpq
+	// does: an unquoted value runs to white space, & included.
+	kvDSNRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('[^']*'|"[^"]*"|\S+)`)
 )
 
 func urlSecrets(raw string) []string {
 	var out []string
-	for _, m := range kvRE.FindAllStringSubmatch(raw, -1) {
-		out = append(out, withPieces(strings.Trim(m[3], `'"`))...)
+	for _, re := range []*regexp.Regexp{kvRE, kvDSNRE} {
+		for _, m := range re.FindAllStringSubmatch(raw, -1) {
+			out = append(out, withPieces(strings.Trim(m[3], `'"`))...)
+		}
 	}
 	i := strings.Index(raw, "://")
 	if i < 0 {
@@ -132,7 +165,9 @@ func withPieces(secret string) []string {
 			}
 		}
 	}
-	for _, piece := range strings.FieldsFunc(secret, func(r rune) bool { return r == '@' || r == '#' || r == '/' || r == '?' || unicode.IsSpace(r) }) {
+	for _, piece := range strings.FieldsFunc(secret, func(r rune) bool {
+		return r == '@' || r == '#' || r == '/' || r == '?' || r == ',' || r == ';' || r == '&' || r == '\'' || unicode.IsSpace(r)
+	}) {
 		if len(piece) >= 3 {
 			out = append(out, piece)
 		}

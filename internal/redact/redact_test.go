@@ -26,6 +26,9 @@ func TestString(t *testing.T) {
 		{"nats token", "nats://tok3nSECRET@127.0.0.1:4222", "tok3nSECRET", []string{"127.0.0.1:4222"}},
 		{"several nats URLs", "nats://a:pw1xyz@h1:4222,nats://a:pw2xyz@h2:4222", "pw1xyz", []string{"h1:4222", "h2:4222"}},
 		{"short password", "postgres://bob:p@db/postgres", "bob:p@", []string{"postgres", "db"}},
+		{"DSN password with a comma", "host=127.0.0.1 user=bob password=Longsecret,Tail99 dbname=x", "Tail99", []string{"user=bob", "dbname=x"}},
+		{"DSN password with a semicolon", "host=127.0.0.1 password=Longsecret;Tail99", "Tail99", []string{"host=127.0.0.1"}},
+		{"DSN password with a quote", "host=127.0.0.1 password=Longsecret'Tail99 user=bob", "Tail99", []string{"user=bob"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := redact.String(tc.in)
@@ -38,6 +41,26 @@ func TestString(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The secrets of a URL or DSN given to the process are registered whole, whatever
+// they hold: a comma in a NATS password (which the URL list is split on) or an &
+// in a DSN password (where a URL query would end), and masked in any message.
+func TestAddURLTakesWholeSecrets(t *testing.T) {
+	redact.AddURL("nats://natsu:Longsecret,Tail99@127.0.0.1:16399")
+	redact.AddURL("host=127.0.0.1 user=bob password=Amp3rsand&Tail77")
+	for _, msg := range []string{
+		"the NATS URL nats://natsu:Longsecret does not parse",
+		"stray Tail99@127.0.0.1:16399",
+		"database host=127.0.0.1 password=Amp3rsand&Tail77 is not reachable",
+	} {
+		got := redact.String(msg)
+		for _, secret := range []string{"Longsecret", "Tail99", "Amp3rsand", "Tail77"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("%q -> %q still holds %q", msg, got, secret)
+			}
+		}
 	}
 }
 

@@ -124,9 +124,17 @@ func (f DeadLetterFilter) where(a *args) string {
 	return strings.Join(conds, " AND ")
 }
 
-const deadLetterColumns = `uid, entity_name, stage_failed, error_message, coalesce(stream, ''), coalesce(subject, ''),
+// deadLetterColumns are a dead letter's columns for show; listColumns leave its
+// event, normalized data and history out (a page of a list must not read a
+// hundred raw events of up to a megabyte each: dlq show has them).
+const (
+	deadLetterColumns = `uid, entity_name, stage_failed, error_message, coalesce(stream, ''), coalesce(subject, ''),
 	coalesce(stream_seq, 0), coalesce(bk_hash, ''), retry_count, max_retries, next_retry_at, created_at, resolved_at,
 	resolution_note, ` + fingerprintSQL + `, raw_bytes, normalized_data, history`
+	listColumns = `uid, entity_name, stage_failed, error_message, coalesce(stream, ''), coalesce(subject, ''),
+	coalesce(stream_seq, 0), coalesce(bk_hash, ''), retry_count, max_retries, next_retry_at, created_at, resolved_at,
+	resolution_note, ` + fingerprintSQL + `, ''::bytea, NULL::jsonb, NULL::jsonb`
+)
 
 func scanDeadLetter(row pgx.CollectableRow) (DeadLetterInfo, error) {
 	var d DeadLetterInfo
@@ -153,7 +161,7 @@ func (s *Store) ListDeadLetters(ctx context.Context, f DeadLetterFilter) ([]Dead
 	if f.After != uuid.Nil {
 		where += " AND (created_at, uid) < (SELECT created_at, uid FROM bridge.failed_records WHERE uid = " + a.add(f.After) + ")"
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+deadLetterColumns+` FROM bridge.failed_records WHERE `+where+`
+	rows, err := s.pool.Query(ctx, `SELECT `+listColumns+` FROM bridge.failed_records WHERE `+where+`
 		ORDER BY created_at DESC, uid DESC LIMIT `+a.add(limitOr(f.Limit, 100)), a...)
 	if err != nil {
 		return nil, 0, err

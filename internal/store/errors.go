@@ -79,11 +79,13 @@ func kindOf(err error) error {
 func sqlstateKind(code string) error {
 	switch {
 	case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"), strings.HasPrefix(code, "54"),
-		code == "21000", code == "42804":
+		code == "21000", code == "42804",
+		code == "P0001": // a target trigger's RAISE EXCEPTION: ScheduleHub's own validation refused the row
 		return apply.ErrRowRejected
-	case code == "40001", code == "40P01":
+	case code == "40001", code == "40P01",
+		code == "55P03": // lock_timeout: another session holds what the statement waits for
 		return apply.ErrConflict
-	case code == "57014", code == "55P03":
+	case code == "57014":
 		return apply.ErrTimeout
 	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "28"), strings.HasPrefix(code, "53"),
 		strings.HasPrefix(code, "57P"), strings.HasPrefix(code, "58"),

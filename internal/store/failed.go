@@ -174,40 +174,59 @@ func (t *tx) FailedAgain(ctx context.Context, uid uuid.UUID, f pipeline.Failure,
 	return classify(err)
 }
 
-// The partial index ix_failed_records_retry serves this query.
-const dueDeadLettersSQL = `
-SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, published_at
-FROM bridge.failed_records
-WHERE resolved_at IS NULL AND next_retry_at <= now()
-ORDER BY next_retry_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
+// The dead letters of a retry run: locked (skipping those another run holds), at
+// most $1, and of those only as many as fit $2 bytes of raw events (at least
+// one), so that a run over large events stays bounded in memory; the last column
+// counts the rows locked, to tell whether the bound left some for the next run.
+// The partial index ix_failed_records_retry serves the due ones.
+const (
+	retryColumns = `f.uid, f.entity_name, coalesce(f.source_stream, 'realtime'), coalesce(f.stream, ''), coalesce(f.subject, ''),
+       coalesce(f.stream_seq, 0), f.raw_bytes, f.retry_count, f.max_retries, f.published_at, (SELECT count(*) FROM locked)`
+	dueDeadLettersSQL = `
+WITH locked AS (
+    SELECT uid, next_retry_at AS at, octet_length(raw_bytes) AS size
+    FROM bridge.failed_records
+    WHERE resolved_at IS NULL AND next_retry_at <= now()
+    ORDER BY next_retry_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+SELECT ` + retryColumns + `
+FROM bridge.failed_records f
+JOIN (SELECT uid, at, sum(size) OVER (ORDER BY at, uid) - size AS before FROM locked) c USING (uid)
+WHERE c.before < $2
+ORDER BY c.at, f.uid`
+	chosenDeadLettersSQL = `
+WITH locked AS (
+    SELECT uid, created_at AS at, octet_length(raw_bytes) AS size
+    FROM bridge.failed_records
+    WHERE resolved_at IS NULL
+      AND (coalesce(cardinality($3::uuid[]), 0) = 0 OR uid = ANY ($3))
+      AND ($4 = '' OR entity_name = $4)
+      AND ($5 = '' OR stage_failed = $5)
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+SELECT ` + retryColumns + `
+FROM bridge.failed_records f
+JOIN (SELECT uid, at, sum(size) OVER (ORDER BY at, uid) - size AS before FROM locked) c USING (uid)
+WHERE c.before < $2
+ORDER BY c.at, f.uid`
+)
 
-const chosenDeadLettersSQL = `
-SELECT uid, entity_name, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), raw_bytes, retry_count, max_retries, published_at
-FROM bridge.failed_records
-WHERE resolved_at IS NULL
-  AND (coalesce(cardinality($2::uuid[]), 0) = 0 OR uid = ANY ($2))
-  AND ($3 = '' OR entity_name = $3)
-  AND ($4 = '' OR stage_failed = $4)
-ORDER BY created_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
-
-// SelectDeadLetters locks and returns the unresolved dead letters sel chooses.
-func (t *tx) SelectDeadLetters(ctx context.Context, sel deadletter.Selection, limit int) ([]deadletter.Dead, error) {
+// SelectDeadLetters locks and returns the unresolved dead letters sel chooses,
+// within limit rows and maxBytes of events; more says the bounds left some.
+func (t *tx) SelectDeadLetters(ctx context.Context, sel deadletter.Selection, limit, maxBytes int) ([]deadletter.Dead, bool, error) {
 	var q pgx.Rows
 	var err error
 	if sel.Due {
-		q, err = t.tx.Query(ctx, dueDeadLettersSQL, limit)
+		q, err = t.tx.Query(ctx, dueDeadLettersSQL, limit, maxBytes)
 	} else {
-		q, err = t.tx.Query(ctx, chosenDeadLettersSQL, limit, sel.UIDs, sel.Entity, sel.Stage)
+		q, err = t.tx.Query(ctx, chosenDeadLettersSQL, limit, maxBytes, sel.UIDs, sel.Entity, sel.Stage)
 	}
 	if err != nil {
-		return nil, classify(err)
+		return nil, false, classify(err)
 	}
+	var locked int64
 	rows, err := pgx.CollectRows(q, func(r pgx.CollectableRow) (deadletter.Dead, error) {
 		var (
 			d                 deadletter.Dead
@@ -215,14 +234,17 @@ func (t *tx) SelectDeadLetters(ctx context.Context, sel deadletter.Selection, li
 			seq               int64
 			published         *time.Time
 		)
-		err := r.Scan(&d.UID, &d.Entity, &src, &stream, &subj, &seq, &d.Delivery.Data, &d.Retries, &d.MaxRetries, &published)
+		err := r.Scan(&d.UID, &d.Entity, &src, &stream, &subj, &seq, &d.Delivery.Data, &d.Retries, &d.MaxRetries, &published, &locked)
 		d.Delivery.Subject, d.Delivery.Source, d.Delivery.StreamSeq = subj, event.SourceNamed(src), uint64(seq)
 		if published != nil {
 			d.Delivery.Published = *published
 		}
 		return d, err
 	})
-	return rows, classify(err)
+	if err != nil {
+		return nil, false, classify(err)
+	}
+	return rows, locked >= int64(limit) || int64(len(rows)) < locked, nil
 }
 
 // jsonbText returns body re-encoded as JSON that PostgreSQL's jsonb accepts, or nil
@@ -236,7 +258,7 @@ func jsonbText(body []byte) *string {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil {
+	if err := dec.Decode(&v); err != nil || !numbersFit(v) {
 		return nil
 	}
 	out, err := json.Marshal(v)
@@ -245,6 +267,30 @@ func jsonbText(body []byte) *string {
 	}
 	s := string(out)
 	return &s
+}
+
+// numbersFit reports whether every number in v is within event.CheckNumber's
+// caps, which PostgreSQL's numeric (and so jsonb) takes: 1e999999 overflows it,
+// and a dead letter whose JSONB cannot be written would fail every batch that
+// holds its message.
+func numbersFit(v any) bool {
+	switch x := v.(type) {
+	case json.Number:
+		return event.CheckNumber(string(x)) == nil
+	case map[string]any:
+		for _, e := range x {
+			if !numbersFit(e) {
+				return false
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if !numbersFit(e) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // maxEntityLabel bounds the entity name a dead letter is filed under: the name of

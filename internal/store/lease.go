@@ -81,14 +81,13 @@ func (e *LeaseHeldError) Error() string {
 	return fmt.Sprintf("replica name %q is in use by a running process (%s%s%s): stop it first, or give this one another --replica name", e.Name, who, addr, since)
 }
 
-// leaseClass marks SyncFlow's replica leases among the advisory locks (the high
-// 32 bits of the key; the name's hash fills the rest).
-const leaseClass = 0x5359_4e43 // "SYNC"
-
+// leaseKey is the advisory lock of a replica name: 64 bits of a hash of the name
+// with a prefix of SyncFlow's own, so that two names (or another application's
+// locks) collide with odds of one in 2^64, not one in 2^32.
 func leaseKey(name string) int64 {
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	return int64(leaseClass)<<32 | int64(h.Sum32())
+	h := fnv.New64a()
+	h.Write([]byte("syncflow replica lease\x00" + name))
+	return int64(h.Sum64())
 }
 
 // AcquireLease takes the lease on a replica name. tag describes this process to
@@ -163,7 +162,7 @@ func (l *Lease) holder(ctx context.Context, conn *pgx.Conn) LeaseHolder {
 	_ = conn.QueryRow(ctx, `SELECT coalesce(a.application_name, ''), coalesce(host(a.client_addr), CASE WHEN a.pid IS NOT NULL THEN 'local' END, ''), a.backend_start
 		FROM pg_locks k LEFT JOIN pg_stat_activity a ON a.pid = k.pid
 		WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
-		  AND k.classid = ($1::bigint >> 32)::oid AND k.objid = ($1::bigint & 4294967295)::oid
+		  AND k.classid = (($1::bigint >> 32) & 4294967295)::oid AND k.objid = ($1::bigint & 4294967295)::oid
 		  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		LIMIT 1`, l.key).Scan(&h.Tag, &h.Addr, &since)
 	if since != nil {

@@ -46,6 +46,17 @@ func TestLeaseIsExclusive(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 	again.Release()
+	// Names whose 32-bit hashes collide are two leases.
+	a, err := store.AcquireLease(ctx, dbURL, "worker-48148", "syncflow a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Release()
+	b, err := store.AcquireLease(ctx, dbURL, "worker-203020", "syncflow b", 0)
+	if err != nil {
+		t.Fatalf("a name whose 32-bit hash collides with a held one: %v", err)
+	}
+	b.Release()
 }
 
 // A lease whose connection is cut is taken again; if another process took the

@@ -83,3 +83,33 @@ func TestDeadLetterOfAnEntityWithAHugeName(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// A number PostgreSQL's numeric cannot hold, anywhere in an event, fails that
+// event alone: its dead letter keeps the raw bytes (the JSONB forms are left
+// out), and the rest of the batch commits. Before, the dead letter itself could
+// not be written, and the batch was held for ever.
+func TestPoisonNumbersAreDeadLettered(t *testing.T) {
+	f := newFixture(t)
+	bodies := []string{
+		siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "good"),
+		`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:01Z","data":{"CONTRACT":"S2","DESCRIPTION":1e999999}}`,
+		`{"entity":"sites","op":"bogus","rowversion":"2026-01-01T00:00:01Z","data":{"CONTRACT":"S3","X":[1,{"y":1e999999}]}}`,
+		siteEvent("upsert", "S4", "2026-01-01T00:00:01Z", "good too"),
+	}
+	res := f.apply("sites", nil, bodies...)
+	if res.Counts.Inserted != 2 || res.Counts.Failed != 2 {
+		t.Fatalf("%+v", res.Counts)
+	}
+	got := f.rows(`SELECT stage_failed, raw_data IS NULL, octet_length(raw_bytes) > 0 FROM bridge.failed_records ORDER BY stream_seq`)
+	if got != "normalization|true|true\ndecode|true|true" {
+		t.Fatalf("dead letters:\n%s", got)
+	}
+	// The max-deliveries path takes such a message too.
+	err := f.ap.RecordDeadLetters(f.ctx, f.cat, []apply.DeadLetter{{
+		Delivery: pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 999, Data: []byte(bodies[1])},
+		Failure:  pipeline.Failure{Stage: pipeline.StageMaxDeliver, Entity: "sites", Err: errString("JetStream gave up")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -9,8 +10,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
 )
 
 // orphanFixture parks work order WO1 under its missing item P1 (the site is there),
@@ -171,4 +175,78 @@ func mustUID(t *testing.T, s string) uuid.UUID {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// Orphans have a safety net like parked children: when the re-checks after their
+// parent's commit do not run (the process killed, the batch's deadline passed),
+// the sweeper's rounds release the orphans whose parent is applied.
+func TestSweeperReleasesOrphansWhoseParentIsApplied(t *testing.T) {
+	f := newFixture(t)
+	const children = 2500 // more than one release takes
+	for start := 0; start < children; start += 500 {
+		var bodies []string
+		for i := start; i < start+500; i++ {
+			bodies = append(bodies, fmt.Sprintf(`{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:01Z","data":{"CONTRACT":"S1","WORK_CENTER_NO":"WC%05d"}}`, i))
+		}
+		f.apply("work_centers", nil, bodies...)
+	}
+	for {
+		res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{Expire: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.More {
+			break
+		}
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.failed_records WHERE stage_failed = 'orphan' AND resolved_at IS NULL`); got != fmt.Sprint(children) {
+		t.Fatalf("%s orphans", got)
+	}
+	// The parent commits; its re-checks find the context ended (as if the
+	// process died right after the commit).
+	e, _ := f.cat.Entity("sites")
+	ds := []pipeline.Delivery{{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 99999, Data: []byte(siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))}}
+	ctx, cancel := context.WithCancel(f.ctx)
+	cut := &cancelAfterCommit{Store: f.st, cancel: cancel}
+	ap, err := apply.NewApplier(cut, deadletter.Config{}.Stamp(apply.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ap.ApplyBatch(ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime,
+		Replica: "test", Deliveries: ds, Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)}); err != nil {
+		t.Fatal(err)
+	}
+	f.fresh = false
+	left := f.rows(`SELECT count(*) FROM bridge.failed_records WHERE stage_failed = 'orphan' AND resolved_at IS NULL`)
+	if left == "0" {
+		t.Fatal("the parent's own transaction released every orphan; the test did not test the safety net")
+	}
+	for range 10 {
+		res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.More {
+			break
+		}
+	}
+	if got := f.rows(`SELECT count(*) FROM schedulehub.work_centers`); got != fmt.Sprint(children) {
+		t.Fatalf("%s work centers applied, want %d (%s orphans were left after the parent's commit)", got, children, left)
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.failed_records WHERE resolved_at IS NULL`); got != "0" {
+		t.Fatalf("%s unresolved dead letters", got)
+	}
+}
+
+// cancelAfterCommit ends the context of the work it carries right after the
+// first commit, before the re-checks that follow it.
+type cancelAfterCommit struct {
+	*store.Store
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfterCommit) InTx(ctx context.Context, fn func(apply.Tx) error) error {
+	err := c.Store.InTx(ctx, fn)
+	c.cancel()
+	return err
 }

@@ -118,21 +118,26 @@ chunk AS (
 released AS (
     DELETE FROM bridge.pending_children p USING chunk WHERE p.uid = chunk.uid
     RETURNING p.uid, p.child_entity, p.child_raw, p.source_stream, p.stream, p.subject, p.stream_seq, p.published_at),
-orphans AS (
-    SELECT f.uid, f.entity_name, f.raw_bytes, f.source_stream, f.stream, f.subject, f.stream_seq, f.published_at
+orphans_locked AS (
+    SELECT f.uid, octet_length(f.raw_bytes) AS size
     FROM bridge.failed_records f
     JOIN k ON f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
     JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
     WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL
     ORDER BY f.uid
     LIMIT $3
-    FOR UPDATE OF f SKIP LOCKED)
+    FOR UPDATE OF f SKIP LOCKED),
+orphans AS (
+    SELECT f.uid, f.entity_name, f.raw_bytes, f.source_stream, f.stream, f.subject, f.stream_seq, f.published_at
+    FROM bridge.failed_records f
+    WHERE f.uid IN (SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - size AS before FROM orphans_locked) c
+                    WHERE before < $4))
 SELECT false, uid, child_entity, child_raw, source_stream, coalesce(stream, ''), coalesce(subject, ''),
        coalesce(stream_seq, 0), published_at, (SELECT count(*) FROM locked)
 FROM released
 UNION ALL
 SELECT true, uid, entity_name, raw_bytes, coalesce(source_stream, 'realtime'), coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), published_at, 0
+       coalesce(stream_seq, 0), published_at, (SELECT count(*) FROM orphans_locked)
 FROM orphans`
 
 // TakeReleased runs releaseSQL; more says the bounds left children behind.
@@ -143,33 +148,81 @@ func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBy
 		return nil, false, classify(err)
 	}
 	defer rows.Close()
-	var parked, orphans, locked int64
+	var parked, orphans, parkedLocked, orphansLocked int64
 	for rows.Next() {
-		var (
-			it                           apply.Released
-			entity, src, stream, subject string
-			seq, lockedNow               int64
-			published                    *time.Time
-		)
-		if err := rows.Scan(&it.Orphan, &it.UID, &entity, &it.Delivery.Data, &src, &stream, &subject, &seq, &published, &lockedNow); err != nil {
+		it, locked, err := scanReleased(rows)
+		if err != nil {
 			return nil, false, classify(err)
 		}
-		it.Delivery.Subject, it.Delivery.Source, it.Delivery.StreamSeq = subject, event.SourceNamed(src), uint64(seq)
-		if published != nil {
-			it.Delivery.Published = *published
-		}
 		if it.Orphan {
-			orphans++
+			orphans, orphansLocked = orphans+1, locked
 		} else {
-			parked++
-			locked = lockedNow
+			parked, parkedLocked = parked+1, locked
 		}
 		items = append(items, it)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, classify(err)
 	}
-	return items, locked >= int64(limit) || parked < locked || orphans >= int64(limit), nil
+	more = parkedLocked >= int64(limit) || parked < parkedLocked || orphansLocked >= int64(limit) || orphans < orphansLocked
+	return items, more, nil
+}
+
+// scanReleased reads a row of releaseSQL or releasableOrphansSQL: a released
+// child or orphan, and how many rows its kind locked.
+func scanReleased(rows pgx.Rows) (it apply.Released, locked int64, err error) {
+	var (
+		entity, src, stream, subject string
+		seq                          int64
+		published                    *time.Time
+	)
+	if err := rows.Scan(&it.Orphan, &it.UID, &entity, &it.Delivery.Data, &src, &stream, &subject, &seq, &published, &locked); err != nil {
+		return it, 0, err
+	}
+	it.Delivery.Subject, it.Delivery.Source, it.Delivery.StreamSeq = subject, event.SourceNamed(src), uint64(seq)
+	if published != nil {
+		it.Delivery.Published = *published
+	}
+	return it, locked, nil
+}
+
+// releasableOrphansSQL finds, whatever their parents, orphan dead letters whose
+// parent is applied, within the bounds: the sweeper's safety net for a parent
+// whose re-checks after its commit did not run (a process killed right then).
+const releasableOrphansSQL = `
+WITH locked AS (
+    SELECT f.uid, octet_length(f.raw_bytes) AS size
+    FROM bridge.failed_records f
+    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
+    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+    ORDER BY f.uid
+    LIMIT $1
+    FOR UPDATE OF f SKIP LOCKED)
+SELECT true, f.uid, f.entity_name, f.raw_bytes, coalesce(f.source_stream, 'realtime'), coalesce(f.stream, ''),
+       coalesce(f.subject, ''), coalesce(f.stream_seq, 0), f.published_at, (SELECT count(*) FROM locked)
+FROM bridge.failed_records f
+WHERE f.uid IN (SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - size AS before FROM locked) c WHERE before < $2)`
+
+// TakeReleasableOrphans locks the orphan dead letters whose parent is applied,
+// within the bounds; more says the bounds left some behind.
+func (t *tx) TakeReleasableOrphans(ctx context.Context, limit, maxBytes int) (items []apply.Released, more bool, err error) {
+	rows, err := t.tx.Query(ctx, releasableOrphansSQL, limit, maxBytes)
+	if err != nil {
+		return nil, false, classify(err)
+	}
+	defer rows.Close()
+	var locked int64
+	for rows.Next() {
+		it, n, err := scanReleased(rows)
+		if err != nil {
+			return nil, false, classify(err)
+		}
+		items, locked = append(items, it), n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, classify(err)
+	}
+	return items, locked >= int64(limit) || int64(len(items)) < locked, nil
 }
 
 // markDueSQL makes the children a bounded release left behind due for the

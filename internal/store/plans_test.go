@@ -98,7 +98,7 @@ func TestPlansAtScale(t *testing.T) {
 		{"unresolved dead letters by entity and stage (gauges)", store.DeadLetterCountsSQL, nil, []string{"ix_failed_records_unresolved"}},
 		{"parked children by entity (gauges)", store.ParkedCountsSQL, nil, []string{"ix_pending_children_entity"}},
 		{"due parked children (sweeper)", store.SweepDueSQL, []string{"500"}, []string{"ix_pending_children_retry", "Index Cond: (next_retry_at <= now())"}},
-		{"due dead letters (retry worker)", store.DueDeadLettersSQL, []string{"500"}, []string{"ix_failed_records_retry", "Index Cond: (next_retry_at <= now())"}},
+		{"due dead letters (retry worker)", store.DueDeadLettersSQL, []string{"500", "4194304"}, []string{"ix_failed_records_retry", "Index Cond: (next_retry_at <= now())"}},
 		{"ledger rows of a batch (every batch)", store.LockLedgerSQL, []string{`'items'`, `ARRAY[md5('1') || md5('-1'), md5('6') || md5('-6')]`},
 			[]string{"pk_synced_records"}},
 		{"children and orphans a parent releases (every parent batch)", store.ReleaseSQL, []string{keys, "1000", "4194304"},

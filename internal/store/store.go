@@ -58,6 +58,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	pc.MaxConns = cfg.MaxConns
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	// A timestamp without an offset (a pass-through field of an event) means UTC
+	// whatever the server's TimeZone, as the rest of SyncFlow reads them.
+	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout,
 		"idle_in_transaction_session_timeout": cfg.IdleInTransactionTimeout} {
 		if d > 0 {

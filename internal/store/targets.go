@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -230,6 +232,7 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 	for _, sig := range slices.Sorted(maps.Keys(bySig)) {
 		body := append(bySig[sig], ']')
 		if _, err := t.tx.Exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body); err != nil {
+			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}
 	}
@@ -239,8 +242,28 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 			return err
 		}
 		if _, err := t.tx.Exec(ctx, tg.deleteSQL(), body); err != nil {
+			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}
 	}
 	return nil
+}
+
+// reloadTargetAfter reads a target table's columns again when err says the table
+// changed under the service (a column or the table dropped or renamed: 42703,
+// 42P01), so that the next attempt writes what the table has now; the batch meanwhile
+// is held like in an outage. It uses a connection of its own: the transaction that
+// failed is aborted.
+func (s *Store) reloadTargetAfter(ctx context.Context, t *target, err error) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42703" && pgErr.Code != "42P01" {
+		return
+	}
+	fresh, lerr := s.loadTarget(ctx, t.entity)
+	if lerr != nil {
+		return // the table is gone: the error says so at every attempt
+	}
+	s.targets.mu.Lock()
+	s.targets.m[t.entity.Name] = fresh
+	s.targets.mu.Unlock()
 }

@@ -299,12 +299,18 @@ func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Messa
 			return first, err
 		}
 	}
-	pending := first[0].pending
 	budget := cmp.Or(f.MaxBytes, DefaultFetchBytes) - len(first[0].Delivery.Data)
-	if n == 1 || pending == 0 || budget <= 0 {
+	// The pending count does not count redeliveries: a redelivered first message
+	// (a restart, another replica's ack wait) likely has company, so ask for a
+	// whole batch then, at the cost of restWait when it has none.
+	rest := min(uint64(n-1), first[0].pending)
+	if first[0].NumDelivered > 1 {
+		rest = uint64(n - 1)
+	}
+	if rest == 0 || budget <= 0 {
 		return first, nil
 	}
-	more, err := f.collect(f.consumer.Fetch(int(min(uint64(n-1), pending)), jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait)))
+	more, err := f.collect(f.consumer.Fetch(int(rest), jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait)))
 	return append(first, more...), err
 }
 
