@@ -21,6 +21,7 @@ import (
 
 	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/backfill"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
@@ -414,7 +415,7 @@ func TestRoles(t *testing.T) {
 	denied("bridge_user", err, "purging dead letters")
 	_, err = st.Prune(ctx, time.Now().Add(time.Hour), false, nil)
 	denied("bridge_user", err, "pruning")
-	denied("bridge_user", st.SetSchedule(ctx, "items", store.ScheduleSettings{}), "creating a schedule")
+	denied("bridge_user", st.SetSchedule(ctx, "items", backfill.Settings{}), "creating a schedule")
 	user, err := pgx.Connect(ctx, as("bridge_user"))
 	if err != nil {
 		t.Fatal(err)
@@ -456,7 +457,7 @@ func TestRoles(t *testing.T) {
 	if err := op.WriteMappings(ctx, []mapping.Rule{{Entity: "sites", SourceField: "DESCRIPTION", TargetField: "description", Transformation: "trim"}}, true); err != nil {
 		t.Errorf("bridge_operator cannot import mapping rules: %v", err)
 	}
-	if err := op.SetSchedule(ctx, "items", store.ScheduleSettings{}); err != nil {
+	if err := op.SetSchedule(ctx, "items", backfill.Settings{}); err != nil {
 		t.Errorf("bridge_operator cannot set a schedule: %v", err)
 	}
 	if _, err := opDLs.Retry(ctx, cat, nil, "cli", deadletter.Selection{Stage: "decode"}); err != nil {

@@ -70,7 +70,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	days, page := 1, 1000
 	start, end, _ := backfill.ParseWindow(window)
 	ws, we := start.String(), end.String()
-	if err := st.SetSchedule(b.ctx, "items", store.ScheduleSettings{WindowStart: &ws, WindowEnd: &we, Days: &days, PageSize: &page}); err != nil {
+	if err := st.SetSchedule(b.ctx, "items", backfill.Settings{WindowStart: &ws, WindowEnd: &we, Days: &days, PageSize: &page}); err != nil {
 		return fig, err
 	}
 	if err := st.EnableSchedule(b.ctx, "items", true); err != nil {

@@ -221,7 +221,7 @@ func setupScheduleList(f *flags) runFunc {
 		}
 		if asJSON {
 			if list == nil {
-				list = []store.Schedule{}
+				list = []backfill.Schedule{}
 			}
 			return printJSON(list)
 		}
@@ -276,7 +276,7 @@ func setupScheduleSet(f *flags) runFunc {
 	f.BoolVar(&continuous, "continuous", false, "start a new cycle after a complete one")
 	return func(ctx context.Context, args []string) error {
 		entity := args[0]
-		var set store.ScheduleSettings
+		var set backfill.Settings
 		if window != "" {
 			start, end, err := backfill.ParseWindow(window)
 			if err != nil {

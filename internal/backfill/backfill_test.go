@@ -112,7 +112,7 @@ func TestBackfillOverSeveralNights(t *testing.T) {
 	defer srv.Close()
 	r := newRig(t, &backfill.HTTPSource{BaseURL: srv.URL})
 	days, page := 3, 100
-	if err := r.st.SetSchedule(r.ctx, "items", store.ScheduleSettings{Days: &days, PageSize: &page}); err != nil {
+	if err := r.st.SetSchedule(r.ctx, "items", backfill.Settings{Days: &days, PageSize: &page}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.st.EnableSchedule(r.ctx, "items", true); err != nil {
@@ -184,7 +184,7 @@ func TestBackfillRetriesThenStopsResumably(t *testing.T) {
 	defer flaky.Close()
 	r := newRig(t, &backfill.HTTPSource{BaseURL: flaky.URL, RetryFor: 10 * time.Second})
 	days, page := 1, 50
-	r.st.SetSchedule(r.ctx, "items", store.ScheduleSettings{Days: &days, PageSize: &page})
+	r.st.SetSchedule(r.ctx, "items", backfill.Settings{Days: &days, PageSize: &page})
 	r.st.EnableSchedule(r.ctx, "items", true)
 	r.at("2026-11-26T20:00:00Z")
 	// 5xx and truncated pages are retried: the run completes.
@@ -197,7 +197,7 @@ func TestBackfillRetriesThenStopsResumably(t *testing.T) {
 	// and an offset to resume from.
 	down := httptest.NewServer(erp.Handler(sim.ServerConfig{FailEvery: 1}))
 	r2 := newRig(t, &backfill.HTTPSource{BaseURL: down.URL, RetryFor: 500 * time.Millisecond})
-	r2.st.SetSchedule(r2.ctx, "items", store.ScheduleSettings{Days: &days, PageSize: &page})
+	r2.st.SetSchedule(r2.ctx, "items", backfill.Settings{Days: &days, PageSize: &page})
 	r2.st.EnableSchedule(r2.ctx, "items", true)
 	r2.at("2026-11-26T20:00:00Z")
 	// The first pages come through before the source goes down.

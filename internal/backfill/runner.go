@@ -14,12 +14,12 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
-	"github.com/syncflow/syncflow/internal/store"
 )
 
-// Store is what the runner needs of store.Store.
+// Store keeps the schedules and their progress (internal/store implements it in
+// bridge.background_sync_schedule).
 type Store interface {
-	DueSchedules(ctx context.Context, now time.Time, entity string) ([]store.Schedule, error)
+	DueSchedules(ctx context.Context, now time.Time, entity string) ([]Schedule, error)
 	LockBackfill(ctx context.Context, entity string) (func(), bool, error)
 	StartCycle(ctx context.Context, entity string, total, rowsPerDay int64, at time.Time) error
 	OpenBackfillBatch(ctx context.Context, entity, replica string) (uuid.UUID, error)
@@ -94,7 +94,7 @@ func (r *Runner) now() time.Time {
 	return time.Now()
 }
 
-func (r *Runner) run(ctx context.Context, s store.Schedule) (res Result, err error) {
+func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
 	res.Entity = s.Entity
 	e, ok := r.Catalog.Entity(s.Entity)
 	if !ok {
@@ -208,7 +208,7 @@ func (r *Runner) finish(ctx context.Context, entity string, batchUID uuid.UUID, 
 	return failure
 }
 
-func windowOf(s store.Schedule) (Window, error) {
+func windowOf(s Schedule) (Window, error) {
 	start, err := ParseClock(s.WindowStart)
 	if err != nil {
 		return Window{}, err

@@ -25,7 +25,40 @@ import (
 	"strings"
 	"time"
 	_ "time/tzdata" // time zones resolve the same on every machine, containers included
+
+	"github.com/google/uuid"
 )
+
+// Schedule is a row of bridge.background_sync_schedule.
+type Schedule struct {
+	UID           uuid.UUID  `json:"uid"`
+	Entity        string     `json:"entity_name"`
+	Enabled       bool       `json:"is_enabled"`
+	WindowStart   string     `json:"sync_window_start"` // HH:MM
+	WindowEnd     string     `json:"sync_window_end"`
+	TimeZone      string     `json:"time_zone"`
+	Days          int        `json:"days_to_complete"`
+	TotalRows     *int64     `json:"total_rows"`
+	RowsPerDay    *int64     `json:"rows_per_day"`
+	Offset        int64      `json:"current_offset"`
+	Cursor        *string    `json:"current_cursor"`
+	PageSize      int        `json:"page_size"`
+	Continuous    bool       `json:"continuous"`
+	CycleStarted  *time.Time `json:"cycle_started_at"`
+	WindowStarted *time.Time `json:"window_started_at"`
+	WindowRows    int64      `json:"window_rows"`
+	LastRun       *time.Time `json:"last_run_at"`
+	NextRun       *time.Time `json:"next_run_at"`
+	Completed     *time.Time `json:"completed_at"`
+	LastError     *string    `json:"last_error"`
+}
+
+// Settings are what `syncflow schedule set` changes; nil leaves a setting.
+type Settings struct {
+	WindowStart, WindowEnd, TimeZone *string
+	Days, PageSize                   *int
+	Continuous                       *bool
+}
 
 // Clock is the wall time of a window boundary.
 type Clock struct{ Hour, Minute int }

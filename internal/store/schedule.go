@@ -9,38 +9,15 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/syncflow/syncflow/internal/backfill"
 )
-
-// Schedule is a row of bridge.background_sync_schedule.
-type Schedule struct {
-	UID           uuid.UUID  `json:"uid"`
-	Entity        string     `json:"entity_name"`
-	Enabled       bool       `json:"is_enabled"`
-	WindowStart   string     `json:"sync_window_start"` // HH:MM
-	WindowEnd     string     `json:"sync_window_end"`
-	TimeZone      string     `json:"time_zone"`
-	Days          int        `json:"days_to_complete"`
-	TotalRows     *int64     `json:"total_rows"`
-	RowsPerDay    *int64     `json:"rows_per_day"`
-	Offset        int64      `json:"current_offset"`
-	Cursor        *string    `json:"current_cursor"`
-	PageSize      int        `json:"page_size"`
-	Continuous    bool       `json:"continuous"`
-	CycleStarted  *time.Time `json:"cycle_started_at"`
-	WindowStarted *time.Time `json:"window_started_at"`
-	WindowRows    int64      `json:"window_rows"`
-	LastRun       *time.Time `json:"last_run_at"`
-	NextRun       *time.Time `json:"next_run_at"`
-	Completed     *time.Time `json:"completed_at"`
-	LastError     *string    `json:"last_error"`
-}
 
 const scheduleColumns = `uid, entity_name, is_enabled, to_char(sync_window_start, 'HH24:MI'), to_char(sync_window_end, 'HH24:MI'),
 	time_zone, days_to_complete, total_rows, rows_per_day, current_offset, current_cursor, page_size, continuous,
 	cycle_started_at, window_started_at, window_rows, last_run_at, next_run_at, completed_at, last_error`
 
-func scanSchedule(r pgx.CollectableRow) (Schedule, error) {
-	var s Schedule
+func scanSchedule(r pgx.CollectableRow) (backfill.Schedule, error) {
+	var s backfill.Schedule
 	err := r.Scan(&s.UID, &s.Entity, &s.Enabled, &s.WindowStart, &s.WindowEnd, &s.TimeZone, &s.Days, &s.TotalRows, &s.RowsPerDay,
 		&s.Offset, &s.Cursor, &s.PageSize, &s.Continuous, &s.CycleStarted, &s.WindowStarted, &s.WindowRows, &s.LastRun,
 		&s.NextRun, &s.Completed, &s.LastError)
@@ -48,7 +25,7 @@ func scanSchedule(r pgx.CollectableRow) (Schedule, error) {
 }
 
 // Schedules returns every schedule, by entity.
-func (s *Store) Schedules(ctx context.Context) ([]Schedule, error) {
+func (s *Store) Schedules(ctx context.Context) ([]backfill.Schedule, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+scheduleColumns+` FROM bridge.background_sync_schedule ORDER BY entity_name`)
 	if err != nil {
 		return nil, err
@@ -57,10 +34,10 @@ func (s *Store) Schedules(ctx context.Context) ([]Schedule, error) {
 }
 
 // Schedule returns one entity's schedule.
-func (s *Store) Schedule(ctx context.Context, entity string) (Schedule, error) {
+func (s *Store) Schedule(ctx context.Context, entity string) (backfill.Schedule, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+scheduleColumns+` FROM bridge.background_sync_schedule WHERE entity_name = $1`, entity)
 	if err != nil {
-		return Schedule{}, err
+		return backfill.Schedule{}, err
 	}
 	sc, err := pgx.CollectExactlyOneRow(rows, scanSchedule)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -69,16 +46,9 @@ func (s *Store) Schedule(ctx context.Context, entity string) (Schedule, error) {
 	return sc, err
 }
 
-// ScheduleSettings are what `syncflow schedule set` changes; nil leaves a setting.
-type ScheduleSettings struct {
-	WindowStart, WindowEnd, TimeZone *string
-	Days, PageSize                   *int
-	Continuous                       *bool
-}
-
 // SetSchedule creates or changes an entity's schedule. A new schedule is disabled
 // until enabled. Changing days_to_complete recomputes rows_per_day.
-func (s *Store) SetSchedule(ctx context.Context, entity string, set ScheduleSettings) error {
+func (s *Store) SetSchedule(ctx context.Context, entity string, set backfill.Settings) error {
 	_, err := s.pool.Exec(ctx, `
 		INSERT INTO bridge.background_sync_schedule AS b (uid, entity_name, sync_window_start, sync_window_end, time_zone, days_to_complete, page_size, continuous)
 		VALUES ($1, $2, coalesce($3::time, '19:00'), coalesce($4::time, '07:00'), coalesce($5, 'UTC'), coalesce($6, 7), coalesce($7, 500), coalesce($8, false))
@@ -115,7 +85,7 @@ func (s *Store) ResetSchedule(ctx context.Context, entity string) error {
 
 // DueSchedules returns the enabled schedules whose next run is due at now (or not
 // yet planned), optionally only entity's.
-func (s *Store) DueSchedules(ctx context.Context, now time.Time, entity string) ([]Schedule, error) {
+func (s *Store) DueSchedules(ctx context.Context, now time.Time, entity string) ([]backfill.Schedule, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+scheduleColumns+` FROM bridge.background_sync_schedule
 		WHERE is_enabled AND (completed_at IS NULL OR continuous) AND (next_run_at IS NULL OR next_run_at <= $1)
 		  AND ($2 = '' OR entity_name = $2)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/syncflow/syncflow/internal/backfill"
 )
 
 // EntityStats is what the bridge tables say about one entity, for status and metrics.
@@ -22,7 +23,7 @@ type EntityStats struct {
 	Parked       int64      `json:"parked"`
 	OldestParked *time.Time `json:"oldest_parked"`
 	// Schedule is the entity's backfill schedule, if any.
-	Schedule *Schedule `json:"backfill"`
+	Schedule *backfill.Schedule `json:"backfill"`
 }
 
 // Checkpoint is a row of erp_sync_state.
