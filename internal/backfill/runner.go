@@ -70,6 +70,10 @@ type Result struct {
 
 // RunDue runs every due schedule (only entity's when set) once.
 func (r *Runner) RunDue(ctx context.Context, entity string) ([]Result, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	*r = r.withDefaults()
 	now := r.now()
 	due, err := r.Store.DueSchedules(ctx, now, entity)
 	if err != nil {
@@ -87,11 +91,32 @@ func (r *Runner) RunDue(ctx context.Context, entity string) ([]Result, error) {
 	return results, errors.Join(errs...)
 }
 
-func (r *Runner) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
+func (r *Runner) now() time.Time { return r.Now() }
+
+func (r Runner) withDefaults() Runner {
+	if r.Now == nil {
+		r.Now = time.Now
 	}
-	return time.Now()
+	if r.Logger == nil {
+		r.Logger = slog.Default()
+	}
+	r.RetryAfter = cmp.Or(r.RetryAfter, 5*time.Minute)
+	return r
+}
+
+// Validate says what the runner is missing.
+func (r Runner) Validate() error {
+	var errs []error
+	if r.Store == nil || r.Source == nil || r.Publisher == nil || r.Catalog == nil {
+		errs = append(errs, errors.New("backfill runner: a store, a source, a publisher and a catalog are required"))
+	}
+	if r.Replica == "" {
+		errs = append(errs, errors.New("backfill runner: the replica name is empty"))
+	}
+	if r.RetryAfter < 0 {
+		errs = append(errs, errors.New("backfill runner: the retry period must not be negative"))
+	}
+	return errors.Join(errs...)
 }
 
 func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
@@ -199,7 +224,7 @@ func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
 func (r *Runner) finish(ctx context.Context, entity string, batchUID uuid.UUID, at time.Time, next *time.Time, completed bool, failure error) error {
 	fctx := context.WithoutCancel(ctx)
 	if failure != nil && next == nil {
-		retry := at.Add(cmp.Or(r.RetryAfter, 5*time.Minute))
+		retry := at.Add(r.RetryAfter)
 		next = &retry
 	}
 	if err := r.Store.FinishBackfillRun(fctx, entity, batchUID, at, next, completed, failure); err != nil {

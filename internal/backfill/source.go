@@ -2,6 +2,7 @@ package backfill
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Source is where the backfill reads an entity, in key order.
@@ -71,18 +73,33 @@ func (e *httpStatusError) Error() string {
 	return fmt.Sprintf("HTTP %d: %s", e.code, strings.TrimSpace(e.body))
 }
 
+func (s HTTPSource) withDefaults() HTTPSource {
+	s.Timeout = cmp.Or(s.Timeout, 30*time.Second)
+	s.RetryFor = cmp.Or(s.RetryFor, 2*time.Minute)
+	if s.Client == nil {
+		s.Client = &http.Client{}
+	}
+	return s
+}
+
+// Validate says what is wrong with the source's settings.
+func (s HTTPSource) Validate() error {
+	var errs []error
+	if u, err := url.Parse(s.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("the APISmith URL %q is not an http(s)://HOST address", redact.String(s.BaseURL)))
+	}
+	if s.Timeout < 0 || s.RetryFor < 0 {
+		errs = append(errs, errors.New("the APISmith timeout and retry period must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
 func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into any) error {
-	timeout, retryFor := s.Timeout, s.RetryFor
-	if timeout <= 0 {
-		timeout = 30 * time.Second
+	if err := s.Validate(); err != nil {
+		return backoff.Permanent(err)
 	}
-	if retryFor <= 0 {
-		retryFor = 2 * time.Minute
-	}
-	client := s.Client
-	if client == nil {
-		client = &http.Client{}
-	}
+	cfg := s.withDefaults()
+	timeout, retryFor, client := cfg.Timeout, cfg.RetryFor, cfg.Client
 	u := strings.TrimRight(s.BaseURL, "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()

@@ -48,7 +48,7 @@ var rules = map[string]struct {
 	"internal/deadletter": {may: [][]string{core[:7]}, forbidden: forbiddenInCore},
 	// The backfill reads APISmith over HTTP: its policy is core, its client the
 	// one piece of I/O it owns; the database and JetStream stay behind interfaces.
-	"internal/backfill":  {may: [][]string{{"internal/event", "internal/catalog", "internal/backfill"}}, forbidden: slices.DeleteFunc(slices.Clone(forbiddenInCore), func(s string) bool { return s == "net/http" })},
+	"internal/backfill":  {may: [][]string{{"internal/event", "internal/catalog", "internal/redact", "internal/backfill"}}, forbidden: slices.DeleteFunc(slices.Clone(forbiddenInCore), func(s string) bool { return s == "net/http" })},
 	"internal/store":     {may: [][]string{core, embedded, {"internal/store"}}},
 	"internal/stream":    {may: [][]string{core, {"internal/stream"}}},
 	"internal/telemetry": {may: [][]string{{"internal/telemetry", "internal/redact"}}, forbidden: []string{"github.com/jackc/", "github.com/nats-io/"}},

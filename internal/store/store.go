@@ -7,6 +7,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -20,7 +21,6 @@ import (
 // Store holds the connection pool and what the store learned about the targets.
 type Store struct {
 	pool        *pgxpool.Pool
-	cfg         Config
 	targets     *targets
 	checkpoints *checkpoints
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
@@ -46,10 +46,25 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Validate says what is wrong with the settings, before any connection is tried.
+func (c Config) Validate() error {
+	var errs []error
+	if err := CheckURL(c.URL); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("the pool size %d is negative", c.MaxConns))
+	}
+	if c.StatementTimeout < 0 || c.LockTimeout < 0 || c.IdleInTransactionTimeout < 0 {
+		errs = append(errs, errors.New("the statement, lock and idle-in-transaction timeouts must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
 // Open connects and pings.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
-	if err := CheckURL(cfg.URL); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)
@@ -75,7 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(classify(err)))
 	}
-	return &Store{pool: pool, cfg: cfg, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
+	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
 }
 
 // Close closes the pool.

@@ -47,13 +47,40 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+func (c Config) withDefaults() Config {
+	c.URL = cmp.Or(c.URL, nats.DefaultURL)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate says what is wrong with the settings, before any connection is tried.
+func (c Config) Validate() error {
+	var errs []error
+	for _, u := range strings.Split(cmp.Or(c.URL, nats.DefaultURL), ",") {
+		if _, err := url.Parse(strings.TrimSpace(u)); err != nil {
+			// The parser's message would quote pieces of a password.
+			errs = append(errs, fmt.Errorf("the NATS URL %s does not parse: write it as nats://HOST:4222 and pass credentials with --nats-user/--nats-password, --nats-token or --nats-creds", redact.String(u)))
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("a NATS TLS client certificate needs both --nats-tls-cert and --nats-tls-key"))
+	}
+	if c.Password != "" && c.User == "" {
+		errs = append(errs, errors.New("a NATS password needs a user (--nats-user)"))
+	}
+	return errors.Join(errs...)
+}
+
 // Connect connects to NATS and keeps reconnecting forever: a broker restart is
 // ridden out, never fatal.
 func Connect(cfg Config) (*nats.Conn, error) {
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
+	log := cfg.Logger
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
@@ -92,15 +119,6 @@ func Connect(cfg Config) (*nats.Conn, error) {
 		opts = append(opts, nats.Secure(tc))
 	}
 	servers := cfg.URL
-	if servers == "" {
-		servers = nats.DefaultURL
-	}
-	for _, u := range strings.Split(servers, ",") {
-		if _, err := url.Parse(strings.TrimSpace(u)); err != nil {
-			// The parser's message would quote pieces of a password.
-			return nil, fmt.Errorf("the NATS URL %s does not parse: write it as nats://HOST:4222 and pass credentials with --nats-user/--nats-password, --nats-token or --nats-creds", redact.String(u))
-		}
-	}
 	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nats at %s: %w", redact.String(servers), redact.Error(err))
