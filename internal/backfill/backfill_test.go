@@ -21,9 +21,7 @@ import (
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
-var dbURL string
-
-func TestMain(m *testing.M) { os.Exit(testenv.MainDatabase(m, "backfill", &dbURL)) }
+func TestMain(m *testing.M) { os.Exit(testenv.MainTemplate(m, "backfill")) }
 
 type rig struct {
 	t      *testing.T
@@ -35,9 +33,11 @@ type rig struct {
 	now    time.Time
 }
 
+// newRig gives t a database and a JetStream server of its own.
 func newRig(t *testing.T, src backfill.Source) *rig {
 	t.Helper()
 	ctx := context.Background()
+	dbURL := testenv.DB(t)
 	st, err := store.Open(ctx, store.Config{URL: dbURL})
 	if err != nil {
 		t.Fatal(err)
@@ -48,9 +48,6 @@ func newRig(t *testing.T, src backfill.Source) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(ctx) })
-	if _, err := conn.Exec(ctx, `TRUNCATE bridge.background_sync_schedule, bridge.sync_batches CASCADE`); err != nil {
-		t.Fatal(err)
-	}
 	srv := testenv.NATS(t)
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
@@ -107,6 +104,7 @@ func (r *rig) published(subject string) (ids map[string]int, n int) {
 }
 
 func TestBackfillOverSeveralNights(t *testing.T) {
+	t.Parallel()
 	erp := sim.New(sim.Config{Items: 1000})
 	srv := httptest.NewServer(erp.Handler(sim.ServerConfig{}))
 	defer srv.Close()
@@ -179,6 +177,7 @@ func firstKey(m map[string]int) string {
 }
 
 func TestBackfillRetriesThenStopsResumably(t *testing.T) {
+	t.Parallel()
 	erp := sim.New(sim.Config{Items: 300})
 	flaky := httptest.NewServer(erp.Handler(sim.ServerConfig{FailEvery: 2, TruncateEvery: 3}))
 	defer flaky.Close()
@@ -247,6 +246,7 @@ func (p *pagesThenFail) Page(ctx context.Context, entity, cursor string, limit i
 }
 
 func TestSourceErrors(t *testing.T) {
+	t.Parallel()
 	erp := sim.New(sim.Config{Items: 10})
 	srv := httptest.NewServer(erp.Handler(sim.ServerConfig{Token: "right"}))
 	defer srv.Close()

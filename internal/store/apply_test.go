@@ -20,9 +20,7 @@ import (
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
-var dbURL string
-
-func TestMain(m *testing.M) { os.Exit(testenv.MainDatabase(m, "store", &dbURL)) }
+func TestMain(m *testing.M) { os.Exit(testenv.MainTemplate(m, "store")) }
 
 func testUID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
 
@@ -34,6 +32,7 @@ type fixture struct {
 	dl    *deadletter.DeadLetters
 	cat   *catalog.Catalog
 	conn  *pgx.Conn
+	url   string // the test's own database
 	batch uuid.UUID
 	seq   uint64
 	fresh bool
@@ -45,9 +44,13 @@ type fixtureConfig struct {
 	DeadLetters deadletter.Config
 }
 
+// newFixture gives t a database of its own and runs it in parallel with the
+// package's other tests.
 func newFixture(t *testing.T, tune ...func(*fixtureConfig)) *fixture {
 	t.Helper()
+	t.Parallel()
 	ctx := context.Background()
+	dbURL := testenv.DB(t)
 	cfg := fixtureConfig{Store: store.Config{URL: dbURL}}
 	for _, f := range tune {
 		f(&cfg)
@@ -74,12 +77,12 @@ func newFixture(t *testing.T, tune ...func(*fixtureConfig)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, ctx: ctx, st: st, ap: ap, dl: dl, cat: cat, conn: conn}
+	f := &fixture{t: t, ctx: ctx, st: st, ap: ap, dl: dl, cat: cat, conn: conn, url: dbURL}
 	f.truncate()
 	return f
 }
 
-// truncate empties the tables: tests share the package database.
+// truncate empties the tables, for a test that runs several cases in its database.
 func (f *fixture) truncate() {
 	f.t.Helper()
 	if _, err := f.conn.Exec(f.ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
@@ -241,8 +244,9 @@ func TestApplyBatchDeadLettersEveryStage(t *testing.T) {
 }
 
 func TestPrepareTargetsExplains(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Config{URL: dbURL})
+	st, err := store.Open(ctx, store.Config{URL: testenv.DB(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,12 +10,15 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 // One lease per replica name: a second taker is refused with the holder named,
 // the name is free again once released, and other names are independent.
 func TestLeaseIsExclusive(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
+	dbURL := testenv.DB(t)
 	first, err := store.AcquireLease(ctx, dbURL, "lease-a", "syncflow pid=1 host=one replica=lease-a", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +78,7 @@ func TestLeaseKeptAcrossConnectionLoss(t *testing.T) {
 		name, pid, _ := strings.Cut(got, "|")
 		return name, pid
 	}
-	lease, err := store.AcquireLease(f.ctx, dbURL, "lease-c", "lease-test one", 0)
+	lease, err := store.AcquireLease(f.ctx, f.url, "lease-c", "lease-test one", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +106,7 @@ func TestLeaseKeptAcrossConnectionLoss(t *testing.T) {
 	var thief *store.Lease
 	for thief == nil && time.Now().Before(deadline) {
 		kill("lease-test one")
-		thief, _ = store.AcquireLease(f.ctx, dbURL, "lease-c", "lease-test thief", 0)
+		thief, _ = store.AcquireLease(f.ctx, f.url, "lease-c", "lease-test thief", 0)
 	}
 	if thief == nil {
 		t.Fatal("the thief never got the lease")

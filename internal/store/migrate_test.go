@@ -23,6 +23,7 @@ var wantIndexes = []string{
 }
 
 func TestMigrations(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db, drop, err := testenv.NewDatabase(ctx, "migrate")
 	if err != nil {

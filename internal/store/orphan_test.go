@@ -101,7 +101,7 @@ func TestOrphanRaceWithTheParent(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				other, err := pgx.Connect(f.ctx, dbURL) // block holds f.conn's transaction
+				other, err := pgx.Connect(f.ctx, f.url) // block holds f.conn's transaction
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 
 	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/catalog"
@@ -116,6 +117,75 @@ func MainDatabase(m *testing.M, prefix string, dbURL *string) int {
 	defer drop()
 	*dbURL = db.URL
 	return m.Run()
+}
+
+// template is the migrated database of the running test package that DB copies.
+var template Database
+
+// MainTemplate is for TestMain: it creates a migrated database the package's tests
+// copy with DB, runs the tests, checks that they left no goroutine running, and
+// drops it.
+func MainTemplate(m *testing.M, prefix string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	db, drop, err := NewMigratedDatabase(ctx, prefix+"_tmpl")
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer drop()
+	template = db
+	return LeakCheck(m.Run())
+}
+
+// LeakCheck turns a passing run's code into a failure when goroutines outlive
+// the tests (a loop never stopped, a connection never closed).
+func LeakCheck(code int) int {
+	if code != 0 {
+		return code
+	}
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+		return 1
+	}
+	return code
+}
+
+// DB gives t a database of its own, a copy of the package's migrated template
+// (see MainTemplate), dropped when t ends: tests that each have one run in
+// parallel without seeing each other's rows.
+func DB(t testing.TB) string {
+	t.Helper()
+	if template.Name == "" {
+		t.Fatal("testenv.DB needs testenv.MainTemplate in the package's TestMain")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	name := template.Name + "_" + hex.EncodeToString(suffix)
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		t.Fatalf("test PostgreSQL at %s: %v (start it, or set SYNCFLOW_TEST_DATABASE_URL)", store.RedactURL(AdminURL()), err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{template.Name}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if admin, err := pgx.Connect(ctx, AdminURL()); err == nil {
+			_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+			admin.Close(ctx)
+		}
+	})
+	u, err := url.Parse(template.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
 }
 
 // NATS starts an embedded JetStream server for t, storing in a temp dir; it is shut
