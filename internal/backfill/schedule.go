@@ -3,6 +3,11 @@
 // APISmith source and publishes each row to apismith.backfill.<entity>, and the
 // source's HTTP client.
 //
+// It decides when a schedule runs and how much it publishes, and owns Schedule;
+// its Store (the database) and Publisher (JetStream) are interfaces the adapters
+// implement. Its HTTP client of the source is the one I/O it owns; it imports
+// only event, catalog and redact of SyncFlow.
+//
 // # Windows
 //
 // A window is [Start, End) in wall-clock time of the schedule's time zone; when End

@@ -5,6 +5,8 @@
 // cycle among parents, a parent reference whose fields do not match the parent's key,
 // a missing key, or an identifier that is not a plain lower-case SQL name is refused
 // with an error that names the entity and the problem.
+//
+// It imports only event, and no driver.
 package catalog
 
 import (

@@ -8,6 +8,8 @@
 //
 // op is upsert or delete; a delete needs only the key fields in data. Numbers in
 // data are kept exactly as sent (json.Number), never through float64.
+//
+// It is the ground floor: it imports nothing of SyncFlow.
 package event
 
 import (

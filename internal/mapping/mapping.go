@@ -25,6 +25,9 @@
 //	boolean    true/false, Y/N, yes/no, 1/0, TRUE/FALSE (IFS spells it several ways)
 //	date       YYYY-MM-DD, from RFC 3339, "YYYY-MM-DD", "YYYYMMDD" or a 14-digit objversion
 //	timestamp  RFC 3339 in UTC, from RFC 3339, "YYYY-MM-DD HH:MM:SS" (UTC) or a 14-digit objversion
+//
+// It imports only normalize, catalog and event, never a driver: the rules are
+// loaded by the store and handed in.
 package mapping
 
 import (

@@ -15,6 +15,9 @@
 //     parent whose fields are all NULL is not referenced.
 //
 // Every error here is a record failure at stage normalization.
+//
+// It decides what a valid value is (number caps, rowversion forms, time zones of
+// objversions) and imports only catalog and event, never a driver.
 package normalize
 
 import (

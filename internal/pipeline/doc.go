@@ -23,4 +23,6 @@
 //
 // The store re-checks the same rule in SQL when it writes the ledger, so two replicas
 // racing on one key cannot apply an older version over a newer one.
+//
+// It imports only event, catalog, normalize and mapping, never a driver.
 package pipeline

@@ -14,6 +14,8 @@
 //
 // Masking errs on the side of hiding too much: a URL's user name may go with its
 // password when the URL does not parse.
+//
+// It imports nothing of SyncFlow, so every floor may use it.
 package redact
 
 import (

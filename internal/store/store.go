@@ -2,6 +2,10 @@
 // the ScheduleHub target tables, through raw SQL on pgx. It is the only package that
 // imports pgx; driver errors are classified here, once (errors.go), and never reach
 // the core.
+//
+// It decides nothing: the core (apply, deadletter, backfill) decides and the store
+// carries out, one file per table with its named statements. It imports only the
+// core, never internal/stream.
 package store
 
 import (

@@ -1,6 +1,9 @@
 // Package stream is SyncFlow's JetStream adapter: connecting, creating the streams
 // and durable consumers from the JSON definitions in streams/, fetching batches and
 // acknowledging them. It is the only package besides cmd that imports nats.go.
+//
+// It decides nothing about the data; it imports only the core (event, pipeline,
+// backfill, deadletter for the types it hands them), never internal/store.
 package stream
 
 import (
