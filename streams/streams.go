@@ -5,7 +5,8 @@ package streams
 
 import "embed"
 
-// FS holds <STREAM>.json, consumers/<STREAM>/<entity>.json and catalog.yaml.
+// FS holds <STREAM>.json, the advisory consumer and catalog.yaml; the
+// consumers of the entities are built from the catalog.
 //
 //go:embed *.json consumers catalog.yaml
 var FS embed.FS

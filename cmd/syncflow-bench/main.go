@@ -134,7 +134,7 @@ func run(cfg config) error {
 	if b.cat, err = catalog.Parse(data); err != nil {
 		return err
 	}
-	if b.defs, err = stream.LoadDefinitions(streams.FS, b.cat.Names()); err != nil {
+	if b.defs, err = stream.LoadDefinitions(streams.FS, b.cat); err != nil {
 		return err
 	}
 	b.events, b.want = generate(cfg.n, 42, cfg.dupShare, cfg.ooo)

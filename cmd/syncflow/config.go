@@ -250,7 +250,7 @@ func (d *definitions) streams(cat *catalog.Catalog) (stream.Definitions, error) 
 	if d.streamsDir != "" {
 		fsys = os.DirFS(d.streamsDir)
 	}
-	return stream.LoadDefinitions(fsys, cat.Names())
+	return stream.LoadDefinitions(fsys, cat)
 }
 
 func atoiArg(s, what string) (int, error) {

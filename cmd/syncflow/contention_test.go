@@ -20,7 +20,7 @@ import (
 // realtime over backfill; within a stream, the later sequence), and nothing is
 // dead-lettered.
 func TestTwoReplicasContendedKeysWithKills(t *testing.T) {
-	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+shortAckWait(t, 2*time.Second))
+	w := newWorld(t, "SYNCFLOW_CATALOG="+shortAckWait(t, 2*time.Second))
 	type ev struct {
 		key, op, desc string
 		ord           int

@@ -3,10 +3,8 @@ package main_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,7 +111,7 @@ func TestSitesAndItemsEndToEnd(t *testing.T) {
 		t.Fatalf("streams apply: %v\n%s", err, out)
 	}
 	// Applying again changes nothing and succeeds.
-	if out, err := syncflow(t, env, "streams", "apply"); err != nil || !strings.Contains(out, "stream APISMITH_CDC: 5 consumers") {
+	if out, err := syncflow(t, env, "streams", "apply"); err != nil || !strings.Contains(out, "applied: 0 created, 0 updated, 0 deleted, 14 unchanged") {
 		t.Fatalf("streams apply again: %v\n%s", err, out)
 	}
 	logs := service(t, env, "--replica", "e2e-1", "--fetch-wait", "200ms", "--stray-interval", "500ms")
@@ -307,9 +305,9 @@ func TestKillAndRestart(t *testing.T) {
 	t.Cleanup(drop)
 	srv := testenv.NATS(t)
 	// Messages the killed process held come back after the ack wait: shorten it
-	// (through --streams-dir, as an operator would) so the test need not wait a minute.
-	streamsDir := shortAckWait(t, 2*time.Second)
-	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json", "SYNCFLOW_STREAMS_DIR=" + streamsDir}
+	// (in the catalog's consumer settings, as an operator would) so the test need
+	// not wait a minute.
+	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json", "SYNCFLOW_CATALOG=" + shortAckWait(t, 2*time.Second)}
 	if out, err := syncflow(t, env, "streams", "apply"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -428,44 +426,26 @@ func TestKillAndRestart(t *testing.T) {
 	}
 }
 
-// shortAckWait copies the built-in stream definitions to a folder with every
-// consumer's ack_wait set to d.
+// shortAckWait writes the built-in catalog with every consumer's ack_wait set to
+// d, and returns its path.
 func shortAckWait(t *testing.T, d time.Duration) string {
 	t.Helper()
-	return editedStreams(t, map[string]any{"ack_wait": d.Nanoseconds()})
+	return editedCatalog(t, "ack_wait: "+d.String())
 }
 
-// editedStreams copies the built-in stream definitions to a folder, with set
-// applied to every entity consumer.
-func editedStreams(t *testing.T, set map[string]any) string {
+// editedCatalog writes the built-in catalog with the consumer settings set (YAML
+// flow mapping content, e.g. "max_deliver: 3, ack_wait: 1s") for both streams,
+// as an operator tunes them, and returns its path.
+func editedCatalog(t *testing.T, set string) string {
 	t.Helper()
-	dir := t.TempDir()
-	err := fs.WalkDir(streams.FS, ".", func(path string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		data, err := fs.ReadFile(streams.FS, path)
-		if err != nil {
-			return err
-		}
-		if strings.HasPrefix(path, "consumers/APISMITH_") {
-			var cfg map[string]any
-			if err := json.Unmarshal(data, &cfg); err != nil {
-				return err
-			}
-			maps.Copy(cfg, set)
-			if data, err = json.Marshal(cfg); err != nil {
-				return err
-			}
-		}
-		target := filepath.Join(dir, path)
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return err
-		}
-		return os.WriteFile(target, data, 0o644)
-	})
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	block := "consumers:\n  realtime: {" + set + "}\n  backfill: {" + set + "}\n"
+	file := filepath.Join(t.TempDir(), "catalog.yaml")
+	if err := os.WriteFile(file, append([]byte(block), data...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

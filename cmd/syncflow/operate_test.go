@@ -373,8 +373,7 @@ func TestTwoReplicasParentsAndChildren(t *testing.T) {
 // retries it, nothing is dead-lettered, and once the table is back the event is
 // applied.
 func TestSchemaDriftHoldsTheBatch(t *testing.T) {
-	dir := editedStreams(t, map[string]any{"max_deliver": 3, "ack_wait": time.Second.Nanoseconds()})
-	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
+	w := newWorld(t, "SYNCFLOW_CATALOG="+editedCatalog(t, "max_deliver: 3, ack_wait: 1s"))
 	logs := service(t, w.env, "--fetch-wait", "50ms", "--heartbeat", "300ms")
 	w.publish("sites", siteS1)
 	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "1", logs)
@@ -398,8 +397,7 @@ func TestSchemaDriftHoldsTheBatch(t *testing.T) {
 // deliveries; SyncFlow dead-letters it from the advisory, and once the cause is
 // gone the retry worker applies it.
 func TestMaxDeliveriesBecomeDeadLetters(t *testing.T) {
-	dir := editedStreams(t, map[string]any{"max_deliver": 3, "ack_wait": time.Second.Nanoseconds()})
-	w := newWorld(t, "SYNCFLOW_STREAMS_DIR="+dir)
+	w := newWorld(t, "SYNCFLOW_CATALOG="+editedCatalog(t, "max_deliver: 3, ack_wait: 1s"))
 	args := []string{"run", "--http-addr", "127.0.0.1:0", "--fetch-wait", "50ms", "--retry-first", "200ms", "--dead-letter-interval", "100ms"}
 	w.publish("sites", siteS1)
 	// Every write of a site fails, in a way SyncFlow cannot blame on the row.

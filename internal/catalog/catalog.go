@@ -41,8 +41,10 @@ type Catalog struct {
 	// SourceTimeZone is the ERP database's time zone, in which objversions are
 	// read (default UTC); an entity may name its own.
 	SourceTimeZone *time.Location
-	entities       map[string]*Entity
-	order          []string // parents before children, then by name
+	// Consumers are the catalog-wide consumer settings, by source name.
+	Consumers map[string]ConsumerSettings
+	entities  map[string]*Entity
+	order     []string // parents before children, then by name
 }
 
 // Entity is one catalog block.
@@ -67,6 +69,9 @@ type Entity struct {
 	// TimeZone is the time zone objversions of this entity are read in: its
 	// time_zone, else the catalog's source_time_zone, else UTC.
 	TimeZone *time.Location
+	// Consumers are the settings of its durable consumers, by source name: the
+	// entity's own consumers block over the catalog's over DefaultConsumers.
+	Consumers map[string]ConsumerSettings
 }
 
 // UpsertMode says what an upsert does to the columns absent from an event.
@@ -135,6 +140,7 @@ func (c *Catalog) Children(parent string) []*Entity {
 type fileFormat struct {
 	SourceSystem   string                 `yaml:"source_system"`
 	SourceTimeZone string                 `yaml:"source_time_zone"`
+	Consumers      consumersBlock         `yaml:"consumers"`
 	Entities       map[string]entityBlock `yaml:"entities"`
 }
 
@@ -149,10 +155,11 @@ type entityBlock struct {
 		Table string   `yaml:"table"`
 		Key   []string `yaml:"key"`
 	} `yaml:"target"`
-	Delete           string `yaml:"delete"`
-	SoftDeleteColumn string `yaml:"soft_delete_column"`
-	Upsert           string `yaml:"upsert"`
-	TimeZone         string `yaml:"time_zone"`
+	Delete           string         `yaml:"delete"`
+	SoftDeleteColumn string         `yaml:"soft_delete_column"`
+	Upsert           string         `yaml:"upsert"`
+	TimeZone         string         `yaml:"time_zone"`
+	Consumers        consumersBlock `yaml:"consumers"`
 }
 
 var (
@@ -195,6 +202,9 @@ func Parse(data []byte) (*Catalog, error) {
 	if len(f.Entities) == 0 {
 		return nil, errors.New("catalog: no entities defined")
 	}
+	c.Consumers = f.Consumers.resolve(DefaultConsumers, func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("catalog: "+format, args...))
+	})
 	for _, name := range slices.Sorted(maps.Keys(f.Entities)) {
 		b := f.Entities[name]
 		e := &Entity{
@@ -205,6 +215,7 @@ func Parse(data []byte) (*Catalog, error) {
 			SoftDeleteColumn: b.SoftDeleteColumn,
 			Upsert:           UpsertMode(strings.ToLower(b.Upsert)),
 		}
+		e.Consumers = b.Consumers.resolve(c.Consumers, func(format string, args ...any) { bad(name, format, args...) })
 		e.TimeZone = c.SourceTimeZone
 		if b.TimeZone != "" {
 			if loc, err := time.LoadLocation(b.TimeZone); err != nil {

@@ -146,7 +146,7 @@ func TestParseShapeErrors(t *testing.T) {
 		want       []string
 	}{
 		{"misspelled setting", strings.Replace(valid, "key: [contract]\n", "key: [contract]\n    rowvresion: timestamp\n", 1),
-			[]string{`catalog line 5: entity "sites": unknown setting rowvresion (did you mean rowversion?)`, "the settings here are delete, key, parents, rowversion, soft_delete_column, target, time_zone, upsert"}},
+			[]string{`catalog line 5: entity "sites": unknown setting rowvresion (did you mean rowversion?)`, "the settings here are consumers, delete, key, parents, rowversion, soft_delete_column, target, time_zone, upsert"}},
 		{"misspelled top level", strings.Replace(valid, "entities:", "entites:", 1),
 			[]string{"catalog line 2: unknown setting entites (did you mean entities?)"}},
 		{"key not a list", strings.Replace(valid, "key: [contract]\n", "key: contract\n", 1),

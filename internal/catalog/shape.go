@@ -40,10 +40,12 @@ var (
 		"soft_delete_column": {kind: "scalar", what: "a column name"},
 		"upsert":             {kind: "scalar", what: "merge or replace"},
 		"time_zone":          {kind: "scalar", what: "an IANA time zone, e.g. Europe/Stockholm"},
+		"consumers":          consumersShape,
 	}}
 	fileShape = &shape{kind: "map", what: "the catalog", keys: map[string]*shape{
 		"source_system":    {kind: "scalar", what: "a name, e.g. oracle_ifs"},
 		"source_time_zone": {kind: "scalar", what: "an IANA time zone, e.g. Europe/Stockholm"},
+		"consumers":        consumersShape,
 		"entities":         {kind: "entities", what: "the entities, each by its name", item: entityShape},
 	}}
 )

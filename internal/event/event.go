@@ -128,12 +128,15 @@ type Source struct {
 	Stream, SubjectPrefix string
 	// SyncType is the sync_type of its sync_batches rows.
 	SyncType string
+	// DurablePrefix begins the names of SyncFlow's durable consumers of the
+	// stream: one per entity, named DurablePrefix + entity.
+	DurablePrefix string
 }
 
 // The two sources.
 var (
-	Realtime = Source{Name: "realtime", Stream: "APISMITH_CDC", SubjectPrefix: "apismith.cdc.", SyncType: "realtime"}
-	Backfill = Source{Name: "backfill", Stream: "APISMITH_BACKFILL", SubjectPrefix: "apismith.backfill.", SyncType: "background"}
+	Realtime = Source{Name: "realtime", Stream: "APISMITH_CDC", SubjectPrefix: "apismith.cdc.", SyncType: "realtime", DurablePrefix: "syncflow_cdc_"}
+	Backfill = Source{Name: "backfill", Stream: "APISMITH_BACKFILL", SubjectPrefix: "apismith.backfill.", SyncType: "background", DurablePrefix: "syncflow_backfill_"}
 	Sources  = []Source{Realtime, Backfill}
 )
 
@@ -158,6 +161,9 @@ func SourceOfStream(stream string) (Source, bool) {
 
 // Subject returns the subject of entity's events.
 func (s Source) Subject(entity string) string { return s.SubjectPrefix + entity }
+
+// Durable returns the name of SyncFlow's durable consumer of entity's events.
+func (s Source) Durable(entity string) string { return s.DurablePrefix + entity }
 
 // SubjectEntity returns the entity token of a SyncFlow subject, or "" when the
 // subject is not one.

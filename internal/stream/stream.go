@@ -11,14 +11,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
-	"path"
 	"strings"
 	"time"
 
@@ -150,95 +147,6 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil
-}
-
-// Definitions are the stream and consumer configurations read from streams/.
-type Definitions struct {
-	Streams   map[string]jetstream.StreamConfig
-	Consumers map[string]map[string]jetstream.ConsumerConfig // stream -> entity -> config
-	// Advisories keeps the max-deliveries advisories; AdvisoriesConsumer reads them.
-	Advisories         jetstream.StreamConfig
-	AdvisoriesConsumer jetstream.ConsumerConfig
-}
-
-// AdvisoryFiles name the advisory stream and consumer definitions in streams/.
-const (
-	advisoryStreamFile   = "SYNCFLOW_ADVISORIES.json"
-	advisoryConsumerFile = "consumers/SYNCFLOW_ADVISORIES/max_deliveries.json"
-)
-
-// LoadDefinitions reads <STREAM>.json for each stream and
-// consumers/<STREAM>/<entity>.json for each entity. A missing consumer definition is
-// an error that names the file to add.
-func LoadDefinitions(fsys fs.FS, entities []string) (Definitions, error) {
-	defs := Definitions{Streams: map[string]jetstream.StreamConfig{}, Consumers: map[string]map[string]jetstream.ConsumerConfig{}}
-	var errs []error
-	for _, src := range event.Sources {
-		s := src.Stream
-		var sc jetstream.StreamConfig
-		if err := readJSON(fsys, s+".json", &sc); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if sc.Name != s {
-			errs = append(errs, fmt.Errorf("%s.json: name is %q, want %q", s, sc.Name, s))
-		}
-		defs.Streams[s] = sc
-		defs.Consumers[s] = map[string]jetstream.ConsumerConfig{}
-		for _, e := range entities {
-			var cc jetstream.ConsumerConfig
-			file := path.Join("consumers", s, e+".json")
-			if err := readJSON(fsys, file, &cc); err != nil {
-				errs = append(errs, fmt.Errorf("entity %q has no usable consumer for %s: %w", e, s, err))
-				continue
-			}
-			if cc.Durable == "" || cc.AckPolicy != jetstream.AckExplicitPolicy {
-				errs = append(errs, fmt.Errorf("%s: a durable_name and ack_policy explicit are required", file))
-			}
-			defs.Consumers[s][e] = cc
-		}
-	}
-	if err := readJSON(fsys, advisoryStreamFile, &defs.Advisories); err != nil {
-		errs = append(errs, err)
-	}
-	if err := readJSON(fsys, advisoryConsumerFile, &defs.AdvisoriesConsumer); err != nil {
-		errs = append(errs, err)
-	}
-	return defs, errors.Join(errs...)
-}
-
-func readJSON(fsys fs.FS, name string, v any) error {
-	b, err := fs.ReadFile(fsys, name)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return nil
-}
-
-// Apply creates or updates every stream and consumer; it is idempotent.
-func Apply(ctx context.Context, js jetstream.JetStream, defs Definitions) error {
-	if defs.Advisories.Name != "" {
-		if _, err := js.CreateOrUpdateStream(ctx, defs.Advisories); err != nil {
-			return fmt.Errorf("stream %s: %w", defs.Advisories.Name, err)
-		}
-		if _, err := js.CreateOrUpdateConsumer(ctx, defs.Advisories.Name, defs.AdvisoriesConsumer); err != nil {
-			return fmt.Errorf("consumer %s on %s: %w", defs.AdvisoriesConsumer.Durable, defs.Advisories.Name, err)
-		}
-	}
-	for name, sc := range defs.Streams {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("stream %s: %w", name, err)
-		}
-		for entity, cc := range defs.Consumers[name] {
-			if _, err := js.CreateOrUpdateConsumer(ctx, name, cc); err != nil {
-				return fmt.Errorf("consumer %s on %s (entity %s): %w", cc.Durable, name, entity, err)
-			}
-		}
-	}
-	return nil
 }
 
 // Message is one fetched message with what the pipeline needs and the means to

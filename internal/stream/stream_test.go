@@ -2,9 +2,16 @@ package stream_test
 
 import (
 	"context"
+	"encoding/json"
+	"io/fs"
+	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -38,8 +45,23 @@ func TestShippedDefinitions(t *testing.T) {
 			}
 		}
 	}
-	if _, err := stream.LoadDefinitions(streams.FS, []string{"suppliers"}); err == nil {
-		t.Error("an entity without a consumer definition must be an error")
+	// A streams directory of an older release, with per-entity consumer files:
+	// their settings would be dropped in silence, so loading it is refused.
+	legacy := fstest.MapFS{}
+	for _, f := range []string{"APISMITH_CDC.json", "APISMITH_BACKFILL.json", "SYNCFLOW_ADVISORIES.json", "consumers/SYNCFLOW_ADVISORIES/max_deliveries.json"} {
+		data, err := fs.ReadFile(streams.FS, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		legacy[f] = &fstest.MapFile{Data: data}
+	}
+	if _, err := stream.LoadDefinitions(legacy, cat); err != nil {
+		t.Fatalf("stream files alone: %v", err)
+	}
+	legacy["consumers/APISMITH_CDC/items.json"] = &fstest.MapFile{Data: []byte(`{"durable_name":"syncflow_cdc_items","ack_policy":"explicit","max_ack_pending":20000}`)}
+	_, err := stream.LoadDefinitions(legacy, cat)
+	if err == nil || !strings.Contains(err.Error(), "consumers/APISMITH_CDC/items.json: consumer files are no longer read; put their settings in the catalog") {
+		t.Errorf("a per-entity consumer file: %v, want an error that says where its settings go", err)
 	}
 }
 
@@ -57,6 +79,13 @@ func TestApplyIsIdempotent(t *testing.T) {
 		if err := stream.Apply(ctx, js, defs); err != nil {
 			t.Fatal(err)
 		}
+	}
+	plan, err := stream.PlanChanges(ctx, js, defs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) == 0 || plan.Count(stream.Unchanged) != len(plan) {
+		t.Errorf("after apply, the plan changes something: %+v", plan)
 	}
 	for name, consumers := range defs.Consumers {
 		for _, cc := range consumers {
@@ -83,13 +112,109 @@ func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
 			t.Fatalf("nats %v: %v\n%s", args, err, out)
 		}
 	}
-	cat, _ := shipped(t)
+	cat, defs := shipped(t)
+	dir, _ := filepath.Abs(t.TempDir())
 	run("stream", "add", "--config", streams.Advisories+".json")
 	run("consumer", "add", streams.Advisories, "--config", filepath.Join("consumers", streams.Advisories, streams.AdvisoriesConsumer+".json"))
 	for _, s := range []string{event.Realtime.Stream, event.Backfill.Stream} {
 		run("stream", "add", "--config", s+".json")
+		// The consumers SyncFlow builds from the catalog, as JSON.
 		for _, e := range cat.Names() {
-			run("consumer", "add", s, "--config", filepath.Join("consumers", s, e+".json"))
+			data, err := json.Marshal(defs.Consumers[s][e])
+			if err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(dir, s+"-"+e+".json")
+			if err := os.WriteFile(file, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run("consumer", "add", s, "--config", file)
 		}
+	}
+}
+
+// A plan says what applying would change; with prune it deletes SyncFlow's
+// consumers of entities that left the catalog and of stray subjects an entity
+// now owns, and never a consumer SyncFlow did not create.
+func TestPlanPrunes(t *testing.T) {
+	srv := testenv.NATS(t)
+	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	load := func(yaml string) stream.Definitions {
+		t.Helper()
+		cat, err := catalog.Parse([]byte(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs, err := stream.LoadDefinitions(streams.FS, cat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return defs
+	}
+	const sites = "  sites: {key: [CONTRACT], target: {table: schedulehub.sites, key: [contract]}}\n"
+	const items = "  items: {key: [PART_NO], target: {table: schedulehub.items, key: [part_no]}}\n"
+	const routings = "  routings: {key: [ROUTING_NO], parents: [{entity: sites, fields: [CONTRACT]}], target: {table: schedulehub.routings, key: [routing_no]}}\n"
+	before := load("entities:\n" + sites + items)
+	if err := stream.Apply(ctx, js, before); err != nil {
+		t.Fatal(err)
+	}
+	// Someone's own consumer, and a stray consumer for routings' subject, made
+	// while routings was not in the catalog.
+	for _, cc := range []jetstream.ConsumerConfig{
+		{Durable: "ops_tap", FilterSubject: "apismith.cdc.items", AckPolicy: jetstream.AckExplicitPolicy},
+		{Durable: "syncflow_realtime_stray_0123456789abcdef", FilterSubject: "apismith.cdc.routings", AckPolicy: jetstream.AckExplicitPolicy},
+	} {
+		if _, err := js.CreateOrUpdateConsumer(ctx, event.Realtime.Stream, cc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := load("consumers: {realtime: {ack_wait: 90s}}\nentities:\n" + sites + routings)
+	plan, err := stream.PlanChanges(ctx, js, after, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range plan {
+		if c.Consumer != "" {
+			got[c.Stream+" "+c.Consumer] = c.Action + " " + strings.Join(c.Diff, "; ")
+		}
+	}
+	want := map[string]string{
+		"APISMITH_CDC syncflow_cdc_sites":                       "update ack_wait 1m0s -> 1m30s",
+		"APISMITH_CDC syncflow_cdc_routings":                    "create ",
+		"APISMITH_CDC syncflow_cdc_items":                       "delete entity items is not in the catalog",
+		"APISMITH_CDC syncflow_realtime_stray_0123456789abcdef": "delete read the stray subject apismith.cdc.routings, which entity routings now owns",
+		"APISMITH_BACKFILL syncflow_backfill_sites":             "unchanged ",
+		"APISMITH_BACKFILL syncflow_backfill_routings":          "create ",
+		"APISMITH_BACKFILL syncflow_backfill_items":             "delete entity items is not in the catalog",
+		"SYNCFLOW_ADVISORIES syncflow_max_deliveries":           "unchanged ",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("plan:\n got %v\nwant %v", got, want)
+	}
+	if err := plan.Carry(ctx, js, after); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, s := range []string{event.Realtime.Stream, event.Backfill.Stream} {
+		st, _ := js.Stream(ctx, s)
+		names := st.ConsumerNames(ctx)
+		for n := range names.Name() {
+			left = append(left, n)
+		}
+	}
+	slices.Sort(left)
+	if want := []string{"ops_tap", "syncflow_backfill_routings", "syncflow_backfill_sites", "syncflow_cdc_routings", "syncflow_cdc_sites"}; !slices.Equal(left, want) {
+		t.Errorf("consumers after the plan: %v, want %v", left, want)
+	}
+	again, err := stream.PlanChanges(ctx, js, after, true)
+	if err != nil || again.Count(stream.Unchanged) != len(again) {
+		t.Errorf("a second plan is not empty: %+v %v", again, err)
 	}
 }

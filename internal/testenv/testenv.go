@@ -253,7 +253,7 @@ func Shipped(t testing.TB) (*catalog.Catalog, stream.Definitions) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defs, err := stream.LoadDefinitions(streams.FS, cat.Names())
+	defs, err := stream.LoadDefinitions(streams.FS, cat)
 	if err != nil {
 		t.Fatal(err)
 	}
