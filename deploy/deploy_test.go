@@ -56,7 +56,7 @@ func yamlDocs(t *testing.T, path string) []map[string]any {
 }
 
 // commands are syncflow's commands: every manifest must run one of them.
-var commands = []string{"run", "migrate", "streams", "mappings", "dlq", "parked", "replay", "backfill", "schedule", "status", "prune"}
+var commands = []string{"run", "migrate", "catalog", "streams", "mappings", "dlq", "parked", "replay", "backfill", "schedule", "status", "prune"}
 
 func TestKubernetesManifests(t *testing.T) {
 	kinds := map[string]bool{}
@@ -153,7 +153,8 @@ func walk(v any, fn func(string, any)) {
 }
 
 // streams apply runs with the admin NATS credential, in the Job and in systemd,
-// and the migrate Job runs grants.sql after the migrations.
+// and the migrate Job runs grants.sql after the migrations and stores the
+// catalog before the streams are applied.
 func TestStreamsApplyUsesTheAdminCredential(t *testing.T) {
 	job := yamlDocs(t, "k8s/job-migrate.yaml")[0]
 	spec := job["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
@@ -170,8 +171,8 @@ func TestStreamsApplyUsesTheAdminCredential(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Equal(order, []string{"migrate", "grants", "streams"}) {
-		t.Errorf("the Job runs %v, want migrate, grants, then streams", order)
+	if !slices.Equal(order, []string{"migrate", "grants", "catalog", "streams"}) {
+		t.Errorf("the Job runs %v, want migrate, grants, catalog, then streams", order)
 	}
 	cm := yamlDocs(t, "k8s/configmap-sql.yaml")[0]
 	grants, _ := os.ReadFile("grants.sql")

@@ -55,7 +55,7 @@ func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, s
 	if err != nil {
 		return err
 	}
-	cat, err := defs.catalog()
+	cat, err := defs.catalog(ctx, c.databaseURL)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/redact"
+	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
 	"github.com/syncflow/syncflow/streams"
@@ -219,38 +221,66 @@ type definitions struct {
 }
 
 func (d *definitions) register(f *flags) {
-	f.string(&d.catalogPath, "catalog", "", "entity catalog YAML (default: the one built in)")
-	f.string(&d.streamsDir, "streams-dir", "", "folder with stream and consumer JSON (default: the ones built in)")
+	f.string(&d.catalogPath, "catalog", "", "entity catalog YAML, for development and tests (default: the catalog stored in the database, see `syncflow catalog apply`)")
+	f.string(&d.streamsDir, "streams-dir", "", "folder with the stream JSON (default: the ones built in)")
 }
 
-func (d *definitions) catalog() (*catalog.Catalog, error) {
-	var data []byte
-	var err error
+// catalog reads the catalog every process shares, the newest version stored in
+// the database, or the --catalog file.
+func (d *definitions) catalog(ctx context.Context, databaseURL string) (*catalog.Catalog, error) {
 	if d.catalogPath != "" {
-		data, err = os.ReadFile(d.catalogPath)
-	} else {
-		data, err = fs.ReadFile(streams.FS, streams.CatalogFile)
+		return d.catalogIn(ctx, nil)
+	}
+	st, err := store.Open(ctx, store.Config{URL: databaseURL, MaxConns: 1})
+	if err != nil {
+		return nil, fmt.Errorf("reading the stored catalog: %w", err)
+	}
+	defer st.Close()
+	return d.catalogIn(ctx, st)
+}
+
+// catalogIn is catalog for a command that has the store open already.
+func (d *definitions) catalogIn(ctx context.Context, st *store.Store) (*catalog.Catalog, error) {
+	if d.catalogPath != "" {
+		data, err := os.ReadFile(d.catalogPath)
+		if err != nil {
+			return nil, err
+		}
+		return parseCatalog(data, d.catalogPath)
+	}
+	return storedCatalog(ctx, st)
+}
+
+// storedCatalog parses the newest stored catalog.
+func storedCatalog(ctx context.Context, st *store.Store) (*catalog.Catalog, error) {
+	v, err := st.LatestCatalog(ctx)
+	if errors.Is(err, store.ErrNoCatalog) {
+		return nil, errors.New("no catalog is stored in the database: store one with `syncflow catalog apply FILE` (`syncflow migrate up` stores the built-in one in a new database)")
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the stored catalog: %w", err)
 	}
+	return parseCatalog(v.Document, fmt.Sprintf("stored catalog version %d", v.Version))
+}
+
+func parseCatalog(data []byte, where string) (*catalog.Catalog, error) {
 	cat, err := catalog.Parse(data)
 	if err != nil {
-		where := "built-in catalog"
-		if d.catalogPath != "" {
-			where = d.catalogPath
-		}
 		return nil, fmt.Errorf("%s is invalid, fix it and start again:\n%w", where, err)
 	}
 	return cat, nil
 }
 
 func (d *definitions) streams(cat *catalog.Catalog) (stream.Definitions, error) {
-	var fsys fs.FS = streams.FS
+	return stream.LoadDefinitions(d.streamsFS(), cat)
+}
+
+// streamsFS holds the stream definitions: the built-in ones or --streams-dir.
+func (d *definitions) streamsFS() fs.FS {
 	if d.streamsDir != "" {
-		fsys = os.DirFS(d.streamsDir)
+		return os.DirFS(d.streamsDir)
 	}
-	return stream.LoadDefinitions(fsys, cat)
+	return streams.FS
 }
 
 func atoiArg(s, what string) (int, error) {

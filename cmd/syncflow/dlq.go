@@ -142,7 +142,7 @@ func dlqCommands() []command {
 // openStore opens the database and reads the catalog, for the commands that
 // only read and change the bridge tables.
 func openStore(ctx context.Context, c common, defs definitions) (*store.Store, *catalog.Catalog, error) {
-	cat, err := defs.catalog()
+	cat, err := defs.catalog(ctx, c.databaseURL)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -204,7 +204,7 @@ func TestRunRefusesBadStart(t *testing.T) {
 // SIGTERM at any moment, even while the service is still starting, is a clean stop.
 func TestSigtermWhileStarting(t *testing.T) {
 	srv := testenv.NATS(t)
-	if out, err := syncflow(t, []string{"SYNCFLOW_NATS_URL=" + srv.ClientURL()}, "streams", "apply"); err != nil {
+	if out, err := syncflow(t, []string{"SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_DATABASE_URL=" + dbURL}, "streams", "apply"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	// From 100 ms on: before the process reaches main (a few milliseconds), any
@@ -442,9 +442,17 @@ func editedCatalog(t *testing.T, set string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block := "consumers:\n  realtime: {" + set + "}\n  backfill: {" + set + "}\n"
+	// The built-in consumers block gives way to the test's.
+	text := string(data)
+	start := strings.Index(text, "\nconsumers:\n")
+	end := strings.Index(text[start+1:], "\n\n")
+	if start < 0 || end < 0 {
+		t.Fatal("the built-in catalog has no consumers block to replace")
+	}
+	block := "\nconsumers:\n  realtime: {" + set + "}\n  backfill: {" + set + "}\n"
+	text = text[:start] + block + text[start+1+end+1:]
 	file := filepath.Join(t.TempDir(), "catalog.yaml")
-	if err := os.WriteFile(file, append([]byte(block), data...), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return file

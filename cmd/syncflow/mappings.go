@@ -101,7 +101,7 @@ func mappingsCommands() []command {
 // loadRules reads the rules, only entity's when it is set (a catalog entity).
 func loadRules(ctx context.Context, c common, defs definitions, entity string) ([]mapping.Rule, error) {
 	if entity != "" {
-		cat, err := defs.catalog()
+		cat, err := defs.catalog(ctx, c.databaseURL)
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +140,7 @@ func importMappings(ctx context.Context, st *store.Store, defs definitions, file
 	if err != nil {
 		return fmt.Errorf("%s: %w\nnothing was imported", file, err)
 	}
-	cat, err := defs.catalog()
+	cat, err := defs.catalogIn(ctx, st)
 	if err != nil {
 		return err
 	}

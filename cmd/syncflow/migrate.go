@@ -19,9 +19,7 @@ func migrateCommands() []command {
 		{path: "migrate up", summary: "apply every pending migration", maxArgs: 0, setup: func(f *flags) runFunc {
 			var c common
 			c.register(f)
-			return func(ctx context.Context, _ []string) error {
-				return withMigrator(c, func(m *store.Migrator) error { return m.Up() })
-			}
+			return func(ctx context.Context, _ []string) error { return migrateUp(ctx, c.databaseURL, os.Stdout) }
 		}},
 		{path: "migrate down", args: "[N]", maxArgs: 1, summary: "revert the last N migrations (all of them without N: asks for --yes)", setup: setupMigrateDown},
 		{path: "migrate version", summary: "print the schema version", maxArgs: 0, setup: func(f *flags) runFunc {
@@ -33,6 +31,28 @@ func migrateCommands() []command {
 		}},
 		{path: "migrate force", args: "V", minArgs: 1, maxArgs: 1, summary: "record version V without running migrations (after fixing a failed one by hand)", setup: setupMigrateForce},
 	}
+}
+
+// migrateUp applies the pending migrations, prints the version they leave to
+// out, and stores the built-in catalog in a database that has none.
+func migrateUp(ctx context.Context, databaseURL string, out io.Writer) error {
+	m, err := store.NewMigrator(databaseURL)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Up(); err != nil {
+		return fmt.Errorf("migrate up: %w", err)
+	}
+	if err := fprintVersion(out, m); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, store.Config{URL: databaseURL, MaxConns: 1})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return storeBuiltInCatalog(ctx, st)
 }
 
 // withMigrator runs do and prints the version it leaves.
@@ -48,18 +68,20 @@ func withMigrator(c common, do func(*store.Migrator) error) error {
 	return printVersion(m)
 }
 
-func printVersion(m *store.Migrator) error {
+func printVersion(m *store.Migrator) error { return fprintVersion(os.Stdout, m) }
+
+func fprintVersion(out io.Writer, m *store.Migrator) error {
 	v, dirty, applied, err := m.Version()
 	if err != nil {
 		return err
 	}
 	switch {
 	case !applied:
-		fmt.Println("schema version: none (no migration applied)")
+		fmt.Fprintln(out, "schema version: none (no migration applied)")
 	case dirty:
-		fmt.Printf("schema version: %d (dirty: a migration failed; fix it, then `syncflow migrate force %d`)\n", v, int(v)-1)
+		fmt.Fprintf(out, "schema version: %d (dirty: a migration failed; fix it, then `syncflow migrate force %d`)\n", v, int(v)-1)
 	default:
-		fmt.Printf("schema version: %d\n", v)
+		fmt.Fprintf(out, "schema version: %d\n", v)
 	}
 	return nil
 }

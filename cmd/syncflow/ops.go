@@ -31,7 +31,7 @@ type workbench struct {
 }
 
 func openWorkbench(ctx context.Context, c common, defs definitions) (*workbench, error) {
-	cat, err := defs.catalog()
+	cat, err := defs.catalog(ctx, c.databaseURL)
 	if err != nil {
 		return nil, err
 	}

@@ -181,7 +181,7 @@ func setupParkedAction(f *flags, expire bool) runFunc {
 		if narrowed && all {
 			return fmt.Errorf("%w: --all chooses every parked child and cannot go with UIDs or filters: drop --all to narrow the choice, or the filters to take all", errUsage)
 		}
-		cat, err := defs.catalog()
+		cat, err := defs.catalog(ctx, c.databaseURL)
 		if err != nil {
 			return err
 		}

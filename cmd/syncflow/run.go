@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"runtime/pprof"
 	"time"
 
 	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/streams"
 )
 
 func runCommand() command {
@@ -85,10 +87,10 @@ func setupRun(f *flags) runFunc {
 		if err != nil {
 			return err
 		}
-		if cfg.Catalog, err = defs.catalog(); err != nil {
-			return err
-		}
-		if cfg.Streams, err = defs.streams(cfg.Catalog); err != nil {
+		// The service reads the catalog once it has migrated the database, which
+		// stores the built-in catalog in a new one.
+		cfg.LoadCatalog, cfg.StreamsFS = defs.catalogIn, defs.streamsFS()
+		if cfg.BuiltInCatalog, err = fs.ReadFile(streams.FS, streams.CatalogFile); err != nil {
 			return err
 		}
 		cfg.DatabaseURL, cfg.MaxConns, cfg.Logger = c.databaseURL, int32(maxConns), log

@@ -58,7 +58,7 @@ func setupStatus(f *flags) runFunc {
 }
 
 func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON, wide bool) error {
-	cat, err := defs.catalog()
+	cat, err := defs.catalog(ctx, c.databaseURL)
 	if err != nil {
 		return err
 	}

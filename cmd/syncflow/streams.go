@@ -16,7 +16,7 @@ import (
 func streamsCommands() []command {
 	return []command{{path: "streams apply", summary: "create or update the streams and every catalog entity's durable consumers (idempotent; needs an admin NATS user)", setup: func(f *flags) runFunc {
 		var (
-			l        logging
+			c        common
 			n        natsFlags
 			defs     definitions
 			prune    bool
@@ -24,7 +24,7 @@ func streamsCommands() []command {
 			asJSON   bool
 			replicas int
 		)
-		l.register(f)
+		c.register(f)
 		n.register(f)
 		defs.register(f)
 		f.BoolVar(&prune, "prune", false, "also delete SyncFlow's consumers of entities no longer in the catalog, and of stray subjects an entity now owns")
@@ -35,17 +35,17 @@ func streamsCommands() []command {
 			if replicas < 1 || replicas > 5 {
 				return fmt.Errorf("%w: --replicas %d: a stream is stored on 1 to 5 servers (1 for a single server, 3 for a cluster)", errUsage, replicas)
 			}
-			return applyStreams(ctx, l, n, defs, replicas, prune, dryRun, asJSON)
+			return applyStreams(ctx, c, n, defs, replicas, prune, dryRun, asJSON)
 		}
 	}}}
 }
 
-func applyStreams(ctx context.Context, l logging, n natsFlags, defs definitions, replicas int, prune, dryRun, asJSON bool) error {
-	log, err := l.logger(os.Stderr)
+func applyStreams(ctx context.Context, c common, n natsFlags, defs definitions, replicas int, prune, dryRun, asJSON bool) error {
+	log, err := c.logger(os.Stderr)
 	if err != nil {
 		return err
 	}
-	cat, err := defs.catalog()
+	cat, err := defs.catalog(ctx, c.databaseURL)
 	if err != nil {
 		return err
 	}

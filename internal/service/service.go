@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -48,9 +49,16 @@ type Config struct {
 	// EmbeddedNATSDir, when set and no NATS answers at NATS.URL, starts an embedded
 	// JetStream server on that address storing here.
 	EmbeddedNATSDir string
-	// Catalog and Streams are the validated entity catalog and stream definitions.
-	Catalog *catalog.Catalog
-	Streams stream.Definitions
+	// Catalog and Streams are the validated entity catalog and stream
+	// definitions. When Catalog is nil, LoadCatalog reads it once the database
+	// is migrated (the stored catalog); when Streams has no streams, they are
+	// read from StreamsFS with the catalog's consumers.
+	Catalog     *catalog.Catalog
+	LoadCatalog func(context.Context, *store.Store) (*catalog.Catalog, error)
+	Streams     stream.Definitions
+	StreamsFS   fs.FS
+	// BuiltInCatalog is stored, with Migrate, in a database that has no catalog.
+	BuiltInCatalog []byte
 	// Consumer tunes every consumer.
 	Consumer consumer.Config
 	// Migrate applies pending migrations first; ApplyStreams creates the streams and
@@ -131,6 +139,23 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
+	if cfg.Migrate && cfg.BuiltInCatalog != nil {
+		if v, stored, err := st.StoreCatalogIfNone(ctx, cfg.BuiltInCatalog, leaseTag(cfg.Consumer.Replica), "the built-in catalog, stored on a new database"); err != nil {
+			return err
+		} else if stored {
+			log.Info("stored the built-in catalog (replace it with `syncflow catalog apply FILE`)", "version", v)
+		}
+	}
+	if cfg.Catalog == nil {
+		if cfg.Catalog, err = cfg.LoadCatalog(ctx, st); err != nil {
+			return err
+		}
+	}
+	if cfg.Streams.Streams == nil {
+		if cfg.Streams, err = stream.LoadDefinitions(cfg.StreamsFS, cfg.Catalog); err != nil {
+			return err
+		}
+	}
 	dlCfg := deadletter.Config{Park: cfg.Park, Retry: cfg.Retry, Interval: cfg.DeadLetterInterval, Logger: log}
 	applier, err := apply.NewApplier(st, dlCfg.Stamp(apply.Config{IsolationTimeout: cfg.StatementTimeout, Logger: log}))
 	if err != nil {

