@@ -48,7 +48,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var backfilled atomic.Int64
-	onCommit := func(_ string, src event.Source, msgs []stream.Message, res apply.Result) {
+	onCommit := func(_ string, src event.Source, msgs []consumer.Message, res apply.Result) {
 		if src == event.Backfill {
 			backfilled.Add(res.Counts.Fetched)
 			return

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -135,7 +136,7 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 		if err != nil {
 			return err
 		}
-		var take []stream.Message
+		var take []consumer.Message
 		done := len(msgs) == 0
 		for _, m := range msgs {
 			if toSeq > 0 && m.Delivery.StreamSeq > toSeq {

@@ -5,16 +5,16 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/stream"
 )
 
 // Strays drains the subjects no catalog entity owns into the dead letters, so that
 // no message is left unread where nobody would notice it.
 type Strays struct {
-	Find     func(ctx context.Context) ([]*stream.Fetcher, error)
+	Find     func(ctx context.Context) ([]Fetcher, error)
 	Catalog  *catalog.Catalog
 	Source   event.Source
 	Writer   Writer
@@ -54,14 +54,17 @@ func (s *Strays) drain(ctx context.Context, log *slog.Logger, f Fetcher) {
 	defer c.closeBatch(log, nil)
 	for ctx.Err() == nil {
 		msgs, err := f.Fetch(ctx, 500, 10*time.Millisecond)
-		if err != nil || len(msgs) == 0 {
-			c.settle(ctx, log, msgs, nil, err)
+		if err != nil {
+			c.settle(ctx, log, msgs, apply.Result{}, givenUp{err})
+			return
+		}
+		if len(msgs) == 0 {
 			return
 		}
 		res, err := c.process(ctx, ctx, log, msgs)
 		if err == nil {
 			log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
 		}
-		c.settle(ctx, log, msgs, &res, err)
+		c.settle(ctx, log, msgs, res, err)
 	}
 }

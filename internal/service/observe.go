@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -93,7 +94,7 @@ type boundFetcher struct {
 }
 
 // record is the consumers' OnCommit: counts, durations, sizes and lag.
-func (o *observer) record(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
+func (o *observer) record(entity string, source event.Source, msgs []consumer.Message, res apply.Result) {
 	src := source.Name
 	c := res.Counts
 	for outcome, n := range map[pipeline.Outcome]int64{pipeline.Inserted: c.Inserted, pipeline.Updated: c.Updated,

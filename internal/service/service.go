@@ -194,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
 	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
 	userHook := cfg.Consumer.OnCommit
-	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
+	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []consumer.Message, res apply.Result) {
 		obs.record(entity, source, msgs, res)
 		if userHook != nil {
 			userHook(entity, source, msgs, res)

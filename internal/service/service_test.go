@@ -310,7 +310,7 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 		}
 		c.Consumer.BatchSize = 20
 		c.Consumer.Heartbeat = 300 * time.Millisecond
-		c.Consumer.OnCommit = func(_ string, _ event.Source, msgs []stream.Message, _ apply.Result) {
+		c.Consumer.OnCommit = func(_ string, _ event.Source, msgs []consumer.Message, _ apply.Result) {
 			for _, m := range msgs {
 				if m.NumDelivered > 1 {
 					redelivered.Add(1)

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 )
 
@@ -29,7 +31,7 @@ type StrayFinder struct {
 }
 
 // Find lists the stream's subjects and returns a fetcher for each stray one.
-func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
+func (f *StrayFinder) Find(ctx context.Context) ([]consumer.Fetcher, error) {
 	if f.fetchers == nil {
 		f.fetchers = map[string]*Fetcher{}
 	}
@@ -75,7 +77,7 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 		}
 		f.fetchers[subject] = fetcher
 	}
-	out := make([]*Fetcher, 0, len(f.fetchers))
+	out := make([]consumer.Fetcher, 0, len(f.fetchers))
 	for _, subject := range slices.Sorted(maps.Keys(f.fetchers)) {
 		out = append(out, f.fetchers[subject])
 	}
