@@ -116,9 +116,11 @@ type fetched struct {
 	msgs []Message
 	err  error
 	id   uint64 // in held
+	end  error  // the fetch failure that ended the fetcher (End)
 }
 
-// Run consumes until ctx ends, then closes its rolling batch and returns nil.
+// Run consumes until ctx ends, or until the fetcher ends (ErrEnd), then closes its
+// rolling batch and returns nil, or the failure that ended the fetcher (End).
 func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.Config.Validate(); err != nil {
 		return err
@@ -138,11 +140,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	batches := make(chan fetched, 1)
 	go c.prefetch(ctx, log, batches)
+	var ended error
 	for f := range batches {
 		c.handle(ctx, wctx, log, f)
 		c.held.remove(f.id)
+		if f.end != nil {
+			ended = f.end
+		}
 	}
-	return nil
+	return ended
 }
 
 // handle writes one fetched batch, unless its fetch failed or the consumer is
@@ -178,13 +184,22 @@ func (c *Consumer) leave() {
 }
 
 // prefetch fetches the next batch while the current one is written, and closes
-// batches when ctx ends.
+// batches when ctx ends or the fetcher does.
 func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<- fetched) {
 	defer close(batches)
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
 		msgs, err := c.Fetcher.Fetch(ctx, c.Config.BatchSize, c.Config.FetchWait)
-		if err != nil && ctx.Err() == nil {
+		var failed endError
+		switch {
+		case errors.As(err, &failed):
+			batches <- fetched{msgs: msgs, err: givenUp{failed.cause}, end: failed.cause}
+			return
+		case errors.Is(err, ErrEnd):
+			// What came with the end is the last batch.
+			batches <- fetched{msgs: msgs, id: c.held.add(msgs)}
+			return
+		case err != nil && ctx.Err() == nil:
 			wait := bo.NextBackOff()
 			log.Warn("fetch failed; retrying", "err", err, "retry_in", wait)
 			batches <- fetched{msgs: msgs, err: givenUp{err}}

@@ -256,7 +256,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ok && known
 		}}
 		strays := &consumer.Strays{Find: finder.Find, Catalog: cfg.Catalog, Source: source, Writer: w,
-			Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica, Logger: log}
+			Config: consumer.StrayConfig{Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica}, Logger: log}
 		g.Go(func() error { return strays.Run(gctx) })
 		for _, e := range cfg.Catalog.Entities() {
 			durable := cfg.Streams.Consumers[source.Stream][e.Name].Durable
