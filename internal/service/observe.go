@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncflow/syncflow/internal/apply"
@@ -34,10 +33,9 @@ const OutsideCatalog = "_outside_catalog"
 type observer struct {
 	m        *telemetry.Metrics
 	st       *store.Store
-	nc       *nats.Conn
+	nats     *stream.Conn
 	entities []string
 	fetchers []boundFetcher
-	bound    atomic.Bool // every consumer is bound
 	log      *slog.Logger
 	// lastReason is the last reason /readyz gave ("" when ready).
 	lastReason atomic.Value
@@ -224,11 +222,8 @@ func (o *observer) ready(ctx context.Context) error {
 	} else if err := schemaProblem(have, dirty); err != nil {
 		reasons = append(reasons, err.Error())
 	}
-	if !o.nc.IsConnected() {
-		reasons = append(reasons, "NATS is not connected (status "+o.nc.Status().String()+")")
-	}
-	if !o.bound.Load() {
-		reasons = append(reasons, "the consumers are not bound yet")
+	if connected, status := o.nats.Status(); !connected {
+		reasons = append(reasons, "NATS is not connected (status "+status+")")
 	}
 	if held := o.heldReasons(); held != "" {
 		reasons = append(reasons, held)
