@@ -16,6 +16,7 @@ import (
 	"github.com/syncflow/syncflow/internal/backfill"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/sim"
 	"github.com/syncflow/syncflow/internal/store"
@@ -48,7 +49,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var backfilled atomic.Int64
-	onCommit := func(_ string, src event.Source, msgs []stream.Message, res apply.Result) {
+	onCommit := func(_ string, src event.Source, msgs []pipeline.Message, res apply.Result) {
 		if src == event.Backfill {
 			backfilled.Add(res.Counts.Fetched)
 			return

@@ -524,7 +524,7 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 	}
 	var mu sync.Mutex
 	var lat []time.Duration
-	onCommit := func(_ string, _ event.Source, msgs []stream.Message, _ apply.Result) {
+	onCommit := func(_ string, _ event.Source, msgs []pipeline.Message, _ apply.Result) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()

@@ -293,6 +293,64 @@ func TestReplay(t *testing.T) {
 	}
 }
 
+// A replay is the service's consumer over a range: when the database cannot take
+// its batch (here read-only, as after a failover) the replay holds the batch and
+// retries it, and once the database is back the range is written, nothing is
+// dead-lettered and the replay ends as usual.
+func TestReplayHoldsItsBatchThroughAnOutage(t *testing.T) {
+	w := newWorld(t)
+	for i := range 5 {
+		w.publish("items", fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20261126080000","data":{"PART_NO":"P%02d","DESCRIPTION":"item %d"}}`, i, i))
+	}
+	var db string
+	if err := w.conn.QueryRow(w.ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	ident := pgx.Identifier{db}.Sanitize()
+	sql := func(q string) {
+		t.Helper()
+		if _, err := w.conn.Exec(w.ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// New sessions are read-only; the test's own, older one is not.
+	sql(`ALTER DATABASE ` + ident + ` SET default_transaction_read_only = on`)
+	defer w.conn.Exec(w.ctx, `ALTER DATABASE `+ident+` RESET default_transaction_read_only`)
+	var out syncBuffer
+	cmd := exec.Command(binary, "replay", "--entity", "items", "--since", "1h")
+	cmd.Env = append(os.Environ(), w.env...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitForLog(t, &out, "batch held: writing it failed; retrying")
+	sql(`ALTER DATABASE ` + ident + ` RESET default_transaction_read_only`)
+	sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("replay: %v\n%s", err, out.String())
+		}
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("the replay did not end after the outage:\n%s", out.String())
+	}
+	if got := out.String(); !strings.Contains(got, "replayed 5 items events") || !strings.Contains(got, "5 inserted") {
+		t.Errorf("replay output:\n%s", got)
+	}
+	if !strings.Contains(out.String(), "read-only transaction") {
+		t.Errorf("the batch was not held by the read-only database; the test did not test it:\n%s", out.String())
+	}
+	if got := w.query(`SELECT count(*) FROM schedulehub.items`); got != "5" {
+		t.Errorf("items after the replay: %s", got)
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.failed_records`); got != "0" {
+		t.Errorf("%s dead letters for an outage", got)
+	}
+}
+
 func consumerNames(t *testing.T, js jetstream.JetStream, stream string) string {
 	t.Helper()
 	s, err := js.Stream(context.Background(), stream)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -10,8 +12,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
@@ -128,52 +132,39 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	if err != nil {
 		return err
 	}
+	// The one consumer loop over the range: a batch the database cannot take is
+	// held and retried as in the service, and one sync_batches row counts it all.
 	var total pipeline.Counts
-	batchUID, fresh := uuid.Must(uuid.NewV7()), true
-	for ctx.Err() == nil {
-		msgs, err := fetcher.Fetch(ctx, batch, 500*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		var take []stream.Message
-		done := len(msgs) == 0
-		for _, m := range msgs {
-			if toSeq > 0 && m.Delivery.StreamSeq > toSeq {
-				done = true
-				continue
-			}
-			take = append(take, m)
-		}
-		if len(take) > 0 {
-			ds := make([]pipeline.Delivery, len(take))
-			for i, m := range take {
-				ds[i] = m.Delivery
-			}
-			prepared := pipeline.Preparer{Catalog: wb.cat, Rules: wb.rules}.Prepare(ds)
-			res, err := wb.applier.ApplyBatch(ctx, apply.Batch{Entity: e, Catalog: wb.cat, Rules: wb.rules, BatchUID: batchUID, NewBatch: fresh,
-				Source: source, Replica: "replay", Deliveries: ds, Prepared: prepared})
-			if err != nil {
-				return fmt.Errorf("after %d replayed: %w", total.Fetched, err)
-			}
-			fresh = false
-			for _, m := range take {
-				_ = m.Ack()
-			}
-			total.Merge(res.Counts)
-		}
-		if done {
-			break
-		}
-	}
-	if err := wb.st.FlushCheckpoints(ctx); err != nil {
+	rules := &consumer.Rules{}
+	rules.Store(wb.rules)
+	rc := &consumer.Consumer{Entity: e, Catalog: wb.cat, Source: source, Fetcher: &consumer.Bounded{Fetcher: fetcher, Last: toSeq},
+		Writer: replayWriter{Applier: wb.applier, st: wb.st}, Rules: rules, Logger: log,
+		Config: consumer.Config{Replica: "replay", BatchSize: batch, FetchWait: 500 * time.Millisecond, BatchWindow: math.MaxInt64,
+			AckWait: fetcher.AckWait(), OnCommit: func(_ string, _ event.Source, _ []pipeline.Message, res apply.Result) { total.Merge(res.Counts) }}}
+	runErr := rc.Run(ctx)
+	// What committed is checkpointed, also when the replay was stopped.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := wb.st.FlushCheckpoints(fctx); err != nil {
 		return err
 	}
-	if !fresh {
-		_ = wb.st.CloseBatch(ctx, batchUID, nil)
+	if err := cmp.Or(runErr, ctx.Err()); err != nil {
+		return fmt.Errorf("after %d replayed: %w", total.Fetched, err)
 	}
 	fmt.Printf("replayed %d %s events from %s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
 		total.Fetched, entity, source.Stream, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
-	return ctx.Err()
+	return nil
+}
+
+// replayWriter writes the replay's batches and closes its sync_batches row.
+type replayWriter struct {
+	*apply.Applier
+	st *store.Store
+}
+
+// CloseBatch marks the replay's sync_batches row completed.
+func (w replayWriter) CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error {
+	return w.st.CloseBatch(ctx, uid, failure)
 }
 
 // replayCount counts the messages a replay consumer would deliver, up to toSeq:

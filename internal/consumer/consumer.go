@@ -1,11 +1,16 @@
-// Package consumer is the service loop of one durable consumer: fetch a batch, run
-// the pipeline, write it in one transaction, and only then ack. Fetching the next
-// batch overlaps writing the current one, and at most three batches of messages are
-// held at once, however large the backlog.
+// Package consumer is the one loop that takes messages from a fetcher to the
+// database: fetch a batch, run the pipeline, write it in one transaction, and only
+// then ack. Fetching the next batch overlaps writing the current one, and at most
+// three batches of messages are held at once, however large the backlog.
+//
+// The service runs one Consumer per entity and stream; replay runs one over a
+// Bounded fetcher that ends with its range; the stray drain (Strays) runs one
+// with no entity over each subject no catalog entity owns.
 //
 // # Settling messages
 //
-// One switch decides what happens to the messages of a batch (settle):
+// One switch (decide, carried out by settle) says what happens to the messages
+// of a batch:
 //
 //   - the transaction committed: ack every message, dead letters included (they are
 //     in bridge.failed_records now);
@@ -18,7 +23,8 @@
 //     fails in a way SyncFlow does not know. Nothing is dead-lettered because of an
 //     outage, and holding the batch (rather than letting JetStream redeliver it)
 //     keeps the delivery count from creeping towards MaxDeliver during a long one.
-//     With RetryFor set, it gives up after that long and naks with a delay instead;
+//     With RetryFor set, it gives up after that long and naks with a delay instead,
+//     as it does with the messages of a fetch that failed;
 //   - shutdown: nak at once, never a dead letter.
 //
 // # Keeping held messages alive
@@ -46,7 +52,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,88 +63,42 @@ import (
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/internal/stream"
 )
 
-// Fetcher pulls batches (stream.Fetcher).
-type Fetcher interface {
-	Fetch(ctx context.Context, n int, wait time.Duration) ([]stream.Message, error)
-}
-
-// Writer commits prepared batches (store.Store).
+// Writer commits prepared batches (apply.Applier, with store.Store's CloseBatch).
 type Writer interface {
 	ApplyBatch(ctx context.Context, b apply.Batch) (apply.Result, error)
 	CloseBatch(ctx context.Context, uid uuid.UUID, failure error) error
 }
 
-// Config tunes one consumer.
-type Config struct {
-	// BatchSize is the most messages fetched at once (default 500).
-	BatchSize int
-	// FetchWait is how long an idle fetch waits for the first message (default 1s).
-	FetchWait time.Duration
-	// BatchWindow is how long one rolling sync_batches row collects counts (default 1m).
-	BatchWindow time.Duration
-	// RetryFor bounds the in-process retries of one batch after a database failure
-	// before its messages are nakked (default 0: retry until it commits).
-	RetryFor time.Duration
-	// NakDelay is the first redelivery delay after a batch was given up (RetryFor);
-	// it doubles with every delivery up to 5 minutes (default 5s).
-	NakDelay time.Duration
-	// ShutdownGrace is how long a batch being written at shutdown may take to
-	// commit (default 10s).
-	ShutdownGrace time.Duration
-	// BatchTimeout bounds one attempt to write a batch (default 2m).
-	BatchTimeout time.Duration
-	// EscalateAfter is how many times a batch may time out before its rows are
-	// isolated (default 3).
-	EscalateAfter int
-	// Heartbeat is how often the messages a consumer holds are kept alive with
-	// InProgress; keep it well under the consumers' ack_wait (default 10s).
-	Heartbeat time.Duration
-	// Replica names this process in sync_batches (default the host name).
-	Replica string
-	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
-	OnCommit func(entity string, source event.Source, msgs []stream.Message, res apply.Result)
-	// OnHold, when set, is called when the consumer starts holding a batch after a
-	// failed write (with the failure), at every retry, and when it stops (nil).
-	OnHold func(entity string, source event.Source, failure error)
-	// OnEscalate, when set, is called when a batch that kept timing out is written
-	// with its rows isolated.
-	OnEscalate func(entity string, source event.Source)
-}
-
-func (c Config) withDefaults() Config {
-	c.BatchSize = cmp.Or(c.BatchSize, 500)
-	c.FetchWait = cmp.Or(c.FetchWait, time.Second)
-	c.BatchWindow = cmp.Or(c.BatchWindow, time.Minute)
-	c.NakDelay = cmp.Or(c.NakDelay, 5*time.Second)
-	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, 10*time.Second)
-	c.BatchTimeout = cmp.Or(c.BatchTimeout, 2*time.Minute)
-	c.EscalateAfter = cmp.Or(c.EscalateAfter, 3)
-	c.Heartbeat = cmp.Or(c.Heartbeat, 10*time.Second)
-	return c
-}
-
 // Rules holds the current mapping rules; a batch takes one snapshot and keeps it.
 type Rules struct{ p atomic.Pointer[mapping.Set] }
 
-// Load returns the current rules.
-func (r *Rules) Load() *mapping.Set { return r.p.Load() }
+// Load returns the current rules; a nil Rules has none.
+func (r *Rules) Load() *mapping.Set {
+	if r == nil {
+		return &mapping.Set{}
+	}
+	return r.p.Load()
+}
 
 // Store replaces the rules for the batches that start after it.
 func (r *Rules) Store(s *mapping.Set) { r.p.Store(s) }
 
-// Consumer runs one durable consumer of one entity.
+// Consumer runs one durable consumer of one entity (or, with no Entity, of
+// subjects no catalog entity owns).
 type Consumer struct {
+	// Entity is the catalog entity consumed; nil for subjects no entity owns,
+	// whose messages can only become dead letters.
 	Entity  *catalog.Entity
 	Catalog *catalog.Catalog
 	Source  event.Source
 	Fetcher Fetcher
 	Writer  Writer
-	Rules   *Rules
-	Config  Config
-	Logger  *slog.Logger
+	// Rules are the mapping rules batches are prepared with (nil: none).
+	Rules  *Rules
+	Config Config
+	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Gate, when set, is a semaphore the consumer holds while it writes a batch:
@@ -154,13 +113,18 @@ type Consumer struct {
 }
 
 type fetched struct {
-	msgs []stream.Message
+	msgs []pipeline.Message
 	err  error
 	id   uint64 // in held
+	end  error  // the fetch failure that ended the fetcher (End)
 }
 
-// Run consumes until ctx ends, then closes its rolling batch and returns nil.
+// Run consumes until ctx ends, or until the fetcher ends (ErrEnd), then closes its
+// rolling batch and returns nil, or the failure that ended the fetcher (End).
 func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
 	c.Config = c.Config.withDefaults()
 	log := c.Logger.With("entity", c.entityName(), "source", c.Source.Name)
 	defer c.closeBatch(log, nil)
@@ -176,20 +140,29 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	batches := make(chan fetched, 1)
 	go c.prefetch(ctx, log, batches)
+	var ended error
 	for f := range batches {
-		switch {
-		case f.err != nil || ctx.Err() != nil:
-			c.settle(ctx, log, f.msgs, nil, cmp.Or(f.err, ctx.Err()))
-		case !c.enter(ctx):
-			c.settle(ctx, log, f.msgs, nil, ctx.Err())
-		default:
-			res, err := c.process(ctx, wctx, log, f.msgs)
-			c.leave()
-			c.settle(ctx, log, f.msgs, &res, err)
-		}
+		c.handle(ctx, wctx, log, f)
 		c.held.remove(f.id)
+		if f.end != nil {
+			ended = f.end
+		}
 	}
-	return nil
+	return ended
+}
+
+// handle writes one fetched batch, unless its fetch failed or the consumer is
+// stopping, and settles its messages.
+func (c *Consumer) handle(ctx, wctx context.Context, log *slog.Logger, f fetched) {
+	if len(f.msgs) == 0 {
+		return
+	}
+	var res apply.Result
+	err := cmp.Or(f.err, ctx.Err())
+	if err == nil {
+		res, err = c.process(ctx, wctx, log, f.msgs)
+	}
+	c.settle(ctx, log, f.msgs, res, err)
 }
 
 func (c *Consumer) enter(ctx context.Context) bool {
@@ -211,16 +184,25 @@ func (c *Consumer) leave() {
 }
 
 // prefetch fetches the next batch while the current one is written, and closes
-// batches when ctx ends.
+// batches when ctx ends or the fetcher does.
 func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<- fetched) {
 	defer close(batches)
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
 		msgs, err := c.Fetcher.Fetch(ctx, c.Config.BatchSize, c.Config.FetchWait)
-		if err != nil && ctx.Err() == nil {
+		var failed endError
+		switch {
+		case errors.As(err, &failed):
+			batches <- fetched{msgs: msgs, err: givenUp{failed.cause}, end: failed.cause}
+			return
+		case errors.Is(err, ErrEnd):
+			// What came with the end is the last batch.
+			batches <- fetched{msgs: msgs, id: c.held.add(msgs)}
+			return
+		case err != nil && ctx.Err() == nil:
 			wait := bo.NextBackOff()
 			log.Warn("fetch failed; retrying", "err", err, "retry_in", wait)
-			batches <- fetched{msgs: msgs, err: err}
+			batches <- fetched{msgs: msgs, err: givenUp{err}}
 			sleep(ctx, wait)
 			continue
 		}
@@ -233,7 +215,12 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 	}
 }
 
-func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []stream.Message) (apply.Result, error) {
+// process prepares and writes one batch, once the Gate lets it.
+func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []pipeline.Message) (apply.Result, error) {
+	if !c.enter(ctx) {
+		return apply.Result{}, ctx.Err()
+	}
+	defer c.leave()
 	began := c.now()
 	c.rollBatch(log)
 	ds := make([]pipeline.Delivery, len(msgs))
@@ -254,10 +241,10 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []s
 	return res, err
 }
 
-// write writes b, holding it through database failures: every failure is retried
-// with backoff (until RetryFor, when set), and a batch that keeps timing out is
-// written with its rows isolated. Only a shutdown, or RetryFor running out, ends
-// it without a commit.
+// write writes b, holding it for as long as decide says so: every failure of the
+// database is retried with backoff (until RetryFor, when set, after which the
+// batch is given up), and a batch that keeps timing out is written with its rows
+// isolated. Only a shutdown, or RetryFor running out, ends it without a commit.
 func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Batch) (apply.Result, error) {
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
@@ -272,7 +259,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 			c.Config.OnHold(c.entityName(), c.Source, nil)
 		}
 	}()
-	return backoff.RetryNotifyWithData(func() (apply.Result, error) {
+	res, err := backoff.RetryNotifyWithData(func() (apply.Result, error) {
 		actx, cancel := context.WithTimeout(wctx, c.Config.BatchTimeout)
 		if b.IsolateTimeouts {
 			// Isolating is many statements, each under the statement timeout: the
@@ -288,8 +275,8 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 				log.Info("held batch written", "failed_attempts", failures, "held_for", c.now().Sub(heldSince), "batch_size", len(b.Deliveries))
 			}
 			return res, nil
-		case wctx.Err() != nil:
-			return res, backoff.Permanent(err) // shutdown, past its grace
+		case decide(ctx, err) != hold:
+			return res, backoff.Permanent(err) // shutdown: the attempt in flight had its grace
 		case errors.Is(err, apply.ErrTimeout):
 			if timeouts++; timeouts >= c.Config.EscalateAfter && !b.IsolateTimeouts {
 				log.Error("batch keeps timing out; writing it with its rows isolated, rows that time out alone become dead letters",
@@ -310,44 +297,10 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 			c.Config.OnHold(c.entityName(), c.Source, err)
 		}
 	})
-}
-
-// settle is the one place that decides what happens to fetched messages.
-func (c *Consumer) settle(ctx context.Context, log *slog.Logger, msgs []stream.Message, res *apply.Result, err error) {
-	switch {
-	case err == nil && res != nil:
-		for _, m := range msgs {
-			if aerr := m.Ack(); aerr != nil {
-				log.Warn("ack failed; the message will be redelivered and found unchanged", "err", aerr, "stream_seq", m.Delivery.StreamSeq)
-			}
-		}
-		log.Debug("batch committed", "batch_size", len(msgs), "took", res.Took, "inserted", res.Counts.Inserted, "updated", res.Counts.Updated,
-			"unchanged", res.Counts.Unchanged, "stale", res.Counts.Stale, "deleted", res.Counts.Deleted, "parked", res.Counts.Parked,
-			"released", res.Counts.Released, "failed", res.Counts.Failed)
-	case ctx.Err() != nil || errors.Is(err, context.Canceled):
-		for _, m := range msgs {
-			_ = m.NakWithDelay(0)
-		}
-	default:
-		// A failed fetch, or RetryFor ran out: JetStream redelivers later.
-		if len(msgs) > 0 {
-			log.Error("batch not written; redelivery requested", "err", err, "batch_size", len(msgs), "nak_delay", c.Config.NakDelay)
-			c.closeBatch(log, err)
-		}
-		for _, m := range msgs {
-			_ = m.NakWithDelay(nakDelay(c.Config.NakDelay, m.NumDelivered))
-		}
+	if decide(ctx, err) == hold {
+		err = givenUp{err} // RetryFor ran out
 	}
-}
-
-// nakDelay doubles base with every delivery after the first, up to 5 minutes.
-func nakDelay(base time.Duration, delivered uint64) time.Duration {
-	const ceiling = 5 * time.Minute
-	d := base
-	for i := uint64(1); i < delivered && d < ceiling; i++ {
-		d *= 2
-	}
-	return min(d, ceiling)
+	return res, err
 }
 
 // rollBatch starts a new rolling sync_batches row when the window has passed.
@@ -396,63 +349,5 @@ func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-t.C:
-	}
-}
-
-// heldMessages are the messages a consumer holds: fetched and not yet settled.
-type heldMessages struct {
-	mu      sync.Mutex
-	next    uint64
-	batches map[uint64]*heldBatch
-}
-
-type heldBatch struct {
-	msgs    []stream.Message
-	touched time.Time // fetched, or last kept alive
-}
-
-func (h *heldMessages) add(msgs []stream.Message) uint64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.batches == nil {
-		h.batches = map[uint64]*heldBatch{}
-	}
-	h.next++
-	h.batches[h.next] = &heldBatch{msgs: msgs, touched: time.Now()}
-	return h.next
-}
-
-func (h *heldMessages) remove(id uint64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.batches, id)
-}
-
-// keepAlive sends InProgress for every message held longer than every, every
-// every/2, until ctx ends.
-func (h *heldMessages) keepAlive(ctx context.Context, every time.Duration) {
-	every = max(every, 20*time.Millisecond) // an ack wait of a few milliseconds must not make a busy loop
-	t := time.NewTicker(every / 2)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			h.mu.Lock()
-			var due [][]stream.Message
-			for _, b := range h.batches {
-				if now.Sub(b.touched) >= every {
-					b.touched = now
-					due = append(due, b.msgs)
-				}
-			}
-			h.mu.Unlock()
-			for _, msgs := range due {
-				for _, m := range msgs {
-					_ = m.InProgress()
-				}
-			}
-		}
 	}
 }

@@ -1,34 +1,62 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
-	"github.com/syncflow/syncflow/internal/mapping"
-	"github.com/syncflow/syncflow/internal/stream"
+	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
 // Strays drains the subjects no catalog entity owns into the dead letters, so that
-// no message is left unread where nobody would notice it.
+// no message is left unread where nobody would notice it. Every Interval it asks
+// Find for a fetcher per stray subject, and drains each with a Consumer that has
+// no entity, over a Bounded fetcher: every message fails at decode ("unknown
+// entity"), and is acked once its dead letter is committed.
 type Strays struct {
-	Find     func(ctx context.Context) ([]*stream.Fetcher, error)
-	Catalog  *catalog.Catalog
-	Source   event.Source
-	Writer   Writer
-	Interval time.Duration // default 10s
-	Replica  string
-	Logger   *slog.Logger
+	// Find gives a fetcher for each stray subject (stream.StrayFinder.Find).
+	Find    func(ctx context.Context) ([]Fetcher, error)
+	Catalog *catalog.Catalog
+	Source  event.Source
+	Writer  Writer
+	Config  StrayConfig
+	Logger  *slog.Logger
+}
+
+// StrayConfig tunes the stray drain.
+type StrayConfig struct {
+	// Interval is how often stray subjects are looked for (default 10s).
+	Interval time.Duration
+	// Replica names this process in sync_batches.
+	Replica string
+}
+
+func (c StrayConfig) withDefaults() StrayConfig {
+	c.Interval = cmp.Or(c.Interval, 10*time.Second)
+	return c
+}
+
+// Validate reports every setting out of range.
+func (c StrayConfig) Validate() error {
+	var errs []error
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("consumer: the stray interval must not be negative (%v)", c.Interval))
+	}
+	return errors.Join(errs...)
 }
 
 // Run looks for stray subjects every Interval and dead-letters what they hold.
 func (s *Strays) Run(ctx context.Context) error {
-	interval := s.Interval
-	if interval <= 0 {
-		interval = 10 * time.Second
+	if err := s.Config.Validate(); err != nil {
+		return err
 	}
+	cfg := s.Config.withDefaults()
 	log := s.Logger.With("source", s.Source.Name)
 	for {
 		fetchers, err := s.Find(ctx)
@@ -36,32 +64,27 @@ func (s *Strays) Run(ctx context.Context) error {
 			log.Warn("looking for stray subjects failed", "err", err)
 		}
 		for _, f := range fetchers {
-			s.drain(ctx, log, f)
+			if err := s.drain(ctx, log, cfg, f); err != nil && ctx.Err() == nil {
+				log.Warn("draining a stray subject failed; trying again later", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(interval):
+		case <-time.After(cfg.Interval):
 		}
 	}
 }
 
-func (s *Strays) drain(ctx context.Context, log *slog.Logger, f Fetcher) {
-	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Writer: s.Writer, Rules: &Rules{}, Logger: log,
-		Config: Config{Replica: s.Replica, RetryFor: 5 * time.Second}.withDefaults()}
-	c.Now = time.Now
-	c.Rules.Store(&mapping.Set{})
-	defer c.closeBatch(log, nil)
-	for ctx.Err() == nil {
-		msgs, err := f.Fetch(ctx, 500, 10*time.Millisecond)
-		if err != nil || len(msgs) == 0 {
-			c.settle(ctx, log, msgs, nil, err)
-			return
-		}
-		res, err := c.process(ctx, ctx, log, msgs)
-		if err == nil {
-			log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
-		}
-		c.settle(ctx, log, msgs, &res, err)
-	}
+// drain dead-letters what f holds, until it is empty. Its consumer waits only a
+// moment for a message (an empty fetch is the end), and gives a batch it cannot
+// write back to JetStream after a few seconds, so that an outage does not keep the
+// drain from the other subjects.
+func (s *Strays) drain(ctx context.Context, log *slog.Logger, cfg StrayConfig, f Fetcher) error {
+	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Fetcher: &Bounded{Fetcher: f}, Writer: s.Writer, Logger: s.Logger,
+		Config: Config{Replica: cfg.Replica, FetchWait: 10 * time.Millisecond, RetryFor: 5 * time.Second,
+			OnCommit: func(_ string, _ event.Source, msgs []pipeline.Message, _ apply.Result) {
+				log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
+			}}}
+	return c.Run(ctx)
 }

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncflow/syncflow/internal/apply"
@@ -33,10 +32,9 @@ const OutsideCatalog = "_outside_catalog"
 type observer struct {
 	m        *telemetry.Metrics
 	st       *store.Store
-	nc       *nats.Conn
+	nats     *stream.Conn
 	entities []string
 	fetchers []boundFetcher
-	bound    atomic.Bool // every consumer is bound
 	log      *slog.Logger
 	// lastReason is the last reason /readyz gave ("" when ready).
 	lastReason atomic.Value
@@ -93,7 +91,7 @@ type boundFetcher struct {
 }
 
 // record is the consumers' OnCommit: counts, durations, sizes and lag.
-func (o *observer) record(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
+func (o *observer) record(entity string, source event.Source, msgs []pipeline.Message, res apply.Result) {
 	src := source.Name
 	c := res.Counts
 	for outcome, n := range map[pipeline.Outcome]int64{pipeline.Inserted: c.Inserted, pipeline.Updated: c.Updated,
@@ -223,11 +221,8 @@ func (o *observer) ready(ctx context.Context) error {
 	} else if err := schemaProblem(have, dirty); err != nil {
 		reasons = append(reasons, err.Error())
 	}
-	if !o.nc.IsConnected() {
-		reasons = append(reasons, "NATS is not connected (status "+o.nc.Status().String()+")")
-	}
-	if !o.bound.Load() {
-		reasons = append(reasons, "the consumers are not bound yet")
+	if connected, status := o.nats.Status(); !connected {
+		reasons = append(reasons, "NATS is not connected (status "+status+")")
 	}
 	if held := o.heldReasons(); held != "" {
 		reasons = append(reasons, held)

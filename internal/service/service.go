@@ -1,7 +1,18 @@
-// Package service wires SyncFlow's consumer service together: the store, the NATS
-// connection, one consumer per entity and stream, the stray-subject drain, the
-// mapping watcher and the checkpointer. `syncflow run` and the benchmark both start
-// it through Run.
+// Package service is SyncFlow's consumer service. New builds it: the HTTP
+// listener, the lease on the replica name, the store, the NATS connection, and
+// what runs on them (one consumer per entity and stream, the stray-subject
+// drains, the dead-letter worker, the advisory drain, the mapping watcher, the
+// checkpointer, the gauges). Run runs it until its context ends, then shuts it
+// down in order. `syncflow run` and the benchmark start it through Run.
+//
+// # Shutdown
+//
+// What commits stops first: the consumers stop fetching, commit or nak what they
+// hold and return, as do the stray drains, the dead-letter worker, the advisory
+// drain and the mapping watcher. Then what must outlive them stops: the
+// checkpointer, whose last flush writes the checkpoints of the last commits, the
+// lease, the HTTP server and the gauges. Then the acks and naks are flushed to
+// NATS, and NATS, the pool, the lease and the listener are closed.
 package service
 
 import (
@@ -12,14 +23,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/syncflow/syncflow/internal/apply"
@@ -28,17 +36,20 @@ import (
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/telemetry"
 )
 
-// Config configures the service. Zero durations take the defaults named.
+// Config configures the service. Zero fields take the defaults named (filled by
+// withDefaults here, or by the component they tune); Validate refuses negative
+// ones and a missing catalog.
 type Config struct {
 	// DatabaseURL is the PostgreSQL URL.
 	DatabaseURL string
-	// MaxConns caps the database pool (default 8).
+	// MaxConns caps the database pool (default 8, see store.Config).
 	MaxConns int32
 	// StatementTimeout, LockTimeout and IdleInTransactionTimeout bound every
 	// statement, lock wait and open transaction on SyncFlow's connections (see
@@ -66,7 +77,8 @@ type Config struct {
 	Migrate, ApplyStreams, Backfill bool
 	// MappingResync reloads the field mappings at least this often (default 30s).
 	MappingResync time.Duration
-	// StrayInterval is how often stray subjects are looked for (default 10s).
+	// StrayInterval is how often stray subjects are looked for (default 10s, see
+	// consumer.StrayConfig).
 	StrayInterval time.Duration
 	// CheckpointInterval is how often checkpoints are written (default 500ms).
 	CheckpointInterval time.Duration
@@ -74,7 +86,7 @@ type Config struct {
 	// (zero fields take deadletter.DefaultPark's and DefaultRetry's).
 	Park, Retry deadletter.Backoff
 	// DeadLetterInterval is how often parked children are swept and due dead
-	// letters retried (default 5s).
+	// letters retried (default 5s, see deadletter.Config).
 	DeadLetterInterval time.Duration
 	// BackfillShare is how many backfill batches may be written at once, across
 	// all entities (default 1); realtime batches are not limited.
@@ -89,39 +101,215 @@ type Config struct {
 	// LeaseWait is how long a start waits for the lease on the replica name while
 	// another process holds it, in case that one is going away (default 5s).
 	LeaseWait time.Duration
-	Logger    *slog.Logger
+	// Logger receives the service's logs (default: discard).
+	Logger *slog.Logger
 }
 
-// Run starts the service and blocks until ctx ends and everything has stopped.
-func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Logger
-	if cfg.NATS.Logger == nil {
-		cfg.NATS.Logger = log
+func (c Config) withDefaults() Config {
+	c.MappingResync = cmp.Or(c.MappingResync, 30*time.Second)
+	c.CheckpointInterval = cmp.Or(c.CheckpointInterval, 500*time.Millisecond)
+	c.BackfillShare = cmp.Or(c.BackfillShare, 1)
+	c.StatsInterval = cmp.Or(c.StatsInterval, 15*time.Second)
+	c.LeaseWait = cmp.Or(c.LeaseWait, 5*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	// The HTTP address first: a second process on the same address stops here,
-	// before it has any effect.
-	var ln net.Listener
-	if cfg.HTTPAddr != "" {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return fmt.Errorf("metrics and health on %s: %w (is another syncflow running on this host? give this one another --http-addr)", cfg.HTTPAddr, err)
+	if c.NATS.Logger == nil {
+		c.NATS.Logger = c.Logger
+	}
+	return c
+}
+
+// Validate reports every setting that is missing or out of range, the consumers'
+// and the dead-letter worker's included.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Catalog == nil && c.LoadCatalog == nil {
+		errs = append(errs, errors.New("service: a catalog, or the means to load it, is required"))
+	}
+	switch {
+	case c.Streams.Streams == nil && c.StreamsFS == nil:
+		errs = append(errs, errors.New("service: stream definitions, or the files to read them from, are required"))
+	case c.Catalog != nil && c.Streams.Streams != nil:
+		errs = append(errs, c.missingConsumers())
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("service: the most database connections must not be negative (%d)", c.MaxConns))
+	}
+	if c.BackfillShare < 0 {
+		errs = append(errs, fmt.Errorf("service: the backfill share must not be negative (%d)", c.BackfillShare))
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"statement timeout", c.StatementTimeout}, {"lock timeout", c.LockTimeout}, {"idle-in-transaction timeout", c.IdleInTransactionTimeout},
+		{"mapping resync", c.MappingResync}, {"checkpoint interval", c.CheckpointInterval}, {"stats interval", c.StatsInterval}, {"lease wait", c.LeaseWait},
+	} {
+		if d.d < 0 {
+			errs = append(errs, fmt.Errorf("service: the %s must not be negative (%v)", d.name, d.d))
 		}
-		defer ln.Close()
 	}
-	// Then the lease on the replica name, before anything is touched: a second
-	// process under a live name refuses to start.
-	lease, err := store.AcquireLease(ctx, cfg.DatabaseURL, cfg.Consumer.Replica, leaseTag(cfg.Consumer.Replica), or(cfg.LeaseWait, 5*time.Second))
+	errs = append(errs, c.Consumer.Validate(), c.strays().Validate(), c.deadLetters().Validate())
+	return errors.Join(errs...)
+}
+
+// loadCatalog reads the catalog (when the config does not hold one) and builds
+// the stream definitions from it (when the config holds none), and checks that
+// every entity has its consumers.
+func (s *Service) loadCatalog(ctx context.Context) error {
+	c := &s.cfg
+	var err error
+	if c.Catalog == nil {
+		if c.Catalog, err = c.LoadCatalog(ctx, s.st); err != nil {
+			return err
+		}
+	}
+	if c.Streams.Streams == nil {
+		if c.Streams, err = stream.LoadDefinitions(c.StreamsFS, c.Catalog); err != nil {
+			return err
+		}
+	}
+	return c.missingConsumers()
+}
+
+// missingConsumers reports each catalog entity without its consumer definitions.
+func (c Config) missingConsumers() error {
+	var errs []error
+	for _, source := range c.sources() {
+		for _, name := range c.Catalog.Names() {
+			if c.Streams.Consumers[source.Stream][name].Durable == "" {
+				errs = append(errs, fmt.Errorf("service: the stream definitions have no consumer of %s for entity %q", source.Stream, name))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fetchersOf adapts a stray finder to what the consumer package asks of one.
+func fetchersOf(find func(context.Context) ([]*stream.Fetcher, error)) func(context.Context) ([]consumer.Fetcher, error) {
+	return func(ctx context.Context) ([]consumer.Fetcher, error) {
+		found, err := find(ctx)
+		out := make([]consumer.Fetcher, len(found))
+		for i, f := range found {
+			out[i] = f
+		}
+		return out, err
+	}
+}
+
+// sources are the streams consumed.
+func (c Config) sources() []event.Source {
+	if c.Backfill {
+		return []event.Source{event.Realtime, event.Backfill}
+	}
+	return []event.Source{event.Realtime}
+}
+
+func (c Config) strays() consumer.StrayConfig {
+	return consumer.StrayConfig{Interval: c.StrayInterval, Replica: c.Consumer.Replica}
+}
+
+func (c Config) deadLetters() deadletter.Config {
+	return deadletter.Config{Park: c.Park, Retry: c.Retry, Interval: c.DeadLetterInterval, Logger: c.Logger}
+}
+
+// Service is SyncFlow's consumer service, built by New and run, once, by Run.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	ln    net.Listener // nil without an HTTP address
+	lease *store.Lease
+	st    *store.Store
+	nats  *stream.Conn
+	rules *consumer.Rules
+	obs   *observer
+
+	consumers   []*consumer.Consumer
+	strays      []*consumer.Strays
+	deadLetters *deadletter.Worker
+	gaveUp      *deadletter.GaveUpDrain // nil without the advisories stream
+
+	closers []func() // what New opened, closed in reverse order
+}
+
+// Run builds the service and runs it until ctx ends (New, then Service.Run). A
+// stop while it is starting is a clean one.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	}
+	return s.Run(ctx)
+}
+
+// New builds the service, in the order of its steps; what it opened is closed
+// again when a step fails, or when Run returns.
+func New(ctx context.Context, cfg Config) (_ *Service, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Service{cfg: cfg, log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	for _, step := range []func(context.Context) error{s.claim, s.openStore, s.loadRules, s.connect, s.bind} {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Service) onClose(f func()) { s.closers = append(s.closers, f) }
+
+func (s *Service) close() {
+	for _, f := range slices.Backward(s.closers) {
+		f()
+	}
+	s.closers = nil
+}
+
+// claim takes the HTTP address, so that a second process on the same address
+// stops before it has any effect; then the lease on the replica name, before
+// anything is touched, so that a second process under a live name refuses to
+// start.
+func (s *Service) claim(ctx context.Context) error {
+	if s.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("metrics and health on %s: %w (is another syncflow running on this host? give this one another --http-addr)", s.cfg.HTTPAddr, err)
+		}
+		s.ln = ln
+		s.onClose(func() { _ = ln.Close() })
+	}
+	replica := s.cfg.Consumer.Replica
+	lease, err := store.AcquireLease(ctx, s.cfg.DatabaseURL, replica, leaseTag(replica), s.cfg.LeaseWait)
 	if err != nil {
 		return err
 	}
-	defer lease.Release()
+	s.lease = lease
+	s.onClose(lease.Release)
 	// A process that held the name until its connection dropped stops writing
 	// within a check of the lease: let it, before this one touches the name's rows.
 	select {
 	case <-ctx.Done():
-		return nil
+		return ctx.Err()
 	case <-time.After(store.LeaseSettle):
+		return nil
 	}
+}
+
+// openStore migrates when asked, opens the pool, checks the schema and the target
+// tables, and closes the batches a previous run of this replica left running.
+func (s *Service) openStore(ctx context.Context) error {
+	cfg := s.cfg
 	if cfg.Migrate {
 		m, err := store.NewMigrator(cfg.DatabaseURL)
 		if err != nil {
@@ -138,34 +326,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	s.st = st
+	s.onClose(st.Close)
 	if cfg.Migrate && cfg.BuiltInCatalog != nil {
 		if v, stored, err := st.StoreCatalogIfNone(ctx, cfg.BuiltInCatalog, leaseTag(cfg.Consumer.Replica), "the built-in catalog, stored on a new database"); err != nil {
 			return err
 		} else if stored {
-			log.Info("stored the built-in catalog (replace it with `syncflow catalog apply FILE`)", "version", v)
+			s.log.Info("stored the built-in catalog (replace it with `syncflow catalog apply FILE`)", "version", v)
 		}
 	}
-	if cfg.Catalog == nil {
-		if cfg.Catalog, err = cfg.LoadCatalog(ctx, st); err != nil {
-			return err
-		}
-	}
-	if cfg.Streams.Streams == nil {
-		if cfg.Streams, err = stream.LoadDefinitions(cfg.StreamsFS, cfg.Catalog); err != nil {
-			return err
-		}
-	}
-	dlCfg := deadletter.Config{Park: cfg.Park, Retry: cfg.Retry, Interval: cfg.DeadLetterInterval, Logger: log}
-	applier, err := apply.NewApplier(st, dlCfg.Stamp(apply.Config{IsolationTimeout: cfg.StatementTimeout, Logger: log}))
-	if err != nil {
+	if err := s.loadCatalog(ctx); err != nil {
 		return err
 	}
-	dls, err := deadletter.New(store.DeadLetters{Store: st}, applier, dlCfg)
-	if err != nil {
-		return err
-	}
-	w := writer{Applier: applier, Store: st, lease: lease}
+	cfg = s.cfg
 	if err := CheckSchema(ctx, st); err != nil {
 		return err
 	}
@@ -175,10 +348,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if n, err := st.AbandonBatches(ctx, cfg.Consumer.Replica); err != nil {
 		return err
 	} else if n > 0 {
-		log.Warn("closed batches a previous run of this replica left running", "replica", cfg.Consumer.Replica, "batches", n)
+		s.log.Warn("closed batches a previous run of this replica left running", "replica", cfg.Consumer.Replica, "batches", n)
 	}
-	rules := &consumer.Rules{}
-	initial, err := st.LoadMappings(ctx)
+	return nil
+}
+
+// loadRules loads the field mappings, refusing rules that do not compile or do
+// not fit the target tables.
+func (s *Service) loadRules(ctx context.Context) error {
+	initial, err := s.st.LoadMappings(ctx)
 	if err != nil {
 		return err
 	}
@@ -186,161 +364,182 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("bridge.field_mappings holds invalid rules, fix them: %w", err)
 	}
-	if err := st.CheckRules(ctx, cfg.Catalog, initial); err != nil {
+	if err := s.st.CheckRules(ctx, s.cfg.Catalog, initial); err != nil {
 		return fmt.Errorf("bridge.field_mappings does not fit the target tables; fix the rules (syncflow mappings export, edit, import) or the tables:\n%w", err)
 	}
-	rules.Store(set)
+	s.rules = &consumer.Rules{}
+	s.rules.Store(set)
+	return nil
+}
 
-	nc, embedded, err := connectNATS(cfg.NATS, cfg.EmbeddedNATSDir, log)
+// connect connects to NATS (or starts the embedded server) and applies the
+// streams and consumers when asked.
+func (s *Service) connect(ctx context.Context) error {
+	conn, err := stream.Dial(s.cfg.NATS, s.cfg.EmbeddedNATSDir)
 	if err != nil {
 		return err
 	}
-	if embedded != nil {
-		defer embedded.Stop()
+	s.nats = conn
+	s.onClose(conn.Close)
+	if s.cfg.ApplyStreams {
+		return stream.Apply(ctx, conn.JS, s.cfg.Streams)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	return nil
+}
+
+// bind builds what runs: the applier they write with, the observer, a consumer
+// bound to each entity's durable on each stream, a stray drain per stream, the
+// dead-letter worker and the advisory drain.
+func (s *Service) bind(ctx context.Context) error {
+	cfg, log := s.cfg, s.log
+	dlCfg := cfg.deadLetters()
+	applier, err := apply.NewApplier(s.st, dlCfg.Stamp(apply.Config{IsolationTimeout: cfg.StatementTimeout, Logger: log}))
 	if err != nil {
 		return err
 	}
-	if cfg.ApplyStreams {
-		if err := stream.Apply(ctx, js, cfg.Streams); err != nil {
-			return err
-		}
+	dls, err := deadletter.New(store.DeadLetters{Store: s.st}, applier, dlCfg)
+	if err != nil {
+		return err
 	}
-
-	var advisories *stream.AdvisoryReader
+	w := writer{Applier: applier, Store: s.st, lease: s.lease}
 	if cfg.Streams.Advisories.Name != "" {
-		if advisories, err = stream.NewAdvisoryReader(ctx, js, cfg.Streams); err != nil {
+		advisories, err := stream.NewAdvisoryReader(ctx, s.nats.JS, cfg.Streams)
+		if err != nil {
 			return err
 		}
+		s.gaveUp = &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: cfg.Catalog, Logger: log}
 	}
+	s.deadLetters = &deadletter.Worker{DeadLetters: dls, Catalog: cfg.Catalog, Rules: s.rules.Load, Replica: cfg.Consumer.Replica}
 	metrics := telemetry.NewMetrics()
-	metrics.RegisterPool(func() telemetry.Pool { p := st.PoolStats(); return telemetry.Pool(p) })
-	obs := &observer{m: metrics, st: st, nc: nc, entities: cfg.Catalog.Names(), log: log}
-	userHook := cfg.Consumer.OnCommit
-	cfg.Consumer.OnCommit = func(entity string, source event.Source, msgs []stream.Message, res apply.Result) {
-		obs.record(entity, source, msgs, res)
+	metrics.RegisterPool(func() telemetry.Pool { p := s.st.PoolStats(); return telemetry.Pool(p) })
+	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, entities: cfg.Catalog.Names(), log: log}
+	ccfg := s.consumerConfig(metrics)
+	backfillGate := make(chan struct{}, cfg.BackfillShare)
+	for _, source := range cfg.sources() {
+		finder := &stream.StrayFinder{JS: s.nats.JS, Source: source, Known: func(subject string) bool {
+			entity, ok := strings.CutPrefix(subject, source.SubjectPrefix)
+			_, known := cfg.Catalog.Entity(entity)
+			return ok && known
+		}}
+		s.strays = append(s.strays, &consumer.Strays{Find: fetchersOf(finder.Find), Catalog: cfg.Catalog, Source: source, Writer: w,
+			Config: cfg.strays(), Logger: log})
+		for _, e := range cfg.Catalog.Entities() {
+			fetcher, err := stream.NewFetcher(ctx, s.nats.JS, source, cfg.Streams.Consumers[source.Stream][e.Name].Durable)
+			if err != nil {
+				return err
+			}
+			s.obs.fetchers = append(s.obs.fetchers, boundFetcher{stream: source.Stream, entity: e.Name, f: fetcher})
+			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: w,
+				Rules: s.rules, Config: ccfg, Logger: log}
+			// Held messages are kept alive well within the consumer's ack wait.
+			c.Config.AckWait = fetcher.AckWait()
+			if source == event.Backfill {
+				c.Gate = backfillGate
+			}
+			s.consumers = append(s.consumers, c)
+		}
+	}
+	return nil
+}
+
+// consumerConfig is the consumers' configuration with the observer's hooks: every
+// commit counted (and handed to the caller's OnCommit), every hold reported to
+// /readyz, every escalation counted.
+func (s *Service) consumerConfig(metrics *telemetry.Metrics) consumer.Config {
+	cc := s.cfg.Consumer
+	userHook := cc.OnCommit
+	cc.OnCommit = func(entity string, source event.Source, msgs []pipeline.Message, res apply.Result) {
+		s.obs.record(entity, source, msgs, res)
 		if userHook != nil {
 			userHook(entity, source, msgs, res)
 		}
 	}
-	cfg.Consumer.OnHold = obs.hold
-	cfg.Consumer.OnEscalate = func(entity string, source event.Source) {
+	cc.OnHold = s.obs.hold
+	cc.OnEscalate = func(entity string, source event.Source) {
 		metrics.Escalations.WithLabelValues(entity, source.Name).Inc()
 	}
-	// Two groups, stopped in order: g holds the workers that commit (consumers,
-	// strays, the dead-letter worker, the advisory drain, the mappings watcher);
-	// infra what must outlive them (the checkpointer, whose last flush must come
-	// after the last commit, the HTTP server and the gauges). A failure in either
-	// stops both.
+	return cc
+}
+
+// Run runs the service until ctx ends, then shuts it down in order (see the
+// package's doc). A failure of any part stops the whole, in the same order.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.close()
+	log := s.log
+	// Two groups, stopped in order: workers hold what commits; infra what must
+	// outlive it.
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	g, gctx := errgroup.WithContext(runCtx)
+	workers, workCtx := errgroup.WithContext(runCtx)
 	infraCtx, stopInfra := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopInfra()
 	infra, ictx := errgroup.WithContext(infraCtx)
-	goInfra := func(fn func() error) {
+	goInfra := func(run func(context.Context) error) {
 		infra.Go(func() error {
-			err := fn()
+			err := run(ictx)
 			if err != nil {
 				stop()
 			}
 			return err
 		})
 	}
-	wait := func() error {
-		err := g.Wait()
-		stopInfra()
-		return errors.Join(err, infra.Wait())
-	}
-	// A failure while the rest is being started stops what already runs first.
-	abort := func(err error) error {
-		stop()
-		_ = wait()
-		return err
-	}
 	// The lease is held until the last commit and the last checkpoint are done.
-	goInfra(func() error { return lease.Keep(ictx, store.LeaseCheck, log) })
-	if ln != nil {
-		goInfra(func() error { return obs.serve(ictx, ln) })
-		if cfg.OnListen != nil {
-			cfg.OnListen(ln.Addr())
+	goInfra(func(ctx context.Context) error { return s.lease.Keep(ctx, store.LeaseCheck, log) })
+	if s.ln != nil {
+		goInfra(func(ctx context.Context) error { return s.obs.serve(ctx, s.ln) })
+		if s.cfg.OnListen != nil {
+			s.cfg.OnListen(s.ln.Addr())
 		}
-		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+		log.Info("serving /metrics, /healthz and /readyz", "addr", s.ln.Addr().String())
 	}
-	backfillGate := make(chan struct{}, max(cfg.BackfillShare, 1))
-	sources := []event.Source{event.Realtime}
-	if cfg.Backfill {
-		sources = append(sources, event.Backfill)
+	goInfra(func(ctx context.Context) error { return s.st.RunCheckpoints(ctx, s.cfg.CheckpointInterval, log) })
+	goInfra(func(ctx context.Context) error { return s.obs.runRefresh(ctx, s.cfg.StatsInterval) })
+
+	for _, strays := range s.strays {
+		workers.Go(func() error { return strays.Run(workCtx) })
 	}
-	for _, source := range sources {
-		finder := &stream.StrayFinder{JS: js, Source: source, Known: func(subject string) bool {
-			entity, ok := strings.CutPrefix(subject, source.SubjectPrefix)
-			_, known := cfg.Catalog.Entity(entity)
-			return ok && known
-		}}
-		strays := &consumer.Strays{Find: finder.Find, Catalog: cfg.Catalog, Source: source, Writer: w,
-			Interval: cfg.StrayInterval, Replica: cfg.Consumer.Replica, Logger: log}
-		g.Go(func() error { return strays.Run(gctx) })
-		for _, e := range cfg.Catalog.Entities() {
-			durable := cfg.Streams.Consumers[source.Stream][e.Name].Durable
-			fetcher, err := stream.NewFetcher(ctx, js, source, durable)
-			if err != nil {
-				return abort(err)
-			}
-			obs.fetchers = append(obs.fetchers, boundFetcher{stream: source.Stream, entity: e.Name, f: fetcher})
-			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: w,
-				Rules: rules, Config: cfg.Consumer, Logger: log}
-			// Held messages are kept alive well within the consumer's ack wait,
-			// whatever the heartbeat setting.
-			if wait := fetcher.AckWait(); wait > 0 {
-				c.Config.Heartbeat = min(cmp.Or(c.Config.Heartbeat, 10*time.Second), wait/3)
-			}
-			if source == event.Backfill {
-				c.Gate = backfillGate
-			}
-			g.Go(func() error { return c.Run(gctx) })
-		}
+	for _, c := range s.consumers {
+		workers.Go(func() error { return c.Run(workCtx) })
 	}
-	g.Go(func() error {
-		return st.WatchMappings(gctx, or(cfg.MappingResync, 30*time.Second), log, func(rs []mapping.Rule) {
-			set, err := mapping.Compile(rs)
-			if err != nil {
-				log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
-				return
-			}
-			// A rule for a column the table does not have (any more) would drop
-			// its values without a trace: say so, and keep what was working.
-			if err := st.CheckRules(gctx, cfg.Catalog, rs); err != nil {
-				log.Error("field mappings do not fit the target tables; keeping the previous ones", "err", err)
-				return
-			}
-			rules.Store(set)
-			log.Debug("field mappings loaded", "rules", len(rs))
-		})
-	})
-	goInfra(func() error { return st.RunCheckpoints(ictx, or(cfg.CheckpointInterval, 500*time.Millisecond), log) })
-	obs.bound.Store(true)
-	goInfra(func() error { return obs.runRefresh(ictx, or(cfg.StatsInterval, 15*time.Second)) })
-	worker := &deadletter.Worker{DeadLetters: dls, Catalog: cfg.Catalog, Rules: rules.Load, Replica: cfg.Consumer.Replica}
-	g.Go(func() error { return worker.Run(gctx) })
-	if advisories != nil {
-		drain := &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: cfg.Catalog, Logger: log}
-		g.Go(func() error { return drain.Run(gctx) })
+	workers.Go(func() error { return s.watchMappings(workCtx) })
+	workers.Go(func() error { return s.deadLetters.Run(workCtx) })
+	if s.gaveUp != nil {
+		workers.Go(func() error { return s.gaveUp.Run(workCtx) })
 	}
-	log.Info("syncflow running", "replica", cfg.Consumer.Replica, "entities", len(cfg.Catalog.Names()),
-		"database", redact.String(cfg.DatabaseURL), "nats", redact.String(nc.ConnectedUrlRedacted()))
-	// The consumers stop fetching, commit or nak what they hold, and return; then
-	// the checkpointer flushes what they committed last; then NATS and the pool
-	// are closed (deferred above).
-	err = wait()
-	// Consumers have acked or nakked what they held: let that reach the server.
-	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
+	log.Info("syncflow running", "replica", s.cfg.Consumer.Replica, "entities", len(s.cfg.Catalog.Names()),
+		"database", redact.String(s.cfg.DatabaseURL), "nats", s.nats.URL())
+
+	err := workers.Wait()
+	stopInfra() // after the last commit: the checkpointer's last flush writes its checkpoints
+	err = errors.Join(err, infra.Wait())
+	// The workers have acked or nakked what they held: let that reach the server.
+	if ferr := s.nats.Flush(5 * time.Second); ferr != nil && err == nil {
 		log.Warn("flushing NATS on shutdown failed", "err", ferr)
 	}
 	log.Info("syncflow stopped")
 	return err
+}
+
+// watchMappings keeps the consumers' rules current: changes arrive by NOTIFY, and
+// at least every MappingResync; rules that do not compile or do not fit the
+// target tables are reported, and the previous ones kept.
+func (s *Service) watchMappings(ctx context.Context) error {
+	log := s.log
+	return s.st.WatchMappings(ctx, s.cfg.MappingResync, log, func(rs []mapping.Rule) {
+		set, err := mapping.Compile(rs)
+		if err != nil {
+			log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
+			return
+		}
+		// A rule for a column the table does not have (any more) would drop
+		// its values without a trace: say so, and keep what was working.
+		if err := s.st.CheckRules(ctx, s.cfg.Catalog, rs); err != nil {
+			log.Error("field mappings do not fit the target tables; keeping the previous ones", "err", err)
+			return
+		}
+		s.rules.Store(set)
+		log.Debug("field mappings loaded", "rules", len(rs))
+	})
 }
 
 // leaseTag describes this process to another that finds its replica name taken.
@@ -367,13 +566,6 @@ func (w writer) ApplyBatch(ctx context.Context, b apply.Batch) (apply.Result, er
 	return w.Applier.ApplyBatch(ctx, b)
 }
 
-func or(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
-}
-
 // CheckSchema refuses a schema that is not the one this binary was built with.
 func CheckSchema(ctx context.Context, st *store.Store) error {
 	have, dirty, err := st.SchemaVersion(ctx)
@@ -398,39 +590,4 @@ func schemaProblem(have uint, dirty bool) error {
 		return fmt.Errorf("the bridge schema is at version %d, newer than this syncflow knows (%d): upgrade syncflow", have, want)
 	}
 	return nil
-}
-
-// connectNATS connects; when nothing answers and embeddedDir is set, it starts an
-// embedded JetStream server on the URL's address first.
-func connectNATS(cfg stream.Config, embeddedDir string, log *slog.Logger) (*nats.Conn, *stream.Embedded, error) {
-	nc, err := stream.Connect(cfg)
-	if err == nil || embeddedDir == "" {
-		if err != nil {
-			err = fmt.Errorf("%w (is NATS running? `make run` starts an embedded one with --embedded-nats-dir)", err)
-		}
-		return nc, nil, err
-	}
-	u, perr := url.Parse(strings.Split(cfg.URL, ",")[0])
-	if perr != nil {
-		return nil, nil, fmt.Errorf("nats URL %s: %v", redact.String(cfg.URL), redact.String(perr.Error()))
-	}
-	hostname, portText, _ := net.SplitHostPort(u.Host)
-	port, _ := strconv.Atoi(portText)
-	if port == 0 {
-		port = 4222
-	}
-	if err := os.MkdirAll(embeddedDir, 0o755); err != nil {
-		return nil, nil, err
-	}
-	srv, err := stream.StartEmbedded(hostname, port, embeddedDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	log.Info("no NATS answered; started an embedded JetStream server", "url", srv.ClientURL(), "store_dir", embeddedDir)
-	nc, err = stream.Connect(cfg)
-	if err != nil {
-		srv.Stop()
-		return nil, nil, err
-	}
-	return nc, srv, nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
@@ -310,7 +311,7 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 		}
 		c.Consumer.BatchSize = 20
 		c.Consumer.Heartbeat = 300 * time.Millisecond
-		c.Consumer.OnCommit = func(_ string, _ event.Source, msgs []stream.Message, _ apply.Result) {
+		c.Consumer.OnCommit = func(_ string, _ event.Source, msgs []pipeline.Message, _ apply.Result) {
 			for _, m := range msgs {
 				if m.NumDelivered > 1 {
 					redelivered.Add(1)

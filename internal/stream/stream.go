@@ -1,9 +1,12 @@
 // Package stream is SyncFlow's JetStream adapter: connecting, creating the streams
-// and durable consumers from the JSON definitions in streams/, fetching batches and
-// acknowledging them. It is the only package besides cmd that imports nats.go.
+// and durable consumers (from the stream files in streams/ and the catalog),
+// fetching batches of messages that settle through closures (pipeline.Message),
+// publishing, and reading the max-deliveries advisories. It is the only package
+// besides cmd that imports nats.go.
 //
-// It decides nothing about the data; it imports only the core (event, pipeline,
-// backfill, deadletter for the types it hands them), never internal/store.
+// It decides nothing about the data; it imports only the core (event, catalog,
+// pipeline, backfill, deadletter for the types it hands them) and the consumer's
+// message type, never internal/store.
 package stream
 
 import (
@@ -149,25 +152,6 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Message is one fetched message with what the pipeline needs and the means to
-// settle it.
-type Message struct {
-	msg      jetstream.Msg
-	Delivery pipeline.Delivery
-	// NumDelivered counts deliveries of this message, this one included.
-	NumDelivered uint64
-	pending      uint64 // messages of the consumer not yet delivered, when this one was
-}
-
-// Ack acknowledges the message (after its batch committed).
-func (m Message) Ack() error { return m.msg.Ack() }
-
-// NakWithDelay asks for redelivery after d.
-func (m Message) NakWithDelay(d time.Duration) error { return m.msg.NakWithDelay(d) }
-
-// InProgress resets the message's ack timer while its batch is still being written.
-func (m Message) InProgress() error { return m.msg.InProgress() }
-
 // Fetcher pulls batches from one durable consumer.
 type Fetcher struct {
 	consumer jetstream.Consumer
@@ -209,8 +193,8 @@ func (f *Fetcher) AckWait() time.Duration {
 // the batch is asked for with both a count and a byte limit. The server answers
 // at once, as that many are there; should another replica take some first, the
 // request ends after a short wait rather than FetchWait.
-func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Message, error) {
-	first, err := f.collect(f.consumer.FetchNoWait(1))
+func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Message, error) {
+	first, pending, err := f.collect(f.consumer.FetchNoWait(1))
 	if err != nil {
 		return first, err
 	}
@@ -219,7 +203,7 @@ func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Messa
 			return nil, ctx.Err()
 		}
 		fctx, cancel := context.WithTimeout(ctx, wait)
-		first, err = f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
+		first, pending, err = f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
 		cancel()
 		if ctx.Err() != nil {
 			return first, ctx.Err()
@@ -232,14 +216,14 @@ func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Messa
 	// The pending count does not count redeliveries: a redelivered first message
 	// (a restart, another replica's ack wait) likely has company, so ask for a
 	// whole batch then, at the cost of restWait when it has none.
-	rest := min(uint64(n-1), first[0].pending)
+	rest := min(uint64(n-1), pending)
 	if first[0].NumDelivered > 1 {
 		rest = uint64(n - 1)
 	}
 	if rest == 0 || budget <= 0 {
 		return first, nil
 	}
-	more, err := f.collect(f.consumer.Fetch(int(rest), jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait)))
+	more, _, err := f.collect(f.consumer.Fetch(int(rest), jetstream.FetchMaxBytes(budget), jetstream.FetchMaxWait(restWait)))
 	return append(first, more...), err
 }
 
@@ -247,24 +231,33 @@ func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]Messa
 // messages it counted on were taken by another replica.
 const restWait = 20 * time.Millisecond
 
-func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) ([]Message, error) {
+// collect turns a fetched batch into messages that settle through closures over
+// their JetStream messages; pending is the consumer's count of messages not yet
+// delivered when the first one was.
+func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) (out []pipeline.Message, pending uint64, _ error) {
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	var out []Message
 	for m := range batch.Messages() {
 		md, err := m.Metadata()
 		if err != nil {
-			return out, err
+			return out, pending, err
 		}
-		out = append(out, Message{msg: m, NumDelivered: md.NumDelivered, pending: md.NumPending, Delivery: pipeline.Delivery{
-			Subject: m.Subject(), Source: f.source, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp,
-		}})
+		if len(out) == 0 {
+			pending = md.NumPending
+		}
+		out = append(out, pipeline.Message{
+			Delivery:     pipeline.Delivery{Subject: m.Subject(), Source: f.source, StreamSeq: md.Sequence.Stream, Data: m.Data(), Published: md.Timestamp},
+			NumDelivered: md.NumDelivered,
+			Ack:          m.Ack,
+			NakWithDelay: m.NakWithDelay,
+			InProgress:   m.InProgress,
+		})
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {
-		return out, err
+		return out, pending, err
 	}
-	return out, nil
+	return out, pending, nil
 }
 
 // Pending returns the consumer's messages not yet delivered and those delivered but
