@@ -1,0 +1,13 @@
+package storetest_test
+
+import (
+	"testing"
+
+	"github.com/syncflow/syncflow/internal/storetest"
+)
+
+// The memory store keeps the contract; internal/store runs the same cases against
+// PostgreSQL.
+func TestMemoryKeepsTheContract(t *testing.T) {
+	storetest.Contract(t, func(t *testing.T) storetest.Backend { return storetest.NewMemory(storetest.Catalog(t)) })
+}
