@@ -45,9 +45,11 @@ type Env struct {
 	DeadLetters *deadletter.DeadLetters
 
 	// Rules are the mapping rules Apply prepares with (nil: none); Source is the
-	// stream Apply's events come from (default realtime).
-	Rules  *mapping.Set
-	Source event.Source
+	// stream Apply's events come from (default realtime); IsolateTimeouts is
+	// set on Apply's batches (as on a batch that kept timing out).
+	Rules           *mapping.Set
+	Source          event.Source
+	IsolateTimeouts bool
 
 	seq   uint64
 	batch uuid.UUID
@@ -111,7 +113,7 @@ func (e *Env) ApplyWith(a *apply.Applier, entity string, ds []pipeline.Delivery)
 	}
 	prepared := pipeline.Preparer{Catalog: e.Catalog, Rules: e.Rules}.Prepare(ds)
 	res, err := a.ApplyBatch(e.Ctx, apply.Batch{Entity: ent, Catalog: e.Catalog, Rules: e.Rules, BatchUID: e.batch, NewBatch: e.fresh,
-		Source: e.Source, Replica: "test", Deliveries: ds, Prepared: prepared})
+		Source: e.Source, Replica: "test", Deliveries: ds, Prepared: prepared, IsolateTimeouts: e.IsolateTimeouts})
 	if err == nil {
 		e.fresh = false
 	}
