@@ -40,7 +40,7 @@ func TestCounts(t *testing.T) {
 				wc("WC7", 2, "second"),                            // inserted
 			),
 			pipeline.Counts{Fetched: 9, Normalized: 8, Mapped: 8, Inserted: 2, Updated: 1, Unchanged: 1, Stale: 2, Deleted: 1, Parked: 1, Failed: 1}},
-		{"the same version again is unchanged",
+		{"the same data again is unchanged",
 			[]step{realtime("sites", storetest.Site("S1", 1, "a"))},
 			realtime("sites", storetest.Site("S1", 1, "a")),
 			pipeline.Counts{Fetched: 1, Normalized: 1, Mapped: 1, Unchanged: 1}},

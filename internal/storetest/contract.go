@@ -75,19 +75,6 @@ func siteLedgerRow(key string, ord int64, src event.Source, seq uint64, hash str
 		RowVersion: event.RowVersion{Ord: ord, Text: strconv.FormatInt(ord, 10)}}, Version: v, Deleted: deleted}
 }
 
-// writeSite writes a site into the ledger alone, as a parent that arrived by a
-// path that released nothing.
-func (e *Env) writeSite(t *testing.T, key string) {
-	t.Helper()
-	b := e.NewBatch(t, "sites")
-	if err := e.InTx(func(tx apply.Tx) error {
-		_, err := tx.WriteLedger(e.Ctx, "sites", b.UID, []apply.LedgerRow{siteLedgerRow(key, 1, event.Realtime, 1, "h", false)})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // parkRow prepares body of entity as the next message and parks it under its
 // parent of entity parent.
 func (e *Env) parkRow(t *testing.T, entity, body, parent string) apply.ParkRow {
@@ -530,7 +517,7 @@ func sweeperStatements(t *testing.T, e *Env) {
 	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || any {
 		t.Errorf("AnyReleasable before the parent: %v %v", any, err)
 	}
-	e.writeSite(t, "S1")
+	e.Unnoticed(t, "sites", Site("S1", 1, ""))
 	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || !any {
 		t.Errorf("AnyReleasable after the parent: %v %v", any, err)
 	}
@@ -985,7 +972,7 @@ func flowSweepToOrphan(t *testing.T, e *Env) {
 
 func flowSweepReleases(t *testing.T, e *Env) {
 	e.Apply(t, "work_centers", WorkCenter("S1", "WC1", 1, "one"))
-	e.writeSite(t, "S1")
+	e.Unnoticed(t, "sites", Site("S1", 1, ""))
 	if sw := e.Sweep(t, deadletter.ParkedSelection{All: true}); sw.Released != 1 || sw.Examined != 1 {
 		t.Fatalf("a manual release: %+v", sw)
 	}
@@ -995,7 +982,7 @@ func flowSweepReleases(t *testing.T, e *Env) {
 	if sw := e.Sweep(t, deadletter.ParkedSelection{Expire: true}); sw.Orphaned != 1 {
 		t.Fatalf("expire: %+v", sw)
 	}
-	e.writeSite(t, "S2")
+	e.Unnoticed(t, "sites", Site("S2", 1, ""))
 	if sw := e.Sweep(t, deadletter.ParkedSelection{}); sw.Released != 1 || sw.Examined != 1 {
 		t.Fatalf("the sweeper's round: %+v", sw)
 	}

@@ -159,6 +159,38 @@ func (e *Env) NewBatch(t testing.TB, entity string) apply.BatchRow {
 	return b
 }
 
+// Unnoticed writes events of entity into the ledger and the target and nothing
+// else: a transaction that did not see the children waiting for them (another
+// replica's, racing theirs, or one whose process died before its re-checks).
+// Nothing is released.
+func (e *Env) Unnoticed(t testing.TB, entity string, bodies ...string) {
+	t.Helper()
+	p := pipeline.Preparer{Catalog: e.Catalog, Rules: e.Rules}.Prepare(e.Deliveries(entity, bodies...))
+	if len(p.Failures) > 0 {
+		t.Fatalf("%s: %v", entity, p.Failures[0].Err)
+	}
+	b := e.NewBatch(t, entity)
+	rows := make([]apply.LedgerRow, len(p.Candidates))
+	var upserts, deletes []map[string]any
+	for i, c := range p.Candidates {
+		deleted := c.Record.Op == event.OpDelete
+		rows[i] = apply.LedgerRow{Record: c.Record, Version: c.Version, Deleted: deleted}
+		if deleted {
+			deletes = append(deletes, c.Row)
+		} else {
+			upserts = append(upserts, c.Row)
+		}
+	}
+	if err := e.InTx(func(tx apply.Tx) error {
+		if _, err := tx.WriteLedger(e.Ctx, entity, b.UID, rows); err != nil {
+			return err
+		}
+		return tx.WriteTarget(e.Ctx, entity, upserts, deletes)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Committed sums the counts of every batch row.
 func (e *Env) Committed(t testing.TB) pipeline.Counts {
 	t.Helper()
