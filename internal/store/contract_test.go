@@ -23,9 +23,12 @@ import (
 // the two disagree on a case, a test fails, so the fake the core is tested with
 // cannot drift from the store.
 func TestStoreKeepsTheContract(t *testing.T) {
-	storetest.Contract(t, func(t *testing.T) storetest.Backend {
+	storetest.Contract(t, func(t *testing.T, cat *catalog.Catalog) storetest.Backend {
 		f := newFixture(t)
-		return &pgBackend{st: f.st, conn: f.conn, cat: f.cat}
+		if err := f.st.PrepareTargets(f.ctx, cat); err != nil {
+			t.Fatal(err)
+		}
+		return &pgBackend{st: f.st, conn: f.conn, cat: cat}
 	})
 }
 

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,28 +13,52 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/normalize"
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/streams"
 )
 
 // Contract runs every case of the contract against a fresh, empty backend that
-// open returns. The memory store and the PostgreSQL store both run it: where
-// they disagree, a case fails.
+// open returns for the catalog cat (the shipped one, but that sites replace
+// rather than merge, so that both kinds of upsert are covered). The memory store
+// and the PostgreSQL store both run it: where they disagree, a case fails.
 //
 // The cases come in two kinds: the statements of apply.Tx and deadletter.Tx one
 // by one (what each writes, refuses, returns and bounds), and the flows the core
 // runs over them (parking, release, isolation, sweeps, retries), whose results
 // the two stores must share.
-func Contract(t *testing.T, open func(t *testing.T) Backend) {
+func Contract(t *testing.T, open func(t *testing.T, cat *catalog.Catalog) Backend) {
 	for _, c := range contract {
 		t.Run(c.name, func(t *testing.T) {
-			b := open(t)
-			c.run(t, NewEnv(t, b, Catalog(t), Policy))
+			cat := contractCatalog(t)
+			c.run(t, NewEnv(t, open(t, cat), cat, Policy))
 		})
 	}
+}
+
+// contractCatalog is the shipped catalog, with sites upserted by replace.
+func contractCatalog(t *testing.T) *catalog.Catalog {
+	t.Helper()
+	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sites = "  sites:\n    key: [CONTRACT]\n"
+	if !strings.Contains(string(data), sites) {
+		t.Fatalf("the shipped catalog has no block %q", sites)
+	}
+	cat, err := catalog.Parse([]byte(strings.Replace(string(data), sites, sites+"    upsert: replace\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := cat.Entity("sites"); e.Upsert != catalog.UpsertReplace {
+		t.Fatalf("sites: %+v", e)
+	}
+	return cat
 }
 
 var contract = []struct {
@@ -50,7 +75,7 @@ var contract = []struct {
 	{"dead letters/failing again keeps the history", failedAgain},
 	{"dead letters/selection, due or chosen, bounded", selectDeadLetters},
 	{"batches/counts add up and close", countBatches},
-	{"targets/merge, soft and hard deletes, rejected rows", targetWrites},
+	{"targets/merge and replace, soft and hard deletes, rejected rows", targetWrites},
 	{"flow/a parking cascade three levels deep", flowCascade},
 	{"flow/a bounded release leaves the rest due for the sweeper", flowBoundedRelease},
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
@@ -610,6 +635,18 @@ func deadLetterPerMessage(t *testing.T, e *Env) {
 		rows[0].History[3] != "mapping: mapping failed => fixed by hand" {
 		t.Fatalf("resolved: %+v", rows)
 	}
+	// An orphan names its parent; the message's next failure, of another kind,
+	// does not.
+	orphan := deadLetter(8, pipeline.StageOrphan, 0, "{}")
+	orphan.Parent = &normalize.ParentRef{Entity: "items", BKHash: Hash("P1"), Key: []string{"P1"}}
+	e.addDeadLetters(t, &b, orphan)
+	if rows := e.DeadLetterRows(t); len(rows) != 2 || rows[1].Parent != (apply.Key{Entity: "items", Hash: Hash("P1")}) {
+		t.Fatalf("an orphan: %v", rows)
+	}
+	e.addDeadLetters(t, &b, deadLetter(8, pipeline.StageWrite, time.Hour, "{}"))
+	if rows := e.DeadLetterRows(t); len(rows) != 2 || rows[1].Parent != (apply.Key{}) || rows[1].Stage != "write" {
+		t.Fatalf("an orphan that failed otherwise: %+v", rows[1])
+	}
 	// A resolved dead letter is history: the message's next failure is a new one.
 	e.addDeadLetters(t, &b, deadLetter(7, pipeline.StageDecode, 0, `{"third":3}`))
 	// Messages without an identity are each their own; of one message's failures
@@ -622,7 +659,8 @@ func deadLetterPerMessage(t *testing.T, e *Env) {
 	for _, r := range e.DeadLetterRows(t) {
 		got = append(got, fmt.Sprintf("%s #%d %s resolved=%v history=%d", r.Entity, r.Seq, r.Stage, r.Resolved, len(r.History)))
 	}
-	want := []string{"sites #7 mapping resolved=true history=4", "sites #7 decode resolved=false history=0", "sites #9 write resolved=false history=0",
+	want := []string{"sites #7 mapping resolved=true history=4", "sites #7 decode resolved=false history=0", "sites #8 write resolved=false history=1",
+		"sites #9 write resolved=false history=0",
 		"unknown #0 decode resolved=false history=0", "sites #0 decode resolved=false history=0"}
 	if !slices.Equal(got, want) {
 		t.Errorf("dead letters:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -773,8 +811,27 @@ func targetWrites(t *testing.T, e *Env) {
 			t.Errorf("%s: %v, want %v", s.name, got, s.want)
 		}
 	}
-	if err := write("sites", []map[string]any{{"contract": "S1", "description": "a"}, {"contract": "S2", "description": "b"}}, nil); err != nil {
+	// Sites replace: a column the upsert does not carry goes back to its default.
+	if err := write("sites", []map[string]any{{"contract": "S1", "description": "a"}, {"contract": "S2", "description": "b", "company": "c"}}, nil); err != nil {
 		t.Fatal(err)
+	}
+	if err := write("sites", []map[string]any{{"contract": "S2", "description": "b"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.TargetRows(t, "sites", "contract", "description", "company"); !slices.Equal(got, []string{"S1|a|NULL", "S2|b|NULL"}) {
+		t.Errorf("sites replaced: %v", got)
+	}
+	// An upsert of the key alone changes nothing (ON CONFLICT DO NOTHING), even
+	// twice in one statement.
+	wc := map[string]any{"contract": "S1", "work_center_no": "WC1", "description": "saw"}
+	if err := write("work_centers", []map[string]any{wc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := write("work_centers", []map[string]any{{"contract": "S1", "work_center_no": "WC1"}, {"contract": "S1", "work_center_no": "WC1"}}, nil); err != nil {
+		t.Errorf("the key alone, twice: %v", err)
+	}
+	if got := e.TargetRows(t, "work_centers", "work_center_no", "description"); !slices.Equal(got, []string{"WC1|saw"}) {
+		t.Errorf("work centers: %v", got)
 	}
 	if err := write("sites", nil, []map[string]any{{"contract": "S1"}}); err != nil {
 		t.Fatal(err)
