@@ -165,6 +165,9 @@ func TestRelease(t *testing.T) {
 		parked  []string
 		// target holds the rows of entities' targets, by their key columns.
 		target map[string][]string
+		// checkpoints holds the checkpoint of entities (their highest rowversion
+		// applied), released children's too.
+		checkpoints map[string]string
 	}{
 		{name: "a parent releases its children", batches: []batch{
 			{"work_centers", []string{storetest.WorkCenter("S1", "WC1", 1, ""), storetest.WorkCenter("S1", "WC2", 1, "")}, []pipeline.Outcome{P, P}, 0},
@@ -178,7 +181,8 @@ func TestRelease(t *testing.T) {
 			{"work_order_operations", []string{storetest.Operation("WO1", 10, "S2", "WC1", 1, ""), storetest.Operation("WO1", 20, "S2", "WC1", 1, "")},
 				[]pipeline.Outcome{P, P}, 0},
 			{"sites", []string{storetest.Site("S2", 1, "")}, []pipeline.Outcome{I}, 3},
-		}, target: map[string][]string{"work_centers": {"S2|WC1"}, "work_order_operations": {"WO1|10", "WO1|20"}}},
+		}, target: map[string][]string{"work_centers": {"S2|WC1"}, "work_order_operations": {"WO1|10", "WO1|20"}},
+			checkpoints: map[string]string{"work_centers": storetest.RV(1), "work_order_operations": storetest.RV(1)}},
 		{name: "a released child whose other parent is missing waits again, for that one, afresh", batches: []batch{
 			{"work_orders", []string{storetest.WorkOrder("WO1", "S1", "P1", 1, "")}, []pipeline.Outcome{P}, 0},
 			{"sites", []string{storetest.Site("S1", 1, "")}, []pipeline.Outcome{I}, 1},
@@ -201,7 +205,7 @@ func TestRelease(t *testing.T) {
 		}, parked: []string{waits("work_centers", `["S1" "WC1"]`, "sites", `["S1"]`, 1, 0)}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			e, _ := newEnv(t)
+			e, m := newEnv(t)
 			for i, b := range c.batches {
 				b.run(t, e)
 				if f := c.arrange[i]; f != nil {
@@ -219,6 +223,11 @@ func TestRelease(t *testing.T) {
 			}
 			if c := e.Committed(t); !c.Balanced() {
 				t.Errorf("committed counts do not add up: %+v", c)
+			}
+			for entity, want := range c.checkpoints {
+				if rv, ok := m.Checkpoint(entity, e.Catalog.SourceSystem); !ok || rv.Text != want {
+					t.Errorf("checkpoint of %s: %q (%v), want %s", entity, rv.Text, ok, want)
+				}
 			}
 		})
 	}

@@ -56,7 +56,6 @@ type Memory struct {
 	// Faults injected by tests: rows a target rejects, children whose parking fails.
 	rejects     []reject
 	breakParked map[string]error // by child key hash
-	statementTO time.Duration
 }
 
 var (
@@ -192,14 +191,10 @@ func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
 	return nil
 }
 
-// SetStatementTimeout notes the timeout; nothing in memory takes long enough to
-// be cut short by it.
-func (t *tx) SetStatementTimeout(ctx context.Context, d time.Duration) error {
-	if err := t.stmt(ctx); err != nil {
-		return err
-	}
-	t.m.statementTO = d
-	return nil
+// SetStatementTimeout sets nothing: no statement in memory takes long enough to
+// be cut short (a test makes one time out with FailParking and apply.ErrTimeout).
+func (t *tx) SetStatementTimeout(ctx context.Context, _ time.Duration) error {
+	return t.stmt(ctx)
 }
 
 // rejected is a row refused by a constraint, as the store classifies it.

@@ -106,7 +106,7 @@ func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []ap
 		k := apply.Key{Entity: entity, Hash: r.Child.BKHash}
 		p := parkedRow{UID: t.m.NewUID(), Batch: batch, Child: k, Parent: apply.Key{Entity: r.Parent.Entity, Hash: r.Parent.BKHash},
 			ParentKey: slices.Clone(r.Parent.Key), Raw: r.Delivery.Data, RowVersion: r.Child.RowVersion.Text,
-			Version: stored(r.Version, r.Child.RowVersion.Ord), Stream: r.Delivery.Source.Stream, Subject: r.Delivery.Subject,
+			Version: stored(r.Version, r.Child.RowVersion.Ord), Stream: r.Delivery.Source.Stream, Subject: text(r.Delivery.Subject),
 			Published: r.Delivery.Published, MaxRetries: maxRetries, Next: t.now.Add(firstRetry), Created: t.now, Updated: t.now}
 		if old, ok := t.st.parked[k]; ok {
 			if !pipeline.Supersedes(p.Version, old.Version) {

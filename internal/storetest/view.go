@@ -32,7 +32,8 @@ type Backend interface {
 	BatchRows(t testing.TB) []BatchEntry
 	// TargetRows returns the rows of entity's target table, each its columns'
 	// values joined by "|" (NULL for none), sorted; a column named "c?" is "true"
-	// when c is set, else "false".
+	// when c is set, else "false". Compare text and integer columns: PostgreSQL
+	// writes a numeric in its column's scale, a timestamp in its own format.
 	TargetRows(t testing.TB, entity string, columns ...string) []string
 
 	// MakeParkedDue makes every parked child due for the sweeper: its next
