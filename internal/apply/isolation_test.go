@@ -53,6 +53,7 @@ func TestIsolation(t *testing.T) {
 		outcomes []pipeline.Outcome
 		err      error // the kind of error the batch fails with; nil: it commits
 		dead     []string
+		parked   int // children parked in the end
 	}{
 		{name: "a row the target rejects is bisected out, the rest commits", arrange: rejectBad("sites"),
 			entity: "sites", events: sites("a", "b", "c", "d", "e", "bad", "g", "h"),
@@ -69,9 +70,16 @@ func TestIsolation(t *testing.T) {
 				e.RejectTargetRow(t, "work_centers", "description", "bad")
 			},
 			entity: "sites", events: sites("plant"), outcomes: []pipeline.Outcome{I}, dead: []string{"write work_centers S1 WC2"}},
+		{name: "a released child the bridge refuses to park again fails alone, taken out of the queue; its parent commits",
+			arrange: func(t *testing.T, e *storetest.Env, m *storetest.Memory) {
+				e.Apply(t, "work_orders", orders[0])
+				m.FailParking(storetest.Hash("WO1"), fmt.Errorf("%w: a check constraint", apply.ErrRowRejected))
+			},
+			entity: "sites", events: sites("plant", "depot"), outcomes: []pipeline.Outcome{I, I}, dead: []string{"write work_orders WO1"},
+			parked: 0},
 		{name: "a child the bridge refuses to park: the batch is written again, record by record",
 			arrange: failParking("WO2", fmt.Errorf("%w: a check constraint", apply.ErrRowRejected)),
-			entity:  "work_orders", events: orders, outcomes: []pipeline.Outcome{P, F, P}, dead: []string{"write work_orders WO2"}},
+			entity:  "work_orders", events: orders, outcomes: []pipeline.Outcome{P, F, P}, dead: []string{"write work_orders WO2"}, parked: 2},
 		{name: "an error of no known kind is the database's: nothing commits", arrange: failParking("WO2", errUnknown),
 			entity: "work_orders", events: orders, err: errUnknown},
 		{name: "a conflict is the database's: nothing commits", arrange: failParking("WO2", fmt.Errorf("%w: deadlock", apply.ErrConflict)),
@@ -82,7 +90,7 @@ func TestIsolation(t *testing.T) {
 			entity: "work_orders", events: orders, err: apply.ErrTimeout},
 		{name: "in a batch that kept timing out, the record that times out fails alone",
 			arrange: failParking("WO2", fmt.Errorf("%w: statement timeout", apply.ErrTimeout)), timeouts: true,
-			entity: "work_orders", events: orders, outcomes: []pipeline.Outcome{P, F, P}, dead: []string{"write work_orders WO2"}},
+			entity: "work_orders", events: orders, outcomes: []pipeline.Outcome{P, F, P}, dead: []string{"write work_orders WO2"}, parked: 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e, m := newEnv(t)
@@ -114,6 +122,9 @@ func TestIsolation(t *testing.T) {
 				if w := written(t, e, c.entity, key...); w != (o == I) {
 					t.Errorf("%s %v (%s): written %v", c.entity, key, o, w)
 				}
+			}
+			if n := len(e.ParkedRows(t)); n != c.parked {
+				t.Errorf("%d parked, want %d", n, c.parked)
 			}
 			if !res.Counts.Balanced() || res.Counts.Failed != int64(strings.Count(fmt.Sprint(res.Outcomes), "failed")) {
 				t.Errorf("counts %+v", res.Counts)

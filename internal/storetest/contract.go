@@ -80,6 +80,7 @@ var contract = []struct {
 	{"flow/a bounded release leaves the rest due for the sweeper", flowBoundedRelease},
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
 	{"flow/a row the bridge refuses while parking fails alone", flowParkingRefused},
+	{"flow/a released child the bridge refuses fails alone, and its parent commits", flowReleasedChildRefused},
 	{"flow/the sweeper waits, orphans, and the parent releases the orphan", flowSweepToOrphan},
 	{"flow/the sweeper releases what came unnoticed", flowSweepReleases},
 	{"flow/a retry fails again, then resolves", flowRetry},
@@ -978,6 +979,25 @@ func flowParkingRefused(t *testing.T, e *Env) {
 	}
 	if n := len(e.ParkedRows(t)); n != 2 {
 		t.Errorf("%d parked, want 2", n)
+	}
+}
+
+func flowReleasedChildRefused(t *testing.T, e *Env) {
+	e.Apply(t, "work_orders", WorkOrder("WO1", "S1", "P1", 1, "a"))
+	e.BreakParking(t, Hash("WO1"), true)
+	res := e.Apply(t, "sites", Site("S1", 1, "plant"), Site("S2", 1, "depot"))
+	if want := []pipeline.Outcome{pipeline.Inserted, pipeline.Inserted}; !slices.Equal(res.Outcomes, want) || res.Counts.Released != 1 {
+		t.Fatalf("outcomes %v released %d, want %v and 1", res.Outcomes, res.Counts.Released, want)
+	}
+	dead := e.DeadLetterRows(t)
+	if len(dead) != 1 || dead[0].Entity != "work_orders" || dead[0].Stage != "write" || dead[0].BKHash != Hash("WO1") || !strings.Contains(dead[0].Error, "injected failure") {
+		t.Errorf("dead letters %v", dead)
+	}
+	if n := len(e.ParkedRows(t)); n != 0 {
+		t.Errorf("%d parked, want none (the child is a dead letter now)", n)
+	}
+	if got := e.TargetRows(t, "sites", "contract"); !slices.Equal(got, []string{"S1", "S2"}) {
+		t.Errorf("sites %v", got)
 	}
 }
 
