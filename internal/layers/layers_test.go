@@ -55,6 +55,8 @@ var rules = map[string]struct {
 	"internal/consumer":  {may: [][]string{core, adapters, embedded, {"internal/consumer", "internal/telemetry"}}},
 	"internal/service":   {may: [][]string{core, adapters, embedded, {"internal/consumer", "internal/service", "internal/telemetry"}}},
 	"internal/sim":       {may: [][]string{{"internal/sim"}}},
+	// The in-memory store the core's tests run on: core only, no driver.
+	"internal/storetest": {may: [][]string{core, embedded, {"internal/storetest"}}, forbidden: forbiddenInCore},
 }
 
 type pkg struct {
@@ -97,6 +99,9 @@ func TestImportRules(t *testing.T) {
 			// The benchmark creates its databases and brokers as the tests do.
 			if dep == module+"internal/testenv" && name != "cmd/syncflow-bench" {
 				t.Errorf("%s imports internal/testenv, which is for tests only", name)
+			}
+			if dep == module+"internal/storetest" {
+				t.Errorf("%s imports internal/storetest, which is for tests only", name)
 			}
 		}
 		r, ok := rules[name]

@@ -1,0 +1,96 @@
+package storetest
+
+import (
+	"context"
+	"slices"
+
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// The ledger (bridge.synced_records): one row per entity and key hash, with the
+// version applied and a tombstone flag.
+
+type ledgerRow struct {
+	Key        []string
+	RowVersion string
+	Version    pipeline.Version
+	Deleted    bool
+	Batch      uuid.UUID
+}
+
+// LockLedger reads the ledger rows of entity's keys; a key without a row is absent.
+func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error) {
+	applied := make(map[string]pipeline.Applied, len(hashes))
+	if len(hashes) == 0 {
+		return applied, nil // as the store: no statement
+	}
+	if err := t.stmt(ctx); err != nil {
+		return nil, err
+	}
+	for _, h := range hashes {
+		if r, ok := t.st.ledger[apply.Key{Entity: entity, Hash: h}]; ok {
+			applied[h] = pipeline.Applied{Version: r.Version, Deleted: r.Deleted}
+		}
+	}
+	return applied, nil
+}
+
+// ParentsPresent says which keys are applied: in the ledger and not deleted.
+func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
+	if err := t.stmt(ctx); err != nil {
+		return nil, err
+	}
+	present := map[apply.Key]bool{}
+	for _, k := range keys {
+		if t.st.present(k) {
+			present[k] = true
+		}
+	}
+	return present, nil
+}
+
+// WriteLedger writes each row where the key is new or the row supersedes the one
+// there (pipeline.Supersedes, the store's supersedesSQL), and returns the hashes
+// written. As one INSERT ... ON CONFLICT, it fails on a key it has written already.
+func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []apply.LedgerRow) (map[string]bool, error) {
+	if err := t.stmt(ctx); err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return map[string]bool{}, nil
+	}
+	if err := t.needBatch(batch, "synced_records"); err != nil {
+		return nil, t.fail(err)
+	}
+	accepted := map[string]bool{}
+	for _, r := range rows {
+		if accepted[r.Record.BKHash] {
+			return nil, t.fail(secondTime("ledger key " + r.Record.BKHash))
+		}
+		k, v := apply.Key{Entity: entity, Hash: r.Record.BKHash}, stored(r.Version, r.Record.RowVersion.Ord)
+		if old, ok := t.st.ledger[k]; ok && !pipeline.Supersedes(v, old.Version) {
+			continue
+		}
+		t.st.ledger[k] = ledgerRow{Key: slices.Clone(r.Record.Key), RowVersion: r.Record.RowVersion.Text, Version: v,
+			Deleted: r.Deleted, Batch: batch}
+		accepted[r.Record.BKHash] = true
+	}
+	return accepted, nil
+}
+
+// stored is a version as the store keeps it and reads it back: the record's
+// rowversion ordinal, and the source by its name.
+func stored(v pipeline.Version, ord int64) pipeline.Version {
+	return pipeline.Version{Ord: ord, Source: event.SourceNamed(v.Source.Name), Seq: v.Seq, Hash: slices.Clone(v.Hash)}
+}
+
+// secondTime is PostgreSQL's answer (21000) to an INSERT ... ON CONFLICT DO
+// UPDATE whose row meets a row the same statement inserted or updated: only then,
+// so a key twice whose versions are both refused by the guard is no error.
+func secondTime(what string) error {
+	return rejected("ON CONFLICT DO UPDATE command cannot affect row a second time (%s)", what)
+}
