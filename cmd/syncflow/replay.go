@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/consumer"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -137,7 +138,7 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	var total pipeline.Counts
 	rules := &consumer.Rules{}
 	rules.Store(wb.rules)
-	rc := &consumer.Consumer{Entity: e, Catalog: wb.cat, Source: source, Fetcher: &consumer.Bounded{Fetcher: fetcher, Last: toSeq},
+	rc := &consumer.Consumer{Entity: e, Catalog: catalog.NewLive(wb.cat), Source: source, Fetcher: &consumer.Bounded{Fetcher: fetcher, Last: toSeq},
 		Writer: replayWriter{Applier: wb.applier, st: wb.st}, Rules: rules, Logger: log,
 		Config: consumer.Config{Replica: "replay", BatchSize: batch, FetchWait: 500 * time.Millisecond, BatchWindow: math.MaxInt64,
 			AckWait: fetcher.AckWait(), OnCommit: func(_ string, _ event.Source, _ []pipeline.Message, res apply.Result) { total.Merge(res.Counts) }}}

@@ -56,7 +56,7 @@ func setupRun(f *flags) runFunc {
 	f.bool(&cfg.ApplyStreams, "apply-streams", false, "create or update the streams and consumers before starting")
 	f.bool(&cfg.Backfill, "backfill", true, "also consume the backfill stream")
 	f.string(&cfg.EmbeddedNATSDir, "embedded-nats-dir", "", "when no NATS answers at --nats-url, start an embedded JetStream server storing here")
-	f.duration(&cfg.MappingResync, "mapping-resync", 30*time.Second, "reload field mappings at least this often (changes also arrive by NOTIFY)")
+	f.duration(&cfg.MappingResync, "mapping-resync", 30*time.Second, "reload the field mappings, and look at the stored catalog, at least this often (changes also arrive by NOTIFY)")
 	f.duration(&cfg.StrayInterval, "stray-interval", 10*time.Second, "how often to look for subjects no catalog entity owns (their messages are dead-lettered)")
 	f.duration(&cfg.CheckpointInterval, "checkpoint-interval", 500*time.Millisecond, "how often the checkpoints in bridge.erp_sync_state are written")
 	f.duration(&cfg.DeadLetterInterval, "dead-letter-interval", 5*time.Second, "how often parked children are re-checked and due dead letters retried")
@@ -87,9 +87,15 @@ func setupRun(f *flags) runFunc {
 		if err != nil {
 			return err
 		}
-		// The service reads the catalog once it has migrated the database, which
-		// stores the built-in catalog in a new one.
-		cfg.LoadCatalog, cfg.StreamsFS = defs.catalogIn, defs.streamsFS()
+		// Without --catalog, the service reads the stored catalog once it has
+		// migrated the database (which stores the built-in catalog in a new
+		// one), and follows every version stored after it.
+		if defs.catalogPath != "" {
+			if cfg.Catalog, err = defs.catalogIn(ctx, nil); err != nil {
+				return err
+			}
+		}
+		cfg.StreamsFS = defs.streamsFS()
 		if cfg.BuiltInCatalog, err = fs.ReadFile(streams.FS, streams.CatalogFile); err != nil {
 			return err
 		}

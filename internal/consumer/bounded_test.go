@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -71,7 +72,7 @@ func boundedConsumer(t *testing.T, ev *events, f Fetcher, script []attempt) (*Co
 	cat := shippedCatalog(t)
 	sites, _ := cat.Entity("sites")
 	w := &scriptWriter{t: t, ev: ev, script: script}
-	return &Consumer{Entity: sites, Catalog: cat, Source: event.Realtime, Fetcher: f, Writer: w, Logger: slog.New(slog.DiscardHandler),
+	return &Consumer{Entity: sites, Catalog: catalog.NewLive(cat), Source: event.Realtime, Fetcher: f, Writer: w, Logger: slog.New(slog.DiscardHandler),
 		Config: Config{FetchWait: time.Millisecond, OnHold: func(_ string, _ event.Source, failure error) {
 			if failure != nil {
 				ev.add("held: %s", apply.Kind(failure))

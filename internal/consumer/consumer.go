@@ -90,8 +90,10 @@ func (r *Rules) Store(s *mapping.Set) { r.p.Store(s) }
 type Consumer struct {
 	// Entity is the catalog entity consumed; nil for subjects no entity owns,
 	// whose messages can only become dead letters.
-	Entity  *catalog.Entity
-	Catalog *catalog.Catalog
+	Entity *catalog.Entity
+	// Catalog is the catalog in force: each batch takes the current one, and
+	// the current version of Entity in it.
+	Catalog *catalog.Live
 	Source  event.Source
 	Fetcher Fetcher
 	Writer  Writer
@@ -228,8 +230,14 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []p
 		ds[i] = m.Delivery
 	}
 	rules := c.Rules.Load()
-	prepared := pipeline.Preparer{Catalog: c.Catalog, Rules: rules}.Prepare(ds)
-	b := apply.Batch{Entity: c.Entity, Catalog: c.Catalog, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	cat, entity := c.Catalog.Load(), c.Entity
+	if entity != nil {
+		if current, ok := cat.Entity(entity.Name); ok {
+			entity = current
+		}
+	}
+	prepared := pipeline.Preparer{Catalog: cat, Rules: rules}.Prepare(ds)
+	b := apply.Batch{Entity: entity, Catalog: cat, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
 	res, err := c.write(ctx, wctx, log, b)
 	res.Took = c.now().Sub(began)
 	if err == nil {

@@ -167,7 +167,7 @@ func TestSettle(t *testing.T) {
 			ctx, stop := context.WithCancel(context.Background())
 			defer stop()
 			w := &scriptWriter{t: t, ev: ev, script: tt.script, stop: stop}
-			c := &Consumer{Entity: sites, Catalog: cat, Source: event.Realtime, Writer: w,
+			c := &Consumer{Entity: sites, Catalog: catalog.NewLive(cat), Source: event.Realtime, Writer: w,
 				Config: Config{RetryFor: tt.retryFor, OnHold: func(_ string, _ event.Source, failure error) {
 					if failure == nil {
 						ev.add("hold over")

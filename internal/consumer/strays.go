@@ -22,7 +22,10 @@ import (
 type Strays struct {
 	// Find gives a fetcher for each stray subject (stream.StrayFinder.Find).
 	Find    func(ctx context.Context) ([]Fetcher, error)
-	Catalog *catalog.Catalog
+	Catalog *catalog.Live
+	// Refresh, when set, brings Catalog up to date before each round, so that
+	// an entity the stored catalog has just gained is never called unknown.
+	Refresh func(ctx context.Context)
 	Source  event.Source
 	Writer  Writer
 	Config  StrayConfig
@@ -59,6 +62,9 @@ func (s *Strays) Run(ctx context.Context) error {
 	cfg := s.Config.withDefaults()
 	log := s.Logger.With("source", s.Source.Name)
 	for {
+		if s.Refresh != nil {
+			s.Refresh(ctx)
+		}
 		fetchers, err := s.Find(ctx)
 		if err != nil && ctx.Err() == nil {
 			log.Warn("looking for stray subjects failed", "err", err)

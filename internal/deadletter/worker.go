@@ -31,7 +31,8 @@ func New(store Store, applier *apply.Applier, cfg Config) (*DeadLetters, error) 
 // Worker sweeps parked children and retries due dead letters every Interval.
 type Worker struct {
 	DeadLetters *DeadLetters
-	Catalog     *catalog.Catalog
+	// Catalog is the catalog in force; each round takes the current one.
+	Catalog *catalog.Live
 	// Rules returns the current mapping rules.
 	Rules   func() *mapping.Set
 	Replica string
@@ -57,7 +58,7 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) Round(ctx context.Context) error {
 	d, log := w.DeadLetters, w.DeadLetters.cfg.Logger
 	for {
-		res, err := d.Sweep(ctx, w.Catalog, w.Rules(), w.Replica, ParkedSelection{})
+		res, err := d.Sweep(ctx, w.Catalog.Load(), w.Rules(), w.Replica, ParkedSelection{})
 		if err != nil {
 			return fmt.Errorf("sweeping parked children: %w", err)
 		}
@@ -69,7 +70,7 @@ func (w *Worker) Round(ctx context.Context) error {
 		}
 	}
 	for {
-		res, err := d.Retry(ctx, w.Catalog, w.Rules(), w.Replica, Selection{Due: true})
+		res, err := d.Retry(ctx, w.Catalog.Load(), w.Rules(), w.Replica, Selection{Due: true})
 		if err != nil {
 			return fmt.Errorf("retrying dead letters: %w", err)
 		}
@@ -106,7 +107,7 @@ type AdvisoryReader interface {
 type GaveUpDrain struct {
 	Reader  AdvisoryReader
 	Applier *apply.Applier
-	Catalog *catalog.Catalog
+	Catalog *catalog.Live
 	Logger  *slog.Logger
 }
 
@@ -140,7 +141,7 @@ func (d *GaveUpDrain) Record(ctx context.Context, gave []GaveUp) error {
 		items[i] = apply.DeadLetter{Delivery: g.Delivery, Failure: pipeline.Failure{
 			Stage: pipeline.StageMaxDeliver, Entity: subjectEntity(g.Delivery.Subject), Err: fmt.Errorf("%s", msg)}}
 	}
-	if err := d.Applier.RecordDeadLetters(ctx, d.Catalog, items); err != nil {
+	if err := d.Applier.RecordDeadLetters(ctx, d.Catalog.Load(), items); err != nil {
 		for _, g := range gave {
 			_ = g.Nak()
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/mapping"
@@ -26,7 +27,7 @@ func TestRoundWorksUntilNothingIsDue(t *testing.T) {
 	e.Apply(t, "sites", storetest.Site("S2", 1, "a"), storetest.Site("S3", 1, "b"), storetest.Site("S4", 1, "c"))
 	e.Rules = nil
 	e.wait(time.Hour)
-	w := &deadletter.Worker{DeadLetters: e.DeadLetters, Catalog: e.Catalog, Rules: func() *mapping.Set { return nil }, Replica: "test"}
+	w := &deadletter.Worker{DeadLetters: e.DeadLetters, Catalog: catalog.NewLive(e.Catalog), Rules: func() *mapping.Set { return nil }, Replica: "test"}
 	if err := w.Round(e.Ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +100,7 @@ func TestGaveUpDrain(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			d := &deadletter.GaveUpDrain{Applier: ap, Catalog: e.Catalog, Logger: discard}
+			d := &deadletter.GaveUpDrain{Applier: ap, Catalog: catalog.NewLive(e.Catalog), Logger: discard}
 			for _, read := range c.reads {
 				gave := make([]deadletter.GaveUp, len(read))
 				for i, a := range read {

@@ -88,11 +88,31 @@ type compiled struct {
 	Rule
 	source string // upper-cased
 	chain  []step
+	broken string // why the rule cannot be applied now ("" when it can)
 }
 
 // Set is an immutable, validated set of rules; a batch uses one Set throughout.
 type Set struct {
 	byEntity map[string][]compiled
+}
+
+// RuleRef names a rule: its entity, source field and target column.
+type RuleRef struct{ Entity, SourceField, TargetField string }
+
+// WithBroken returns a copy of the set in which the rules named fail, at stage
+// mapping and with the reason given, every record they have a value for: a rule
+// whose target column has gone would otherwise drop its values without a trace.
+func (s *Set) WithBroken(broken map[RuleRef]string) *Set {
+	out := &Set{byEntity: make(map[string][]compiled, len(s.byEntity))}
+	for entity, rules := range s.byEntity {
+		cs := make([]compiled, len(rules))
+		for i, c := range rules {
+			c.broken = broken[RuleRef{c.Entity, c.SourceField, c.TargetField}]
+			cs[i] = c
+		}
+		out.byEntity[entity] = cs
+	}
+	return out
 }
 
 // Compile validates rules and returns them as a Set. It reports every bad rule.
@@ -203,8 +223,13 @@ func (s *Set) Apply(rec normalize.Record, keyFields []string, keysOnly bool) (ma
 			if c.IsRequired && !keysOnly {
 				return nil, fmt.Errorf("%w: required field %s is missing", ErrMapping, c.source)
 			}
-			row[c.TargetField] = nil
+			if c.broken == "" {
+				row[c.TargetField] = nil
+			}
 			continue
+		}
+		if c.broken != "" {
+			return nil, fmt.Errorf("%w: field %s -> %s: %s", ErrMapping, c.source, c.TargetField, c.broken)
 		}
 		for _, st := range c.chain {
 			out, err := st(v)

@@ -23,7 +23,7 @@ func TestConfigValidate(t *testing.T) {
 		cfg  Config
 		want []string
 	}{
-		{"nothing", Config{}, []string{"a catalog, or the means to load it, is required", "stream definitions, or the files to read them from, are required"}},
+		{"nothing", Config{}, []string{"stream definitions, or the files to read them from, are required"}},
 		{"no consumer definitions", Config{Catalog: cat, Streams: stream.Definitions{Streams: defs.Streams}},
 			[]string{`no consumer of APISMITH_CDC for entity "sites"`}},
 		{"negative settings", Config{Catalog: cat, Streams: defs, MaxConns: -1, CheckpointInterval: -time.Second, StrayInterval: -time.Second,

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
@@ -33,8 +34,8 @@ type observer struct {
 	m        *telemetry.Metrics
 	st       *store.Store
 	nats     *stream.Conn
-	entities []string
-	fetchers []boundFetcher
+	catalog  *catalog.Live
+	fetchers func() []boundFetcher
 	log      *slog.Logger
 	// lastReason is the last reason /readyz gave ("" when ready).
 	lastReason atomic.Value
@@ -121,7 +122,8 @@ func (o *observer) record(entity string, source event.Source, msgs []pipeline.Me
 
 // refresh reads the bridge tables and the consumers into the gauges.
 func (o *observer) refresh(ctx context.Context) error {
-	stats, err := o.st.Stats(ctx, o.entities)
+	entities := o.catalog.Load().Names()
+	stats, err := o.st.Stats(ctx, entities)
 	if err != nil {
 		return err
 	}
@@ -158,7 +160,7 @@ func (o *observer) refresh(ctx context.Context) error {
 	// Dead letters of subjects no catalog entity owns count like any other, under
 	// one label: their entity names come from the subjects, which anyone
 	// publishing to the stream chooses.
-	outside, err := o.st.CountDeadLetters(ctx, store.DeadLetterFilter{OutsideCatalog: o.entities, Unresolved: true})
+	outside, err := o.st.CountDeadLetters(ctx, store.DeadLetterFilter{OutsideCatalog: entities, Unresolved: true})
 	if err != nil {
 		return err
 	}
@@ -171,7 +173,7 @@ func (o *observer) refresh(ctx context.Context) error {
 	}
 	m.DeadLetterAge.WithLabelValues(OutsideCatalog).Set(age(now, oldest))
 	var errs []error
-	for _, b := range o.fetchers {
+	for _, b := range o.fetchers() {
 		pending, ackPending, err := b.f.Pending(ctx)
 		if err != nil {
 			errs = append(errs, err)

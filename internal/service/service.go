@@ -26,6 +26,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -61,13 +62,13 @@ type Config struct {
 	// JetStream server on that address storing here.
 	EmbeddedNATSDir string
 	// Catalog and Streams are the validated entity catalog and stream
-	// definitions. When Catalog is nil, LoadCatalog reads it once the database
-	// is migrated (the stored catalog); when Streams has no streams, they are
-	// read from StreamsFS with the catalog's consumers.
-	Catalog     *catalog.Catalog
-	LoadCatalog func(context.Context, *store.Store) (*catalog.Catalog, error)
-	Streams     stream.Definitions
-	StreamsFS   fs.FS
+	// definitions. When Catalog is nil, the service reads the catalog stored in
+	// the database once it is migrated, and follows every new version stored
+	// (see watchCatalog); a Catalog given here is used as it is. When Streams
+	// has no streams, they are read from StreamsFS with the catalog's consumers.
+	Catalog   *catalog.Catalog
+	Streams   stream.Definitions
+	StreamsFS fs.FS
 	// BuiltInCatalog is stored, with Migrate, in a database that has no catalog.
 	BuiltInCatalog []byte
 	// Consumer tunes every consumer.
@@ -124,9 +125,6 @@ func (c Config) withDefaults() Config {
 // and the dead-letter worker's included.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Catalog == nil && c.LoadCatalog == nil {
-		errs = append(errs, errors.New("service: a catalog, or the means to load it, is required"))
-	}
 	switch {
 	case c.Streams.Streams == nil && c.StreamsFS == nil:
 		errs = append(errs, errors.New("service: stream definitions, or the files to read them from, are required"))
@@ -159,12 +157,14 @@ func (c Config) Validate() error {
 // every entity has its consumers.
 func (s *Service) loadCatalog(ctx context.Context) error {
 	c := &s.cfg
-	var err error
 	if c.Catalog == nil {
-		if c.Catalog, err = c.LoadCatalog(ctx, s.st); err != nil {
+		cat, version, err := storedCatalog(ctx, s.st)
+		if err != nil {
 			return err
 		}
+		c.Catalog, s.catalogVersion = cat, version
 	}
+	var err error
 	if c.Streams.Streams == nil {
 		if c.Streams, err = stream.LoadDefinitions(c.StreamsFS, c.Catalog); err != nil {
 			return err
@@ -225,10 +225,21 @@ type Service struct {
 	rules *consumer.Rules
 	obs   *observer
 
-	consumers   []*consumer.Consumer
-	strays      []*consumer.Strays
-	deadLetters *deadletter.Worker
-	gaveUp      *deadletter.GaveUpDrain // nil without the advisories stream
+	// catalog is the catalog in force; catalogVersion its stored version (0
+	// for a catalog the config holds, which is not followed).
+	catalog        *catalog.Live
+	catalogVersion int        // under reloadMu once running
+	reloadMu       sync.Mutex // reloads take turns: the watcher's, each stray drain's
+	// lastRuleProblems is what was last reported of the rules that do not fit;
+	// rulesMu makes the rule updates (the mapping watcher's, a catalog
+	// reload's) take turns.
+	rulesMu          sync.Mutex
+	lastRuleProblems string
+	entities         *entityConsumers
+	bound            map[consumerKey]*stream.Fetcher // the entities' fetchers bound at start
+	strays           []*consumer.Strays
+	deadLetters      *deadletter.Worker
+	gaveUp           *deadletter.GaveUpDrain // nil without the advisories stream
 
 	closers []func() // what New opened, closed in reverse order
 }
@@ -296,14 +307,7 @@ func (s *Service) claim(ctx context.Context) error {
 	}
 	s.lease = lease
 	s.onClose(lease.Release)
-	// A process that held the name until its connection dropped stops writing
-	// within a check of the lease: let it, before this one touches the name's rows.
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(store.LeaseSettle):
-		return nil
-	}
+	return nil
 }
 
 // openStore migrates when asked, opens the pool, checks the schema and the target
@@ -344,6 +348,18 @@ func (s *Service) openStore(ctx context.Context) error {
 	}
 	if err := st.PrepareTargets(ctx, cfg.Catalog); err != nil {
 		return err
+	}
+	// A process that held the name until its connection dropped stops writing
+	// within a check of the lease: when the name has batches running, let it,
+	// before this one closes them.
+	if n, err := st.RunningBatches(ctx, cfg.Consumer.Replica); err != nil {
+		return err
+	} else if n > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(store.LeaseSettle):
+		}
 	}
 	if n, err := st.AbandonBatches(ctx, cfg.Consumer.Replica); err != nil {
 		return err
@@ -402,44 +418,50 @@ func (s *Service) bind(ctx context.Context) error {
 		return err
 	}
 	w := writer{Applier: applier, Store: s.st, lease: s.lease}
+	s.catalog = catalog.NewLive(cfg.Catalog)
 	if cfg.Streams.Advisories.Name != "" {
 		advisories, err := stream.NewAdvisoryReader(ctx, s.nats.JS, cfg.Streams)
 		if err != nil {
 			return err
 		}
-		s.gaveUp = &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: cfg.Catalog, Logger: log}
+		s.gaveUp = &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: s.catalog, Logger: log}
 	}
-	s.deadLetters = &deadletter.Worker{DeadLetters: dls, Catalog: cfg.Catalog, Rules: s.rules.Load, Replica: cfg.Consumer.Replica}
+	s.deadLetters = &deadletter.Worker{DeadLetters: dls, Catalog: s.catalog, Rules: s.rules.Load, Replica: cfg.Consumer.Replica}
 	metrics := telemetry.NewMetrics()
 	metrics.RegisterPool(func() telemetry.Pool { p := s.st.PoolStats(); return telemetry.Pool(p) })
-	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, entities: cfg.Catalog.Names(), log: log}
+	s.entities = newEntityConsumers(s.catalog, cfg.sources(), log)
+	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, catalog: s.catalog, fetchers: s.entities.fetchers, log: log}
 	ccfg := s.consumerConfig(metrics)
 	backfillGate := make(chan struct{}, cfg.BackfillShare)
 	for _, source := range cfg.sources() {
 		finder := &stream.StrayFinder{JS: s.nats.JS, Source: source, Known: func(subject string) bool {
 			entity, ok := strings.CutPrefix(subject, source.SubjectPrefix)
-			_, known := cfg.Catalog.Entity(entity)
+			_, known := s.catalog.Load().Entity(entity)
 			return ok && known
 		}}
-		s.strays = append(s.strays, &consumer.Strays{Find: fetchersOf(finder.Find), Catalog: cfg.Catalog, Source: source, Writer: w,
-			Config: cfg.strays(), Logger: log})
-		for _, e := range cfg.Catalog.Entities() {
-			fetcher, err := stream.NewFetcher(ctx, s.nats.JS, source, cfg.Streams.Consumers[source.Stream][e.Name].Durable)
-			if err != nil {
-				return err
-			}
-			s.obs.fetchers = append(s.obs.fetchers, boundFetcher{stream: source.Stream, entity: e.Name, f: fetcher})
-			c := &consumer.Consumer{Entity: e, Catalog: cfg.Catalog, Source: source, Fetcher: fetcher, Writer: w,
-				Rules: s.rules, Config: ccfg, Logger: log}
-			// Held messages are kept alive well within the consumer's ack wait.
-			c.Config.AckWait = fetcher.AckWait()
-			if source == event.Backfill {
-				c.Gate = backfillGate
-			}
-			s.consumers = append(s.consumers, c)
+		strays := &consumer.Strays{Find: fetchersOf(finder.Find), Catalog: s.catalog, Source: source, Writer: w,
+			Config: cfg.strays(), Logger: log}
+		if s.catalogVersion > 0 {
+			// Before a subject is called a stray, the stored catalog is read again.
+			strays.Refresh = func(ctx context.Context) { s.reloadCatalog(ctx, false) }
 		}
+		s.strays = append(s.strays, strays)
 	}
-	return nil
+	s.entities.bind = func(ctx context.Context, source event.Source, entity string) (*stream.Fetcher, error) {
+		return stream.NewFetcher(ctx, s.nats.JS, source, source.Durable(entity))
+	}
+	s.entities.build = func(e *catalog.Entity, source event.Source, f *stream.Fetcher) *consumer.Consumer {
+		c := &consumer.Consumer{Entity: e, Catalog: s.catalog, Source: source, Fetcher: f, Writer: w,
+			Rules: s.rules, Config: ccfg, Logger: log}
+		// Held messages are kept alive well within the consumer's ack wait.
+		c.Config.AckWait = f.AckWait()
+		if source == event.Backfill {
+			c.Gate = backfillGate
+		}
+		return c
+	}
+	s.bound, err = s.entities.bindAll(ctx)
+	return err
 }
 
 // consumerConfig is the consumers' configuration with the observer's hooks: every
@@ -498,15 +520,16 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, strays := range s.strays {
 		workers.Go(func() error { return strays.Run(workCtx) })
 	}
-	for _, c := range s.consumers {
-		workers.Go(func() error { return c.Run(workCtx) })
-	}
+	workers.Go(func() error { return s.entities.Run(workCtx, s.bound) })
 	workers.Go(func() error { return s.watchMappings(workCtx) })
+	if s.catalogVersion > 0 {
+		workers.Go(func() error { return s.watchCatalog(workCtx) })
+	}
 	workers.Go(func() error { return s.deadLetters.Run(workCtx) })
 	if s.gaveUp != nil {
 		workers.Go(func() error { return s.gaveUp.Run(workCtx) })
 	}
-	log.Info("syncflow running", "replica", s.cfg.Consumer.Replica, "entities", len(s.cfg.Catalog.Names()),
+	log.Info("syncflow running", "replica", s.cfg.Consumer.Replica, "entities", len(s.catalog.Load().Names()), "catalog_version", s.catalogVersion,
 		"database", redact.String(s.cfg.DatabaseURL), "nats", s.nats.URL())
 
 	err := workers.Wait()
@@ -521,25 +544,64 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // watchMappings keeps the consumers' rules current: changes arrive by NOTIFY, and
-// at least every MappingResync; rules that do not compile or do not fit the
-// target tables are reported, and the previous ones kept.
+// at least every MappingResync. Rules that do not compile are reported and the
+// previous ones kept; rules that do not fit the target tables are put in force
+// marked broken (see applyRules).
 func (s *Service) watchMappings(ctx context.Context) error {
+	return s.st.WatchMappings(ctx, s.cfg.MappingResync, s.log, func(rs []mapping.Rule) { s.applyRules(ctx, rs) })
+}
+
+// checkRules checks the rules in force against the catalog in force and the
+// target tables, as they are now.
+func (s *Service) checkRules(ctx context.Context) {
+	rs, err := s.st.LoadMappings(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("reading the field mappings failed; keeping the rules in force", "err", err)
+		}
+		return
+	}
+	s.applyRules(ctx, rs)
+}
+
+// applyRules puts rs in force. A rule whose target column is missing (dropped
+// since, or misspelled) or cannot take what it produces is reported, and fails
+// the records it has a value for at stage mapping, with the reason: nothing is
+// dropped without a trace, and the other rules keep working.
+func (s *Service) applyRules(ctx context.Context, rs []mapping.Rule) {
+	s.rulesMu.Lock()
+	defer s.rulesMu.Unlock()
 	log := s.log
-	return s.st.WatchMappings(ctx, s.cfg.MappingResync, log, func(rs []mapping.Rule) {
-		set, err := mapping.Compile(rs)
-		if err != nil {
-			log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
-			return
+	set, err := mapping.Compile(rs)
+	if err != nil {
+		log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
+		return
+	}
+	problems, err := s.st.RuleProblems(ctx, s.catalog.Load(), rs)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("checking the field mappings against the target tables failed; keeping the rules in force", "err", err)
 		}
-		// A rule for a column the table does not have (any more) would drop
-		// its values without a trace: say so, and keep what was working.
-		if err := s.st.CheckRules(ctx, s.cfg.Catalog, rs); err != nil {
-			log.Error("field mappings do not fit the target tables; keeping the previous ones", "err", err)
-			return
+		return
+	}
+	if len(problems) > 0 {
+		broken := map[mapping.RuleRef]string{}
+		var lines []string
+		for _, p := range problems {
+			broken[p.Ref] = p.Reason
+			lines = append(lines, p.String())
 		}
-		s.rules.Store(set)
-		log.Debug("field mappings loaded", "rules", len(rs))
-	})
+		set = set.WithBroken(broken)
+		if msg := strings.Join(lines, "; "); msg != s.lastRuleProblems {
+			log.Error("field mappings do not fit the target tables: the records they map fail at stage mapping until the rule or the table is fixed", "problems", msg)
+			s.lastRuleProblems = msg
+		}
+	} else if s.lastRuleProblems != "" {
+		log.Info("field mappings fit the target tables again")
+		s.lastRuleProblems = ""
+	}
+	s.rules.Store(set)
+	log.Debug("field mappings loaded", "rules", len(rs))
 }
 
 // leaseTag describes this process to another that finds its replica name taken.

@@ -622,8 +622,10 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 // A rule written past `mappings import` (by hand, or before the table changed)
-// that names a column the target lacks is reported at reload, and the previous
-// rules stay in force; at start it stops the service with the rule named.
+// that names a column the target lacks is reported at reload, and fails the
+// records it has a value for at stage mapping, with the reason, while the other
+// rules keep working: nothing is dropped without a trace. At start it stops the
+// service with the rule named.
 func TestRulesThatDoNotFitTheTable(t *testing.T) {
 	srv := testenv.NATS(t)
 	e := newEnv(t, srv.ClientURL())
@@ -637,7 +639,7 @@ func TestRulesThatDoNotFitTheTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(e.logs.String(), "field mappings do not fit the target tables; keeping the previous ones") {
+	for !strings.Contains(e.logs.String(), "field mappings do not fit the target tables: the records they map fail at stage mapping") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the bad rule was not reported:\n%s", e.logs)
 		}
@@ -646,9 +648,13 @@ func TestRulesThatDoNotFitTheTable(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "schedulehub.sites has no column compnay (did you mean company?)") {
 		t.Errorf("the report does not say what is wrong:\n%s", e.logs)
 	}
-	// The previous rules apply: DESCRIPTION upper-cased, COMPANY passed through.
+	// The record with a COMPANY fails at stage mapping, saying why; the one
+	// without is written, with the good rule applied.
 	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","COMPANY":"Acme"}}`)
-	e.eventually(`SELECT description, company FROM schedulehub.sites`, "MAIN|Acme", 10*time.Second)
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S2","DESCRIPTION":"second"}}`)
+	e.eventually(`SELECT contract, description FROM schedulehub.sites`, "S2|SECOND", 10*time.Second)
+	e.eventually(`SELECT stage_failed, error_message FROM bridge.failed_records`,
+		"mapping|mapping: field COMPANY -> compnay: schedulehub.sites has no column compnay (did you mean company?): its values would be dropped", 10*time.Second)
 
 	// A new start refuses the rules, naming the one at fault.
 	cat, defs := testenv.Shipped(t)

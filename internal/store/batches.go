@@ -64,6 +64,13 @@ SET status = 'failed', finished_at = greatest(updated_at, started_at),
     error_message = 'the replica stopped without closing this batch (a crash or a kill); its counts cover the transactions that committed'
 WHERE replica = $1 AND status = 'running'`
 
+// RunningBatches counts the batches replica has running (ix_sync_batches_status).
+func (s *Store) RunningBatches(ctx context.Context, replica string) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM bridge.sync_batches WHERE status = 'running' AND replica = $1`, replica).Scan(&n)
+	return n, classify(err)
+}
+
 // AbandonBatches closes, as failed, the batches replica left running: a process of
 // that name stopped without closing them (a crash or a kill). It returns how many.
 // Replica names must therefore be unique among the running processes.

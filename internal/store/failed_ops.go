@@ -284,3 +284,12 @@ func (s *Store) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64
 		SELECT uid FROM bridge.failed_records WHERE ` + f.where(&a) + ` LIMIT 1000 FOR UPDATE SKIP LOCKED)`
 	return s.chunked(ctx, sql, a)
 }
+
+// RetryDeadLettersOfSubjects makes the unresolved decode dead letters of these
+// subjects due for a retry now: their entity was not in the catalog when they
+// failed, and is now. It returns how many.
+func (s *Store) RetryDeadLettersOfSubjects(ctx context.Context, subjects []string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE bridge.failed_records SET next_retry_at = now()
+		WHERE resolved_at IS NULL AND stage_failed = 'decode' AND subject = ANY ($1::text[])`, subjects)
+	return tag.RowsAffected(), classify(err)
+}

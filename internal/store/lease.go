@@ -26,9 +26,9 @@ import (
 // once. When the connection drops while the process lives (a database restart),
 // Held turns false (the process stops writing under the name), Keep reconnects
 // and takes the lock again; if another process took the name in the meantime,
-// Keep returns an error and the process stops. A process that takes a name waits
-// LeaseSettle before it touches the name's rows, long enough for a holder that
-// lost its connection to notice and stop writing.
+// Keep returns an error and the process stops. A process that takes a name
+// whose batches are still running waits LeaseSettle before it closes them, long
+// enough for a holder that lost its connection to notice and stop writing.
 type Lease struct {
 	url, name, tag string
 	key            int64
@@ -38,8 +38,8 @@ type Lease struct {
 	held atomic.Bool
 }
 
-// LeaseSettle is how long a process that took a replica name waits before it
-// touches the name's rows: four times the interval at which Keep checks the
+// LeaseSettle is how long a process that took a replica name with batches still
+// running waits before it closes them: four times the interval at which Keep checks the
 // lease (LeaseCheck), so that a holder whose connection dropped has stopped
 // writing.
 const (

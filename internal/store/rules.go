@@ -34,8 +34,36 @@ WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`
 // lists each such rule, what is wrong and, for a misspelled column, the columns
 // it may have meant. Rules of entities not in the catalog are not checked here.
 func (s *Store) CheckRules(ctx context.Context, cat *catalog.Catalog, rules []mapping.Rule) error {
+	problems, err := s.RuleProblems(ctx, cat, rules)
+	if err != nil {
+		return err
+	}
+	lines := make([]string, len(problems))
+	for i, p := range problems {
+		lines[i] = p.String()
+	}
+	if len(lines) > 0 {
+		return errors.New(strings.Join(lines, "\n"))
+	}
+	return nil
+}
+
+// RuleProblem is a rule the target table cannot take, and why.
+type RuleProblem struct {
+	Ref    mapping.RuleRef
+	Index  int // the rule's place in the list checked, from 1
+	Reason string
+}
+
+func (p RuleProblem) String() string {
+	return fmt.Sprintf("rule %d (%s %s -> %s): %s", p.Index, p.Ref.Entity, p.Ref.SourceField, p.Ref.TargetField, p.Reason)
+}
+
+// RuleProblems lists the rules the live target tables cannot take (see
+// CheckRules).
+func (s *Store) RuleProblems(ctx context.Context, cat *catalog.Catalog, rules []mapping.Rule) ([]RuleProblem, error) {
 	tables := map[string][]column{}
-	var problems []string
+	var problems []RuleProblem
 	for i, r := range rules {
 		e, ok := cat.Entity(r.Entity)
 		if !ok {
@@ -45,28 +73,27 @@ func (s *Store) CheckRules(ctx context.Context, cat *catalog.Catalog, rules []ma
 		if !ok {
 			var err error
 			if cols, err = s.columns(ctx, e); err != nil {
-				return err
+				return nil, err
 			}
 			tables[e.Name] = cols
 		}
-		where := fmt.Sprintf("rule %d (%s %s -> %s)", i+1, r.Entity, r.SourceField, r.TargetField)
+		p := RuleProblem{Ref: mapping.RuleRef{Entity: r.Entity, SourceField: r.SourceField, TargetField: r.TargetField}, Index: i + 1}
 		at := slices.IndexFunc(cols, func(c column) bool { return c.name == r.TargetField })
 		if at < 0 {
-			msg := fmt.Sprintf("%s: %s has no column %s", where, e.Target.QualifiedName(), r.TargetField)
+			p.Reason = fmt.Sprintf("%s has no column %s", e.Target.QualifiedName(), r.TargetField)
 			if near := nearest(r.TargetField, cols); len(near) > 0 {
-				msg += " (did you mean " + strings.Join(near, " or ") + "?)"
+				p.Reason += " (did you mean " + strings.Join(near, " or ") + "?)"
 			}
-			problems = append(problems, msg+": its values would be dropped")
+			p.Reason += ": its values would be dropped"
+			problems = append(problems, p)
 			continue
 		}
 		if why := incompatible(mapping.Result(r.Transformation), cols[at]); why != "" {
-			problems = append(problems, fmt.Sprintf("%s: column %s is %s, %s", where, r.TargetField, cols[at].typ, why))
+			p.Reason = fmt.Sprintf("column %s is %s, %s", r.TargetField, cols[at].typ, why)
+			problems = append(problems, p)
 		}
 	}
-	if len(problems) > 0 {
-		return errors.New(strings.Join(problems, "\n"))
-	}
-	return nil
+	return problems, nil
 }
 
 func (s *Store) columns(ctx context.Context, e *catalog.Entity) ([]column, error) {

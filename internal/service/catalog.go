@@ -1,0 +1,107 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/store"
+)
+
+// storedCatalog reads and parses the newest stored catalog.
+func storedCatalog(ctx context.Context, st *store.Store) (*catalog.Catalog, int, error) {
+	v, err := st.LatestCatalog(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading the stored catalog: %w", err)
+	}
+	cat, err := catalog.Parse(v.Document)
+	if err != nil {
+		return nil, 0, fmt.Errorf("stored catalog version %d is invalid (store a fixed one with `syncflow catalog apply FILE`):\n%w", v.Version, err)
+	}
+	return cat, v.Version, nil
+}
+
+// watchCatalog follows the stored catalog: a new version, or `syncflow catalog
+// refresh`, arrives by NOTIFY, and the stored version is looked at every
+// MappingResync anyway.
+func (s *Service) watchCatalog(ctx context.Context) error {
+	return s.st.WatchCatalog(ctx, s.cfg.MappingResync, s.log, func() { s.reloadCatalog(ctx, true) })
+}
+
+// reloadCatalog puts the newest stored catalog in force. With force (a NOTIFY: a
+// new version, or a refresh), it also reads the target tables' columns again
+// when the version has not changed. A catalog that does not fit the target
+// tables is reported and the one in force is kept. The dead letters of subjects
+// that a new entity now owns are made due, so that the retry worker applies
+// them; the entity consumers follow (entityConsumers).
+func (s *Service) reloadCatalog(ctx context.Context, force bool) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	log := s.log
+	latest, err := s.st.LatestCatalog(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("reading the stored catalog failed; keeping the one in force", "version", s.catalogVersion, "err", err)
+		}
+		return
+	}
+	if latest.Version == s.catalogVersion && !force {
+		return
+	}
+	cat, err := catalog.Parse(latest.Document)
+	if err != nil {
+		log.Error("the stored catalog is invalid; keeping the one in force", "stored_version", latest.Version, "version", s.catalogVersion, "err", err)
+		return
+	}
+	// The target tables' columns, read again: a column added since is written
+	// from now on.
+	if err := s.st.PrepareTargets(ctx, cat); err != nil {
+		log.Error("the stored catalog does not fit the target tables; keeping the one in force", "stored_version", latest.Version, "version", s.catalogVersion, "err", err)
+		return
+	}
+	old := s.catalog.Load()
+	added, removed := diffEntities(old, cat)
+	s.catalog.Store(cat)
+	if latest.Version != s.catalogVersion {
+		log.Info("catalog version in force", "version", latest.Version, "previous", s.catalogVersion, "added", added, "removed", removed)
+		s.catalogVersion = latest.Version
+	} else {
+		log.Info("catalog refreshed: the target tables' columns were read again", "version", latest.Version)
+	}
+	s.checkRules(ctx)
+	if len(added) > 0 {
+		var subjects []string
+		for _, e := range added {
+			for _, source := range event.Sources {
+				subjects = append(subjects, source.Subject(e))
+			}
+		}
+		n, err := s.st.RetryDeadLettersOfSubjects(ctx, subjects)
+		if err != nil {
+			log.Warn("making the new entities' dead letters due failed; retry them with `syncflow dlq retry --entity`", "entities", added, "err", err)
+		} else if n > 0 {
+			log.Info("dead letters of the new entities are due for a retry", "entities", added, "dead_letters", n)
+		}
+	}
+	s.entities.notify()
+}
+
+// diffEntities names the entities b has and a has not, and those a has and b
+// has not.
+func diffEntities(a, b *catalog.Catalog) (added, removed []string) {
+	for _, n := range b.Names() {
+		if _, ok := a.Entity(n); !ok {
+			added = append(added, n)
+		}
+	}
+	for _, n := range a.Names() {
+		if _, ok := b.Entity(n); !ok {
+			removed = append(removed, n)
+		}
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
+	return added, removed
+}

@@ -1,0 +1,192 @@
+package service
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/consumer"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/stream"
+)
+
+// entityConsumers runs one consumer per catalog entity and stream, and follows
+// the catalog in force: a new version starts the consumers of the entities it
+// adds and stops those of the entities it removes (a stopped consumer lets the
+// batch it is writing commit and gives back what it holds). An entity whose
+// durable consumer does not exist yet (`syncflow streams apply` has not run
+// since the catalog gained it) is tried again every retry interval.
+type entityConsumers struct {
+	catalog *catalog.Live
+	sources []event.Source
+	// bind makes the fetcher of an entity's durable consumer on a stream.
+	bind func(ctx context.Context, source event.Source, entity string) (*stream.Fetcher, error)
+	// build makes the consumer that runs on a fetcher.
+	build func(e *catalog.Entity, source event.Source, f *stream.Fetcher) *consumer.Consumer
+	log   *slog.Logger
+	retry time.Duration
+
+	changed chan struct{} // a new catalog is in force
+	failed  chan error    // a consumer failed: the service stops
+
+	mu      sync.Mutex
+	running map[consumerKey]*runningConsumer
+	missing map[consumerKey]bool // warned about: no durable consumer yet
+	wg      sync.WaitGroup
+}
+
+type consumerKey struct{ entity, stream string }
+
+type runningConsumer struct {
+	fetcher *stream.Fetcher
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+func newEntityConsumers(live *catalog.Live, sources []event.Source, log *slog.Logger) *entityConsumers {
+	return &entityConsumers{catalog: live, sources: sources, log: log, retry: 10 * time.Second,
+		changed: make(chan struct{}, 1), failed: make(chan error, 1),
+		running: map[consumerKey]*runningConsumer{}, missing: map[consumerKey]bool{}}
+}
+
+// bindAll binds a fetcher for every entity of the catalog in force; at start a
+// durable consumer that is missing is an error (run `syncflow streams apply`).
+func (ec *entityConsumers) bindAll(ctx context.Context) (map[consumerKey]*stream.Fetcher, error) {
+	out := map[consumerKey]*stream.Fetcher{}
+	for _, source := range ec.sources {
+		for _, name := range ec.catalog.Load().Names() {
+			f, err := ec.bind(ctx, source, name)
+			if err != nil {
+				return nil, err
+			}
+			out[consumerKey{name, source.Stream}] = f
+		}
+	}
+	return out, nil
+}
+
+// notify says a new catalog is in force.
+func (ec *entityConsumers) notify() {
+	select {
+	case ec.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the consumers bound at start, then follows the catalog until ctx ends
+// or a consumer fails; it returns once every consumer has returned.
+func (ec *entityConsumers) Run(ctx context.Context, bound map[consumerKey]*stream.Fetcher) error {
+	defer ec.stopAll()
+	ec.reconcile(ctx, bound)
+	tick := time.NewTicker(ec.retry)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-ec.failed:
+			return err
+		case <-ec.changed:
+		case <-tick.C:
+		}
+		ec.reconcile(ctx, nil)
+	}
+}
+
+// reconcile starts the consumers the catalog in force has and stops the others.
+func (ec *entityConsumers) reconcile(ctx context.Context, bound map[consumerKey]*stream.Fetcher) {
+	cat := ec.catalog.Load()
+	want := map[consumerKey]*catalog.Entity{}
+	for _, source := range ec.sources {
+		for _, e := range cat.Entities() {
+			want[consumerKey{e.Name, source.Stream}] = e
+		}
+	}
+	ec.mu.Lock()
+	var stopping []*runningConsumer
+	for k, r := range ec.running {
+		if want[k] == nil {
+			ec.log.Info("entity left the catalog: stopping its consumer", "entity", k.entity, "stream", k.stream)
+			r.stop()
+			stopping = append(stopping, r)
+			delete(ec.running, k)
+		}
+	}
+	ec.mu.Unlock()
+	for _, r := range stopping {
+		<-r.done
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(want), cmpKeys) {
+		ec.mu.Lock()
+		_, ok := ec.running[k]
+		ec.mu.Unlock()
+		if ok || ctx.Err() != nil {
+			continue
+		}
+		source, _ := event.SourceOfStream(k.stream)
+		f := bound[k]
+		if f == nil {
+			var err error
+			if f, err = ec.bind(ctx, source, k.entity); err != nil {
+				if !ec.missing[k] {
+					ec.log.Warn("the catalog has an entity without its durable consumer: run `syncflow streams apply`; retrying", "entity", k.entity, "stream", k.stream, "err", err)
+					ec.missing[k] = true
+				}
+				continue
+			}
+			delete(ec.missing, k)
+			ec.log.Info("entity joined the catalog: starting its consumer", "entity", k.entity, "stream", k.stream)
+		}
+		ec.start(ctx, k, want[k], source, f)
+	}
+}
+
+func cmpKeys(a, b consumerKey) int {
+	return cmp.Or(cmp.Compare(a.stream, b.stream), cmp.Compare(a.entity, b.entity))
+}
+
+func (ec *entityConsumers) start(ctx context.Context, k consumerKey, e *catalog.Entity, source event.Source, f *stream.Fetcher) {
+	cctx, stop := context.WithCancel(ctx)
+	r := &runningConsumer{fetcher: f, stop: stop, done: make(chan struct{})}
+	c := ec.build(e, source, f)
+	ec.mu.Lock()
+	ec.running[k] = r
+	ec.mu.Unlock()
+	ec.wg.Add(1)
+	go func() {
+		defer ec.wg.Done()
+		defer close(r.done)
+		if err := c.Run(cctx); err != nil && cctx.Err() == nil {
+			select {
+			case ec.failed <- err:
+			default:
+			}
+		}
+	}()
+}
+
+func (ec *entityConsumers) stopAll() {
+	ec.mu.Lock()
+	for _, r := range ec.running {
+		r.stop()
+	}
+	ec.running = map[consumerKey]*runningConsumer{}
+	ec.mu.Unlock()
+	ec.wg.Wait()
+}
+
+// fetchers lists the running consumers' fetchers, for the gauges.
+func (ec *entityConsumers) fetchers() []boundFetcher {
+	ec.mu.Lock()
+	defer ec.mu.Unlock()
+	out := make([]boundFetcher, 0, len(ec.running))
+	for k, r := range ec.running {
+		out = append(out, boundFetcher{stream: k.stream, entity: k.entity, f: r.fetcher})
+	}
+	return out
+}
