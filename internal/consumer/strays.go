@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/syncflow/syncflow/internal/apply"
@@ -87,10 +88,37 @@ func (s *Strays) Run(ctx context.Context) error {
 // write back to JetStream after a few seconds, so that an outage does not keep the
 // drain from the other subjects.
 func (s *Strays) drain(ctx context.Context, log *slog.Logger, cfg StrayConfig, f Fetcher) error {
-	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Fetcher: &Bounded{Fetcher: f}, Writer: s.Writer, Logger: s.Logger,
+	c := &Consumer{Catalog: s.Catalog, Source: s.Source, Fetcher: &Bounded{Fetcher: ownedSkipped{f, s}}, Writer: s.Writer, Logger: s.Logger,
 		Config: Config{Replica: cfg.Replica, FetchWait: 10 * time.Millisecond, RetryFor: 5 * time.Second,
 			OnCommit: func(_ string, _ event.Source, msgs []pipeline.Message, _ apply.Result) {
 				log.Warn("dead-lettered messages on a subject no catalog entity owns", "subject", msgs[0].Delivery.Subject, "count", len(msgs))
 			}}}
 	return c.Run(ctx)
+}
+
+// ownedSkipped hands on the messages of subjects no entity owns, and acks the
+// others at once: an entity the catalog gained since the drain began reads its
+// own copy of them through its durable consumer, so they are not strays.
+type ownedSkipped struct {
+	Fetcher
+	s *Strays
+}
+
+func (o ownedSkipped) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Message, error) {
+	msgs, err := o.Fetcher.Fetch(ctx, n, wait)
+	cat := o.s.Catalog.Load()
+	if cat == nil {
+		return msgs, err
+	}
+	out := msgs[:0:0]
+	for _, m := range msgs {
+		if entity, ok := strings.CutPrefix(m.Delivery.Subject, o.s.Source.SubjectPrefix); ok {
+			if _, known := cat.Entity(entity); known {
+				_ = m.Ack()
+				continue
+			}
+		}
+		out = append(out, m)
+	}
+	return out, err
 }

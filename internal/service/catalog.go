@@ -31,11 +31,12 @@ func (s *Service) watchCatalog(ctx context.Context) error {
 }
 
 // reloadCatalog puts the newest stored catalog in force. With force (a NOTIFY: a
-// new version, or a refresh), it also reads the target tables' columns again
-// when the version has not changed. A catalog that does not fit the target
-// tables is reported and the one in force is kept. The dead letters of subjects
-// that a new entity now owns are made due, so that the retry worker applies
-// them; the entity consumers follow (entityConsumers).
+// new version, or a refresh; and the watcher's periodic look), it also reads
+// the target tables' columns again when the version has not changed. A catalog
+// that does not fit the target tables is reported and the one in force is kept.
+// The decode dead letters of subjects the catalog's entities own are made due
+// once, so that the retry worker applies them; the entity consumers follow
+// (entityConsumers).
 func (s *Service) reloadCatalog(ctx context.Context, force bool) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -68,22 +69,24 @@ func (s *Service) reloadCatalog(ctx context.Context, force bool) {
 		log.Info("catalog version in force", "version", latest.Version, "previous", s.catalogVersion, "added", added, "removed", removed)
 		s.catalogVersion = latest.Version
 	} else {
-		log.Info("catalog refreshed: the target tables' columns were read again", "version", latest.Version)
+		log.Debug("catalog read again, with the target tables' columns", "version", latest.Version)
 	}
 	s.checkRules(ctx)
-	if len(added) > 0 {
-		var subjects []string
-		for _, e := range added {
-			for _, source := range event.Sources {
-				subjects = append(subjects, source.Subject(e))
-			}
+	// Messages of an entity's subjects dead-lettered as unknown (before the
+	// entity joined the catalog, or by a replica that had not read it yet) are
+	// retried: the entity is known now.
+	var subjects []string
+	for _, e := range cat.Names() {
+		for _, source := range event.Sources {
+			subjects = append(subjects, source.Subject(e))
 		}
-		n, err := s.st.RetryDeadLettersOfSubjects(ctx, subjects)
-		if err != nil {
-			log.Warn("making the new entities' dead letters due failed; retry them with `syncflow dlq retry --entity`", "entities", added, "err", err)
-		} else if n > 0 {
-			log.Info("dead letters of the new entities are due for a retry", "entities", added, "dead_letters", n)
+	}
+	if n, err := s.st.RetryDeadLettersOfSubjects(ctx, subjects); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("making the dead letters of the catalog's subjects due failed; retry them with `syncflow dlq retry --stage decode`", "err", err)
 		}
+	} else if n > 0 {
+		log.Info("dead letters of subjects the catalog's entities own are due for a retry", "dead_letters", n)
 	}
 	s.entities.notify()
 }

@@ -235,6 +235,7 @@ type Service struct {
 	// reload's) take turns.
 	rulesMu          sync.Mutex
 	lastRuleProblems string
+	lastRules        string // the rules last put in force, to log a change once
 	entities         *entityConsumers
 	bound            map[consumerKey]*stream.Fetcher // the entities' fetchers bound at start
 	strays           []*consumer.Strays
@@ -577,6 +578,14 @@ func (s *Service) applyRules(ctx context.Context, rs []mapping.Rule) {
 		log.Error("bridge.field_mappings holds invalid rules; keeping the previous ones", "err", err)
 		return
 	}
+	// The target tables' columns, read again: a column added for a new rule is
+	// written from now on.
+	if err := s.st.PrepareTargets(ctx, s.catalog.Load()); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("reading the target tables failed; keeping the rules in force", "err", err)
+		}
+		return
+	}
 	problems, err := s.st.RuleProblems(ctx, s.catalog.Load(), rs)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -601,7 +610,10 @@ func (s *Service) applyRules(ctx context.Context, rs []mapping.Rule) {
 		s.lastRuleProblems = ""
 	}
 	s.rules.Store(set)
-	log.Debug("field mappings loaded", "rules", len(rs))
+	if sum := fmt.Sprint(rs); sum != s.lastRules {
+		log.Info("field mappings in force", "rules", len(rs))
+		s.lastRules = sum
+	}
 }
 
 // leaseTag describes this process to another that finds its replica name taken.

@@ -204,7 +204,7 @@ func TestHotReloadOfMappings(t *testing.T) {
 	}
 	// The rule reaches the running service by NOTIFY; wait for its reload before publishing.
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(e.logs.String(), `msg="field mappings loaded" rules=1`) {
+	for !strings.Contains(e.logs.String(), `msg="field mappings in force" rules=1`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the service did not reload the rules:\n%s", e.logs)
 		}

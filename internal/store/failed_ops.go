@@ -286,10 +286,13 @@ func (s *Store) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64
 }
 
 // RetryDeadLettersOfSubjects makes the unresolved decode dead letters of these
-// subjects due for a retry now: their entity was not in the catalog when they
-// failed, and is now. It returns how many.
+// subjects that were never retried due for a retry now: a subject whose entity
+// was not in the catalog when they failed, and is now. A retry that fails
+// counts, so that a dead letter that fails for another reason is retried once,
+// not every time the catalog is read. It returns how many.
 func (s *Store) RetryDeadLettersOfSubjects(ctx context.Context, subjects []string) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE bridge.failed_records SET next_retry_at = now()
-		WHERE resolved_at IS NULL AND stage_failed = 'decode' AND subject = ANY ($1::text[])`, subjects)
+		WHERE resolved_at IS NULL AND stage_failed = 'decode' AND retry_count = 0 AND next_retry_at IS NULL
+		  AND subject = ANY ($1::text[])`, subjects)
 	return tag.RowsAffected(), classify(err)
 }

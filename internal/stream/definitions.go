@@ -165,10 +165,12 @@ func (p Plan) Count(action string) int {
 // strayDurable matches the durable consumers of stray subjects (StrayFinder).
 var strayDurable = regexp.MustCompile(`^syncflow_[a-z]+_stray_[0-9a-f]{16}$`)
 
-// PlanChanges compares the definitions with what the server has. With prune,
-// SyncFlow's consumers that the definitions no longer need are deleted: those
-// of entities that left the catalog, and those of stray subjects that an
-// entity now owns. Consumers SyncFlow did not create are never touched.
+// PlanChanges compares the definitions with what the server has. The consumers
+// of stray subjects that an entity now owns are deleted (they would resume where
+// they stopped should the entity leave again, and dead-letter what it applied);
+// with prune, so are the consumers of entities that left the catalog, each
+// handing its subject over to a stray consumer that starts where it stopped.
+// Consumers SyncFlow did not create are never touched.
 func PlanChanges(ctx context.Context, js jetstream.JetStream, defs Definitions, prune bool) (Plan, error) {
 	var plan Plan
 	streams := []jetstream.StreamConfig{}
@@ -224,9 +226,6 @@ func PlanChanges(ctx context.Context, js jetstream.JetStream, defs Definitions, 
 				plan = append(plan, change)
 			}
 		}
-		if !prune {
-			continue
-		}
 		src, ok := event.SourceOfStream(sc.Name)
 		if !ok {
 			continue
@@ -244,7 +243,7 @@ func PlanChanges(ctx context.Context, js jetstream.JetStream, defs Definitions, 
 			case strayDurable.MatchString(durable) && owned[old.FilterSubject]:
 				plan = append(plan, Change{Action: Delete, Stream: sc.Name, Consumer: durable,
 					Diff: []string{"read the stray subject " + old.FilterSubject + ", which entity " + strings.TrimPrefix(old.FilterSubject, src.SubjectPrefix) + " now owns"}})
-			case strings.HasPrefix(durable, src.DurablePrefix) && !strayDurable.MatchString(durable):
+			case prune && strings.HasPrefix(durable, src.DurablePrefix) && !strayDurable.MatchString(durable):
 				entity := strings.TrimPrefix(durable, src.DurablePrefix)
 				plan = append(plan, Change{Action: Delete, Stream: sc.Name, Entity: entity, Consumer: durable,
 					Diff: []string{"entity " + entity + " is not in the catalog"}})
@@ -289,6 +288,15 @@ func (p Plan) Carry(ctx context.Context, js jetstream.JetStream, defs Definition
 				return fmt.Errorf("consumer %s on %s: %w", c.Consumer, c.Stream, err)
 			}
 		case c.Action == Delete:
+			// The consumer of an entity that left the catalog hands its subject
+			// over to a stray consumer that starts where it stopped: what it
+			// did not acknowledge becomes dead letters, what it did is not
+			// read again.
+			if source, ok := event.SourceOfStream(c.Stream); ok && c.Entity != "" && c.Consumer == source.Durable(c.Entity) {
+				if _, err := ensureStrayConsumer(ctx, js, source, source.Subject(c.Entity)); err != nil {
+					return err
+				}
+			}
 			if err := js.DeleteConsumer(ctx, c.Stream, c.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return fmt.Errorf("deleting consumer %s on %s: %w", c.Consumer, c.Stream, err)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -29,6 +30,57 @@ type StrayFinder struct {
 	fetchers map[string]*Fetcher
 }
 
+// bind binds the durable consumer of a stray subject, creating it when it does
+// not exist. A new one starts at the stream's beginning, or, when the subject
+// belonged to an entity that left the catalog, after what that entity's durable
+// consumer has acknowledged: what the entity consumed is not read again.
+func (f *StrayFinder) bind(ctx context.Context, subject string) (*Fetcher, error) {
+	durable, err := ensureStrayConsumer(ctx, f.JS, f.Source, subject)
+	if err != nil {
+		return nil, err
+	}
+	return NewFetcher(ctx, f.JS, f.Source, durable)
+}
+
+// strayDurableName is the durable consumer of a stray subject.
+func strayDurableName(source event.Source, subject string) string {
+	sum := sha256.Sum256([]byte(subject))
+	return "syncflow_" + source.Name + "_stray_" + hex.EncodeToString(sum[:8])
+}
+
+// ensureStrayConsumer creates the durable consumer of a stray subject unless it
+// exists, and returns its name. It starts at the stream's beginning, or, while
+// the durable consumer of the entity the subject belonged to still exists, after
+// what that one acknowledged.
+func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source event.Source, subject string) (string, error) {
+	durable := strayDurableName(source, subject)
+	_, err := js.Consumer(ctx, source.Stream, durable)
+	switch {
+	case err == nil:
+		return durable, nil
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return "", fmt.Errorf("consumer for stray subject %s: %w", subject, err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   "SyncFlow: dead-letters messages on " + subject + ", which no catalog entity owns",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		FilterSubject: subject,
+		MaxAckPending: 1000,
+	}
+	if entity, ok := strings.CutPrefix(subject, source.SubjectPrefix); ok {
+		if former, err := js.Consumer(ctx, source.Stream, source.Durable(entity)); err == nil {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, former.CachedInfo().AckFloor.Stream+1
+			cfg.Description += " (after what its former entity consumer acknowledged)"
+		}
+	}
+	if _, err := js.CreateConsumer(ctx, source.Stream, cfg); err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+		return "", fmt.Errorf("consumer for stray subject %s: %w", subject, err)
+	}
+	return durable, nil
+}
+
 // Find lists the stream's subjects and returns a fetcher for each stray one.
 func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 	if f.fetchers == nil {
@@ -46,6 +98,11 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s subjects: %w", f.Source.Stream, err)
 	}
+	for subject := range f.fetchers {
+		if f.Known(subject) {
+			delete(f.fetchers, subject) // an entity owns it now
+		}
+	}
 	var errs []string
 	for _, subject := range slices.Sorted(maps.Keys(info.State.Subjects)) {
 		if f.Known(subject) || f.fetchers[subject] != nil {
@@ -55,21 +112,7 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 			errs = append(errs, fmt.Sprintf("more than %d stray subjects; %s and later ones are not read", limit, subject))
 			break
 		}
-		sum := sha256.Sum256([]byte(subject))
-		durable := "syncflow_" + f.Source.Name + "_stray_" + hex.EncodeToString(sum[:8])
-		_, err := f.JS.CreateOrUpdateConsumer(ctx, f.Source.Stream, jetstream.ConsumerConfig{
-			Durable:       durable,
-			Description:   "SyncFlow: dead-letters messages on " + subject + ", which no catalog entity owns",
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			FilterSubject: subject,
-			MaxAckPending: 1000,
-		})
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("consumer for stray subject %s: %v", subject, err))
-			continue
-		}
-		fetcher, err := NewFetcher(ctx, f.JS, f.Source, durable)
+		fetcher, err := f.bind(ctx, subject)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue

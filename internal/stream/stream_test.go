@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"maps"
 	"os"
@@ -164,6 +165,25 @@ func TestPlanPrunes(t *testing.T) {
 	if err := stream.Apply(ctx, js, before); err != nil {
 		t.Fatal(err)
 	}
+	// Three items events, of which the items consumer acknowledges the first two.
+	for i := range 3 {
+		if _, err := js.Publish(ctx, "apismith.cdc.items", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	itemsConsumer, err := js.Consumer(ctx, event.Realtime.Stream, "syncflow_cdc_items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := itemsConsumer.Fetch(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Someone's own consumer, and a stray consumer for routings' subject, made
 	// while routings was not in the catalog.
 	for _, cc := range []jetstream.ConsumerConfig{
@@ -210,8 +230,22 @@ func TestPlanPrunes(t *testing.T) {
 		}
 	}
 	slices.Sort(left)
-	if want := []string{"ops_tap", "syncflow_backfill_routings", "syncflow_backfill_sites", "syncflow_cdc_routings", "syncflow_cdc_sites"}; !slices.Equal(left, want) {
+	// items' consumers handed their subjects over to stray consumers.
+	if want := []string{"ops_tap", "syncflow_backfill_routings", "syncflow_backfill_sites", "syncflow_backfill_stray_b95b5399bc081930",
+		"syncflow_cdc_routings", "syncflow_cdc_sites", "syncflow_realtime_stray_e973740489981f9a"}; !slices.Equal(left, want) {
 		t.Errorf("consumers after the plan: %v, want %v", left, want)
+	}
+	// The realtime one starts after what the items consumer acknowledged: only
+	// the third event is read again (and dead-lettered by the service).
+	stray, err := js.Consumer(ctx, event.Realtime.Stream, "syncflow_realtime_stray_e973740489981f9a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := stray.CachedInfo().Config; cfg.FilterSubject != "apismith.cdc.items" || cfg.DeliverPolicy != jetstream.DeliverByStartSequencePolicy || cfg.OptStartSeq != 3 {
+		t.Errorf("the stray consumer of items starts at %v %d on %s, want sequence 3", cfg.DeliverPolicy, cfg.OptStartSeq, cfg.FilterSubject)
+	}
+	if n := stray.CachedInfo().NumPending; n != 1 {
+		t.Errorf("the stray consumer of items has %d to read, want the one unacknowledged event", n)
 	}
 	again, err := stream.PlanChanges(ctx, js, after, true)
 	if err != nil || again.Count(stream.Unchanged) != len(again) {
