@@ -221,6 +221,7 @@ func metricNames(t *testing.T) map[string]bool {
 	m.HeldRetries.WithLabelValues("e", "s", "r").Inc()
 	m.Escalations.WithLabelValues("e", "s").Inc()
 	m.Inversions.WithLabelValues("e").Inc()
+	m.Unmapped.WithLabelValues("e", "F").Inc()
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.pending_children TO bridge_user;
 GRANT SELECT ON bridge.field_mappings TO bridge_user;
 GRANT SELECT, UPDATE ON bridge.background_sync_schedule TO bridge_user;
 GRANT SELECT ON bridge.catalog_versions TO bridge_user;
+GRANT SELECT, INSERT, UPDATE ON bridge.unmapped_fields TO bridge_user;
 
 -- bridge_operator is a bridge_user, and also changes the mapping rules, the
 -- schedules and the catalog, purges resolved dead letters and prunes old batches.
@@ -22,6 +23,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.field_mappings TO bridge_operator
 GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.background_sync_schedule TO bridge_operator;
 GRANT DELETE ON bridge.failed_records, bridge.sync_batches TO bridge_operator;
 GRANT INSERT ON bridge.catalog_versions TO bridge_operator;
+GRANT DELETE ON bridge.unmapped_fields TO bridge_operator;
 
 -- Whatever a later migration adds is nobody's until this file grants it.
 REVOKE ALL ON ALL TABLES IN SCHEMA bridge FROM PUBLIC;

@@ -47,7 +47,7 @@ var groups = []struct{ name, summary string }{
 func allCommands() []command {
 	var all []command
 	for _, part := range [][]command{
-		{runCommand()}, migrateCommands(), catalogCommands(), streamsCommands(), mappingsCommands(), dlqCommands(), parkedCommands(),
+		{runCommand()}, migrateCommands(), catalogCommands(), driftCommands(), streamsCommands(), mappingsCommands(), dlqCommands(), parkedCommands(),
 		{replayCommand(), backfillCommand()}, scheduleCommands(), {statusCommand(), pruneCommand(), versionCommand()},
 	} {
 		all = append(all, part...)

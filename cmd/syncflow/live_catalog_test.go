@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syncflow/syncflow/streams"
 )
@@ -59,6 +60,24 @@ func TestEntitiesAndColumnsAreData(t *testing.T) {
 	eventually(t, w.conn, `SELECT count(*) FROM bridge.failed_records WHERE resolved_at IS NULL`, "0", r1)
 	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children`, "0", r1)
 
+	// The ERP starts sending a field ScheduleHub has no column for: it is
+	// counted, never dropped in silence.
+	w.publish("routings", routing(2, "2026-11-27T08:30:00Z", `,"PLANNER_ID":"P3"`))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := w.cli("drift", "--entity", "routings")
+		if strings.Contains(out, "PLANNER_ID") && strings.Contains(out, "P3") && strings.Contains(out, "not taken") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("syncflow drift does not list the new field:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out, code := w.cli("catalog", "check"); code != 0 || !strings.Contains(out, "fields seen in events that nothing takes: PLANNER_ID") {
+		t.Errorf("catalog check does not report the field seen (%d):\n%s", code, out)
+	}
+
 	// A column is added and mapped: events that carry it fill it, without a
 	// restart.
 	if _, err := w.conn.Exec(w.ctx, `ALTER TABLE schedulehub.routings ADD COLUMN planner text`); err != nil {
@@ -76,6 +95,9 @@ func TestEntitiesAndColumnsAreData(t *testing.T) {
 	waitForLog(t, r2, `"msg":"field mappings in force","rules":1`)
 	w.publish("routings", routing(1, "2026-11-27T09:00:00Z", `,"PLANNER_ID":" P7 "`))
 	eventually(t, w.conn, `SELECT planner FROM schedulehub.routings WHERE routing_no = 'R01'`, "P7", r1)
+	if out, _ := w.cli("drift", "--entity", "routings"); !strings.Contains(out, "taken now") {
+		t.Errorf("syncflow drift does not say the field is taken now:\n%s", out)
+	}
 
 	// The entity leaves: its consumers stop, and are pruned; its history is not
 	// dead-lettered again, and a new event of it is a stray once more.

@@ -36,6 +36,8 @@ type observer struct {
 	nats     *stream.Conn
 	catalog  *catalog.Live
 	fetchers func() []boundFetcher
+	// unmapped is what the unmapped-field counters were last brought up to.
+	unmapped map[[2]string]int64
 	log      *slog.Logger
 	// lastReason is the last reason /readyz gave ("" when ready).
 	lastReason atomic.Value
@@ -122,6 +124,15 @@ func (o *observer) record(entity string, source event.Source, msgs []pipeline.Me
 
 // refresh reads the bridge tables and the consumers into the gauges.
 func (o *observer) refresh(ctx context.Context) error {
+	for k, n := range o.st.UnmappedTotals() {
+		if d := n - o.unmapped[k]; d > 0 {
+			o.m.Unmapped.WithLabelValues(k[0], k[1]).Add(float64(d))
+		}
+		if o.unmapped == nil {
+			o.unmapped = map[[2]string]int64{}
+		}
+		o.unmapped[k] = n
+	}
 	entities := o.catalog.Load().Names()
 	stats, err := o.st.Stats(ctx, entities)
 	if err != nil {

@@ -279,3 +279,23 @@ func TestRedactURL(t *testing.T) {
 		t.Errorf("Open error %v must exist and not contain the password", err)
 	}
 }
+
+// A field no rule maps and no target column takes is counted with a sample,
+// written by the next flush, and added up across flushes.
+func TestUnmappedFieldsAreCounted(t *testing.T) {
+	f := newFixture(t)
+	f.apply("sites", nil, `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","REGION_CODE":"EU-N"}}`)
+	if err := f.st.FlushDrift(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.apply("sites", nil, `{"entity":"sites","op":"upsert","rowversion":"2026-01-02T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","REGION_CODE":"EU-S"}}`)
+	if err := f.st.FlushDrift(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.rows(`SELECT entity_name, field_name, seen_count, sample_value FROM bridge.unmapped_fields`); got != "sites|REGION_CODE|2|EU-N" {
+		t.Errorf("unmapped fields: %q", got)
+	}
+	if got := f.st.UnmappedTotals()[[2]string{"sites", "REGION_CODE"}]; got != 2 {
+		t.Errorf("total for the metrics: %d", got)
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"slices"
@@ -151,9 +152,12 @@ func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log 
 			if err := s.FlushCheckpoints(fctx); err != nil {
 				log.Warn("writing checkpoints at shutdown failed; they will advance with the next batch", "err", err)
 			}
+			if err := s.FlushDrift(fctx); err != nil {
+				log.Warn("writing the unmapped fields seen at shutdown failed", "err", err)
+			}
 			return nil
 		case <-t.C:
-			err := s.FlushCheckpoints(ctx)
+			err := errors.Join(s.FlushCheckpoints(ctx), s.FlushDrift(ctx))
 			switch {
 			case ctx.Err() != nil:
 			case err != nil:
@@ -161,7 +165,7 @@ func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log 
 				// outage must not flood the log twice a second.
 				failing++
 				if failing == 1 || time.Since(warned) >= time.Minute {
-					log.Warn("writing checkpoints failed; retrying", "err", err, "failures", failing)
+					log.Warn("writing checkpoints (and the unmapped fields seen) failed; retrying", "err", err, "failures", failing)
 					warned = time.Now()
 				}
 			case failing > 0:

@@ -13,7 +13,7 @@ import (
 )
 
 var wantTables = []string{"background_sync_schedule", "catalog_versions", "erp_sync_state", "failed_records", "field_mappings",
-	"pending_children", "sync_batches", "synced_records"}
+	"pending_children", "sync_batches", "synced_records", "unmapped_fields"}
 
 var wantIndexes = []string{
 	"ix_sync_batches_entity", "ix_sync_batches_status", "ix_failed_records_batch", "ix_failed_records_retry",

@@ -280,8 +280,3 @@ func (s *Store) CompareTargets(ctx context.Context, cat *catalog.Catalog) ([]Tar
 func mappedFrom(rules []mapping.Rule, entity, field string) bool {
 	return slices.ContainsFunc(rules, func(r mapping.Rule) bool { return r.Entity == entity && strings.EqualFold(r.SourceField, field) })
 }
-
-// observedFields returns, per entity, the event fields seen (drift).
-func (s *Store) observedFields(ctx context.Context) (map[string][]string, error) {
-	return map[string][]string{}, nil
-}

@@ -27,6 +27,7 @@ type Store struct {
 	pool        *pgxpool.Pool
 	targets     *targets
 	checkpoints *checkpoints
+	drift       *drift
 	// NewUID generates primary keys (UUIDv7); tests may replace it.
 	NewUID func() uuid.UUID
 }
@@ -94,7 +95,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(classify(err)))
 	}
-	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), NewUID: newUID}, nil
+	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), drift: newDrift(), NewUID: newUID}, nil
 }
 
 // Close closes the pool.

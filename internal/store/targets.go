@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -216,8 +217,18 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 		return err
 	}
 	bySig := map[string][]byte{} // a JSON array of rows per column list
+	now := time.Now()
 	for _, row := range upserts {
 		cols := tg.writable(row)
+		if len(cols) < len(row) {
+			// Fields no rule mapped and no column takes: counted, never
+			// dropped in silence.
+			for f, v := range row {
+				if !tg.columns[f] {
+					t.s.drift.note(entity, strings.ToUpper(f), v, now)
+				}
+			}
+		}
 		sig := strings.Join(cols, ",")
 		buf := bySig[sig]
 		if buf == nil {

@@ -21,6 +21,7 @@ type Metrics struct {
 	HeldRetries   *prometheus.CounterVec   // entity, source, reason
 	Escalations   *prometheus.CounterVec   // entity, source
 	Inversions    *prometheus.CounterVec   // entity
+	Unmapped      *prometheus.CounterVec   // entity, field
 
 	ConsumerPending    *prometheus.GaugeVec // stream, entity
 	ConsumerAckPending *prometheus.GaugeVec // stream, entity
@@ -59,6 +60,8 @@ func NewMetrics() *Metrics {
 		Help: "Failed attempts to write a batch, by reason: database unavailable, transaction conflict, timed out, error."}, append(es, "reason"))
 	m.Escalations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_batch_timeout_escalations_total",
 		Help: "Batches that kept timing out and were written with their rows isolated."}, es)
+	m.Unmapped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_unmapped_field_values_total",
+		Help: "Values of event fields that no mapping rule maps and no target column takes (at most 50 fields per entity, then (other)); see syncflow drift."}, []string{"entity", "field"})
 	m.Inversions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_rowversion_inversions_total",
 		Help: "Realtime events judged stale although published after the applied version: a later change with a lower rowversion (source clock or time-zone trouble)."}, []string{"entity"})
 	sc := []string{"stream", "entity"}
@@ -84,7 +87,7 @@ func NewMetrics() *Metrics {
 		Help: "When the entity's backfill is next due (0 when not planned)."}, []string{"entity"})
 	m.BackfillFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_backfill_failing",
 		Help: "1 when the entity's last backfill run failed."}, []string{"entity"})
-	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.ConsumerPending,
+	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerPending,
 		m.ConsumerAckPending, m.DeadLetters, m.DeadLetterAge, m.Parked, m.ParkedAge, m.CheckpointAge, m.BackfillRows,
 		m.BackfillTotal, m.BackfillNextRun, m.BackfillFailing} {
 		f(c)
