@@ -1,0 +1,71 @@
+package service_test
+
+import (
+	"io/fs"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/service"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/testenv"
+	"github.com/syncflow/syncflow/streams"
+)
+
+// A running service follows the stored catalog, but never into a version that
+// does not fit the target tables (stored past `catalog apply`'s checks, or a
+// table dropped since): that one is reported and the catalog in force kept,
+// until the table exists and a refresh (or the next look) puts it in force.
+func TestStoredCatalogThatDoesNotFitIsNotPutInForce(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	st, err := store.Open(e.ctx, store.Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	builtIn, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start(func(c *service.Config) {
+		c.Catalog, c.Streams, c.StreamsFS = nil, service.Config{}.Streams, streams.FS
+		c.MappingResync = 500 * time.Millisecond
+	})
+	const suppliers = "\n  suppliers:\n    key: [SUPPLIER_ID]\n    target: {table: schedulehub.suppliers, key: [supplier_id]}\n"
+	v, stored, err := st.StoreCatalog(e.ctx, append(builtIn, suppliers...), "test", "no table yet")
+	if err != nil || !stored {
+		t.Fatalf("storing: %v %v", stored, err)
+	}
+	e.waitForLog("the stored catalog does not fit the target tables; keeping the one in force")
+	if strings.Contains(e.logs.String(), "catalog version in force") {
+		t.Fatalf("a catalog whose table is missing was put in force:\n%s", e.logs)
+	}
+	// The sites consumer goes on as before.
+	e.publish("apismith.cdc.sites", site("S1", 1, "still here"))
+	e.eventually(`SELECT description FROM schedulehub.sites`, "still here", 10*time.Second)
+	if _, err := e.conn.Exec(e.ctx, `CREATE TABLE schedulehub.suppliers (supplier_id text PRIMARY KEY, name text)`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.conn.Exec(e.ctx, `DELETE FROM bridge.catalog_versions WHERE version > 1; DROP TABLE IF EXISTS schedulehub.suppliers`)
+	})
+	if err := st.RefreshCatalog(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitForLog(`msg="catalog version in force" version=` + itoa(v))
+}
+
+func (e *env) waitForLog(text string) {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(e.logs.String(), text) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no %q in the logs:\n%s", text, e.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
