@@ -18,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/goleak"
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/consumer"
@@ -29,24 +28,16 @@ import (
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
-var dbURL string
-
-func TestMain(m *testing.M) {
-	code := testenv.MainDatabase(m, "service", &dbURL)
-	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// Each test has a database of its own (testenv.DB), a copy of the package's
+// migrated template; no goroutine may outlive the tests.
+func TestMain(m *testing.M) { os.Exit(testenv.MainTemplate(m, "service")) }
 
 type env struct {
 	t    *testing.T
 	ctx  context.Context
 	conn *pgx.Conn
 	url  string // NATS
+	db   string // the test's own database
 	js   jetstream.JetStream
 	logs *syncBuffer
 }
@@ -71,22 +62,19 @@ func (b *syncBuffer) String() string {
 func newEnv(t *testing.T, natsURL string) *env {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
+	db := testenv.DB(t)
+	conn, err := pgx.Connect(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(ctx) })
-	if _, err := conn.Exec(ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
-		bridge.field_mappings, schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations CASCADE`); err != nil {
-		t.Fatal(err)
-	}
 	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	return &env{t: t, ctx: ctx, conn: conn, url: natsURL, js: js, logs: &syncBuffer{}}
+	return &env{t: t, ctx: ctx, conn: conn, url: natsURL, db: db, js: js, logs: &syncBuffer{}}
 }
 
 // start runs the service until the test ends (or the returned stop is called,
@@ -95,7 +83,7 @@ func (e *env) start(tune func(*service.Config)) (stop func()) {
 	e.t.Helper()
 	cat, defs := testenv.Shipped(e.t)
 	cfg := service.Config{
-		DatabaseURL: dbURL, NATS: stream.Config{URL: e.url}, Catalog: cat, Streams: defs, ApplyStreams: true, Backfill: true,
+		DatabaseURL: e.db, NATS: stream.Config{URL: e.url}, Catalog: cat, Streams: defs, ApplyStreams: true, Backfill: true,
 		Consumer:           consumer.Config{Replica: "test", FetchWait: 100 * time.Millisecond, NakDelay: 500 * time.Millisecond},
 		StrayInterval:      200 * time.Millisecond,
 		CheckpointInterval: 50 * time.Millisecond,
@@ -276,7 +264,7 @@ func TestDatabaseOutageMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := <-published
-	conn, err := pgx.Connect(e.ctx, dbURL) // the test's own connection was cut too
+	conn, err := pgx.Connect(e.ctx, e.db) // the test's own connection was cut too
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +365,7 @@ func TestLongOutageNeverSpendsMaxDeliver(t *testing.T) {
 	time.Sleep(4 * time.Second)
 	exec(`ALTER DATABASE ` + ident + ` ALLOW_CONNECTIONS true`)
 
-	conn, err := pgx.Connect(e.ctx, dbURL) // the test's own connection was cut too
+	conn, err := pgx.Connect(e.ctx, e.db) // the test's own connection was cut too
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -658,7 +646,7 @@ func TestRulesThatDoNotFitTheTable(t *testing.T) {
 
 	// A new start refuses the rules, naming the one at fault.
 	cat, defs := testenv.Shipped(t)
-	err := service.Run(e.ctx, service.Config{DatabaseURL: dbURL, NATS: stream.Config{URL: srv.ClientURL()}, Catalog: cat, Streams: defs,
+	err := service.Run(e.ctx, service.Config{DatabaseURL: e.db, NATS: stream.Config{URL: srv.ClientURL()}, Catalog: cat, Streams: defs,
 		Consumer: consumer.Config{Replica: "refused"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "(sites COMPANY -> compnay): schedulehub.sites has no column compnay") {
 		t.Errorf("start with a rule that does not fit: %v", err)
