@@ -222,6 +222,7 @@ func metricNames(t *testing.T) map[string]bool {
 	m.Escalations.WithLabelValues("e", "s").Inc()
 	m.Inversions.WithLabelValues("e").Inc()
 	m.Unmapped.WithLabelValues("e", "F").Inc()
+	m.ConsumerMissing.WithLabelValues("s", "e").Set(1)
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/user"
 	"slices"
@@ -50,10 +51,12 @@ func setupCatalogApply(f *flags) runFunc {
 		c      common
 		dryRun bool
 		note   string
+		forget string
 	)
 	c.register(f)
 	f.BoolVar(&dryRun, "dry-run", false, "check and show the diff; store nothing")
 	f.StringVar(&note, "note", "", "why this version (kept in the history)")
+	f.StringVar(&forget, "forget-versions", "", "comma-separated entities whose key, rowversion form, time zone or target change: delete their ledger rows, so that versions are compared afresh (run a backfill after)")
 	return func(ctx context.Context, args []string) error {
 		data, err := os.ReadFile(args[0])
 		if err != nil {
@@ -86,9 +89,23 @@ func setupCatalogApply(f *flags) runFunc {
 				return err
 			}
 		}
+		forgotten, err := checkReordering(ctx, st, old.Document, cat, forget)
+		if err != nil {
+			return err
+		}
 		if dryRun {
+			if len(forgotten) > 0 {
+				fmt.Printf("would forget the applied versions of %s\n", strings.Join(forgotten, ", "))
+			}
 			fmt.Println("dry run: nothing stored")
 			return nil
+		}
+		for _, e := range forgotten {
+			n, err := st.ForgetVersions(ctx, e)
+			if err != nil {
+				return fmt.Errorf("forgetting the versions of %s (after %d rows; nothing was stored; run it again): %w", e, n, err)
+			}
+			fmt.Printf("forgot the applied versions of %d %s rows: run a backfill of %s to bring its target in line\n", n, e, e)
 		}
 		v, stored, err := st.StoreCatalog(ctx, data, appliedBy(), note)
 		if err != nil {
@@ -101,6 +118,67 @@ func setupCatalogApply(f *flags) runFunc {
 		fmt.Printf("stored catalog version %d: running replicas follow it within seconds; apply the streams (`syncflow streams apply --prune`) for new or removed entities\n", v)
 		return nil
 	}
+}
+
+// checkReordering refuses a change that would make an entity's applied versions
+// mean something else, for entities with rows in the ledger: its key fields (other
+// keys), its rowversion form or time zone (other order values: every update of
+// an applied key could be judged stale), or its target table or key (rows already
+// applied would not be written there). Such a change needs --forget-versions for
+// the entity, which clears its ledger rows. It returns the entities to forget.
+func checkReordering(ctx context.Context, st *store.Store, oldDoc []byte, cat *catalog.Catalog, forget string) ([]string, error) {
+	var wanted []string
+	for _, e := range strings.Split(forget, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			if err := knownEntity(cat, e); err != nil {
+				return nil, err
+			}
+			wanted = append(wanted, e)
+		}
+	}
+	if len(oldDoc) == 0 {
+		return wanted, nil
+	}
+	before, err := catalog.Parse(oldDoc)
+	if err != nil {
+		return wanted, nil // an older release's catalog: nothing to compare
+	}
+	changed := map[string]string{}
+	for _, e := range cat.Entities() {
+		old, ok := before.Entity(e.Name)
+		if !ok {
+			continue
+		}
+		switch {
+		case fmt.Sprint(old.Key) != fmt.Sprint(e.Key):
+			changed[e.Name] = "its key fields"
+		case old.RowVersion != e.RowVersion:
+			changed[e.Name] = "its rowversion form"
+		case old.TimeZone.String() != e.TimeZone.String():
+			changed[e.Name] = "the time zone of its rowversions"
+		case old.Target.QualifiedName() != e.Target.QualifiedName() || fmt.Sprint(old.Target.Key) != fmt.Sprint(e.Target.Key):
+			changed[e.Name] = "its target table or key"
+		}
+	}
+	if len(changed) == 0 {
+		return wanted, nil
+	}
+	names := slices.Sorted(maps.Keys(changed))
+	applied, err := st.EntitiesApplied(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, e := range applied {
+		if !slices.Contains(wanted, e) {
+			problems = append(problems, fmt.Sprintf("entity %q changes %s, and the ledger holds versions of it applied under the old one", e, changed[e]))
+		}
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: %s: nothing was stored. Its applied versions would be compared with versions of another kind (every update could be judged stale, or rows would not reach the new table). Apply it with --forget-versions %s to forget them, then run a backfill", errUsage,
+			strings.Join(problems, "; "), strings.Join(applied, ","))
+	}
+	return wanted, nil
 }
 
 // checkCatalog checks cat against the database as `syncflow run` would at

@@ -168,3 +168,39 @@ func TestCatalogCheck(t *testing.T) {
 		t.Errorf("check stored a version: %s", got)
 	}
 }
+
+// A change that makes an entity's applied versions mean something else (here:
+// its rowversion form) is refused while the ledger holds versions of it: every
+// later update could be judged stale. --forget-versions clears them.
+func TestCatalogApplyRefusesAReorderingChange(t *testing.T) {
+	w := newWorld(t)
+	if _, err := w.conn.Exec(w.ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
+		VALUES ('items', 'h1', '["P1"]', '20260101000000', 1767225600000000, 'realtime', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(shipped), "    key: [PART_NO]\n    rowversion: objversion", "    key: [PART_NO]\n    rowversion: number", 1)
+	if changed == string(shipped) {
+		t.Fatal("the shipped catalog's items block changed: adjust the test")
+	}
+	file := filepath.Join(t.TempDir(), "catalog.yaml")
+	if err := os.WriteFile(file, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := w.cli("catalog", "apply", file)
+	if code != 2 || !strings.Contains(out, `entity "items" changes its rowversion form`) || !strings.Contains(out, "--forget-versions items") {
+		t.Errorf("a reordering change (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.catalog_versions`); got != "1" {
+		t.Errorf("the refused catalog was stored: %s versions", got)
+	}
+	if out, code = w.cli("catalog", "apply", file, "--forget-versions", "items"); code != 0 || !strings.Contains(out, "forgot the applied versions of 1 items rows") {
+		t.Errorf("with --forget-versions (%d): %s", code, out)
+	}
+	if got := w.query(`SELECT count(*) FROM bridge.synced_records WHERE entity_name = 'items'`); got != "0" {
+		t.Errorf("%s items rows left in the ledger", got)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -31,6 +32,9 @@ type entityStatus struct {
 type streamLag struct {
 	Pending    uint64 `json:"pending"`
 	AckPending uint64 `json:"ack_pending"`
+	// NoConsumer says the entity has no durable consumer on the stream: its
+	// events are read by nobody (run `syncflow streams apply`).
+	NoConsumer bool `json:"no_consumer,omitempty"`
 }
 
 func statusCommand() command {
@@ -109,6 +113,18 @@ func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON
 	if natsNote != "" {
 		fmt.Printf("\nPENDING unknown: %s\n", clip(natsNote, 100))
 	}
+	var missing []string
+	for _, e := range out {
+		for _, l := range e.Lag {
+			if l.NoConsumer {
+				missing = append(missing, e.Entity)
+				break
+			}
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Printf("\nno durable consumer for %s: their events are read by nobody; run `syncflow streams apply`\n", strings.Join(missing, ", "))
+	}
 	return nil
 }
 
@@ -130,10 +146,15 @@ func statusTable(out []entityStatus) error {
 		pending := "-"
 		if e.Lag != nil {
 			var sum uint64
+			missing := false
 			for _, l := range e.Lag {
 				sum += l.Pending + l.AckPending
+				missing = missing || l.NoConsumer
 			}
 			pending = fmt.Sprint(sum)
+			if missing {
+				pending = "NO CONSUMER"
+			}
 		}
 		var dead int64
 		for _, k := range e.DeadLetters {
@@ -205,7 +226,9 @@ func statusWide(out []entityStatus) error {
 		if e.Lag != nil {
 			var parts []string
 			for _, src := range event.Sources {
-				if l, ok := e.Lag[src.Stream]; ok {
+				if l, ok := e.Lag[src.Stream]; ok && l.NoConsumer {
+					parts = append(parts, src.Name+" no consumer")
+				} else if ok {
 					parts = append(parts, fmt.Sprintf("%s %d", src.Name, l.Pending+l.AckPending))
 				}
 			}
@@ -274,6 +297,10 @@ func lagFromNATS(ctx context.Context, n natsFlags, defs definitions, cat *catalo
 		for _, src := range event.Sources {
 			s := src.Stream
 			cons, err := js.Consumer(ctx, s, sdefs.Consumers[s][e].Durable)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				out[i].Lag[s] = streamLag{NoConsumer: true}
+				continue
+			}
 			if err != nil {
 				continue
 			}

@@ -34,13 +34,18 @@ var (
 	// ErrTimeout: a statement timeout (57014) or the deadline of the work. Work that
 	// keeps timing out is escalated by the caller.
 	ErrTimeout = errors.New("timed out")
+	// ErrTargetChanged: a target table changed under the service (a column or the
+	// table dropped or renamed: 42703, 42P01). The work is held, and prepared
+	// again with the rules checked against the table as it is now, so that a
+	// value whose column is gone fails its record instead of vanishing.
+	ErrTargetChanged = errors.New("target table changed")
 )
 
 // Kind names the kind of err for logs, metrics and /readyz: "row rejected",
-// "database unavailable", "transaction conflict", "timed out", or "error" for an
-// error of no known kind. It never includes the error's text.
+// "database unavailable", "transaction conflict", "timed out", "target table
+// changed", or "error" for an error of no known kind. It never includes the error's text.
 func Kind(err error) string {
-	for _, k := range []error{ErrRowRejected, ErrUnavailable, ErrConflict, ErrTimeout} {
+	for _, k := range []error{ErrRowRejected, ErrUnavailable, ErrConflict, ErrTimeout, ErrTargetChanged} {
 		if errors.Is(err, k) {
 			return k.Error()
 		}

@@ -229,15 +229,7 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []p
 	for i, m := range msgs {
 		ds[i] = m.Delivery
 	}
-	rules := c.Rules.Load()
-	cat, entity := c.Catalog.Load(), c.Entity
-	if entity != nil {
-		if current, ok := cat.Entity(entity.Name); ok {
-			entity = current
-		}
-	}
-	prepared := pipeline.Preparer{Catalog: cat, Rules: rules}.Prepare(ds)
-	b := apply.Batch{Entity: entity, Catalog: cat, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	b := c.batch(ds)
 	res, err := c.write(ctx, wctx, log, b)
 	res.Took = c.now().Sub(began)
 	if err == nil {
@@ -277,6 +269,13 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		}
 		defer cancel()
 		res, err := c.Writer.ApplyBatch(actx, b)
+		if errors.Is(err, apply.ErrTargetChanged) {
+			// The writer has checked the rules against the table as it is now:
+			// prepare the batch again with them before the next attempt.
+			isolate := b.IsolateTimeouts
+			b = c.batch(b.Deliveries)
+			b.IsolateTimeouts = isolate
+		}
 		switch {
 		case err == nil:
 			if failures > 0 {
@@ -309,6 +308,21 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		err = givenUp{err} // RetryFor ran out
 	}
 	return res, err
+}
+
+// batch prepares ds as one batch, with the catalog (and this consumer's entity
+// in it) and the mapping rules in force now.
+func (c *Consumer) batch(ds []pipeline.Delivery) apply.Batch {
+	rules := c.Rules.Load()
+	cat, entity := c.Catalog.Load(), c.Entity
+	if entity != nil {
+		if current, ok := cat.Entity(entity.Name); ok {
+			entity = current
+		}
+	}
+	prepared := pipeline.Preparer{Catalog: cat, Rules: rules}.Prepare(ds)
+	b := apply.Batch{Entity: entity, Catalog: cat, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
+	return b
 }
 
 // rollBatch starts a new rolling sync_batches row when the window has passed.

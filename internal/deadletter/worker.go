@@ -36,6 +36,10 @@ type Worker struct {
 	// Rules returns the current mapping rules.
 	Rules   func() *mapping.Set
 	Replica string
+	// Refresh, when set, brings Catalog up to date before each round, so that a
+	// dead letter of an entity the stored catalog has just gained is not
+	// retried under a catalog that does not know it.
+	Refresh func(ctx context.Context)
 }
 
 // Run works until ctx ends.
@@ -47,6 +51,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+		if w.Refresh != nil {
+			w.Refresh(ctx)
 		}
 		if err := w.Round(ctx); err != nil && ctx.Err() == nil {
 			w.DeadLetters.cfg.Logger.Warn("dead-letter round failed; trying again next round", "err", err)

@@ -216,7 +216,9 @@ func (s *Set) Apply(rec normalize.Record, keyFields []string, keysOnly bool) (ma
 			continue
 		}
 		v := rec.Fields[c.source]
-		if v == nil && c.DefaultValue != nil {
+		if v == nil && c.DefaultValue != nil && c.broken == "" {
+			// A broken rule's default is not written either: its column is gone,
+			// and a record without the field has nothing to lose.
 			v = *c.DefaultValue
 		}
 		if v == nil {

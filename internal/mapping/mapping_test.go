@@ -190,3 +190,35 @@ func TestReadRulesSkipsTheByteOrderMark(t *testing.T) {
 		}
 	}
 }
+
+// A broken rule (its column is gone) fails the records that carry its field,
+// with the reason, and only those: a record without the field is mapped by the
+// other rules, even when the broken rule has a default.
+func TestBrokenRules(t *testing.T) {
+	def := "each"
+	set, err := Compile([]Rule{
+		{Entity: "items", SourceField: "UNIT_MEAS", TargetField: "unit", DefaultValue: &def},
+		{Entity: "items", SourceField: "DESCRIPTION", TargetField: "description", Transformation: "uppercase"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set = set.WithBroken(map[RuleRef]string{{"items", "UNIT_MEAS", "unit"}: "schedulehub.items has no column unit"})
+	rec := func(fields map[string]any) normalize.Record {
+		return normalize.Record{Entity: "items", Fields: fields}
+	}
+	_, err = set.Apply(rec(map[string]any{"PART_NO": "P1", "UNIT_MEAS": "pcs"}), []string{"PART_NO"}, false)
+	if !errors.Is(err, ErrMapping) || !strings.Contains(err.Error(), "field UNIT_MEAS -> unit: schedulehub.items has no column unit") {
+		t.Errorf("a record with the field: %v", err)
+	}
+	row, err := set.Apply(rec(map[string]any{"PART_NO": "P2", "DESCRIPTION": "bolt"}), []string{"PART_NO"}, false)
+	if err != nil || row["description"] != "BOLT" {
+		t.Errorf("a record without the field: %v %v", row, err)
+	}
+	if _, ok := row["unit"]; ok {
+		t.Errorf("the broken rule's default was written: %v", row)
+	}
+	if row, err := set.Apply(rec(map[string]any{"PART_NO": "P3", "UNIT_MEAS": "pcs"}), []string{"PART_NO"}, true); err != nil || len(row) != 1 {
+		t.Errorf("a delete (keys only): %v %v", row, err)
+	}
+}

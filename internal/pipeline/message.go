@@ -1,6 +1,18 @@
 package pipeline
 
-import "time"
+import (
+	"errors"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/event"
+)
+
+// ErrUnknownEntity marks a message whose entity is not in the catalog (stage
+// decode): it fails until the catalog gains the entity, and then succeeds.
+var ErrUnknownEntity = errors.New("unknown entity")
+
+// UnknownEntityReason begins the reason of such a dead letter.
+var UnknownEntityReason = event.ErrDecode.Error() + ": " + ErrUnknownEntity.Error() + " "
 
 // Message is one fetched message: what the pipeline needs, and the means to settle
 // it. The transport stays behind the closures (the JetStream adapter fills them),

@@ -196,7 +196,7 @@ func (p Preparer) one(i int, d Delivery) (Candidate, *Failure) {
 	e, ok := p.Catalog.Entity(ev.Entity)
 	if !ok {
 		return Candidate{}, &Failure{Index: i, Stage: StageDecode, Entity: ev.Entity,
-			Err: fmt.Errorf("%w: unknown entity %q (not in the catalog)", event.ErrDecode, ev.Entity)}
+			Err: fmt.Errorf("%w: %w %q (not in the catalog)", event.ErrDecode, ErrUnknownEntity, ev.Entity)}
 	}
 	// A realtime event is stored seconds after its change, so its publish time
 	// tells the two readings of a wall clock repeated by a DST fall-back apart; a

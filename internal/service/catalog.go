@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/syncflow/syncflow/internal/catalog"
@@ -44,30 +45,42 @@ func (s *Service) reloadCatalog(ctx context.Context, force bool) {
 	latest, err := s.st.LatestCatalog(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			log.Warn("reading the stored catalog failed; keeping the one in force", "version", s.catalogVersion, "err", err)
+			log.Warn("reading the stored catalog failed; keeping the one in force", "version", s.catalogVersion.Load(), "err", err)
 		}
 		return
 	}
-	if latest.Version == s.catalogVersion && !force {
+	current := int(s.catalogVersion.Load())
+	if !force && (latest.Version == current || latest.Version == s.refusedVersion) {
 		return
+	}
+	refuse := func(msg string, err error) {
+		// Said once per version at error level; a forced look says it again
+		// quietly until the version fits or another replaces it.
+		level := slog.LevelError
+		if latest.Version == s.refusedVersion {
+			level = slog.LevelDebug
+		}
+		log.Log(ctx, level, msg, "stored_version", latest.Version, "version", current, "err", err)
+		s.refusedVersion = latest.Version
 	}
 	cat, err := catalog.Parse(latest.Document)
 	if err != nil {
-		log.Error("the stored catalog is invalid; keeping the one in force", "stored_version", latest.Version, "version", s.catalogVersion, "err", err)
+		refuse("the stored catalog is invalid; keeping the one in force", err)
 		return
 	}
 	// The target tables' columns, read again: a column added since is written
-	// from now on.
+	// from now on. Nothing of a catalog that does not fit is put in use.
 	if err := s.st.PrepareTargets(ctx, cat); err != nil {
-		log.Error("the stored catalog does not fit the target tables; keeping the one in force", "stored_version", latest.Version, "version", s.catalogVersion, "err", err)
+		refuse("the stored catalog does not fit the target tables; keeping the one in force", err)
 		return
 	}
+	s.refusedVersion = 0
 	old := s.catalog.Load()
 	added, removed := diffEntities(old, cat)
 	s.catalog.Store(cat)
-	if latest.Version != s.catalogVersion {
-		log.Info("catalog version in force", "version", latest.Version, "previous", s.catalogVersion, "added", added, "removed", removed)
-		s.catalogVersion = latest.Version
+	if latest.Version != current {
+		log.Info("catalog version in force", "version", latest.Version, "previous", current, "added", added, "removed", removed)
+		s.catalogVersion.Store(int64(latest.Version))
 	} else {
 		log.Debug("catalog read again, with the target tables' columns", "version", latest.Version)
 	}

@@ -66,3 +66,31 @@ func (e *env) waitForLog(text string) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// A mapped column dropped under the running service: the write that finds it
+// gone has the rules checked again, and the batch is prepared again with them,
+// so the value fails its record at stage mapping, with the reason, at once; a
+// record without the field is written. Nothing vanishes in the window before
+// the next look at the rules.
+func TestDroppedColumnFailsItsValuesAtOnce(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.field_mappings (uid, entity_name, source_field, target_field)
+		VALUES (gen_random_uuid(), 'sites', 'COMPANY_ID', 'company')`); err != nil {
+		t.Fatal(err)
+	}
+	e.start(nil) // the rules are looked at only every minute
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","COMPANY_ID":"Acme"}}`)
+	e.eventually(`SELECT company FROM schedulehub.sites`, "Acme", 10*time.Second)
+	if _, err := e.conn.Exec(e.ctx, `ALTER TABLE schedulehub.sites DROP COLUMN company`); err != nil {
+		t.Fatal(err)
+	}
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-02T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"moved","COMPANY_ID":"Acme AB"}}`)
+	e.publish("apismith.cdc.sites", `{"entity":"sites","op":"upsert","rowversion":"2026-01-02T00:00:00Z","data":{"CONTRACT":"S2","DESCRIPTION":"second"}}`)
+	e.eventually(`SELECT contract, description FROM schedulehub.sites WHERE contract = 'S2'`, "S2|second", 10*time.Second)
+	e.eventually(`SELECT stage_failed, error_message FROM bridge.failed_records WHERE resolved_at IS NULL`,
+		"mapping|mapping: field COMPANY_ID -> company: schedulehub.sites has no column company: its values would be dropped", 10*time.Second)
+	if got := testenv.Rows(t, e.conn, `SELECT description FROM schedulehub.sites WHERE contract = 'S1'`); got != "<nil>" {
+		t.Errorf("S1 was written without its COMPANY_ID: description %q", got)
+	}
+}

@@ -36,7 +36,7 @@ type entityConsumers struct {
 
 	mu      sync.Mutex
 	running map[consumerKey]*runningConsumer
-	missing map[consumerKey]bool // warned about: no durable consumer yet
+	missing map[consumerKey]time.Time // no durable consumer yet: when last warned
 	wg      sync.WaitGroup
 }
 
@@ -51,7 +51,7 @@ type runningConsumer struct {
 func newEntityConsumers(live *catalog.Live, sources []event.Source, log *slog.Logger) *entityConsumers {
 	return &entityConsumers{catalog: live, sources: sources, log: log, retry: 10 * time.Second,
 		changed: make(chan struct{}, 1), failed: make(chan error, 1),
-		running: map[consumerKey]*runningConsumer{}, missing: map[consumerKey]bool{}}
+		running: map[consumerKey]*runningConsumer{}, missing: map[consumerKey]time.Time{}}
 }
 
 // bindAll binds a fetcher for every entity of the catalog in force; at start a
@@ -109,6 +109,11 @@ func (ec *entityConsumers) reconcile(ctx context.Context, bound map[consumerKey]
 	}
 	ec.mu.Lock()
 	var stopping []*runningConsumer
+	for k := range ec.missing {
+		if want[k] == nil {
+			delete(ec.missing, k)
+		}
+	}
 	for k, r := range ec.running {
 		if want[k] == nil {
 			ec.log.Info("entity left the catalog: stopping its consumer", "entity", k.entity, "stream", k.stream)
@@ -133,13 +138,18 @@ func (ec *entityConsumers) reconcile(ctx context.Context, bound map[consumerKey]
 		if f == nil {
 			var err error
 			if f, err = ec.bind(ctx, source, k.entity); err != nil {
-				if !ec.missing[k] {
-					ec.log.Warn("the catalog has an entity without its durable consumer: run `syncflow streams apply`; retrying", "entity", k.entity, "stream", k.stream, "err", err)
-					ec.missing[k] = true
+				ec.mu.Lock()
+				warned, seen := ec.missing[k]
+				if !seen || time.Since(warned) >= missingWarnEvery {
+					ec.log.Warn("the catalog has an entity without its durable consumer: its events are read by nobody; run `syncflow streams apply`", "entity", k.entity, "stream", k.stream, "err", err)
+					ec.missing[k] = time.Now()
 				}
+				ec.mu.Unlock()
 				continue
 			}
+			ec.mu.Lock()
 			delete(ec.missing, k)
+			ec.mu.Unlock()
 			ec.log.Info("entity joined the catalog: starting its consumer", "entity", k.entity, "stream", k.stream)
 		}
 		ec.start(ctx, k, want[k], source, f)
@@ -178,6 +188,23 @@ func (ec *entityConsumers) stopAll() {
 	ec.running = map[consumerKey]*runningConsumer{}
 	ec.mu.Unlock()
 	ec.wg.Wait()
+}
+
+// missingWarnEvery is how often an entity without its durable consumer is said
+// again in the log (it is a /readyz reason and a gauge all along).
+const missingWarnEvery = 5 * time.Minute
+
+// missingConsumers lists the entities of the catalog in force whose durable
+// consumer does not exist, as "entity on STREAM".
+func (ec *entityConsumers) missingConsumers() []string {
+	ec.mu.Lock()
+	defer ec.mu.Unlock()
+	out := make([]string, 0, len(ec.missing))
+	for k := range ec.missing {
+		out = append(out, k.entity+" on "+k.stream)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // fetchers lists the running consumers' fetchers, for the gauges.

@@ -36,6 +36,8 @@ type observer struct {
 	nats     *stream.Conn
 	catalog  *catalog.Live
 	fetchers func() []boundFetcher
+	// missing lists the entities whose durable consumer does not exist.
+	missing func() []string
 	// unmapped is what the unmapped-field counters were last brought up to.
 	unmapped map[[2]string]int64
 	log      *slog.Logger
@@ -183,6 +185,11 @@ func (o *observer) refresh(ctx context.Context) error {
 		}
 	}
 	m.DeadLetterAge.WithLabelValues(OutsideCatalog).Set(age(now, oldest))
+	m.ConsumerMissing.Reset()
+	for _, k := range o.missing() {
+		entity, stream, _ := strings.Cut(k, " on ")
+		m.ConsumerMissing.WithLabelValues(stream, entity).Set(1)
+	}
 	var errs []error
 	for _, b := range o.fetchers() {
 		pending, ackPending, err := b.f.Pending(ctx)
@@ -239,6 +246,9 @@ func (o *observer) ready(ctx context.Context) error {
 	}
 	if held := o.heldReasons(); held != "" {
 		reasons = append(reasons, held)
+	}
+	if missing := o.missing(); len(missing) > 0 {
+		reasons = append(reasons, "no durable consumer for "+strings.Join(missing, ", ")+" (run `syncflow streams apply`)")
 	}
 	if len(reasons) > 0 {
 		return o.notReady(strings.Join(reasons, "; "), cause)

@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -162,7 +163,8 @@ func (s *Service) loadCatalog(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c.Catalog, s.catalogVersion = cat, version
+		c.Catalog = cat
+		s.catalogVersion.Store(int64(version))
 	}
 	var err error
 	if c.Streams.Streams == nil {
@@ -187,7 +189,7 @@ func (c Config) missingConsumers() error {
 }
 
 // fetchersOf adapts a stray finder to what the consumer package asks of one.
-func fetchersOf(find func(context.Context) ([]*stream.Fetcher, error)) func(context.Context) ([]consumer.Fetcher, error) {
+func fetchersOf(find func(context.Context) ([]*stream.StrayFetcher, error)) func(context.Context) ([]consumer.Fetcher, error) {
 	return func(ctx context.Context) ([]consumer.Fetcher, error) {
 		found, err := find(ctx)
 		out := make([]consumer.Fetcher, len(found))
@@ -228,8 +230,9 @@ type Service struct {
 	// catalog is the catalog in force; catalogVersion its stored version (0
 	// for a catalog the config holds, which is not followed).
 	catalog        *catalog.Live
-	catalogVersion int        // under reloadMu once running
+	catalogVersion atomic.Int64
 	reloadMu       sync.Mutex // reloads take turns: the watcher's, each stray drain's
+	refusedVersion int        // the stored version last refused (under reloadMu)
 	// lastRuleProblems is what was last reported of the rules that do not fit;
 	// rulesMu makes the rule updates (the mapping watcher's, a catalog
 	// reload's) take turns.
@@ -418,7 +421,7 @@ func (s *Service) bind(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w := writer{Applier: applier, Store: s.st, lease: s.lease}
+	w := writer{Applier: applier, Store: s.st, lease: s.lease, targetChanged: s.checkRules}
 	s.catalog = catalog.NewLive(cfg.Catalog)
 	if cfg.Streams.Advisories.Name != "" {
 		advisories, err := stream.NewAdvisoryReader(ctx, s.nats.JS, cfg.Streams)
@@ -428,10 +431,13 @@ func (s *Service) bind(ctx context.Context) error {
 		s.gaveUp = &deadletter.GaveUpDrain{Reader: advisories, Applier: applier, Catalog: s.catalog, Logger: log}
 	}
 	s.deadLetters = &deadletter.Worker{DeadLetters: dls, Catalog: s.catalog, Rules: s.rules.Load, Replica: cfg.Consumer.Replica}
+	if s.catalogVersion.Load() > 0 {
+		s.deadLetters.Refresh = func(ctx context.Context) { s.reloadCatalog(ctx, false) }
+	}
 	metrics := telemetry.NewMetrics()
 	metrics.RegisterPool(func() telemetry.Pool { p := s.st.PoolStats(); return telemetry.Pool(p) })
 	s.entities = newEntityConsumers(s.catalog, cfg.sources(), log)
-	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, catalog: s.catalog, fetchers: s.entities.fetchers, log: log}
+	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, catalog: s.catalog, fetchers: s.entities.fetchers, missing: s.entities.missingConsumers, log: log}
 	ccfg := s.consumerConfig(metrics)
 	backfillGate := make(chan struct{}, cfg.BackfillShare)
 	for _, source := range cfg.sources() {
@@ -442,7 +448,7 @@ func (s *Service) bind(ctx context.Context) error {
 		}}
 		strays := &consumer.Strays{Find: fetchersOf(finder.Find), Catalog: s.catalog, Source: source, Writer: w,
 			Config: cfg.strays(), Logger: log}
-		if s.catalogVersion > 0 {
+		if s.catalogVersion.Load() > 0 {
 			// Before a subject is called a stray, the stored catalog is read again.
 			strays.Refresh = func(ctx context.Context) { s.reloadCatalog(ctx, false) }
 		}
@@ -523,14 +529,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	workers.Go(func() error { return s.entities.Run(workCtx, s.bound) })
 	workers.Go(func() error { return s.watchMappings(workCtx) })
-	if s.catalogVersion > 0 {
+	if s.catalogVersion.Load() > 0 {
 		workers.Go(func() error { return s.watchCatalog(workCtx) })
 	}
 	workers.Go(func() error { return s.deadLetters.Run(workCtx) })
 	if s.gaveUp != nil {
 		workers.Go(func() error { return s.gaveUp.Run(workCtx) })
 	}
-	log.Info("syncflow running", "replica", s.cfg.Consumer.Replica, "entities", len(s.catalog.Load().Names()), "catalog_version", s.catalogVersion,
+	log.Info("syncflow running", "replica", s.cfg.Consumer.Replica, "entities", len(s.catalog.Load().Names()), "catalog_version", s.catalogVersion.Load(),
 		"database", redact.String(s.cfg.DatabaseURL), "nats", s.nats.URL())
 
 	err := workers.Wait()
@@ -630,14 +636,25 @@ type writer struct {
 	*apply.Applier
 	*store.Store
 	lease *store.Lease
+	// targetChanged, when set, checks the rules against the target tables as
+	// they are now, after a write found a table changed under the service.
+	targetChanged func(ctx context.Context)
 }
 
-// ApplyBatch applies b while the lease is held.
+// ApplyBatch applies b while the lease is held. When a target table changed
+// under it (a column dropped), the rules are checked again before the error
+// goes back to the consumer, which prepares the batch again with them: a value
+// whose column is gone then fails its record at stage mapping instead of being
+// written without it.
 func (w writer) ApplyBatch(ctx context.Context, b apply.Batch) (apply.Result, error) {
 	if !w.lease.Held() {
 		return apply.Result{}, fmt.Errorf("%w: the lease on the replica name is being taken again", apply.ErrUnavailable)
 	}
-	return w.Applier.ApplyBatch(ctx, b)
+	res, err := w.Applier.ApplyBatch(ctx, b)
+	if errors.Is(err, apply.ErrTargetChanged) && w.targetChanged != nil {
+		w.targetChanged(context.WithoutCancel(ctx))
+	}
+	return res, err
 }
 
 // CheckSchema refuses a schema that is not the one this binary was built with.

@@ -87,6 +87,8 @@ func sqlstateKind(code string) error {
 		return apply.ErrConflict
 	case code == "57014":
 		return apply.ErrTimeout
+	case code == "42703", code == "42P01":
+		return apply.ErrTargetChanged
 	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "28"), strings.HasPrefix(code, "53"),
 		strings.HasPrefix(code, "57P"), strings.HasPrefix(code, "58"),
 		code == "25006", code == "25P03", code == "3D000", code == "55000":

@@ -103,7 +103,8 @@ func TestClassify(t *testing.T) {
 		{"session terminated (57P01)", terminated(), apply.ErrUnavailable},
 		{"closed pool", closedPool(), apply.ErrUnavailable},
 		{"batch deadline", fmt.Errorf("apply: %w", context.DeadlineExceeded), apply.ErrTimeout},
-		{"a table dropped under us (42P01)", fails(`SELECT * FROM no_such_table`), nil},
+		{"a table dropped under us (42P01)", fails(`SELECT * FROM no_such_table`), apply.ErrTargetChanged},
+		{"a column dropped under us (42703)", fails(`SELECT no_such_column FROM pg_class`), apply.ErrTargetChanged},
 		{"a bug", errors.New("counts do not add up"), nil},
 	} {
 		got := classify(tc.err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
 // DeadLetterInfo is one dead letter as operators see it.
@@ -285,14 +286,15 @@ func (s *Store) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64
 	return s.chunked(ctx, sql, a)
 }
 
-// RetryDeadLettersOfSubjects makes the unresolved decode dead letters of these
-// subjects that were never retried due for a retry now: a subject whose entity
-// was not in the catalog when they failed, and is now. A retry that fails
-// counts, so that a dead letter that fails for another reason is retried once,
-// not every time the catalog is read. It returns how many.
+// RetryDeadLettersOfSubjects makes the unresolved dead letters of these subjects
+// that failed as of an unknown entity due for a retry now: the subjects' entity
+// was not in the catalog (of this process, or of another that had not read it
+// yet) when they failed, and is now. A retry that fails for another reason
+// changes the reason, so that such a dead letter is not made due again. It
+// returns how many.
 func (s *Store) RetryDeadLettersOfSubjects(ctx context.Context, subjects []string) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE bridge.failed_records SET next_retry_at = now()
-		WHERE resolved_at IS NULL AND stage_failed = 'decode' AND retry_count = 0 AND next_retry_at IS NULL
-		  AND subject = ANY ($1::text[])`, subjects)
+		WHERE resolved_at IS NULL AND stage_failed = 'decode' AND next_retry_at IS NULL
+		  AND starts_with(error_message, $2) AND subject = ANY ($1::text[])`, subjects, pipeline.UnknownEntityReason)
 	return tag.RowsAffected(), classify(err)
 }

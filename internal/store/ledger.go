@@ -161,3 +161,22 @@ func keyArrays(keys []apply.Key) (entities, hashes []string) {
 	}
 	return entities, hashes
 }
+
+// EntitiesApplied returns which of entities have rows in the ledger.
+func (s *Store) EntitiesApplied(ctx context.Context, entities []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT e FROM unnest($1::text[]) AS e
+		WHERE EXISTS (SELECT 1 FROM bridge.synced_records r WHERE r.entity_name = e)`, entities)
+	if err != nil {
+		return nil, classify(err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// ForgetVersions deletes entity's ledger rows, a thousand at a time: what was
+// applied of it is forgotten, so that the next version of every key is applied
+// whatever its rowversion. It returns how many.
+func (s *Store) ForgetVersions(ctx context.Context, entity string) (int64, error) {
+	n, err := s.chunked(ctx, `DELETE FROM bridge.synced_records WHERE (entity_name, bk_hash) IN
+		(SELECT entity_name, bk_hash FROM bridge.synced_records WHERE entity_name = $1 LIMIT 1000)`, args{entity})
+	return n, classify(err)
+}

@@ -61,22 +61,26 @@ SELECT EXISTS (
 
 // PrepareTargets checks every catalog entity's target table: it must exist, have the
 // key columns with a unique index on exactly them, and the soft-delete column when the
-// entity uses one. The error names the entity and what to fix.
+// entity uses one. The error names the entity and what to fix. The targets are put
+// in use all at once, and only when every one of them is fine: a catalog that does
+// not fit leaves the targets in use as they were.
 func (s *Store) PrepareTargets(ctx context.Context, cat *catalog.Catalog) error {
 	var errs []string
+	loaded := map[string]*target{}
 	for _, e := range cat.Entities() {
 		t, err := s.loadTarget(ctx, e)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("entity %q: %v", e.Name, err))
 			continue
 		}
-		s.targets.mu.Lock()
-		s.targets.m[e.Name] = t
-		s.targets.mu.Unlock()
+		loaded[e.Name] = t
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("target tables: %s", strings.Join(errs, "; "))
 	}
+	s.targets.mu.Lock()
+	maps.Copy(s.targets.m, loaded)
+	s.targets.mu.Unlock()
 	return nil
 }
 

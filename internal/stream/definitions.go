@@ -293,7 +293,7 @@ func (p Plan) Carry(ctx context.Context, js jetstream.JetStream, defs Definition
 			// did not acknowledge becomes dead letters, what it did is not
 			// read again.
 			if source, ok := event.SourceOfStream(c.Stream); ok && c.Entity != "" && c.Consumer == source.Durable(c.Entity) {
-				if _, err := ensureStrayConsumer(ctx, js, source, source.Subject(c.Entity)); err != nil {
+				if _, err := ensureStrayConsumer(ctx, js, source, source.Subject(c.Entity), true); err != nil {
 					return err
 				}
 			}

@@ -9,10 +9,12 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
 )
 
 // StrayFinder finds subjects of a stream that no catalog consumer reads (an entity
@@ -27,19 +29,77 @@ type StrayFinder struct {
 	// Limit caps the stray consumers of this stream (default 100).
 	Limit int
 
-	fetchers map[string]*Fetcher
+	fetchers map[string]*StrayFetcher
+}
+
+// StrayFetcher fetches the messages of one stray subject. While the durable
+// consumer of the entity the subject belonged to still exists (the entity left
+// the catalog, and its consumer is not pruned yet), it yields nothing as long as
+// that consumer is still being read (a replica that has not read the new catalog
+// yet), and acks at once what that consumer has acknowledged: neither is a stray.
+type StrayFetcher struct {
+	*Fetcher
+	js     jetstream.JetStream
+	stream string
+	former string // the durable of the entity the subject belonged to
+}
+
+// Fetch returns the stray messages of the subject.
+func (f *StrayFetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Message, error) {
+	msgs, err := f.Fetcher.Fetch(ctx, n, wait)
+	if len(msgs) == 0 {
+		return msgs, err
+	}
+	former, ferr := f.js.Consumer(ctx, f.stream, f.former)
+	switch {
+	case errors.Is(ferr, jetstream.ErrConsumerNotFound):
+		return msgs, err
+	case ferr != nil:
+		giveBack(msgs)
+		return nil, fmt.Errorf("consumer %s of the former entity: %w", f.former, ferr)
+	}
+	info, ferr := former.Info(ctx)
+	if ferr != nil {
+		giveBack(msgs)
+		return nil, fmt.Errorf("consumer %s of the former entity: %w", f.former, ferr)
+	}
+	if info.NumWaiting > 0 || info.NumAckPending > 0 {
+		// Still read: wait for the replicas to put the new catalog in force.
+		giveBack(msgs)
+		return nil, err
+	}
+	out := msgs[:0:0]
+	for _, m := range msgs {
+		if m.Delivery.StreamSeq <= info.AckFloor.Stream {
+			_ = m.Ack()
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, err
+}
+
+func giveBack(msgs []pipeline.Message) {
+	for _, m := range msgs {
+		_ = m.NakWithDelay(time.Second)
+	}
 }
 
 // bind binds the durable consumer of a stray subject, creating it when it does
 // not exist. A new one starts at the stream's beginning, or, when the subject
 // belonged to an entity that left the catalog, after what that entity's durable
 // consumer has acknowledged: what the entity consumed is not read again.
-func (f *StrayFinder) bind(ctx context.Context, subject string) (*Fetcher, error) {
-	durable, err := ensureStrayConsumer(ctx, f.JS, f.Source, subject)
+func (f *StrayFinder) bind(ctx context.Context, subject string) (*StrayFetcher, error) {
+	durable, err := ensureStrayConsumer(ctx, f.JS, f.Source, subject, false)
 	if err != nil {
 		return nil, err
 	}
-	return NewFetcher(ctx, f.JS, f.Source, durable)
+	fetcher, err := NewFetcher(ctx, f.JS, f.Source, durable)
+	if err != nil {
+		return nil, err
+	}
+	entity, _ := strings.CutPrefix(subject, f.Source.SubjectPrefix)
+	return &StrayFetcher{Fetcher: fetcher, js: f.JS, stream: f.Source.Stream, former: f.Source.Durable(entity)}, nil
 }
 
 // strayDurableName is the durable consumer of a stray subject.
@@ -51,13 +111,25 @@ func strayDurableName(source event.Source, subject string) string {
 // ensureStrayConsumer creates the durable consumer of a stray subject unless it
 // exists, and returns its name. It starts at the stream's beginning, or, while
 // the durable consumer of the entity the subject belonged to still exists, after
-// what that one acknowledged.
-func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source event.Source, subject string) (string, error) {
+// what that one acknowledged. With reposition (a consumer of an entity hands its
+// subject over, by an admin), an existing stray consumer that is behind that
+// point is made again from it: it was left by an earlier time the subject was a
+// stray, and would read again what the entity applied since.
+func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source event.Source, subject string, reposition bool) (string, error) {
 	durable := strayDurableName(source, subject)
-	_, err := js.Consumer(ctx, source.Stream, durable)
+	existing, err := js.Consumer(ctx, source.Stream, durable)
 	switch {
-	case err == nil:
+	case err == nil && !reposition:
 		return durable, nil
+	case err == nil:
+		entity, _ := strings.CutPrefix(subject, source.SubjectPrefix)
+		former, ferr := js.Consumer(ctx, source.Stream, source.Durable(entity))
+		if ferr != nil || existing.CachedInfo().Delivered.Stream >= former.CachedInfo().AckFloor.Stream {
+			return durable, nil
+		}
+		if err := js.DeleteConsumer(ctx, source.Stream, durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return "", fmt.Errorf("repositioning the consumer of stray subject %s: %w", subject, err)
+		}
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return "", fmt.Errorf("consumer for stray subject %s: %w", subject, err)
 	}
@@ -82,9 +154,9 @@ func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source eve
 }
 
 // Find lists the stream's subjects and returns a fetcher for each stray one.
-func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
+func (f *StrayFinder) Find(ctx context.Context) ([]*StrayFetcher, error) {
 	if f.fetchers == nil {
-		f.fetchers = map[string]*Fetcher{}
+		f.fetchers = map[string]*StrayFetcher{}
 	}
 	limit := f.Limit
 	if limit <= 0 {
@@ -119,7 +191,7 @@ func (f *StrayFinder) Find(ctx context.Context) ([]*Fetcher, error) {
 		}
 		f.fetchers[subject] = fetcher
 	}
-	out := make([]*Fetcher, 0, len(f.fetchers))
+	out := make([]*StrayFetcher, 0, len(f.fetchers))
 	for _, subject := range slices.Sorted(maps.Keys(f.fetchers)) {
 		out = append(out, f.fetchers[subject])
 	}

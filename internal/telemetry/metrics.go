@@ -12,16 +12,17 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	Events        *prometheus.CounterVec   // entity, source, outcome
-	Released      *prometheus.CounterVec   // entity, source
-	BatchDuration *prometheus.HistogramVec // entity, source
-	BatchSize     *prometheus.HistogramVec // entity, source
-	Lag           *prometheus.HistogramVec // entity, source
-	Held          *prometheus.GaugeVec     // entity, source
-	HeldRetries   *prometheus.CounterVec   // entity, source, reason
-	Escalations   *prometheus.CounterVec   // entity, source
-	Inversions    *prometheus.CounterVec   // entity
-	Unmapped      *prometheus.CounterVec   // entity, field
+	Events          *prometheus.CounterVec   // entity, source, outcome
+	Released        *prometheus.CounterVec   // entity, source
+	BatchDuration   *prometheus.HistogramVec // entity, source
+	BatchSize       *prometheus.HistogramVec // entity, source
+	Lag             *prometheus.HistogramVec // entity, source
+	Held            *prometheus.GaugeVec     // entity, source
+	HeldRetries     *prometheus.CounterVec   // entity, source, reason
+	Escalations     *prometheus.CounterVec   // entity, source
+	Inversions      *prometheus.CounterVec   // entity
+	Unmapped        *prometheus.CounterVec   // entity, field
+	ConsumerMissing *prometheus.GaugeVec     // stream, entity
 
 	ConsumerPending    *prometheus.GaugeVec // stream, entity
 	ConsumerAckPending *prometheus.GaugeVec // stream, entity
@@ -65,6 +66,8 @@ func NewMetrics() *Metrics {
 	m.Inversions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "syncflow_rowversion_inversions_total",
 		Help: "Realtime events judged stale although published after the applied version: a later change with a lower rowversion (source clock or time-zone trouble)."}, []string{"entity"})
 	sc := []string{"stream", "entity"}
+	m.ConsumerMissing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_consumer_missing",
+		Help: "1 for a catalog entity whose durable consumer does not exist on the stream: its events are read by nobody (run syncflow streams apply)."}, sc)
 	m.ConsumerPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_consumer_pending_messages",
 		Help: "Messages in the stream not yet delivered to the entity's consumer."}, sc)
 	m.ConsumerAckPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_consumer_ack_pending_messages",
@@ -87,7 +90,7 @@ func NewMetrics() *Metrics {
 		Help: "When the entity's backfill is next due (0 when not planned)."}, []string{"entity"})
 	m.BackfillFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_backfill_failing",
 		Help: "1 when the entity's last backfill run failed."}, []string{"entity"})
-	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerPending,
+	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerMissing, m.ConsumerPending,
 		m.ConsumerAckPending, m.DeadLetters, m.DeadLetterAge, m.Parked, m.ParkedAge, m.CheckpointAge, m.BackfillRows,
 		m.BackfillTotal, m.BackfillNextRun, m.BackfillFailing} {
 		f(c)
