@@ -40,9 +40,12 @@ demo: build
 run: build db
 	$(BIN) run --migrate --apply-streams --embedded-nats-dir data/nats
 
-## test: the whole suite against the local PostgreSQL and embedded NATS servers.
+## test: the whole suite against the local PostgreSQL and embedded NATS servers,
+## then the race detector over the packages whose goroutines share state.
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -race -timeout 10m ./internal/consumer ./internal/catalog ./internal/apply ./internal/deadletter ./internal/storetest
+	$(GO) test -count=1 -race -timeout 10m -run 'TestCatalogVersionReadWhileReloading|TestHotReloadOfMappings|TestStoredCatalog|TestDroppedColumn' ./internal/service
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1)

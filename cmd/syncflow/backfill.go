@@ -42,7 +42,7 @@ func setupBackfill(f *flags) runFunc {
 	f.duration(&src.RetryFor, "apismith-retry-for", 2*time.Minute, "retry a failing APISmith request (5xx, network, malformed page) this long")
 	f.BoolVar(&once, "once", false, "run the due schedules once and exit (for cron); otherwise loop")
 	f.StringVar(&entity, "entity", "", "only this entity's schedule")
-	f.string(&replica, "replica", defaultReplica()+"-backfill", "name of this process in sync_batches (default: the host name and -backfill: `syncflow run`, which closes the running batches of its own name at start, must not take it)")
+	f.string(&replica, "replica", defaultReplica()+"-backfill", "name of this process in sync_batches (default: the host name and -backfill: 'syncflow run', which closes the running batches of its own name at start, must not take it)")
 	f.duration(&interval, "interval", time.Minute, "loop: how often to look for due schedules")
 	f.int(&inFlight, "publish-in-flight", 2000, "most messages published and not yet acknowledged")
 	return func(ctx context.Context, _ []string) error {

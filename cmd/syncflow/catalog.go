@@ -115,7 +115,7 @@ func setupCatalogApply(f *flags) runFunc {
 			fmt.Printf("the stored catalog (version %d) is the same: nothing to do\n", v)
 			return nil
 		}
-		fmt.Printf("stored catalog version %d: running replicas follow it within seconds; apply the streams (`syncflow streams apply --prune`) for new or removed entities\n", v)
+		fmt.Printf("stored catalog version %d: running replicas follow it within seconds. Run `syncflow streams apply` for new entities or changed consumer settings (with --prune for removed entities)\n", v)
 		return nil
 	}
 }

@@ -221,7 +221,7 @@ type definitions struct {
 }
 
 func (d *definitions) register(f *flags) {
-	f.string(&d.catalogPath, "catalog", "", "entity catalog YAML, for development and tests (default: the catalog stored in the database, see `syncflow catalog apply`)")
+	f.string(&d.catalogPath, "catalog", "", "entity catalog YAML, for development and tests (default: the catalog stored in the database, see 'syncflow catalog apply')")
 	f.string(&d.streamsDir, "streams-dir", "", "folder with the stream JSON (default: the ones built in)")
 }
 

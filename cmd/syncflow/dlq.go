@@ -640,9 +640,13 @@ func retryDeadLetters(ctx context.Context, c common, defs definitions, st *store
 }
 
 // retries shows the retries of a dead letter: of how many automatic ones, or that
-// its stage is retried by hand only.
+// its stage is retried by hand (but for a message of an entity the catalog did
+// not have, retried when the catalog gains it).
 func retries(stage string, count, max int) string {
 	if !pipeline.Stage(stage).Retried() {
+		if pipeline.Stage(stage) == pipeline.StageDecode {
+			return fmt.Sprintf("%d (by hand; an unknown entity's when it joins the catalog)", count)
+		}
 		return fmt.Sprintf("%d (by hand only)", count)
 	}
 	return fmt.Sprintf("%d of %d", count, max)

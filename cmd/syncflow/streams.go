@@ -64,6 +64,9 @@ func applyStreams(ctx context.Context, c common, n natsFlags, defs definitions, 
 	if err != nil {
 		return err
 	}
+	if replicas > 1 && nc.ConnectedClusterName() == "" {
+		return fmt.Errorf("%w: --replicas %d: this NATS server is not part of a JetStream cluster, so it keeps one copy of a stream: use --replicas 1", errUsage, replicas)
+	}
 	plan, err := stream.PlanChanges(ctx, js, d, prune)
 	if err != nil {
 		return err

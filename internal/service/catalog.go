@@ -71,7 +71,11 @@ func (s *Service) reloadCatalog(ctx context.Context, force bool) {
 	// The target tables' columns, read again: a column added since is written
 	// from now on. Nothing of a catalog that does not fit is put in use.
 	if err := s.st.PrepareTargets(ctx, cat); err != nil {
-		refuse("the stored catalog does not fit the target tables; keeping the one in force", err)
+		if latest.Version == current {
+			refuse("the target tables no longer fit the catalog in force: their batches are held until the tables are back, or a catalog without the entity is applied", err)
+		} else {
+			refuse("the stored catalog does not fit the target tables; keeping the one in force", err)
+		}
 		return
 	}
 	s.refusedVersion = 0

@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
 )
@@ -93,4 +95,27 @@ func TestDroppedColumnFailsItsValuesAtOnce(t *testing.T) {
 	if got := testenv.Rows(t, e.conn, `SELECT description FROM schedulehub.sites WHERE contract = 'S1'`); got != "<nil>" {
 		t.Errorf("S1 was written without its COMPANY_ID: description %q", got)
 	}
+}
+
+// A consumer whose ack wait changes (the catalog's consumer settings, then
+// streams apply) is started again, so that it keeps the messages it holds alive
+// often enough for the new ack wait.
+func TestChangedAckWaitRestartsTheConsumer(t *testing.T) {
+	srv := testenv.NATS(t)
+	e := newEnv(t, srv.ClientURL())
+	e.start(nil)
+	cat, err := catalog.Parse([]byte("consumers: {realtime: {ack_wait: 7s}}\nentities:\n  sites: {key: [CONTRACT], target: {table: schedulehub.sites, key: [contract]}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := stream.LoadDefinitions(streams.FS, cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Apply(e.ctx, e.js, defs); err != nil {
+		t.Fatal(err)
+	}
+	e.waitForLog(`msg="the consumer's ack wait changed: starting it again" entity=sites stream=APISMITH_CDC was=1m0s now=7s`)
+	e.publish("apismith.cdc.sites", site("S1", 1, "after the restart"))
+	e.eventually(`SELECT description FROM schedulehub.sites`, "after the restart", 10*time.Second)
 }

@@ -44,6 +44,7 @@ type consumerKey struct{ entity, stream string }
 
 type runningConsumer struct {
 	fetcher *stream.Fetcher
+	ackWait time.Duration // what the consumer's heartbeat was set from
 	stop    context.CancelFunc
 	done    chan struct{}
 }
@@ -107,8 +108,30 @@ func (ec *entityConsumers) reconcile(ctx context.Context, bound map[consumerKey]
 			want[consumerKey{e.Name, source.Stream}] = e
 		}
 	}
+	var changed []consumerKey
+	if bound == nil {
+		// A consumer whose ack wait changed (streams apply with new settings)
+		// starts again, so that it keeps what it holds alive often enough.
+		ec.mu.Lock()
+		running := maps.Clone(ec.running)
+		ec.mu.Unlock()
+		for k, r := range running {
+			if err := r.fetcher.Refresh(ctx); err == nil && r.fetcher.AckWait() != r.ackWait {
+				ec.log.Info("the consumer's ack wait changed: starting it again", "entity", k.entity, "stream", k.stream,
+					"was", r.ackWait, "now", r.fetcher.AckWait())
+				changed = append(changed, k)
+			}
+		}
+	}
 	ec.mu.Lock()
 	var stopping []*runningConsumer
+	for _, k := range changed {
+		if r := ec.running[k]; r != nil {
+			r.stop()
+			stopping = append(stopping, r)
+			delete(ec.running, k)
+		}
+	}
 	for k := range ec.missing {
 		if want[k] == nil {
 			delete(ec.missing, k)
@@ -162,7 +185,7 @@ func cmpKeys(a, b consumerKey) int {
 
 func (ec *entityConsumers) start(ctx context.Context, k consumerKey, e *catalog.Entity, source event.Source, f *stream.Fetcher) {
 	cctx, stop := context.WithCancel(ctx)
-	r := &runningConsumer{fetcher: f, stop: stop, done: make(chan struct{})}
+	r := &runningConsumer{fetcher: f, ackWait: f.AckWait(), stop: stop, done: make(chan struct{})}
 	c := ec.build(e, source, f)
 	ec.mu.Lock()
 	ec.running[k] = r

@@ -80,7 +80,8 @@ type Config struct {
 	// MappingResync reloads the field mappings at least this often (default 30s).
 	MappingResync time.Duration
 	// StrayInterval is how often stray subjects are looked for (default 10s, see
-	// consumer.StrayConfig).
+	// consumer.StrayConfig), and the entities' durable consumers looked at (one
+	// missing, or its ack wait changed).
 	StrayInterval time.Duration
 	// CheckpointInterval is how often checkpoints are written (default 500ms).
 	CheckpointInterval time.Duration
@@ -437,6 +438,9 @@ func (s *Service) bind(ctx context.Context) error {
 	metrics := telemetry.NewMetrics()
 	metrics.RegisterPool(func() telemetry.Pool { p := s.st.PoolStats(); return telemetry.Pool(p) })
 	s.entities = newEntityConsumers(s.catalog, cfg.sources(), log)
+	// Missing durables and changed consumer settings are looked for as often as
+	// stray subjects.
+	s.entities.retry = cmp.Or(cfg.StrayInterval, 10*time.Second)
 	s.obs = &observer{m: metrics, st: s.st, nats: s.nats, catalog: s.catalog, fetchers: s.entities.fetchers, missing: s.entities.missingConsumers, log: log}
 	ccfg := s.consumerConfig(metrics)
 	backfillGate := make(chan struct{}, cfg.BackfillShare)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/syncflow/syncflow/internal/apply"
 )
 
 // bridge.unmapped_fields: event fields no rule maps and no target column takes.
@@ -40,8 +42,44 @@ func newDrift() *drift {
 	return &drift{fields: map[string]map[string]*seen{}, known: map[string]map[string]bool{}, total: map[[2]string]int64{}}
 }
 
+// unmappedNotes are the unmapped fields of one transaction: one count per
+// record, however often a record is written again (bisection, savepoints).
+type unmappedNotes struct {
+	seen  map[[3]string]bool // entity, field, record key
+	notes []unmappedNote
+}
+
+type unmappedNote struct {
+	entity, field string
+	value         any
+	at            time.Time
+}
+
+func newUnmappedNotes() *unmappedNotes { return &unmappedNotes{seen: map[[3]string]bool{}} }
+
+func (u *unmappedNotes) note(entity, field, key string, value any, at time.Time) {
+	k := [3]string{entity, field, key}
+	if u.seen[k] {
+		return
+	}
+	u.seen[k] = true
+	u.notes = append(u.notes, unmappedNote{entity, field, value, at})
+}
+
+// merge counts a committed transaction's unmapped fields.
+func (d *drift) merge(u *unmappedNotes) {
+	for _, n := range u.notes {
+		d.note(n.entity, n.field, n.value, n.at)
+	}
+}
+
+// maxFieldName bounds a field name as counted: a longer one is cut (and is
+// told apart from the others by what is left).
+const maxFieldName = 120
+
 // note counts field of entity as seen, with one of its values.
 func (d *drift) note(entity, field string, value any, at time.Time) {
+	field = cut(field, maxFieldName)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	known := d.known[entity]
@@ -71,16 +109,19 @@ func (d *drift) note(entity, field string, value any, at time.Time) {
 	d.total[[2]string{entity, field}]++
 }
 
-func sample(v any) string {
-	s := fmt.Sprint(v)
-	if len(s) > 200 {
-		cut := 200
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
+// cut cuts s to at most n bytes, on a rune boundary, marking the cut.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "?")
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+func sample(v any) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(cut(fmt.Sprint(v), 200), "\x00", ""), "?")
 }
 
 // take returns what was counted since the last take.
@@ -127,11 +168,19 @@ ON CONFLICT (entity_name, field_name) DO UPDATE SET
     seen_count = u.seen_count + excluded.seen_count,
     sample_value = coalesce(u.sample_value, excluded.sample_value)`
 
-// FlushDrift writes the fields counted since the last flush.
+// FlushDrift writes the fields counted since the last flush. The table holds at
+// most MaxUnmappedFields fields per entity, whatever the processes that wrote
+// it: a field it does not have is counted under OtherField once the entity has
+// that many. What the table refuses (a value it cannot take) is dropped, so that
+// one bad entry does not stop every flush after it.
 func (s *Store) FlushDrift(ctx context.Context) error {
 	taken := s.drift.take()
 	if len(taken) == 0 {
 		return nil
+	}
+	if err := s.boundByTable(ctx, taken); err != nil {
+		s.drift.putBack(taken)
+		return classify(err)
 	}
 	var entities, fields, samples []string
 	var firsts, lasts []time.Time
@@ -144,8 +193,63 @@ func (s *Store) FlushDrift(ctx context.Context) error {
 		}
 	}
 	if _, err := s.pool.Exec(ctx, flushDriftSQL, entities, fields, firsts, lasts, counts, samples); err != nil {
+		err = classify(err)
+		if errors.Is(err, apply.ErrRowRejected) {
+			return fmt.Errorf("the unmapped fields counted since the last flush were dropped: %w", err)
+		}
 		s.drift.putBack(taken)
-		return classify(err)
+		return err
+	}
+	return nil
+}
+
+// boundByTable folds into OtherField the fields the table does not have yet
+// of an entity that has MaxUnmappedFields fields there already.
+func (s *Store) boundByTable(ctx context.Context, taken map[string]map[string]*seen) error {
+	rows, err := s.pool.Query(ctx, `SELECT entity_name, field_name FROM bridge.unmapped_fields WHERE entity_name = ANY ($1::text[])`,
+		slices.Collect(maps.Keys(taken)))
+	if err != nil {
+		return err
+	}
+	stored := map[string]map[string]bool{}
+	var entity, field string
+	_, err = pgx.ForEachRow(rows, []any{&entity, &field}, func() error {
+		if stored[entity] == nil {
+			stored[entity] = map[string]bool{}
+		}
+		stored[entity][field] = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for entity, byField := range taken {
+		n := len(stored[entity])
+		if stored[entity][OtherField] {
+			n--
+		}
+		for _, field := range slices.Sorted(maps.Keys(byField)) {
+			if field == OtherField || stored[entity][field] {
+				continue
+			}
+			if n < MaxUnmappedFields {
+				n++
+				continue
+			}
+			sn := byField[field]
+			delete(byField, field)
+			if other := byField[OtherField]; other != nil {
+				other.count += sn.count
+				if sn.first.Before(other.first) {
+					other.first = sn.first
+				}
+				if sn.last.After(other.last) {
+					other.last = sn.last
+				}
+			} else {
+				byField[OtherField] = sn
+			}
+		}
 	}
 	return nil
 }

@@ -91,7 +91,7 @@ func (s *Store) loadTarget(ctx context.Context, e *catalog.Entity) (*target, err
 		return nil, err
 	}
 	if !exists {
-		return nil, fmt.Errorf("target table %s does not exist (create it, e.g. with deploy/schedulehub.sql)", name)
+		return nil, fmt.Errorf("target table %s does not exist (create it, as deploy/schedulehub.sql does the demo's, or apply a catalog without the entity)", name)
 	}
 	ident := pgx.Identifier{e.Target.Schema, e.Target.Table}.Sanitize()
 	rows, err := s.pool.Query(ctx, columnsSQL, ident)
@@ -133,6 +133,15 @@ func (s *Store) target(entity string) (*target, error) {
 		return nil, fmt.Errorf("store: target of entity %q was not prepared", entity)
 	}
 	return t, nil
+}
+
+// keyOf is the row's key, as text.
+func (t *target) keyOf(row map[string]any) string {
+	var b strings.Builder
+	for _, k := range t.key {
+		fmt.Fprint(&b, row[k], "\x1f")
+	}
+	return b.String()
 }
 
 // writable returns the row's fields that are columns of the target, sorted.
@@ -225,11 +234,14 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 	for _, row := range upserts {
 		cols := tg.writable(row)
 		if len(cols) < len(row) {
-			// Fields no rule mapped and no column takes: counted, never
-			// dropped in silence.
+			// Fields no rule mapped and no column takes: counted once the
+			// transaction commits, never dropped in silence.
+			if t.unmapped == nil {
+				t.unmapped = newUnmappedNotes()
+			}
 			for f, v := range row {
 				if !tg.columns[f] {
-					t.s.drift.note(entity, strings.ToUpper(f), v, now)
+					t.unmapped.note(entity, strings.ToUpper(f), tg.keyOf(row), v, now)
 				}
 			}
 		}

@@ -17,6 +17,9 @@ import (
 type tx struct {
 	s  *Store
 	tx pgx.Tx
+	// unmapped holds the fields no column took, counted once per record, for
+	// the drift counts once the transaction commits.
+	unmapped *unmappedNotes
 }
 
 var (
@@ -30,7 +33,15 @@ func (s *Store) InTx(ctx context.Context, fn func(apply.Tx) error) error {
 }
 
 func (s *Store) inTx(ctx context.Context, fn func(*tx) error) error {
-	return classify(pgx.BeginFunc(ctx, s.pool, func(t pgx.Tx) error { return fn(&tx{s: s, tx: t}) }))
+	var committed *tx
+	err := pgx.BeginFunc(ctx, s.pool, func(t pgx.Tx) error {
+		committed = &tx{s: s, tx: t}
+		return fn(committed)
+	})
+	if err == nil && committed.unmapped != nil {
+		s.drift.merge(committed.unmapped)
+	}
+	return classify(err)
 }
 
 // DeadLetters is the store as the sweeper and the retry worker use it

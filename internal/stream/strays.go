@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -35,8 +36,9 @@ type StrayFinder struct {
 // StrayFetcher fetches the messages of one stray subject. While the durable
 // consumer of the entity the subject belonged to still exists (the entity left
 // the catalog, and its consumer is not pruned yet), it yields nothing as long as
-// that consumer is still being read (a replica that has not read the new catalog
-// yet), and acks at once what that consumer has acknowledged: neither is a stray.
+// that consumer is still being read (it delivered a message within formerQuiet:
+// a replica that has not read the new catalog yet), and acks at once what that
+// consumer has acknowledged: neither is a stray.
 type StrayFetcher struct {
 	*Fetcher
 	js     jetstream.JetStream
@@ -47,7 +49,7 @@ type StrayFetcher struct {
 // Fetch returns the stray messages of the subject.
 func (f *StrayFetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Message, error) {
 	msgs, err := f.Fetcher.Fetch(ctx, n, wait)
-	if len(msgs) == 0 {
+	if len(msgs) == 0 || f.former == "" {
 		return msgs, err
 	}
 	former, ferr := f.js.Consumer(ctx, f.stream, f.former)
@@ -63,8 +65,11 @@ func (f *StrayFetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]
 		giveBack(msgs)
 		return nil, fmt.Errorf("consumer %s of the former entity: %w", f.former, ferr)
 	}
-	if info.NumWaiting > 0 || info.NumAckPending > 0 {
-		// Still read: wait for the replicas to put the new catalog in force.
+	// (Its ack-pending count is no sign: messages given back at a stop stay
+	// counted until someone pulls them again.)
+	if info.Delivered.Last != nil && time.Since(*info.Delivered.Last) < formerQuiet {
+		// Still read (a replica that has not put the new catalog in force
+		// yet): wait until it has been quiet for a while.
 		giveBack(msgs)
 		return nil, err
 	}
@@ -78,6 +83,10 @@ func (f *StrayFetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]
 	}
 	return out, err
 }
+
+// formerQuiet is how long the consumer of an entity that left the catalog must
+// have delivered nothing before its subject's messages are called strays.
+const formerQuiet = 10 * time.Second
 
 func giveBack(msgs []pipeline.Message) {
 	for _, m := range msgs {
@@ -98,8 +107,21 @@ func (f *StrayFinder) bind(ctx context.Context, subject string) (*StrayFetcher, 
 	if err != nil {
 		return nil, err
 	}
-	entity, _ := strings.CutPrefix(subject, f.Source.SubjectPrefix)
-	return &StrayFetcher{Fetcher: fetcher, js: f.JS, stream: f.Source.Stream, former: f.Source.Durable(entity)}, nil
+	former, _ := formerDurable(f.Source, subject)
+	return &StrayFetcher{Fetcher: fetcher, js: f.JS, stream: f.Source.Stream, former: former}, nil
+}
+
+// entityName matches what can be a catalog entity's name.
+var entityName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// formerDurable is the durable consumer an entity owning subject would have,
+// when subject can be an entity's (not one with extra tokens).
+func formerDurable(source event.Source, subject string) (string, bool) {
+	entity, ok := strings.CutPrefix(subject, source.SubjectPrefix)
+	if !ok || !entityName.MatchString(entity) {
+		return "", false
+	}
+	return source.Durable(entity), true
 }
 
 // strayDurableName is the durable consumer of a stray subject.
@@ -122,9 +144,12 @@ func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source eve
 	case err == nil && !reposition:
 		return durable, nil
 	case err == nil:
-		entity, _ := strings.CutPrefix(subject, source.SubjectPrefix)
-		former, ferr := js.Consumer(ctx, source.Stream, source.Durable(entity))
-		if ferr != nil || existing.CachedInfo().Delivered.Stream >= former.CachedInfo().AckFloor.Stream {
+		name, ok := formerDurable(source, subject)
+		if !ok {
+			return durable, nil
+		}
+		former, ferr := js.Consumer(ctx, source.Stream, name)
+		if ferr != nil || existing.CachedInfo().AckFloor.Stream >= former.CachedInfo().AckFloor.Stream {
 			return durable, nil
 		}
 		if err := js.DeleteConsumer(ctx, source.Stream, durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -141,8 +166,8 @@ func ensureStrayConsumer(ctx context.Context, js jetstream.JetStream, source eve
 		FilterSubject: subject,
 		MaxAckPending: 1000,
 	}
-	if entity, ok := strings.CutPrefix(subject, source.SubjectPrefix); ok {
-		if former, err := js.Consumer(ctx, source.Stream, source.Durable(entity)); err == nil {
+	if name, ok := formerDurable(source, subject); ok {
+		if former, err := js.Consumer(ctx, source.Stream, name); err == nil {
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, former.CachedInfo().AckFloor.Stream+1
 			cfg.Description += " (after what its former entity consumer acknowledged)"
 		}

@@ -173,6 +173,13 @@ func NewFetcher(ctx context.Context, js jetstream.JetStream, source event.Source
 	return &Fetcher{consumer: c, source: source}, nil
 }
 
+// Refresh reads the consumer's configuration again from the server (AckWait
+// answers from what it read last).
+func (f *Fetcher) Refresh(ctx context.Context) error {
+	_, err := f.consumer.Info(ctx)
+	return err
+}
+
 // AckWait is how long the server waits for an ack before it redelivers a message
 // (the consumer's ack_wait, or the first step of its backoff).
 func (f *Fetcher) AckWait() time.Duration {
@@ -202,11 +209,17 @@ func (f *Fetcher) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipel
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		fctx, cancel := context.WithTimeout(ctx, wait)
-		first, pending, err = f.collect(f.consumer.Fetch(1, jetstream.FetchContext(fctx)))
-		cancel()
+		// The wait is the server's (FetchMaxWait): the request ends with the
+		// server's word, after any message it sent. A client-side deadline
+		// (FetchContext) could give up while the server, which got the request
+		// later, still sends a message: that message would go to nobody and
+		// come back only after the ack wait. A shutdown waits at most wait.
+		first, pending, err = f.collect(f.consumer.Fetch(1, jetstream.FetchMaxWait(wait)))
 		if ctx.Err() != nil {
-			return first, ctx.Err()
+			for _, m := range first {
+				_ = m.NakWithDelay(0)
+			}
+			return nil, ctx.Err()
 		}
 		if err != nil || len(first) == 0 {
 			return first, err
