@@ -59,10 +59,12 @@ func Add(ss ...string) {
 func AddURL(raw string) {
 	// The user part of every URL in the text first, whole: a password may hold
 	// a comma, which would otherwise cut it in two below.
-	for _, userinfo := range userinfos(raw) {
-		secret := userinfo
-		if _, pw, ok := strings.Cut(userinfo, ":"); ok {
+	for _, ui := range userinfos(raw) {
+		secret := ui.userinfo
+		if _, pw, ok := strings.Cut(ui.userinfo, ":"); ok {
 			secret = pw
+		} else if !tokenScheme(ui.scheme) {
+			continue // a user name alone is no secret, but for a NATS token
 		}
 		Add(withPieces(secret)...)
 	}
@@ -71,18 +73,21 @@ func AddURL(raw string) {
 	}
 }
 
+// userinfo is the user part of a URL, with the URL's scheme.
+type userinfo struct{ scheme, userinfo string }
+
 // userinfos returns the user part of every URL in raw: what lies between its
 // "://" and the last @ before the next URL's scheme (or the end).
-func userinfos(raw string) []string {
+func userinfos(raw string) []userinfo {
 	locs := schemeRE.FindAllStringIndex(raw, -1)
-	var out []string
+	var out []userinfo
 	for i, loc := range locs {
 		end := len(raw)
 		if i+1 < len(locs) {
 			end = locs[i+1][0]
 		}
 		if at := strings.LastIndex(raw[loc[1]:end], "@"); at > 0 {
-			out = append(out, raw[loc[1]:loc[1]+at])
+			out = append(out, userinfo{scheme: strings.TrimSuffix(raw[loc[0]:loc[1]], "://"), userinfo: raw[loc[1] : loc[1]+at]})
 		}
 	}
 	return out

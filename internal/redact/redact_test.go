@@ -97,3 +97,13 @@ func TestError(t *testing.T) {
 		t.Error("nil error")
 	}
 }
+
+// A user name without a password is no secret: "postgres://postgres@host" keeps
+// its scheme and its user; a NATS URL's lone user part is a token, masked.
+func TestUserNameAloneIsNoSecret(t *testing.T) {
+	redact.AddURL("postgres://reporting@127.0.0.1:5432/syncflow,nats://t0kenValue@127.0.0.1:4222")
+	got := redact.String("database postgres://reporting@127.0.0.1:5432/syncflow and nats://t0kenValue@127.0.0.1:4222")
+	if want := "database postgres://reporting@127.0.0.1:5432/syncflow and nats://xxxxx@127.0.0.1:4222"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
