@@ -25,7 +25,7 @@ func catalogCommands() []command {
 	return []command{
 		{path: "catalog apply", args: "FILE", minArgs: 1, maxArgs: 1, summary: "check a catalog against the live target tables and mapping rules, show its diff, and store it as the newest version (every replica follows it)", setup: setupCatalogApply},
 		{path: "catalog check", args: "[FILE]", maxArgs: 1, summary: "check a catalog (the stored one without FILE) against the target tables and mapping rules, table by table; store nothing", setup: setupCatalogCheck},
-		{path: "catalog show", maxArgs: 0, summary: "print the stored catalog, byte for byte as it was applied", setup: setupCatalogShow},
+		{path: "catalog show", maxArgs: 0, summary: "print the stored catalog (--version N: an older one), byte for byte as it was applied", setup: setupCatalogShow},
 		{path: "catalog history", maxArgs: 0, summary: "list the stored catalog versions", setup: setupCatalogHistory},
 		{path: "catalog refresh", maxArgs: 0, summary: "make every running replica re-read the catalog and its target tables' columns (after ALTER TABLE)", setup: func(f *flags) runFunc {
 			var c common
@@ -324,8 +324,11 @@ func setupCatalogShow(f *flags) runFunc {
 		version int
 	)
 	c.register(f)
-	f.int(&version, "version", 0, "print this version (default: the newest)")
+	f.int(&version, "version", 0, "print this version (0, the default: the newest)")
 	return func(ctx context.Context, _ []string) error {
+		if version < 0 {
+			return fmt.Errorf("%w: --version %d: versions count from 1 (`syncflow catalog history` lists them)", errUsage, version)
+		}
 		st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 1})
 		if err != nil {
 			return err

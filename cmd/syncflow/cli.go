@@ -36,6 +36,7 @@ var errHelp = errors.New("help")
 // groups are the commands that take an action word, with their summaries.
 var groups = []struct{ name, summary string }{
 	{"migrate", "apply or inspect the bridge schema migrations: up | down [N] | version | force V"},
+	{"catalog", "the entity catalog stored in the database: apply FILE | check [FILE] | show [--version N] | history | refresh"},
 	{"streams", "create or update the JetStream streams and consumers: apply"},
 	{"mappings", "field-mapping rules: list | export | import FILE (CSV or JSON)"},
 	{"dlq", "dead letters: list | groups | show UID | retry | resolve | purge"},
