@@ -125,7 +125,7 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 		if toSeq > 0 {
 			from += fmt.Sprintf(" to sequence %d", toSeq)
 		}
-		fmt.Printf("would replay %d %s events from %s (%s): each is applied again only where its mapped row differs from the target's\n(dry run: nothing was changed)\n",
+		fmt.Printf("would replay %d %s events from %s (%s): each is applied again only where its mapped row differs from what the ledger says was applied (a row edited or deleted in the target by hand is not written again)\n(dry run: nothing was changed)\n",
 			count, entity, source.Stream, from)
 		return nil
 	}
