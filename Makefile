@@ -58,13 +58,14 @@ fuzz:
 	$(GO) test ./internal/normalize -run '^$$' -fuzz FuzzNormalize -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/pipeline -run '^$$' -fuzz FuzzAppendRowJSON -fuzztime $(FUZZTIME)
 
-## bench: SyncFlow against the naive consumer and the bulk-upsert ceiling, in one
-## run (medians of BENCH_RUNS); see docs/benchmarks.md.
+## bench: SyncFlow against the naive consumer and the bulk-upsert ceiling (the best
+## of several shapes), in one run (medians of BENCH_RUNS); the figures are
+## appended, dated, to the history in docs/benchmarks.md.
 BENCH_N    ?= 100000
 BENCH_RUNS ?= 3
 bench: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
-	bin/syncflow-bench -n $(BENCH_N) -runs $(BENCH_RUNS) -binary $(BIN)
+	bin/syncflow-bench -n $(BENCH_N) -runs $(BENCH_RUNS) -binary $(BIN) -history docs/benchmarks.md -commit $(VERSION)
 
 ## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
 bench-rss: build

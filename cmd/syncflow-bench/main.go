@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -43,13 +44,14 @@ import (
 
 type config struct {
 	n, naiveN, runs int
-	rate            int
+	rates           string
 	latencyFor      time.Duration
 	binary          string
 	dupShare, ooo   float64
 	skip            string
 	batch           int
 	backfillRows    int64
+	history, commit string
 }
 
 func main() {
@@ -57,7 +59,9 @@ func main() {
 	flag.IntVar(&cfg.n, "n", 100_000, "events per SyncFlow and ceiling run")
 	flag.IntVar(&cfg.naiveN, "naive-n", 20_000, "events per naive run (it is slow; the rate is what counts)")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
-	flag.IntVar(&cfg.rate, "rate", 1000, "events/s for the latency run")
+	flag.StringVar(&cfg.rates, "rates", "1000,5000", "comma-separated events/s of the latency runs")
+	flag.StringVar(&cfg.history, "history", "", "append the figures, dated, to the history table of this markdown file")
+	flag.StringVar(&cfg.commit, "commit", "", "the commit measured, for the history")
 	flag.DurationVar(&cfg.latencyFor, "latency-for", 15*time.Second, "length of the latency run")
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
@@ -138,8 +142,10 @@ func run(cfg config) error {
 		return err
 	}
 	b.events, b.want = generate(cfg.n, 42, cfg.dupShare, cfg.ooo)
-	fmt.Printf("syncflow-bench: %d events (%.0f%% duplicates, %.0f%% out of order, ~%d bytes each), %d runs per figure, median reported\n",
-		len(b.events), cfg.dupShare*100, cfg.ooo*100, len(b.events[0].body), cfg.runs)
+	machine := b.machine()
+	fmt.Printf("syncflow-bench: %d events (%.0f%% duplicates, %.0f%% out of order, ~%d bytes each), %d runs per figure, median reported; batch size %d\n",
+		len(b.events), cfg.dupShare*100, cfg.ooo*100, len(b.events[0].body), cfg.runs, cfg.batch)
+	fmt.Printf("machine: %s\n", machine)
 
 	skip := func(name string) bool { return slices.Contains(strings.Split(cfg.skip, ","), name) }
 	var res results
@@ -149,7 +155,7 @@ func run(cfg config) error {
 		}
 	}
 	if !skip("ceiling") {
-		if res.ceiling, _, err = b.repeat("ceiling", b.ceilingRun); err != nil {
+		if res.ceiling, res.ceilingShape, err = b.fairCeiling(); err != nil {
 			return err
 		}
 	}
@@ -159,8 +165,16 @@ func run(cfg config) error {
 		}
 	}
 	if !skip("latency") {
-		if res.p50, res.p99, res.latencyN, err = b.latencyRun(); err != nil {
-			return err
+		for _, r := range strings.Split(cfg.rates, ",") {
+			rate, err := strconv.Atoi(strings.TrimSpace(r))
+			if err != nil || rate <= 0 {
+				return fmt.Errorf("-rates: %q is not a rate", r)
+			}
+			p50, p99, n, err := b.latencyRun(rate)
+			if err != nil {
+				return err
+			}
+			res.latency = append(res.latency, latencyFigure{rate: rate, p50: p50, p99: p99, n: n})
 		}
 	}
 	if !skip("backfill") {
@@ -174,14 +188,20 @@ func run(cfg config) error {
 		}
 	}
 	res.print(cfg)
+	if cfg.history != "" {
+		if err := res.appendHistory(cfg.history, cmp.Or(cfg.commit, "unknown"), machine, cfg); err != nil {
+			return fmt.Errorf("appending to the history in %s: %w", cfg.history, err)
+		}
+		fmt.Printf("\nappended to the history in %s\n", cfg.history)
+	}
 	return nil
 }
 
 type results struct {
 	syncflow, naive, ceiling float64 // events/s, medians
+	ceilingShape             string  // the shape of the best ceiling
 	rss                      float64 // MiB, the largest of the runs
-	p50, p99                 time.Duration
-	latencyN                 int
+	latency                  []latencyFigure
 	backfill                 backfillFigure
 	memory                   memoryFigure
 }
@@ -196,10 +216,10 @@ func (r results) print(cfg config) {
 		fmt.Printf("(b) naive, one transaction per message   %8.0f events/s\n", r.naive)
 	}
 	if r.ceiling > 0 {
-		fmt.Printf("(c) ceiling, bulk upsert, bare table     %8.0f events/s\n", r.ceiling)
+		fmt.Printf("(c) ceiling, bulk upsert, bare table     %8.0f events/s   (the best shape: %s)\n", r.ceiling, r.ceilingShape)
 	}
-	if r.latencyN > 0 {
-		fmt.Printf("SyncFlow latency at %d events/s          p50 %v   p99 %v   (%d events)\n", cfg.rate, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.latencyN)
+	for _, l := range r.latency {
+		fmt.Printf("SyncFlow latency at %-5d events/s        p50 %v   p99 %v   (%d events)\n", l.rate, l.p50.Round(time.Millisecond), l.p99.Round(time.Millisecond), l.n)
 	}
 	if r.backfill.rows > 0 {
 		fmt.Printf("backfill, APISmith source to target      %8.0f rows/s   (%d rows; realtime meanwhile at 100/s: p50 %v, p99 %v)\n",
@@ -446,79 +466,15 @@ func (b *bench) naiveRun() (float64, float64, error) {
 	return float64(len(events)) / time.Since(start).Seconds(), 0, nil
 }
 
-// ceilingRun: pull 1,000, dedupe by key, one unnest upsert, ack; the next pull
-// overlaps the write.
-func (b *bench) ceilingRun() (float64, float64, error) {
-	if err := b.publish(b.events); err != nil {
-		return 0, 0, err
-	}
-	c, err := b.baselineConsumer("bench_ceiling")
-	if err != nil {
-		return 0, 0, err
-	}
-	batches := make(chan []jetstream.Msg, 1)
-	ctx, cancel := context.WithCancel(b.ctx)
-	defer cancel()
-	var fetchErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(batches)
-		for ctx.Err() == nil {
-			mb, err := c.FetchNoWait(1000)
-			if err != nil {
-				fetchErr = err
-				return
-			}
-			var msgs []jetstream.Msg
-			for m := range mb.Messages() {
-				msgs = append(msgs, m)
-			}
-			if len(msgs) == 0 {
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			select {
-			case batches <- msgs:
-			case <-ctx.Done():
-			}
-		}
-	}()
-	start := time.Now()
-	done := 0
-	for msgs := range batches {
-		newest, err := b.bareRows(msgs)
-		if err != nil {
-			return 0, 0, err
-		}
-		var keys, payloads []string
-		var ords, seqs []int64
-		for _, r := range newest {
-			keys, ords, seqs, payloads = append(keys, r.key), append(ords, r.ord), append(seqs, int64(r.seq)), append(payloads, string(r.payload))
-		}
-		if _, err := b.pool.Exec(b.ctx, bareUpsert, keys, ords, seqs, payloads); err != nil {
-			return 0, 0, err
-		}
-		for _, m := range msgs {
-			_ = m.Ack()
-		}
-		if done += len(msgs); done >= len(b.events) {
-			break
-		}
-	}
-	elapsed := time.Since(start)
-	cancel()
-	wg.Wait()
-	if fetchErr != nil {
-		return 0, 0, fetchErr
-	}
-	return float64(done) / elapsed.Seconds(), 0, nil
-}
-
 // latencyRun publishes at a steady rate into the running service and measures, per
 // event, the time from the stream storing it to the commit of its batch.
-func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
+type latencyFigure struct {
+	rate     int
+	p50, p99 time.Duration
+	n        int
+}
+
+func (b *bench) latencyRun(rate int) (p50, p99 time.Duration, n int, err error) {
 	if err := b.reset(); err != nil {
 		return 0, 0, 0, err
 	}
@@ -542,8 +498,8 @@ func (b *bench) latencyRun() (p50, p99 time.Duration, n int, err error) {
 		})
 	}()
 	time.Sleep(time.Second)
-	total := int(b.cfg.latencyFor.Seconds() * float64(b.cfg.rate))
-	tick := time.Second / time.Duration(b.cfg.rate)
+	total := int(b.cfg.latencyFor.Seconds() * float64(rate))
+	tick := time.Second / time.Duration(rate)
 	next := time.Now()
 	for i := 0; i < total; i++ {
 		ev := b.events[i%len(b.events)]
