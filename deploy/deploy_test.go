@@ -61,6 +61,9 @@ var commands = []string{"run", "migrate", "catalog", "streams", "mappings", "dlq
 func TestKubernetesManifests(t *testing.T) {
 	kinds := map[string]bool{}
 	var args [][]any
+	if v := yamlDocs(t, "nats/cluster-values.yaml")[0]; fmt.Sprint(v["config"].(map[string]any)["cluster"]) != "map[enabled:true replicas:3]" {
+		t.Errorf("nats/cluster-values.yaml is not a three-node cluster: %v", v["config"])
+	}
 	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/configmap-catalog.yaml", "k8s/configmap-sql.yaml"} {
 		for _, doc := range yamlDocs(t, f) {
 			if doc["apiVersion"] == nil || doc["kind"] == nil {

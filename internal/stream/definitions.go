@@ -100,8 +100,21 @@ func (d Definitions) WithReplicas(n int) Definitions {
 		streams[name] = sc
 	}
 	d.Streams = streams
+	// A consumer takes its stream's replica count only when it is created: one
+	// made before the stream was scaled up would stay on one server, and stop
+	// with it. So every consumer says its count.
+	consumers := make(map[string]map[string]jetstream.ConsumerConfig, len(d.Consumers))
+	for name, byEntity := range d.Consumers {
+		consumers[name] = make(map[string]jetstream.ConsumerConfig, len(byEntity))
+		for e, cc := range byEntity {
+			cc.Replicas = n
+			consumers[name][e] = cc
+		}
+	}
+	d.Consumers = consumers
 	if d.Advisories.Name != "" {
 		d.Advisories.Replicas = n
+		d.AdvisoriesConsumer.Replicas = n
 	}
 	return d
 }
@@ -280,11 +293,15 @@ func (p Plan) Carry(ctx context.Context, js jetstream.JetStream, defs Definition
 		switch {
 		case c.Action == Unchanged:
 		case c.Consumer == "" && (c.Action == Create || c.Action == Update):
-			if _, err := js.CreateOrUpdateStream(ctx, configs[c.Stream]); err != nil {
+			s, err := js.CreateOrUpdateStream(ctx, configs[c.Stream])
+			if err != nil {
 				return fmt.Errorf("stream %s: %w%s", c.Stream, err, replicaHint(err))
 			}
+			if err := waitReplicated(ctx, s, configs[c.Stream].Replicas); err != nil {
+				return fmt.Errorf("stream %s: %w", c.Stream, err)
+			}
 		case c.Action == Create || c.Action == Update:
-			if _, err := js.CreateOrUpdateConsumer(ctx, c.Stream, consumer(c)); err != nil {
+			if err := createOrUpdateConsumer(ctx, js, c.Stream, consumer(c)); err != nil {
 				return fmt.Errorf("consumer %s on %s: %w", c.Consumer, c.Stream, err)
 			}
 		case c.Action == Delete:
@@ -303,6 +320,63 @@ func (p Plan) Carry(ctx context.Context, js jetstream.JetStream, defs Definition
 		}
 	}
 	return nil
+}
+
+// waitReplicated waits until every replica of a stream stored on several
+// servers is current: a stream just scaled up is not safe from the loss of its
+// leader until its new copies have caught up.
+func waitReplicated(ctx context.Context, s jetstream.Stream, replicas int) error {
+	if replicas <= 1 {
+		return nil
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		current := 0
+		if info.Cluster != nil {
+			for _, r := range info.Cluster.Replicas {
+				if r.Current {
+					current++
+				}
+			}
+		}
+		if current >= replicas-1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of its %d copies are current after 2 minutes; run streams apply again to wait more", current+1, replicas)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// errCodeConsumerReplicasExceedsStream is the server's JSConsumerReplicasExceedsStream.
+const errCodeConsumerReplicasExceedsStream jetstream.ErrorCode = 10126
+
+// createOrUpdateConsumer creates or updates a consumer. A stream that was just
+// scaled up takes its new servers a moment later: until then the server refuses
+// a consumer with the new replica count, so that is tried again for a while.
+func createOrUpdateConsumer(ctx context.Context, js jetstream.JetStream, stream string, cc jetstream.ConsumerConfig) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := js.CreateOrUpdateConsumer(ctx, stream, cc)
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeConsumerReplicasExceedsStream || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func replicaHint(err error) string {
@@ -359,6 +433,9 @@ func consumerDiff(have, want jetstream.ConsumerConfig) []string {
 	add("max_ack_pending", have.MaxAckPending, want.MaxAckPending)
 	add("max_waiting", have.MaxWaiting, want.MaxWaiting)
 	add("max_batch", have.MaxRequestBatch, want.MaxRequestBatch)
+	if want.Replicas > 0 {
+		add("num_replicas", max(have.Replicas, 1), want.Replicas)
+	}
 	add("description", have.Description, want.Description)
 	return d
 }

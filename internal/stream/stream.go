@@ -267,10 +267,25 @@ func (f *Fetcher) collect(batch jetstream.MessageBatch, err error) (out []pipeli
 			InProgress:   m.InProgress,
 		})
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {
+	if err := batch.Error(); err != nil && !requestEnded(err) {
 		return out, pending, err
 	}
 	return out, pending, nil
+}
+
+// requestEnded reports whether err only says how a pull request ended, the
+// messages that came with it being good: its wait ran out, nothing was there, the
+// whole batch was sent with bytes to spare, the next message was larger than the
+// bytes left (the next fetch takes it alone), or the consumer's leader changed
+// (the next request goes to the new one).
+func requestEnded(err error) bool {
+	for _, end := range []error{nats.ErrTimeout, context.DeadlineExceeded, context.Canceled, jetstream.ErrNoMessages,
+		jetstream.ErrBatchCompleted, jetstream.ErrMaxBytesExceeded, jetstream.ErrConsumerLeadershipChanged} {
+		if errors.Is(err, end) {
+			return true
+		}
+	}
+	return false
 }
 
 // Pending returns the consumer's messages not yet delivered and those delivered but
