@@ -12,7 +12,7 @@ export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db demo test fuzz vet bench bench-rss tools clean
+.PHONY: all build run db demo test fuzz vet bench bench-rss ledger-size tools clean
 
 all: build
 
@@ -71,6 +71,11 @@ bench: build
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
 	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory -binary $(BIN)
+
+## ledger-size: the bytes per ledger row and index entry, on a million rows in a
+## scratch database.
+ledger-size:
+	psql "$(ADMIN_URL)" -q -f docs/ledger-size.sql
 
 clean:
 	rm -rf bin data

@@ -6,50 +6,87 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/stream"
 )
 
 func pruneCommand() command {
-	return command{path: "prune", summary: "remove old batches and resolved dead letters: --older-than 90d", setup: setupPrune}
+	return command{path: "prune", summary: "remove old batches, resolved dead letters and old tombstones: --older-than 90d, --tombstones-older-than 60d", setup: setupPrune}
 }
 
 func setupPrune(f *flags) runFunc {
 	var (
-		c       common
-		age     string
-		archive string
-		dryRun  bool
+		c          common
+		n          natsFlags
+		age, tombs string
+		archive    string
+		dryRun     bool
 	)
 	c.register(f)
-	f.StringVar(&age, "older-than", "", "remove what finished or was resolved longer ago than this (e.g. 90d; required)")
+	n.register(f)
+	f.StringVar(&age, "older-than", "", "remove the batches finished and the dead letters resolved longer ago than this (e.g. 90d)")
+	f.StringVar(&tombs, "tombstones-older-than", "", "remove the ledger's tombstones (keys last deleted) older than this (e.g. 60d); refused when shorter than the streams' max age plus the longest backfill cycle")
 	f.StringVar(&archive, "archive", "", "append every removed row to this file as JSON lines ({\"table\":...,\"row\":...}); a row is removed only once the file holds it")
 	f.BoolVar(&dryRun, "dry-run", false, "count what would be removed, remove nothing")
 	return func(ctx context.Context, _ []string) error {
-		if age == "" {
-			return fmt.Errorf("%w: say how old: --older-than 90d", errUsage)
+		if age == "" && tombs == "" {
+			return fmt.Errorf("%w: say how old: --older-than 90d (batches and resolved dead letters), --tombstones-older-than 60d (the ledger's tombstones), or both", errUsage)
 		}
-		d, err := parseAge(age)
-		if err != nil {
-			return err
+		var d, td time.Duration
+		var err error
+		if age != "" {
+			if d, err = parseAge(age); err != nil {
+				return err
+			}
+		}
+		if tombs != "" {
+			if td, err = parseAge(tombs); err != nil {
+				return err
+			}
 		}
 		st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 2})
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		if dryRun {
-			res, err := st.Prune(ctx, time.Now().Add(-d), true, nil)
+		if tombs != "" {
+			b, err := tombstoneBound(ctx, st, c, n)
 			if err != nil {
 				return err
 			}
+			if td < b.total {
+				return fmt.Errorf("%w: --tombstones-older-than %s is shorter than %s, %s: a tombstone is what keeps an older event of a deleted key from bringing its row back, and such an event can still arrive for that long",
+					errUsage, tombs, days(b.total), b.why)
+			}
+		}
+		now := time.Now()
+		if dryRun {
 			to := ""
 			if archive != "" {
 				to = " (archiving them to " + archive + ")"
 			}
-			fmt.Printf("would remove %d resolved dead letters and %d batches older than %s%s\n(dry run: nothing was changed)\n", res.DeadLetters, res.Batches, age, to)
+			if age != "" {
+				res, err := st.Prune(ctx, now.Add(-d), true, nil)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("would remove %d resolved dead letters and %d batches older than %s%s\n", res.DeadLetters, res.Batches, age, to)
+			}
+			if tombs != "" {
+				t, err := st.PruneTombstones(ctx, now.Add(-td), true, nil)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("would remove %d tombstones older than %s%s\n", t, tombs, to)
+			}
+			fmt.Println("(dry run: nothing was changed)")
 			return nil
 		}
 		var sink *fileArchive
@@ -60,18 +97,109 @@ func setupPrune(f *flags) runFunc {
 			}
 			sinkArg = sink
 		}
-		res, err := st.Prune(ctx, time.Now().Add(-d), false, sinkArg)
+		if age != "" {
+			var res store.PruneResult
+			res, err = st.Prune(ctx, now.Add(-d), false, sinkArg)
+			fmt.Printf("removed %d resolved dead letters and %d batches older than %s\n", res.DeadLetters, res.Batches, age)
+		}
+		if tombs != "" && err == nil {
+			var t int64
+			t, err = st.PruneTombstones(ctx, now.Add(-td), false, sinkArg)
+			fmt.Printf("removed %d tombstones older than %s\n", t, tombs)
+		}
 		if sink != nil {
 			if cerr := sink.Close(); cerr != nil && err == nil {
 				err = cerr
 			}
 		}
-		fmt.Printf("removed %d resolved dead letters and %d batches older than %s\n", res.DeadLetters, res.Batches, age)
 		if err != nil {
 			return fmt.Errorf("pruning stopped; what was removed is in the archive, the rest is still in place: %w", err)
 		}
 		return nil
 	}
+}
+
+// retentionBound is how long a tombstone must be kept, and why.
+type retentionBound struct {
+	total time.Duration
+	why   string
+}
+
+// tombstoneBound is the shortest tombstone retention that keeps "no
+// resurrection" true: the longest max age of the streams SyncFlow consumes (an
+// event JetStream still holds can be delivered late, redelivered or replayed),
+// read from the server, plus the longest backfill cycle as a margin. A stream
+// without a max age keeps every event for ever: then no retention is safe.
+func tombstoneBound(ctx context.Context, st *store.Store, c common, n natsFlags) (retentionBound, error) {
+	log, err := c.logger(os.Stderr)
+	if err != nil {
+		return retentionBound{}, err
+	}
+	n.cfg.Name, n.cfg.Logger = "syncflow-prune", log
+	nc, err := stream.Connect(n.cfg)
+	if err != nil {
+		return retentionBound{}, fmt.Errorf("pruning tombstones needs the streams' max age from NATS: %w (is NATS running at the --nats-url?)", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return retentionBound{}, err
+	}
+	var maxAge time.Duration
+	var oldest string
+	for _, src := range event.Sources {
+		s, err := js.Stream(ctx, src.Stream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return retentionBound{}, fmt.Errorf("reading stream %s: %w", src.Stream, err)
+		}
+		age := s.CachedInfo().Config.MaxAge
+		if age == 0 {
+			return retentionBound{}, fmt.Errorf("%w: stream %s keeps its events with no age limit, so an old event of a deleted key can be replayed at any time and no tombstone may go: give the stream a max age first (streams/%s.json, then `syncflow streams apply`)",
+				errUsage, src.Stream, src.Stream)
+		}
+		if age > maxAge {
+			maxAge, oldest = age, src.Stream
+		}
+	}
+	if oldest == "" {
+		return retentionBound{}, fmt.Errorf("%w: none of the streams %s exists on this NATS server, so their max age is unknown: run `syncflow streams apply`, or point --nats-url at the production server", errUsage, streamNames())
+	}
+	scheds, err := st.Schedules(ctx)
+	if err != nil {
+		return retentionBound{}, err
+	}
+	var cycle int
+	var cycleOf string
+	for _, s := range scheds {
+		if s.Days > cycle {
+			cycle, cycleOf = s.Days, s.Entity
+		}
+	}
+	b := retentionBound{total: maxAge, why: fmt.Sprintf("the max age of stream %s (%s)", oldest, days(maxAge))}
+	if cycle > 0 {
+		b.total += time.Duration(cycle) * 24 * time.Hour
+		b.why += fmt.Sprintf(" plus the longest backfill cycle (%dd, %s)", cycle, cycleOf)
+	}
+	return b, nil
+}
+
+func streamNames() string {
+	var names []string
+	for _, src := range event.Sources {
+		names = append(names, src.Stream)
+	}
+	return strings.Join(names, ", ")
+}
+
+// days writes a duration in days when it is a whole number of them.
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
 }
 
 // fileArchive appends rows to a file as JSON lines. Sync flushes its buffer and

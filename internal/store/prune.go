@@ -36,58 +36,110 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time, dryRun bool, archiv
 			   AND NOT EXISTS (SELECT 1 FROM bridge.erp_sync_state e WHERE e.last_batch_uid = b.uid))`, cutoff).Scan(&res.DeadLetters, &res.Batches)
 		return res, err
 	}
-	chunk := func(sql, table string) (int64, error) {
-		var total int64
-		for {
-			var n int64
-			err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				rows, err := tx.Query(ctx, sql, cutoff)
-				if err != nil {
-					return err
-				}
-				defer rows.Close()
-				n = 0
-				for rows.Next() {
-					var row []byte
-					if err := rows.Scan(&row); err != nil {
-						return err
-					}
-					n++
-					if archive != nil {
-						if err := archive.Add(table, row); err != nil {
-							return err
-						}
-					}
-				}
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				if archive != nil && n > 0 {
-					return archive.Sync()
-				}
-				return nil
-			})
-			if err != nil {
-				return total, err
-			}
-			total += n
-			if n < 1000 {
-				return total, nil
-			}
-		}
-	}
+	cutoffArg := func() []any { return []any{cutoff} }
 	var err error
-	if res.DeadLetters, err = chunk(`DELETE FROM bridge.failed_records WHERE uid IN (
+	if res.DeadLetters, err = s.deleteChunks(ctx, archive, "failed_records", `DELETE FROM bridge.failed_records WHERE uid IN (
 			SELECT uid FROM bridge.failed_records WHERE resolved_at < $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)
-		RETURNING row_to_json(failed_records)::text`, "failed_records"); err != nil {
+		RETURNING '', '', row_to_json(failed_records)::text`, cutoffArg); err != nil {
 		return res, err
 	}
-	res.Batches, err = chunk(`DELETE FROM bridge.sync_batches WHERE uid IN (
+	res.Batches, err = s.deleteChunks(ctx, archive, "sync_batches", `DELETE FROM bridge.sync_batches WHERE uid IN (
 			SELECT b.uid FROM bridge.sync_batches b WHERE b.finished_at < $1 AND b.status <> 'running'
 			  AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f WHERE f.batch_uid = b.uid)
 			  AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p WHERE p.batch_uid = b.uid)
 			  AND NOT EXISTS (SELECT 1 FROM bridge.erp_sync_state e WHERE e.last_batch_uid = b.uid)
 			LIMIT 1000 FOR UPDATE SKIP LOCKED)
-		RETURNING row_to_json(sync_batches)::text`, "sync_batches")
+		RETURNING '', '', row_to_json(sync_batches)::text`, cutoffArg)
 	return res, err
+}
+
+// tombstonesSQL chooses, walking the ledger's primary key from a cursor, the
+// tombstones written before $1 whose key nothing may still bring back: no
+// unresolved dead letter and no parked child of that key (either could carry an
+// older version, which the tombstone alone keeps out).
+const tombstonesSQL = `SELECT r.entity_name, r.bk_hash FROM bridge.synced_records r
+	WHERE (r.entity_name, r.bk_hash) > ($2, $3) AND r.deleted AND r.updated_at < $1
+	  AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f
+	                  WHERE f.entity_name = r.entity_name AND f.bk_hash = r.bk_hash AND f.resolved_at IS NULL)
+	  AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p
+	                  WHERE p.child_entity = r.entity_name AND p.child_bk_hash = r.bk_hash)
+	ORDER BY r.entity_name, r.bk_hash`
+
+// PruneTombstones removes the ledger's tombstones (keys whose last event was a
+// delete) written before cutoff, except those of keys with an unresolved dead
+// letter or a parked child. It walks the ledger once in key order, a thousand
+// tombstones per short transaction, and re-checks each row as it deletes it,
+// so a key that a writer brings back meanwhile stays. archive, when set,
+// receives every removed row first. With dryRun it only counts.
+//
+// Whether cutoff is old enough is the caller's to decide: a tombstone is what
+// keeps an older event of a deleted key from bringing the row back, so cutoff
+// must lie further back than any such event can still arrive from.
+func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time, dryRun bool, archive Archive) (int64, error) {
+	if dryRun {
+		var n int64
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (`+tombstonesSQL+`) t`, cutoff, "", "").Scan(&n)
+		return n, err
+	}
+	var entity, hash string
+	return s.deleteChunks(ctx, archive, "synced_records", `WITH doomed AS (`+tombstonesSQL+` LIMIT 1000 FOR UPDATE OF r SKIP LOCKED)
+		DELETE FROM bridge.synced_records r USING doomed d
+		WHERE r.entity_name = d.entity_name AND r.bk_hash = d.bk_hash AND r.deleted AND r.updated_at < $1
+		RETURNING r.entity_name, r.bk_hash, row_to_json(r)::text`,
+		func() []any { return []any{cutoff, entity, hash} },
+		func(e, h string) {
+			if e > entity || (e == entity && h > hash) {
+				entity, hash = e, h
+			}
+		})
+}
+
+// deleteChunks runs del, a DELETE of at most a thousand rows that returns each
+// row's key (two texts, for a walk in key order; empty otherwise) and JSON, each
+// time in a transaction of its own, until it deletes fewer. Each chunk's rows go
+// to archive, and are synced there, before the chunk commits. params gives the
+// statement's parameters each time; seen, when given, hears every key.
+func (s *Store) deleteChunks(ctx context.Context, archive Archive, table, del string, params func() []any, seen ...func(entity, hash string)) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, del, params()...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			n = 0
+			for rows.Next() {
+				var k1, k2 string
+				var row []byte
+				if err := rows.Scan(&k1, &k2, &row); err != nil {
+					return err
+				}
+				n++
+				for _, f := range seen {
+					f(k1, k2)
+				}
+				if archive != nil {
+					if err := archive.Add(table, row); err != nil {
+						return err
+					}
+				}
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if archive != nil && n > 0 {
+				return archive.Sync()
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < 1000 {
+			return total, nil
+		}
+	}
 }

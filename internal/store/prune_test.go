@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -98,5 +99,77 @@ func TestPruneKeepsRowsTheArchiveCouldNotTake(t *testing.T) {
 	})
 	if !errors.Is(err, full) || f.rows(`SELECT count(*) FROM bridge.sync_batches`) != "500" {
 		t.Errorf("after a failure in the second chunk: %v, %s left", err, f.rows(`SELECT count(*) FROM bridge.sync_batches`))
+	}
+}
+
+// Tombstones older than the cutoff go, a thousand at a time in key order, except
+// those of keys an unresolved dead letter or a parked child may still bring an
+// older version of; live rows and young tombstones stay. Two prunes at once
+// remove each tombstone once.
+func TestPruneTombstones(t *testing.T) {
+	f := newFixture(t)
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := f.conn.Exec(f.ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 2,500 old tombstones over two entities, 10 young ones, 10 old live rows.
+	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, updated_at)
+		SELECT CASE WHEN i % 2 = 0 THEN 'items' ELSE 'sites' END, 'old' || lpad(i::text, 5, '0'), '{}', '1', 1, 'realtime', i, true, now() - interval '100 days'
+		FROM generate_series(1, 2500) i`)
+	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, updated_at)
+		SELECT 'items', 'young' || i, '{}', '1', 1, 'realtime', i, true, now() - interval '1 day' FROM generate_series(1, 10) i`)
+	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, updated_at)
+		SELECT 'items', 'live' || i, '{}', '1', 1, 'realtime', i, false, now() - interval '100 days' FROM generate_series(1, 10) i`)
+	// Kept by an unresolved dead letter and by a parked child; a resolved dead letter keeps nothing.
+	exec(`INSERT INTO bridge.failed_records (uid, entity_name, bk_hash, raw_bytes, stage_failed, error_message, resolved_at) VALUES
+		(gen_random_uuid(), 'items', 'old00002', 'x', 'write', 'unresolved', NULL),
+		(gen_random_uuid(), 'items', 'old00004', 'x', 'write', 'resolved', now())`)
+	exec(`INSERT INTO bridge.pending_children (uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key, child_payload, child_raw, child_rowversion, rowversion_ord, source_stream, stream_seq)
+		VALUES (gen_random_uuid(), 'sites', 'old00001', 'items', 'p', '{}', '{}', 'x', '1', 1, 'realtime', 1)`)
+
+	cutoff := time.Now().Add(-60 * 24 * time.Hour)
+	if n, err := f.st.PruneTombstones(f.ctx, cutoff, true, nil); err != nil || n != 2498 {
+		t.Fatalf("dry run: %d %v", n, err)
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.synced_records`); got != "2520" {
+		t.Fatalf("the dry run removed rows: %s left", got)
+	}
+	var mu sync.Mutex
+	archived := map[string]int{}
+	a := archiveFunc{add: func(table string, row []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		archived[table+" "+string(row)]++
+		return nil
+	}}
+	var wg sync.WaitGroup
+	counts := make([]int64, 2)
+	errs := make([]error, 2)
+	for i := range counts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			counts[i], errs[i] = f.st.PruneTombstones(f.ctx, cutoff, false, a)
+		}()
+	}
+	wg.Wait()
+	if errors.Join(errs...) != nil || counts[0]+counts[1] != 2498 {
+		t.Fatalf("two prunes at once removed %v (want 2498 together): %v", counts, errs)
+	}
+	if len(archived) != 2498 {
+		t.Errorf("archived %d distinct rows, want 2498", len(archived))
+	}
+	for row, n := range archived {
+		if n != 1 || !strings.HasPrefix(row, `synced_records {"entity_name"`) {
+			t.Fatalf("archived %d times: %s", n, row)
+		}
+	}
+	want := "items live1..live9 (10)\nitems old00002\nitems young1..young9 (10)\nsites old00001" // min..max as text
+	got := f.rows(`SELECT entity_name || ' ' || CASE WHEN count(*) = 1 THEN min(bk_hash) ELSE min(bk_hash) || '..' || max(bk_hash) || ' (' || count(*) || ')' END
+		FROM bridge.synced_records GROUP BY entity_name, left(bk_hash, 3) ORDER BY 1`)
+	if got != want {
+		t.Errorf("left in the ledger:\n%s\nwant\n%s", got, want)
 	}
 }
