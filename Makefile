@@ -12,7 +12,7 @@ export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db demo test fuzz vet bench bench-rss ledger-size tools clean
+.PHONY: all build run db demo test fuzz vet bench bench-rss partition-scale ledger-size tools clean
 
 all: build
 
@@ -71,6 +71,13 @@ bench: build
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
 	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory -binary $(BIN)
+
+## partition-scale: a year of history (PARTITION_ROWS batches and as many dead
+## letters), pruned by the month, against one DELETE of a month.
+PARTITION_ROWS ?= 6000000
+partition-scale:
+	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
+	bin/syncflow-bench -partitions $(PARTITION_ROWS)
 
 ## ledger-size: the bytes per ledger row and index entry, on a million rows in a
 ## scratch database.

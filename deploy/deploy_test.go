@@ -421,6 +421,13 @@ func TestRoles(t *testing.T) {
 	denied("bridge_user", err, "purging dead letters")
 	_, err = st.Prune(ctx, time.Now().Add(time.Hour), false, nil)
 	denied("bridge_user", err, "pruning")
+	if _, err := st.EnsurePartitions(ctx, time.Now().AddDate(0, 6, 0)); err != nil {
+		t.Errorf("bridge_user cannot make the months ahead: %v", err)
+	}
+	_, err = st.DropMonths(ctx, time.Now().AddDate(1, 0, 0), false, nil, time.Second)
+	denied("bridge_user", err, "dropping a month")
+	_, err = st.PruneTombstones(ctx, time.Now(), false, nil)
+	denied("bridge_user", err, "pruning tombstones")
 	denied("bridge_user", st.SetSchedule(ctx, "items", backfill.Settings{}), "creating a schedule")
 	user, err := pgx.Connect(ctx, as("bridge_user"))
 	if err != nil {
@@ -480,6 +487,22 @@ func TestRoles(t *testing.T) {
 	}
 	if _, err := op.Prune(ctx, time.Now().Add(time.Hour), false, nil); err != nil {
 		t.Errorf("bridge_operator cannot prune: %v", err)
+	}
+	// Whole months: the partitions of last year and the months ahead.
+	if _, err := op.EnsurePartitions(ctx, time.Now().AddDate(-1, 0, 0)); err != nil {
+		t.Errorf("bridge_operator cannot make monthly partitions: %v", err)
+	}
+	if months, err := op.DropMonths(ctx, time.Now().AddDate(0, -9, 0), false, nil, time.Second); err != nil || len(months) == 0 {
+		t.Errorf("bridge_operator cannot drop months: %v %v", months, err)
+	} else {
+		for _, m := range months {
+			if m.Kept != "" {
+				t.Errorf("bridge_operator kept %s %s: %s", m.Table, m.Start, m.Kept)
+			}
+		}
+	}
+	if _, err := op.PruneTombstones(ctx, time.Now().Add(time.Hour), false, nil); err != nil {
+		t.Errorf("bridge_operator cannot prune tombstones: %v", err)
 	}
 	operator, err := pgx.Connect(ctx, as("bridge_operator"))
 	if err != nil {

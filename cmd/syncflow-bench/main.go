@@ -69,8 +69,16 @@ func main() {
 	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
+	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the in-process figures (latency, backfill) to this file")
 	flag.Parse()
+	if *partitions > 0 {
+		if err := partitionScale(*partitions); err != nil {
+			fmt.Fprintln(os.Stderr, "syncflow-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {

@@ -42,6 +42,7 @@ var groups = []struct{ name, summary string }{
 	{"dlq", "dead letters: list | groups | show UID | retry | resolve | purge"},
 	{"parked", "children waiting for their parents: list | release | expire"},
 	{"schedule", "backfill schedules: list | set ENTITY | enable | disable | reset"},
+	{"db", "database upkeep: gin enable | gin disable (the dead letters' search index)"},
 }
 
 // allCommands returns every command, in the order of the help.
@@ -49,7 +50,7 @@ func allCommands() []command {
 	var all []command
 	for _, part := range [][]command{
 		{runCommand()}, migrateCommands(), catalogCommands(), driftCommands(), streamsCommands(), mappingsCommands(), dlqCommands(), parkedCommands(),
-		{replayCommand(), backfillCommand()}, scheduleCommands(), {statusCommand(), pruneCommand(), versionCommand()},
+		{replayCommand(), backfillCommand()}, scheduleCommands(), dbCommands(), {statusCommand(), pruneCommand(), versionCommand()},
 	} {
 		all = append(all, part...)
 	}

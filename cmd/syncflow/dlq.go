@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -20,8 +21,8 @@ import (
 
 // dlqFilter holds the flags that choose dead letters.
 type dlqFilter struct {
-	entity, stage, since, until, reason, fingerprint string
-	outside                                          bool
+	entity, stage, since, until, reason, fingerprint, match string
+	outside                                                 bool
 }
 
 func (d *dlqFilter) register(f *flags) {
@@ -32,10 +33,11 @@ func (d *dlqFilter) register(f *flags) {
 	f.StringVar(&d.reason, "reason", "", "only dead letters whose error contains this text (case-insensitive)")
 	f.StringVar(&d.fingerprint, "fingerprint", "", "only the dead letters of this group (a fingerprint from syncflow dlq groups)")
 	f.BoolVar(&d.outside, "outside-catalog", false, "only dead letters of subjects no catalog entity owns")
+	f.StringVar(&d.match, "match", "", `only dead letters whose event contains this JSON, e.g. '{"data":{"PART_NO":"X"}}' (fast with syncflow db gin enable)`)
 }
 
 func (d *dlqFilter) set() bool {
-	return d.entity != "" || d.stage != "" || d.since != "" || d.until != "" || d.reason != "" || d.fingerprint != "" || d.outside
+	return d.entity != "" || d.stage != "" || d.since != "" || d.until != "" || d.reason != "" || d.fingerprint != "" || d.match != "" || d.outside
 }
 
 // describe says what the filter chooses, for messages.
@@ -52,6 +54,7 @@ func (d *dlqFilter) describe() string {
 	add("until", d.until)
 	add("reason containing", quoteIf(d.reason))
 	add("fingerprint", d.fingerprint)
+	add("event containing", d.match)
 	if d.outside {
 		parts = append(parts, "outside the catalog")
 	}
@@ -91,6 +94,16 @@ func (d *dlqFilter) build(ctx context.Context, st *store.Store, cat *catalog.Cat
 			return sf, err
 		}
 	}
+	if d.match != "" {
+		if sf.Match, err = matchJSON(d.match); err != nil {
+			return sf, err
+		}
+		if _, valid, err := st.GINState(ctx); err != nil {
+			return sf, err
+		} else if !valid {
+			fmt.Fprintln(os.Stderr, "no GIN index on the dead letters' events: --match reads every dead letter (`syncflow db gin enable`, run as the schema owner, makes it fast)")
+		}
+	}
 	if d.entity != "" {
 		_, inCatalog := cat.Entity(d.entity)
 		if inCatalog && d.outside {
@@ -120,6 +133,20 @@ func (d *dlqFilter) build(ctx context.Context, st *store.Store, cat *catalog.Cat
 		}
 	}
 	return sf, nil
+}
+
+// matchJSON checks --match: a JSON object or array, which an event contains
+// when every field (element) it names is in the event with that value.
+func matchJSON(s string) ([]byte, error) {
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return nil, fmt.Errorf("%w: --match %s is not JSON (%v): quote it for the shell, e.g. --match '{\"data\":{\"PART_NO\":\"X\"}}'", errUsage, s, err)
+	}
+	switch v.(type) {
+	case map[string]any, []any:
+		return []byte(s), nil
+	}
+	return nil, fmt.Errorf("%w: --match %s: give a JSON object with the fields to find, e.g. --match '{\"data\":{\"PART_NO\":\"X\"}}'", errUsage, s)
 }
 
 func dlqCommands() []command {

@@ -574,13 +574,13 @@ func TestMigrateAndPruneCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"migrate", "version"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 4"},
-		{[]string{"migrate", "up"}, "schema version: 4"},
-		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 3"},
-		{[]string{"migrate", "force", "3"}, "schema version: 3"},
-		{[]string{"migrate", "up"}, "schema version: 4"},
+		{[]string{"migrate", "up"}, "schema version: 5"},
+		{[]string{"migrate", "up"}, "schema version: 5"},
+		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 4"},
+		{[]string{"migrate", "force", "4"}, "schema version: 4"},
+		{[]string{"migrate", "up"}, "schema version: 5"},
 		{[]string{"migrate", "down", "--yes"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 4"},
+		{[]string{"migrate", "up"}, "schema version: 5"},
 	}
 	for _, s := range steps {
 		if out, code := run(s.args...); code != 0 || !strings.Contains(out, s.want) {

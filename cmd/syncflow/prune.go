@@ -67,12 +67,23 @@ func setupPrune(f *flags) runFunc {
 			}
 		}
 		now := time.Now()
+		if !dryRun {
+			// The months ahead, in case no service has run for a while.
+			if _, err := st.EnsurePartitions(ctx, now); err != nil {
+				return err
+			}
+		}
 		if dryRun {
 			to := ""
 			if archive != "" {
 				to = " (archiving them to " + archive + ")"
 			}
 			if age != "" {
+				months, err := st.DropMonths(ctx, now.Add(-d), true, nil, lockWait)
+				if err != nil {
+					return err
+				}
+				printMonths(months, true)
 				res, err := st.Prune(ctx, now.Add(-d), true, nil)
 				if err != nil {
 					return err
@@ -98,9 +109,14 @@ func setupPrune(f *flags) runFunc {
 			sinkArg = sink
 		}
 		if age != "" {
-			var res store.PruneResult
-			res, err = st.Prune(ctx, now.Add(-d), false, sinkArg)
-			fmt.Printf("removed %d resolved dead letters and %d batches older than %s\n", res.DeadLetters, res.Batches, age)
+			var months []store.Month
+			months, err = st.DropMonths(ctx, now.Add(-d), false, sinkArg, lockWait)
+			printMonths(months, false)
+			if err == nil {
+				var res store.PruneResult
+				res, err = st.Prune(ctx, now.Add(-d), false, sinkArg)
+				fmt.Printf("removed %d resolved dead letters and %d batches older than %s\n", res.DeadLetters, res.Batches, age)
+			}
 		}
 		if tombs != "" && err == nil {
 			var t int64
@@ -116,6 +132,30 @@ func setupPrune(f *flags) runFunc {
 			return fmt.Errorf("pruning stopped; what was removed is in the archive, the rest is still in place: %w", err)
 		}
 		return nil
+	}
+}
+
+// lockWait is how long prune waits for the locks that drop a month: a month
+// whose locks stay busy longer (a long query on the table) is kept for the next
+// prune, so writers never queue behind prune for more than this.
+const lockWait = 2 * time.Second
+
+// printMonths says which whole months went (or would go) and which past
+// retention stay, and why.
+func printMonths(months []store.Month, dryRun bool) {
+	verb := "dropped"
+	if dryRun {
+		verb = "would drop"
+	}
+	for _, m := range months {
+		if m.Kept == "" {
+			fmt.Printf("%s %s %s (%d rows)\n", verb, m.Table, m.Start.Format("2006-01"), m.Rows)
+		}
+	}
+	for _, m := range months {
+		if m.Kept != "" {
+			fmt.Printf("kept %s %s whole (%d rows): %s; its rows past retention are removed one by one\n", m.Table, m.Start.Format("2006-01"), m.Rows, m.Kept)
+		}
 	}
 }
 

@@ -85,7 +85,7 @@ func TestNoCommandPrintsASecret(t *testing.T) {
 		"replay":          {"--entity", "sites", "--since", "1h"},
 		"schedule set":    {"sites", "--days", "3"},
 		"schedule enable": {"sites"}, "schedule disable": {"sites"}, "schedule reset": {"sites"},
-		"prune": {"--older-than", "1d"},
+		"prune": {"--older-than", "1d", "--tombstones-older-than", "3650d"},
 	}
 	// Properly encoded (%40 %20 %23 %25), with the @ left raw, and not encoded at all.
 	enc, half := url.UserPassword("bob", dbPassword).String(), "bob:"+url.PathEscape(dbPassword)

@@ -354,6 +354,13 @@ func (s *Service) openStore(ctx context.Context) error {
 	if err := st.PrepareTargets(ctx, cfg.Catalog); err != nil {
 		return err
 	}
+	// The months ahead of sync_batches and failed_records; a failure is not fatal
+	// (their DEFAULT partitions take the rows) and is tried again every hour.
+	if n, err := st.EnsurePartitions(ctx, time.Now()); err != nil {
+		s.log.Warn("creating the monthly partitions failed; trying again within the hour", "err", err)
+	} else if n > 0 {
+		s.log.Info("created monthly partitions", "partitions", n)
+	}
 	// A process that held the name until its connection dropped stops writing
 	// within a check of the lease: when the name has batches running, let it,
 	// before this one closes them.
@@ -527,6 +534,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	goInfra(func(ctx context.Context) error { return s.st.RunCheckpoints(ctx, s.cfg.CheckpointInterval, log) })
 	goInfra(func(ctx context.Context) error { return s.obs.runRefresh(ctx, s.cfg.StatsInterval) })
+	goInfra(func(ctx context.Context) error { return s.st.KeepPartitions(ctx, store.PartitionCheck, log) })
 
 	for _, strays := range s.strays {
 		workers.Go(func() error { return strays.Run(workCtx) })

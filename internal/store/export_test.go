@@ -12,3 +12,7 @@ const (
 	AnyReleasableSQL    = anyReleasableSQL
 	AbandonBatchesSQL   = abandonBatchesSQL
 )
+
+// KeptReasonSQL holds the checks that decide whether prune may drop a month.
+var KeptReasonSQL = keptReasonSQL
+

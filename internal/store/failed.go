@@ -21,37 +21,73 @@ import (
 // stream_seq), with the raw bytes exactly as received.
 
 // insertFailuresSQL writes dead letters; a message that already has an unresolved
-// one updates it (failureConflictSQL).
-var insertFailuresSQL = `
-INSERT INTO bridge.failed_records AS f
-    (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
-     raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at,
-     parent_entity, parent_bk_hash, published_at)
-SELECT u.uid, $1, u.entity, $2, u.src, u.stream, u.subject, u.seq, u.bk_hash,
-       u.raw, u.raw_data::jsonb, u.normalized::jsonb, u.stage, u.err, u.max_retries, now() + u.retry_after,
-       u.parent_entity, u.parent_hash, u.published
+// one updates it (upsertFailuresSQL).
+var insertFailuresSQL = upsertFailuresSQL("", `
+SELECT u.uid, $1::uuid AS batch_uid, u.entity AS entity_name, $2::text AS source_system, u.src AS source_stream,
+       u.stream, u.subject, u.seq AS stream_seq, u.bk_hash, u.raw AS raw_bytes, u.raw_data::jsonb AS raw_data,
+       u.normalized::jsonb AS normalized_data, u.stage AS stage_failed, u.err AS error_message, u.max_retries,
+       now() + u.retry_after AS next_retry_at, u.parent_entity, u.parent_hash AS parent_bk_hash, u.published AS published_at
 FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[],
             $10::bytea[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::interval[],
             $17::text[], $18::text[], $19::timestamptz[])
     AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, max_retries,
-          retry_after, parent_entity, parent_hash, published)
-` + failureConflictSQL
+          retry_after, parent_entity, parent_hash, published)`, `SELECT count(*) FROM ins`)
 
-// failureConflictSQL is the rule for a message that already has an unresolved
-// dead letter (the table is aliased f): the dead letter takes the new attempt's
-// stage and reason, and keeps the earlier one in its history.
-const failureConflictSQL = `
-ON CONFLICT (stream, stream_seq) WHERE resolved_at IS NULL DO UPDATE SET
-    history = f.history || jsonb_build_object('at', f.updated_at, 'stage', f.stage_failed, 'error', f.error_message),
-    batch_uid = coalesce(excluded.batch_uid, f.batch_uid),
-    bk_hash = coalesce(excluded.bk_hash, f.bk_hash),
-    raw_bytes = CASE WHEN octet_length(excluded.raw_bytes) > 0 THEN excluded.raw_bytes ELSE f.raw_bytes END,
-    raw_data = coalesce(excluded.raw_data, f.raw_data),
-    normalized_data = coalesce(excluded.normalized_data, f.normalized_data),
-    stage_failed = excluded.stage_failed, error_message = excluded.error_message,
-    parent_entity = excluded.parent_entity, parent_bk_hash = excluded.parent_bk_hash,
-    published_at = coalesce(excluded.published_at, f.published_at),
-    next_retry_at = CASE WHEN excluded.next_retry_at IS NOT NULL THEN coalesce(f.next_retry_at, excluded.next_retry_at) END`
+// failureColumns are the columns a new dead letter is written with, in the order
+// of the rows upsertFailuresSQL's source yields.
+const failureColumns = `uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
+     raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at,
+     parent_entity, parent_bk_hash, published_at`
+
+// upsertFailuresSQL writes the dead letters that source (a query yielding
+// failureColumns, at most one row per message, which may read the CTEs of
+// prefix) describes, and ends with final, which reads the CTEs ins (the dead
+// letters inserted) and upd (those updated).
+//
+// One message (stream, stream_seq) has at most one unresolved dead letter. The
+// statement first claims each message in bridge.failed_record_messages: a claim
+// that exists names the message's unresolved dead letter, which takes the new
+// attempt's stage and reason and keeps the earlier ones in its history; a new
+// claim names the dead letter the statement inserts. A writer that meets another's
+// claim not yet committed waits for it, then updates that dead letter (or, if it
+// was resolved meanwhile, inserts a new one): two replicas failing one message
+// leave one dead letter. Claims are taken in message order, so two such writers
+// cannot deadlock. Dead letters without a message identity are always inserted.
+func upsertFailuresSQL(prefix, source, final string) string {
+	if prefix != "" {
+		prefix += ",\n"
+	}
+	return `
+WITH ` + prefix + `n AS (` + source + `),
+claim AS (
+    INSERT INTO bridge.failed_record_messages AS m (stream, stream_seq, failed_uid)
+    SELECT n.stream, n.stream_seq, n.uid FROM n
+    WHERE n.stream IS NOT NULL AND n.stream_seq IS NOT NULL
+    ORDER BY n.stream, n.stream_seq
+    ON CONFLICT (stream, stream_seq) DO UPDATE SET failed_uid = m.failed_uid
+    RETURNING m.stream, m.stream_seq, m.failed_uid),
+upd AS (
+    UPDATE bridge.failed_records f SET
+        history = f.history || jsonb_build_object('at', f.updated_at, 'stage', f.stage_failed, 'error', f.error_message),
+        batch_uid = coalesce(n.batch_uid, f.batch_uid),
+        bk_hash = coalesce(n.bk_hash, f.bk_hash),
+        raw_bytes = CASE WHEN octet_length(n.raw_bytes) > 0 THEN n.raw_bytes ELSE f.raw_bytes END,
+        raw_data = coalesce(n.raw_data, f.raw_data),
+        normalized_data = coalesce(n.normalized_data, f.normalized_data),
+        stage_failed = n.stage_failed, error_message = n.error_message,
+        parent_entity = n.parent_entity, parent_bk_hash = n.parent_bk_hash,
+        published_at = coalesce(n.published_at, f.published_at),
+        next_retry_at = CASE WHEN n.next_retry_at IS NOT NULL THEN coalesce(f.next_retry_at, n.next_retry_at) END
+    FROM n JOIN claim c ON c.stream = n.stream AND c.stream_seq = n.stream_seq
+    WHERE f.uid = c.failed_uid AND c.failed_uid <> n.uid
+    RETURNING f.*),
+ins AS (
+    INSERT INTO bridge.failed_records (` + failureColumns + `)
+    SELECT ` + failureColumns + ` FROM n
+    WHERE n.stream IS NULL OR n.stream_seq IS NULL OR EXISTS (SELECT 1 FROM claim c WHERE c.failed_uid = n.uid)
+    RETURNING *)
+` + final
+}
 
 // AddDeadLetters writes dead letters, raw bytes exactly as received, one per
 // message.

@@ -51,6 +51,9 @@ type DeadLetterFilter struct {
 	Reason string
 	// Fingerprint chooses one group of `dlq groups`.
 	Fingerprint string
+	// Match, JSON, chooses the dead letters whose event (raw_data) contains it
+	// (@>); the GIN index of `syncflow db gin enable` serves it.
+	Match []byte
 	// OutsideCatalog, when set, chooses only the dead letters of entities that are
 	// not among these names: those of subjects no catalog entity owns.
 	OutsideCatalog []string
@@ -103,6 +106,9 @@ func (f DeadLetterFilter) where(a *args) string {
 	}
 	if f.Fingerprint != "" {
 		conds = append(conds, fingerprintSQL+" = "+a.add(strings.ToLower(f.Fingerprint)))
+	}
+	if f.Match != nil {
+		conds = append(conds, "raw_data @> "+a.add(string(f.Match))+"::jsonb")
 	}
 	if f.OutsideCatalog != nil {
 		conds = append(conds, "NOT entity_name = ANY ("+a.add(f.OutsideCatalog)+"::text[])")

@@ -362,22 +362,20 @@ WHERE p.uid = w.uid`
 // their events' bytes as received and the parent they waited for, in SQL: the
 // events never pass through SyncFlow's memory. A message with an unresolved dead
 // letter updates it (insertFailuresSQL's rule).
-const orphanParkedSQL = `
-WITH gone AS (
+var orphanParkedSQL = upsertFailuresSQL(`
+gone AS (
     DELETE FROM bridge.pending_children p USING unnest($1::uuid[], $2::text[], $3::uuid[]) AS o (uid, reason, new_uid)
     WHERE p.uid = o.uid
-    RETURNING p.*, o.reason, o.new_uid)
-INSERT INTO bridge.failed_records AS f
-    (uid, batch_uid, entity_name, source_system, source_stream, stream, subject, stream_seq, bk_hash,
-     raw_bytes, raw_data, stage_failed, error_message, max_retries, next_retry_at,
-     parent_entity, parent_bk_hash, published_at)
-SELECT g.new_uid, $4, g.child_entity, $5, g.source_stream, g.stream, g.subject, nullif(g.stream_seq, 0), g.child_bk_hash,
-       g.child_raw, g.child_payload, 'orphan', g.reason, $6, NULL,
+    RETURNING p.*, o.reason, o.new_uid)`, `
+SELECT g.new_uid AS uid, $4::uuid AS batch_uid, g.child_entity AS entity_name, $5::text AS source_system,
+       g.source_stream, g.stream, g.subject, nullif(g.stream_seq, 0) AS stream_seq, g.child_bk_hash AS bk_hash,
+       g.child_raw AS raw_bytes, g.child_payload AS raw_data, NULL::jsonb AS normalized_data, 'orphan' AS stage_failed,
+       g.reason AS error_message, $6::int AS max_retries, NULL::timestamptz AS next_retry_at,
        g.parent_entity, g.parent_bk_hash, g.published_at
-FROM gone g
-ORDER BY g.uid
-` + failureConflictSQL + `
-RETURNING f.entity_name, coalesce(f.stream, ''), coalesce(f.stream_seq, 0), f.error_message`
+FROM gone g`, `
+SELECT entity_name, coalesce(stream, ''), coalesce(stream_seq, 0), error_message FROM ins
+UNION ALL
+SELECT entity_name, coalesce(stream, ''), coalesce(stream_seq, 0), error_message FROM upd`)
 
 // WaitParked counts a re-check of rows and sets their next.
 func (t *tx) WaitParked(ctx context.Context, uids []uuid.UUID, delays []time.Duration) error {

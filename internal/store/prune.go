@@ -53,17 +53,15 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time, dryRun bool, archiv
 	return res, err
 }
 
-// tombstonesSQL chooses, walking the ledger's primary key from a cursor, the
-// tombstones written before $1 whose key nothing may still bring back: no
-// unresolved dead letter and no parked child of that key (either could carry an
-// older version, which the tombstone alone keeps out).
-const tombstonesSQL = `SELECT r.entity_name, r.bk_hash FROM bridge.synced_records r
-	WHERE (r.entity_name, r.bk_hash) > ($2, $3) AND r.deleted AND r.updated_at < $1
+// countTombstonesSQL counts the tombstones bridge.prune_tombstones (migration
+// 0005) would remove for the cutoff $1: those of keys nothing may still bring an
+// older version of (no unresolved dead letter, no parked child of the key).
+const countTombstonesSQL = `SELECT count(*) FROM bridge.synced_records r
+	WHERE r.deleted AND r.updated_at < $1
 	  AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f
 	                  WHERE f.entity_name = r.entity_name AND f.bk_hash = r.bk_hash AND f.resolved_at IS NULL)
 	  AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p
-	                  WHERE p.child_entity = r.entity_name AND p.child_bk_hash = r.bk_hash)
-	ORDER BY r.entity_name, r.bk_hash`
+	                  WHERE p.child_entity = r.entity_name AND p.child_bk_hash = r.bk_hash)`
 
 // PruneTombstones removes the ledger's tombstones (keys whose last event was a
 // delete) written before cutoff, except those of keys with an unresolved dead
@@ -78,14 +76,13 @@ const tombstonesSQL = `SELECT r.entity_name, r.bk_hash FROM bridge.synced_record
 func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time, dryRun bool, archive Archive) (int64, error) {
 	if dryRun {
 		var n int64
-		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (`+tombstonesSQL+`) t`, cutoff, "", "").Scan(&n)
+		err := s.pool.QueryRow(ctx, countTombstonesSQL, cutoff).Scan(&n)
 		return n, err
 	}
+	// The delete runs as the schema's owner, in a function that can remove
+	// tombstones and nothing else (the operators' role may not delete ledger rows).
 	var entity, hash string
-	return s.deleteChunks(ctx, archive, "synced_records", `WITH doomed AS (`+tombstonesSQL+` LIMIT 1000 FOR UPDATE OF r SKIP LOCKED)
-		DELETE FROM bridge.synced_records r USING doomed d
-		WHERE r.entity_name = d.entity_name AND r.bk_hash = d.bk_hash AND r.deleted AND r.updated_at < $1
-		RETURNING r.entity_name, r.bk_hash, row_to_json(r)::text`,
+	return s.deleteChunks(ctx, archive, "synced_records", `SELECT * FROM bridge.prune_tombstones($1, $2, $3, 1000)`,
 		func() []any { return []any{cutoff, entity, hash} },
 		func(e, h string) {
 			if e > entity || (e == entity && h > hash) {

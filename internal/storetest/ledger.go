@@ -63,9 +63,8 @@ func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, ro
 	if len(rows) == 0 {
 		return map[string]bool{}, nil
 	}
-	if err := t.needBatch(batch, "synced_records"); err != nil {
-		return nil, t.fail(err)
-	}
+	// The ledger's batch is a hint, not a foreign key: a ledger row outlives the
+	// batch that wrote it, which prune may drop (migration 0005).
 	accepted := map[string]bool{}
 	for _, r := range rows {
 		if accepted[r.Record.BKHash] {
