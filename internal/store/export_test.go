@@ -15,4 +15,3 @@ const (
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.
 var KeptReasonSQL = keptReasonSQL
-
