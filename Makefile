@@ -12,7 +12,7 @@ export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db demo test fuzz vet bench bench-rss partition-scale ledger-size tools clean
+.PHONY: all build run db demo test fuzz vet bench bench-rss soak partition-scale ledger-size tools clean
 
 all: build
 
@@ -71,6 +71,13 @@ bench: build
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
 	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory -binary $(BIN)
+
+## soak: two replicas at 2,000 events/s (children first) for DURATION while one
+## is killed every minute, PostgreSQL drops their connections every 3 minutes and
+## NATS restarts once; the target must equal the model. (make test runs 2 minutes.)
+DURATION ?= 30m
+soak:
+	SYNCFLOW_SOAK=$(DURATION) $(GO) test -count=1 -run '^TestSoak$$' -timeout 24h -v ./cmd/syncflow
 
 ## partition-scale: a year of history (PARTITION_ROWS batches and as many dead
 ## letters), pruned by the month, against one DELETE of a month.
