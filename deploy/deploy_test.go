@@ -64,7 +64,7 @@ func TestKubernetesManifests(t *testing.T) {
 	if v := yamlDocs(t, "nats/cluster-values.yaml")[0]; fmt.Sprint(v["config"].(map[string]any)["cluster"]) != "map[enabled:true replicas:3]" {
 		t.Errorf("nats/cluster-values.yaml is not a three-node cluster: %v", v["config"])
 	}
-	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/configmap-catalog.yaml", "k8s/configmap-sql.yaml"} {
+	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/cronjob-prune.yaml", "k8s/configmap-catalog.yaml", "k8s/configmap-sql.yaml"} {
 		for _, doc := range yamlDocs(t, f) {
 			if doc["apiVersion"] == nil || doc["kind"] == nil {
 				t.Errorf("%s: a document without apiVersion or kind", f)
@@ -113,7 +113,7 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Error(err)
 	}
 	// No secret is written in the manifests: credentials come by reference.
-	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "compose.yaml"} {
+	for _, f := range []string{"k8s/deployment.yaml", "k8s/job-migrate.yaml", "k8s/cronjob-backfill.yaml", "k8s/cronjob-prune.yaml", "compose.yaml"} {
 		data, _ := os.ReadFile(f)
 		if regexp.MustCompile(`(?i)password\s*[:=]\s*["']?[a-z0-9]{6,}`).Match(data) {
 			t.Errorf("%s seems to hold a password", f)

@@ -13,11 +13,11 @@ CREATE INDEX ix_sync_batches_status ON bridge.sync_batches (status);
 CREATE TRIGGER tg_sync_batches_updated_at BEFORE UPDATE ON bridge.sync_batches
     FOR EACH ROW EXECUTE FUNCTION bridge.touch_updated_at();
 
+DROP TABLE bridge.failed_record_messages;
 ALTER TABLE bridge.failed_records RENAME TO failed_records_partitioned;
 CREATE TABLE bridge.failed_records (LIKE bridge.failed_records_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 INSERT INTO bridge.failed_records SELECT * FROM bridge.failed_records_partitioned;
 DROP TABLE bridge.failed_records_partitioned;
-DROP TABLE bridge.failed_record_messages;
 DROP FUNCTION bridge.failed_record_message_claim();
 ALTER TABLE bridge.failed_records ADD CONSTRAINT failed_records_pkey PRIMARY KEY (uid);
 CREATE INDEX ix_failed_records_batch ON bridge.failed_records (batch_uid);

@@ -148,7 +148,12 @@ CREATE TABLE bridge.failed_record_messages (
     stream     text   NOT NULL,
     stream_seq bigint NOT NULL,
     failed_uid uuid   NOT NULL,
-    CONSTRAINT pk_failed_record_messages PRIMARY KEY (stream, stream_seq)
+    CONSTRAINT pk_failed_record_messages PRIMARY KEY (stream, stream_seq),
+    -- A claim never outlives its dead letter, however the dead letter goes
+    -- (a TRUNCATE must cascade to the claims; a month holding claimed dead
+    -- letters cannot be detached).
+    CONSTRAINT fk_failed_record_messages_failed FOREIGN KEY (failed_uid)
+        REFERENCES bridge.failed_records (uid) ON DELETE CASCADE
 );
 CREATE INDEX ix_failed_record_messages_failed ON bridge.failed_record_messages (failed_uid);
 INSERT INTO bridge.failed_record_messages (stream, stream_seq, failed_uid)

@@ -110,6 +110,8 @@ type bench struct {
 	defs   stream.Definitions
 	events []benchEvent
 	want   map[string]map[string]int
+	// cpu is the CPU split of each SyncFlow run.
+	cpu []cpuSplit
 }
 
 func run(cfg config) error {
@@ -162,6 +164,15 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	if len(b.cpu) > 0 {
+		sfRates, pgRates := make([]float64, len(b.cpu)), make([]float64, len(b.cpu))
+		for i, c := range b.cpu {
+			sfRates[i], pgRates[i] = c.perCore()
+		}
+		res.sfPerCore, res.pgPerCore = median(sfRates), median(pgRates)
+		fmt.Printf("syncflow cpu: %.0f events per CPU-second of SyncFlow, %.0f per CPU-second of PostgreSQL (median of %d runs)\n",
+			res.sfPerCore, res.pgPerCore, len(b.cpu))
+	}
 	if !skip("ceiling") {
 		if res.ceiling, res.ceilingShape, err = b.fairCeiling(); err != nil {
 			return err
@@ -212,6 +223,9 @@ type results struct {
 	latency                  []latencyFigure
 	backfill                 backfillFigure
 	memory                   memoryFigure
+	// sfPerCore and pgPerCore are events per CPU-second of SyncFlow and of
+	// PostgreSQL during the SyncFlow runs (medians).
+	sfPerCore, pgPerCore float64
 }
 
 func (r results) print(cfg config) {
@@ -219,6 +233,9 @@ func (r results) print(cfg config) {
 	fmt.Println("figure                                   value")
 	if r.syncflow > 0 {
 		fmt.Printf("(a) SyncFlow end to end                  %8.0f events/s   (peak RSS %.0f MiB)\n", r.syncflow, r.rss)
+	}
+	if r.sfPerCore > 0 {
+		fmt.Printf("    per CPU-second: SyncFlow %8.0f events, PostgreSQL %8.0f events\n", r.sfPerCore, r.pgPerCore)
 	}
 	if r.naive > 0 {
 		fmt.Printf("(b) naive, one transaction per message   %8.0f events/s\n", r.naive)
@@ -243,6 +260,12 @@ func (r results) print(cfg config) {
 	if r.syncflow > 0 && r.ceiling > 0 {
 		fmt.Printf("SyncFlow / ceiling                       %8.2f\n", r.syncflow/r.ceiling)
 	}
+}
+
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	return xs[len(xs)/2]
 }
 
 // repeat runs f cfg.runs times on a clean slate and returns the median rate and the
@@ -308,6 +331,7 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 	cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+b.dbURL, "SYNCFLOW_NATS_URL="+b.srv.ClientURL())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	start := time.Now()
+	pgBefore := postgresCPU()
 	if err := cmd.Start(); err != nil {
 		return 0, 0, fmt.Errorf("%w (build it: make build)", err)
 	}
@@ -330,6 +354,8 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 	}
 	elapsed := time.Since(start)
 	rssKiB = max(rssKiB, peakRSS(cmd.Process.Pid))
+	sfCPU, _ := processCPU(strconv.Itoa(cmd.Process.Pid), false)
+	b.cpu = append(b.cpu, cpuSplit{events: n, syncflow: sfCPU, postgres: postgresCPU() - pgBefore})
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	_ = cmd.Wait()
 	if err := b.verify(); err != nil {

@@ -83,7 +83,7 @@ func TestMigrations(t *testing.T) {
 			       CASE c.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE c.confdeltype::text END
 			FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
 			WHERE c.contype = 'f' AND c.connamespace = 'bridge'::regnamespace AND c.conparentid = 0`)
-		wantFKs := []string{"erp_sync_state.last_batch_uid SET NULL", "failed_records.batch_uid CASCADE",
+		wantFKs := []string{"erp_sync_state.last_batch_uid SET NULL", "failed_record_messages.failed_uid CASCADE", "failed_records.batch_uid CASCADE",
 			"pending_children.batch_uid CASCADE"}
 		if !slices.Equal(fks, wantFKs) {
 			t.Errorf("foreign keys = %v, want %v", fks, wantFKs)

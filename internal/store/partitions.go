@@ -179,6 +179,11 @@ func (s *Store) DropMonths(ctx context.Context, cutoff time.Time, dryRun bool, a
 					continue // another prune dropped it meanwhile
 				case errors.As(err, &pgErr) && (pgErr.Code == "55P03" || pgErr.Code == "40P01"): // lock_not_available, deadlock_detected
 					m.Kept = "its locks were busy (try again later)"
+				case errors.As(err, &pgErr) && pgErr.Code == "23503": // foreign_key_violation
+					// A reference to one of its batches arrived after the checks:
+					// PostgreSQL refused the detach. (Its rows, archived already,
+					// will be archived again when the month goes.)
+					m.Kept = "a reference to its rows arrived meanwhile (try again later)"
 				default:
 					return out, fmt.Errorf("dropping partition %s: %w", p.name, err)
 				}

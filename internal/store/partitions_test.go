@@ -317,6 +317,20 @@ func TestOneUnresolvedDeadLetterPerMessageClaim(t *testing.T) {
 	if got := f.rows(`SELECT count(*) FROM bridge.failed_record_messages`); got != "1" {
 		t.Errorf("%s claims, want 1", got)
 	}
+	// A TRUNCATE takes the claims with it (it must say CASCADE), so no claim is
+	// left naming a dead letter that is gone, which would swallow the next one.
+	if _, err := f.conn.Exec(f.ctx, `TRUNCATE bridge.failed_records`); err == nil {
+		t.Error("TRUNCATE without CASCADE left the claims behind")
+	}
+	if _, err := f.conn.Exec(f.ctx, `TRUNCATE bridge.failed_records CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := insert(); err != nil {
+		t.Errorf("after a TRUNCATE: %v", err)
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.failed_records`) + f.rows(`SELECT count(*) FROM bridge.failed_record_messages`); got != "11" {
+		t.Errorf("after a TRUNCATE and a new dead letter: %s dead letters and claims, want 1 and 1", got)
+	}
 }
 
 // storeMonth is store.Month without its row count, for comparing.
