@@ -12,7 +12,7 @@ export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
 
-.PHONY: all build run db demo test fuzz vet bench bench-rss soak partition-scale ledger-size tools clean
+.PHONY: all build run db demo test fuzz vet bench microbench bench-rss soak partition-scale ledger-size tools clean
 
 all: build
 
@@ -66,6 +66,11 @@ BENCH_RUNS ?= 3
 bench: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
 	bin/syncflow-bench -n $(BENCH_N) -runs $(BENCH_RUNS) -binary $(BIN) -history docs/benchmarks.md -commit $(VERSION)
+
+## microbench: the per-event CPU of decode, normalize, map, row encoding, prepare
+## and decide (Go benchmarks with -benchmem; compare two runs with benchstat).
+microbench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./internal/pipeline
 
 ## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
 bench-rss: build

@@ -151,9 +151,10 @@ CREATE TABLE bridge.failed_record_messages (
     CONSTRAINT pk_failed_record_messages PRIMARY KEY (stream, stream_seq),
     -- A claim never outlives its dead letter, however the dead letter goes
     -- (a TRUNCATE must cascade to the claims; a month holding claimed dead
-    -- letters cannot be detached).
+    -- letters cannot be detached). Checked at commit: a writer claims a message
+    -- before it writes the dead letter the claim names.
     CONSTRAINT fk_failed_record_messages_failed FOREIGN KEY (failed_uid)
-        REFERENCES bridge.failed_records (uid) ON DELETE CASCADE
+        REFERENCES bridge.failed_records (uid) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX ix_failed_record_messages_failed ON bridge.failed_record_messages (failed_uid);
 INSERT INTO bridge.failed_record_messages (stream, stream_seq, failed_uid)

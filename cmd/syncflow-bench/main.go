@@ -51,6 +51,7 @@ type config struct {
 	skip            string
 	batch           int
 	backfillRows    int64
+	ledgerKeys      int64
 	history, commit string
 }
 
@@ -69,6 +70,7 @@ func main() {
 	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
+	flag.Int64Var(&cfg.ledgerKeys, "ledger-keys", 0, "fill the ledger with this many other keys first (a ledger larger than PostgreSQL's buffers)")
 	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the in-process figures (latency, backfill) to this file")
 	flag.Parse()
@@ -150,6 +152,22 @@ func run(cfg config) error {
 	}
 	if b.defs, err = stream.LoadDefinitions(streams.FS, b.cat); err != nil {
 		return err
+	}
+	if cfg.ledgerKeys > 0 {
+		began := time.Now()
+		if _, err := b.pool.Exec(ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, payload_hash)
+			SELECT 'zz_prefill', encode(sha256(i::text::bytea), 'hex'), jsonb_build_array('K' || i), '1', 1, 'realtime', i, sha256(i::text::bytea)
+			FROM generate_series(1, $1::bigint) i`, cfg.ledgerKeys); err != nil {
+			return err
+		}
+		if _, err := b.pool.Exec(ctx, `VACUUM ANALYZE bridge.synced_records`); err != nil {
+			return err
+		}
+		var size, buffers string
+		if err := b.pool.QueryRow(ctx, `SELECT pg_size_pretty(pg_total_relation_size('bridge.synced_records')), current_setting('shared_buffers')`).Scan(&size, &buffers); err != nil {
+			return err
+		}
+		fmt.Printf("ledger prefilled with %d keys in %s: %s with its indexes; shared_buffers %s\n", cfg.ledgerKeys, time.Since(began).Round(time.Second), size, buffers)
 	}
 	b.events, b.want = generate(cfg.n, 42, cfg.dupShare, cfg.ooo)
 	machine := b.machine()
@@ -291,7 +309,15 @@ func (b *bench) repeat(name string, f func() (float64, float64, error)) (float64
 
 // reset empties every table and recreates the streams.
 func (b *bench) reset() error {
-	if _, err := b.pool.Exec(b.ctx, `TRUNCATE bridge.sync_batches, bridge.synced_records, bridge.failed_records, bridge.erp_sync_state,
+	ledger := "bridge.synced_records, "
+	if b.cfg.ledgerKeys > 0 {
+		// The prefilled keys stay: only the bench's own go.
+		ledger = ""
+		if _, err := b.pool.Exec(b.ctx, `DELETE FROM bridge.synced_records WHERE entity_name <> 'zz_prefill'`); err != nil {
+			return err
+		}
+	}
+	if _, err := b.pool.Exec(b.ctx, `TRUNCATE bridge.sync_batches, `+ledger+`bridge.failed_records, bridge.erp_sync_state,
 		schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations, public.bare CASCADE`); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -21,7 +22,7 @@ import (
 // stream_seq), with the raw bytes exactly as received.
 
 // insertFailuresSQL writes dead letters; a message that already has an unresolved
-// one updates it (upsertFailuresSQL).
+// one updates it (upsertFailuresSQL; claimMessages runs first).
 var insertFailuresSQL = upsertFailuresSQL("", `
 SELECT u.uid, $1::uuid AS batch_uid, u.entity AS entity_name, $2::text AS source_system, u.src AS source_stream,
        u.stream, u.subject, u.seq AS stream_seq, u.bk_hash, u.raw AS raw_bytes, u.raw_data::jsonb AS raw_data,
@@ -31,7 +32,7 @@ FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigi
             $10::bytea[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int[], $16::interval[],
             $17::text[], $18::text[], $19::timestamptz[])
     AS u (uid, entity, src, stream, subject, seq, bk_hash, raw, raw_data, normalized, stage, err, max_retries,
-          retry_after, parent_entity, parent_hash, published)`, `SELECT count(*) FROM ins`)
+          retry_after, parent_entity, parent_hash, published)`, 20, `SELECT count(*) FROM ins`)
 
 // failureColumns are the columns a new dead letter is written with, in the order
 // of the rows upsertFailuresSQL's source yields.
@@ -39,33 +40,73 @@ const failureColumns = `uid, batch_uid, entity_name, source_system, source_strea
      raw_bytes, raw_data, normalized_data, stage_failed, error_message, max_retries, next_retry_at,
      parent_entity, parent_bk_hash, published_at`
 
+// One message (stream, stream_seq) has at most one unresolved dead letter:
+// bridge.failed_record_messages holds, per message that has one, its uid. A
+// writer first claims its messages (claimMessagesSQL, a statement of its own),
+// then writes (upsertFailuresSQL). A claim that exists names the message's
+// unresolved dead letter, which takes the new attempt's stage and reason and
+// keeps the earlier ones in its history; a new claim names the dead letter the
+// writer inserts. A writer that meets another's claim not yet committed waits
+// for it, then updates that dead letter (or, if it was resolved meanwhile,
+// inserts a new one): two replicas failing one message leave one dead letter
+// with both attempts. The write is a second statement so that it sees the dead
+// letter of a claim committed while the first one waited; the claims stay locked
+// by this transaction between the two. Claims are taken in message order, so two
+// writers cannot deadlock on them. Dead letters without a message identity are
+// always inserted.
+
+// claimMessagesSQL claims messages ($1 streams, $2 sequences) for new dead
+// letters ($3 uids) and returns each message's claim: the new uid, or the uid of
+// the unresolved dead letter it already has.
+const claimMessagesSQL = `
+INSERT INTO bridge.failed_record_messages AS m (stream, stream_seq, failed_uid)
+SELECT x.stream, x.seq, x.uid FROM unnest($1::text[], $2::bigint[], $3::uuid[]) AS x (stream, seq, uid)
+WHERE x.stream IS NOT NULL AND x.seq IS NOT NULL
+ORDER BY x.stream, x.seq
+ON CONFLICT (stream, stream_seq) DO UPDATE SET failed_uid = m.failed_uid
+RETURNING m.stream, m.stream_seq, m.failed_uid`
+
+// claims is what claimMessagesSQL returned, as the arrays upsertFailuresSQL
+// takes.
+type claims struct {
+	streams []string
+	seqs    []int64
+	uids    []uuid.UUID
+}
+
+// claimMessages runs claimMessagesSQL.
+func (t *tx) claimMessages(ctx context.Context, streams []*string, seqs []*int64, uids []uuid.UUID) (claims, error) {
+	var c claims
+	rows, err := t.tx.Query(ctx, claimMessagesSQL, streams, seqs, uids)
+	if err != nil {
+		return c, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s string
+		var q int64
+		var u uuid.UUID
+		if err := rows.Scan(&s, &q, &u); err != nil {
+			return c, err
+		}
+		c.streams, c.seqs, c.uids = append(c.streams, s), append(c.seqs, q), append(c.uids, u)
+	}
+	return c, rows.Err()
+}
+
 // upsertFailuresSQL writes the dead letters that source (a query yielding
 // failureColumns, at most one row per message, which may read the CTEs of
-// prefix) describes, and ends with final, which reads the CTEs ins (the dead
-// letters inserted) and upd (those updated).
-//
-// One message (stream, stream_seq) has at most one unresolved dead letter. The
-// statement first claims each message in bridge.failed_record_messages: a claim
-// that exists names the message's unresolved dead letter, which takes the new
-// attempt's stage and reason and keeps the earlier ones in its history; a new
-// claim names the dead letter the statement inserts. A writer that meets another's
-// claim not yet committed waits for it, then updates that dead letter (or, if it
-// was resolved meanwhile, inserts a new one): two replicas failing one message
-// leave one dead letter. Claims are taken in message order, so two such writers
-// cannot deadlock. Dead letters without a message identity are always inserted.
-func upsertFailuresSQL(prefix, source, final string) string {
+// prefix) describes, given the claims of their messages (three arrays, the
+// parameters from claimParam on), and ends with final, which reads the CTEs ins
+// (the dead letters inserted) and upd (those updated).
+func upsertFailuresSQL(prefix, source string, claimParam int, final string) string {
 	if prefix != "" {
 		prefix += ",\n"
 	}
+	p := func(i int) string { return "$" + strconv.Itoa(claimParam+i) }
 	return `
 WITH ` + prefix + `n AS (` + source + `),
-claim AS (
-    INSERT INTO bridge.failed_record_messages AS m (stream, stream_seq, failed_uid)
-    SELECT n.stream, n.stream_seq, n.uid FROM n
-    WHERE n.stream IS NOT NULL AND n.stream_seq IS NOT NULL
-    ORDER BY n.stream, n.stream_seq
-    ON CONFLICT (stream, stream_seq) DO UPDATE SET failed_uid = m.failed_uid
-    RETURNING m.stream, m.stream_seq, m.failed_uid),
+claim AS (SELECT * FROM unnest(` + p(0) + `::text[], ` + p(1) + `::bigint[], ` + p(2) + `::uuid[]) AS c (stream, stream_seq, failed_uid)),
 upd AS (
     UPDATE bridge.failed_records f SET
         history = f.history || jsonb_build_object('at', f.updated_at, 'stage', f.stage_failed, 'error', f.error_message),
@@ -141,9 +182,13 @@ func (t *tx) AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem 
 		stages[j], errs[j] = string(f.Stage), sanitizeText(f.Err.Error())
 		maxRetries[j], retryAfter[j] = int32(f.MaxRetries), f.RetryAfter
 	}
-	_, err := t.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem,
+	c, err := t.claimMessages(ctx, streams, seqs, uids)
+	if err != nil {
+		return classify(err)
+	}
+	_, err = t.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem,
 		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, maxRetries, retryAfter,
-		parents, parentHashes, published)
+		parents, parentHashes, published, c.streams, c.seqs, c.uids)
 	return classify(err)
 }
 

@@ -361,7 +361,7 @@ WHERE p.uid = w.uid`
 // orphanParkedSQL moves parked rows into the dead letters at stage orphan, with
 // their events' bytes as received and the parent they waited for, in SQL: the
 // events never pass through SyncFlow's memory. A message with an unresolved dead
-// letter updates it (insertFailuresSQL's rule).
+// letter updates it (upsertFailuresSQL; orphanClaimsSQL runs first).
 var orphanParkedSQL = upsertFailuresSQL(`
 gone AS (
     DELETE FROM bridge.pending_children p USING unnest($1::uuid[], $2::text[], $3::uuid[]) AS o (uid, reason, new_uid)
@@ -372,7 +372,7 @@ SELECT g.new_uid AS uid, $4::uuid AS batch_uid, g.child_entity AS entity_name, $
        g.child_raw AS raw_bytes, g.child_payload AS raw_data, NULL::jsonb AS normalized_data, 'orphan' AS stage_failed,
        g.reason AS error_message, $6::int AS max_retries, NULL::timestamptz AS next_retry_at,
        g.parent_entity, g.parent_bk_hash, g.published_at
-FROM gone g`, `
+FROM gone g`, 7, `
 SELECT entity_name, coalesce(stream, ''), coalesce(stream_seq, 0), error_message FROM ins
 UNION ALL
 SELECT entity_name, coalesce(stream, ''), coalesce(stream_seq, 0), error_message FROM upd`)
@@ -390,7 +390,34 @@ func (t *tx) OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []d
 	for i, o := range orphans {
 		uids[i], reasons[i], newUIDs[i] = o.UID, o.Reason, o.DeadLetterUID
 	}
-	q, err := t.tx.Query(ctx, orphanParkedSQL, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries)
+	// The messages of the parked rows, claimed for their new dead letters.
+	rows, err := t.tx.Query(ctx, `SELECT p.stream, nullif(p.stream_seq, 0), o.new_uid
+		FROM bridge.pending_children p JOIN unnest($1::uuid[], $2::uuid[]) AS o (uid, new_uid) ON p.uid = o.uid`, uids, newUIDs)
+	if err != nil {
+		return nil, classify(err)
+	}
+	var streams []*string
+	var seqs []*int64
+	var claimUIDs []uuid.UUID
+	for rows.Next() {
+		var s *string
+		var q *int64
+		var u uuid.UUID
+		if err := rows.Scan(&s, &q, &u); err != nil {
+			rows.Close()
+			return nil, classify(err)
+		}
+		streams, seqs, claimUIDs = append(streams, s), append(seqs, q), append(claimUIDs, u)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, classify(err)
+	}
+	c, err := t.claimMessages(ctx, streams, seqs, claimUIDs)
+	if err != nil {
+		return nil, classify(err)
+	}
+	q, err := t.tx.Query(ctx, orphanParkedSQL, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries, c.streams, c.seqs, c.uids)
 	if err != nil {
 		return nil, classify(err)
 	}

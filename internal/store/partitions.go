@@ -73,13 +73,17 @@ type Month struct {
 	Kept string
 }
 
-// monthsSQL lists the month partitions of a table that end before a cutoff,
-// oldest first.
+// monthsSQL lists the month partitions of a table with their first instant,
+// oldest first. (A partition another prune drops meanwhile has no bound any
+// more: it is left out.)
 const monthsSQL = `
-SELECT c.relname, bridge.uuid_time(substring(pg_get_expr(c.relpartbound, c.oid) FROM '''([0-9a-f-]{36})'''::text)::uuid)
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = ('bridge.' || $1)::regclass AND NOT pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
-ORDER BY 2`
+SELECT name, start FROM (
+    SELECT c.relname AS name,
+           bridge.uuid_time(substring(pg_get_expr(c.relpartbound, c.oid) FROM '''([0-9a-f-]{36})'''::text)::uuid) AS start
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = ('bridge.' || $1)::regclass AND c.relname <> $1 || '_default') m
+WHERE start IS NOT NULL
+ORDER BY start`
 
 // keptReasonSQL says, for the month [$1, $2) of a table, why its partition must
 // stay, or returns no row. Every check reads an index (TestPlansAtScale pins
@@ -154,9 +158,12 @@ func (s *Store) DropMonths(ctx context.Context, cutoff time.Time, dryRun bool, a
 				if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", lockWait.Milliseconds())); err != nil {
 					return err
 				}
-				// Writers of the month's rows, and another prune, wait until it is gone.
-				if _, err := tx.Exec(ctx, "SELECT bridge.take_month_partition($1, $2)", table, p.name); err != nil {
-					return err
+				// Writers of the month's rows, and another prune, wait until it is
+				// gone. (A dry run takes no lock: it only reads.)
+				if !dryRun {
+					if _, err := tx.Exec(ctx, "SELECT bridge.take_month_partition($1, $2)", table, p.name); err != nil {
+						return err
+					}
 				}
 				if err := tx.QueryRow(ctx, keptReasonSQL[table], lo, hi, cutoff).Scan(&m.Kept); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 					return err

@@ -11,6 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
 )
 
@@ -346,4 +349,47 @@ func asMonths(ms []store.Month) []storeMonth {
 		out[i] = storeMonth{Table: m.Table, Start: m.Start, Kept: m.Kept}
 	}
 	return out
+}
+
+// Two writers failing one message at once: the second waits for the first's
+// claim, then updates the dead letter the first wrote (which it can see, its
+// write being a statement of its own), keeping the first attempt in the history.
+func TestConcurrentFailuresOfOneMessage(t *testing.T) {
+	f := newFixture(t)
+	dead := func(reason string) []apply.DeadLetter {
+		return []apply.DeadLetter{{
+			Failure:  pipeline.Failure{Stage: pipeline.StageMapping, Entity: "sites", Err: errors.New(reason)},
+			Delivery: pipeline.Delivery{Subject: "apismith.cdc.sites", Source: event.Realtime, StreamSeq: 99, Data: []byte(`{"x":1}`)},
+		}}
+	}
+	holding, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- f.st.InTx(f.ctx, func(tx apply.Tx) error {
+			if err := tx.AddDeadLetters(f.ctx, nil, "oracle_ifs", dead("first attempt")); err != nil {
+				return err
+			}
+			close(holding)
+			<-release
+			return nil
+		})
+	}()
+	select {
+	case <-holding:
+	case err := <-first:
+		t.Fatalf("the first writer: %v", err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		second <- f.st.InTx(f.ctx, func(tx apply.Tx) error { return tx.AddDeadLetters(f.ctx, nil, "oracle_ifs", dead("second attempt")) })
+	}()
+	time.Sleep(200 * time.Millisecond) // the second is waiting for the first's claim
+	close(release)
+	if err := errors.Join(<-first, <-second); err != nil {
+		t.Fatal(err)
+	}
+	got := f.rows(`SELECT count(*) || ' ' || min(error_message) || ' ' || min(history->0->>'error') FROM bridge.failed_records WHERE stream_seq = 99`)
+	if got != "1 second attempt first attempt" {
+		t.Errorf("dead letters of the message: %s, want one, with the second attempt and the first in its history", got)
+	}
 }
