@@ -101,10 +101,12 @@ func (d *drift) note(entity, field string, value any, at time.Time) {
 	}
 	s := byField[field]
 	if s == nil {
-		s = &seen{first: at, sample: sample(value)}
+		s = &seen{first: at, last: at, sample: sample(value)}
 		byField[field] = s
 	}
-	s.last = at
+	// Transactions commit, and are merged, in another order than they saw
+	// their events: the first and last seen are the least and the greatest.
+	s.widen(at, at)
 	s.count++
 	d.total[[2]string{entity, field}]++
 }
@@ -143,11 +145,22 @@ func (d *drift) putBack(taken map[string]map[string]*seen) {
 		}
 		for field, s := range byField {
 			if cur := d.fields[entity][field]; cur != nil {
-				cur.first, cur.count = s.first, cur.count+s.count
+				cur.widen(s.first, s.last)
+				cur.count += s.count
 				continue
 			}
 			d.fields[entity][field] = s
 		}
+	}
+}
+
+// widen makes s cover [first, last].
+func (s *seen) widen(first, last time.Time) {
+	if first.Before(s.first) {
+		s.first = first
+	}
+	if last.After(s.last) {
+		s.last = last
 	}
 }
 

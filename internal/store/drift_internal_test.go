@@ -42,3 +42,24 @@ func TestDriftIsBounded(t *testing.T) {
 		t.Errorf("total of %s: %d, want 21", OtherField, got)
 	}
 }
+
+// Transactions are merged in the order they commit, not the order they saw
+// their events: first and last seen stay the least and the greatest, across a
+// flush that failed and was put back, so the table's check (last >= first)
+// never drops a flush.
+func TestDriftTimesOutOfOrder(t *testing.T) {
+	d := newDrift()
+	at := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	d.note("items", "F", 1, at.Add(2*time.Second))
+	d.note("items", "F", 1, at)
+	d.note("items", "F", 1, at.Add(time.Second))
+	taken := d.take()
+	if f := taken["items"]["F"]; !f.first.Equal(at) || !f.last.Equal(at.Add(2*time.Second)) || f.count != 3 {
+		t.Errorf("F: first %v last %v count %d", f.first, f.last, f.count)
+	}
+	d.note("items", "F", 1, at.Add(-time.Second))
+	d.putBack(taken)
+	if f := d.take()["items"]["F"]; !f.first.Equal(at.Add(-time.Second)) || !f.last.Equal(at.Add(2*time.Second)) || f.count != 4 {
+		t.Errorf("F after a put-back: first %v last %v count %d", f.first, f.last, f.count)
+	}
+}
