@@ -3,14 +3,30 @@
 GO            ?= go
 BIN           := bin/syncflow
 ADMIN_URL     ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
-DATABASE_URL  ?= postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable
-NATS_URL      ?= nats://127.0.0.1:4222
+
+# One database and one NATS for every target: DATABASE_URL / NATS_URL when you
+# give them (make run DATABASE_URL=...), else SYNCFLOW_DATABASE_URL /
+# SYNCFLOW_NATS_URL from your shell, else the local defaults. What you give make
+# wins over an exported SYNCFLOW_* (make db and syncflow run must not part ways).
+given = $(filter environment command%line environment%override,$(origin $(1)))
+ifneq ($(call given,DATABASE_URL),)
+else ifdef SYNCFLOW_DATABASE_URL
+DATABASE_URL := $(SYNCFLOW_DATABASE_URL)
+else
+DATABASE_URL := postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable
+endif
+ifneq ($(call given,NATS_URL),)
+else ifdef SYNCFLOW_NATS_URL
+NATS_URL := $(SYNCFLOW_NATS_URL)
+else
+NATS_URL := nats://127.0.0.1:4222
+endif
 
 # The URLs reach the commands through the environment, never on a command line
 # that make echoes (or that ps shows).
 export DATABASE_URL ADMIN_URL
-export SYNCFLOW_DATABASE_URL ?= $(DATABASE_URL)
-export SYNCFLOW_NATS_URL     ?= $(NATS_URL)
+export SYNCFLOW_DATABASE_URL := $(DATABASE_URL)
+export SYNCFLOW_NATS_URL     := $(NATS_URL)
 
 .PHONY: all build run db demo test fuzz vet bench microbench bench-rss soak partition-scale ledger-size tools clean
 

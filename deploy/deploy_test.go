@@ -504,6 +504,9 @@ func TestRoles(t *testing.T) {
 	if _, err := op.PruneTombstones(ctx, time.Now().Add(time.Hour), false, nil); err != nil {
 		t.Errorf("bridge_operator cannot prune tombstones: %v", err)
 	}
+	if _, err := op.StrandedRows(ctx); err != nil {
+		t.Errorf("bridge_operator cannot count the rows of the DEFAULT partitions: %v", err)
+	}
 	operator, err := pgx.Connect(ctx, as("bridge_operator"))
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,8 @@ GRANT DELETE ON bridge.unmapped_fields TO bridge_operator;
 -- functions that can do nothing else.
 GRANT EXECUTE ON FUNCTION bridge.take_month_partition(text, text), bridge.drop_month_partition(text, text),
     bridge.prune_tombstones(timestamptz, text, text, integer) TO bridge_operator;
+-- prune reports the rows no month partition took.
+GRANT SELECT ON bridge.sync_batches_default, bridge.failed_records_default TO bridge_operator;
 
 -- Whatever a later migration adds is nobody's until this file grants it.
 REVOKE ALL ON ALL TABLES IN SCHEMA bridge FROM PUBLIC;

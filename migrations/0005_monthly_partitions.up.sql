@@ -13,7 +13,7 @@
 -- A DEFAULT partition takes any row no month partition covers (a uid that is not
 -- a UUIDv7, or a month nobody created ahead), so that a write never fails for want
 -- of a partition. The service creates the current month and the next two, at
--- start and every hour, and so do `syncflow migrate up` and `syncflow prune`.
+-- start and every hour, and so do this migration and `syncflow prune`.
 
 -- uuid_floor is the smallest UUIDv7 of the millisecond t; uuid_time is the time
 -- a UUIDv7 begins with.
@@ -45,6 +45,10 @@ DECLARE
 BEGIN
     IF parent NOT IN ('sync_batches', 'failed_records') THEN
         RAISE EXCEPTION 'bridge.ensure_month_partitions: % is not partitioned by month', parent;
+    END IF;
+    -- Bounded, so that no caller can fill the catalog with partitions.
+    IF months NOT BETWEEN 1 AND 240 OR first < now() - interval '20 years' OR first > now() + interval '1 year' THEN
+        RAISE EXCEPTION 'bridge.ensure_month_partitions: % months from % is out of bounds (1 to 240 months, from at most 20 years back to 1 year ahead)', months, first;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('bridge.ensure_month_partitions'));
     PERFORM set_config('lock_timeout', '5s', true);
@@ -97,9 +101,10 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['sync_batches', 'failed_records'] LOOP
         EXECUTE format('SELECT min(bridge.uuid_time(uid)) FROM bridge.%I WHERE substr(uid::text, 15, 1) = ''7''', t || '_unpartitioned')
             INTO oldest;
-        oldest := greatest(coalesce(oldest, now()), now() - interval '10 years');
+        oldest := least(greatest(coalesce(oldest, now()), now() - interval '10 years'), now());
         PERFORM bridge.ensure_month_partitions(t, oldest,
-            (extract(year FROM age(now(), oldest)) * 12 + extract(month FROM age(now(), oldest)))::integer + 4);
+            (extract(year FROM age(date_trunc('month', now()), date_trunc('month', oldest))) * 12 +
+             extract(month FROM age(date_trunc('month', now()), date_trunc('month', oldest))))::integer + 3);
     END LOOP;
 END
 $$;
@@ -239,8 +244,10 @@ REVOKE ALL ON FUNCTION bridge.drop_month_partition(text, text) FROM PUBLIC;
 
 -- prune_tombstones deletes up to lim ledger tombstones written before cutoff,
 -- walking the primary key from (after_entity, after_hash), except those of keys
--- with an unresolved dead letter or a parked child, and returns them. It deletes
--- nothing else: the ledger's live rows are out of its reach.
+-- with an unresolved dead letter or a parked child, and those of an entity with
+-- an unresolved dead letter whose key is unknown (one that failed before its key
+-- was read: a retry replays its bytes, whatever key they hold), and returns them.
+-- It deletes nothing else: the ledger's live rows are out of its reach.
 CREATE FUNCTION bridge.prune_tombstones(cutoff timestamptz, after_entity text, after_hash text, lim integer)
 RETURNS TABLE (entity_name text, bk_hash text, row_json text)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -248,7 +255,8 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         SELECT r.entity_name, r.bk_hash FROM bridge.synced_records r
         WHERE (r.entity_name, r.bk_hash) > (after_entity, after_hash) AND r.deleted AND r.updated_at < cutoff
           AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f
-                          WHERE f.entity_name = r.entity_name AND f.bk_hash = r.bk_hash AND f.resolved_at IS NULL)
+                          WHERE f.entity_name = r.entity_name AND (f.bk_hash = r.bk_hash OR f.bk_hash IS NULL)
+                            AND f.resolved_at IS NULL)
           AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p
                           WHERE p.child_entity = r.entity_name AND p.child_bk_hash = r.bk_hash)
         ORDER BY r.entity_name, r.bk_hash

@@ -108,3 +108,27 @@ func TestParseAge(t *testing.T) {
 		}
 	}
 }
+
+// A command that deletes by age refuses a bare m (minutes, where months were
+// likely meant); a time back from now is never negative (in the future).
+func TestRetentionAgeAndSince(t *testing.T) {
+	for _, in := range []string{"3m", "90m"} {
+		if _, err := parseRetention("--older-than", in); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "m means minutes") {
+			t.Errorf("parseRetention(%q) = %v, want a usage error about minutes", in, err)
+		}
+	}
+	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "2h": 2 * time.Hour, "1s": time.Second} {
+		if got, err := parseRetention("--older-than", in); err != nil || got != want {
+			t.Errorf("parseRetention(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	now := time.Now()
+	for _, in := range []string{"-5d", "-1h"} {
+		if _, err := parseSince(in, now); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "cannot be negative") {
+			t.Errorf("parseSince(%q) = %v, want a usage error", in, err)
+		}
+	}
+	if got, err := parseSince("5d", now); err != nil || !got.Equal(now.Add(-5*24*time.Hour)) {
+		t.Errorf("parseSince(5d) = %v, %v", got, err)
+	}
+}

@@ -135,18 +135,18 @@ func (d *dlqFilter) build(ctx context.Context, st *store.Store, cat *catalog.Cat
 	return sf, nil
 }
 
-// matchJSON checks --match: a JSON object or array, which an event contains
-// when every field (element) it names is in the event with that value.
+// matchJSON checks --match: a JSON object with at least one field, which an
+// event contains when every field it names is in the event with that value.
 func matchJSON(s string) ([]byte, error) {
 	var v any
 	if err := json.Unmarshal([]byte(s), &v); err != nil {
 		return nil, fmt.Errorf("%w: --match %s is not JSON (%v): quote it for the shell, e.g. --match '{\"data\":{\"PART_NO\":\"X\"}}'", errUsage, s, err)
 	}
-	switch v.(type) {
-	case map[string]any, []any:
+	if obj, ok := v.(map[string]any); ok && len(obj) > 0 {
 		return []byte(s), nil
 	}
-	return nil, fmt.Errorf("%w: --match %s: give a JSON object with the fields to find, e.g. --match '{\"data\":{\"PART_NO\":\"X\"}}'", errUsage, s)
+	// An empty object would match every event: that is --all, said so.
+	return nil, fmt.Errorf("%w: --match %s: give a JSON object with the fields to find, e.g. --match '{\"data\":{\"PART_NO\":\"X\"}}' (for every dead letter, use --all)", errUsage, s)
 }
 
 func dlqCommands() []command {
@@ -477,7 +477,7 @@ func setupDLQAction(f *flags, verb string) runFunc {
 		}
 		narrowed := len(uids) > 0 || flt.set() || age != ""
 		if !narrowed && !all {
-			return fmt.Errorf("%w: say which dead letters to %s: UIDs, a filter (--entity, --stage, --since, --until, --reason, --fingerprint, --outside-catalog%s) or --all",
+			return fmt.Errorf("%w: say which dead letters to %s: UIDs, a filter (--entity, --stage, --since, --until, --reason, --fingerprint, --match, --outside-catalog%s) or --all",
 				errUsage, verb, map[bool]string{true: ", --older-than"}[verb == "purge"])
 		}
 		if narrowed && all {
@@ -485,7 +485,7 @@ func setupDLQAction(f *flags, verb string) runFunc {
 		}
 		var resolvedBefore time.Time
 		if age != "" {
-			d, err := parseAge(age)
+			d, err := parseRetention("--older-than", age)
 			if err != nil {
 				return err
 			}

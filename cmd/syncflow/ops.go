@@ -116,13 +116,16 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
-	if d, err := time.ParseDuration(s); err == nil {
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
 		return now.Add(-d), nil
 	}
 	if d, ok := strings.CutSuffix(s, "d"); ok {
-		if dur, err := time.ParseDuration(d + "h"); err == nil {
+		if dur, err := time.ParseDuration(d + "h"); err == nil && dur >= 0 {
 			return now.Add(-24 * dur), nil
 		}
+	}
+	if strings.HasPrefix(s, "-") {
+		return time.Time{}, fmt.Errorf("%w: %q: a duration back from now cannot be negative (it would be in the future): write 5d for five days ago", errUsage, s)
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", time.DateOnly} {
 		if t, err := time.ParseInLocation(layout, s, time.UTC); err == nil {
@@ -145,6 +148,16 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: %q is not an age: use e.g. 12h, 30d", errUsage, s)
 	}
 	return d, nil
+}
+
+// parseRetention reads the age of a command that deletes (prune, dlq purge):
+// parseAge, except that a bare m is refused, since there it is minutes and
+// someone deleting by age likely means months.
+func parseRetention(flag, s string) (time.Duration, error) {
+	if strings.HasSuffix(s, "m") && !strings.HasSuffix(s, "ms") {
+		return 0, fmt.Errorf("%w: %s %s: m means minutes here, which is rarely what a retention means: write days (90d for about three months) or hours (2h)", errUsage, flag, s)
+	}
+	return parseAge(s)
 }
 
 func printJSON(v any) error {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -42,12 +44,12 @@ func setupPrune(f *flags) runFunc {
 		var d, td time.Duration
 		var err error
 		if age != "" {
-			if d, err = parseAge(age); err != nil {
+			if d, err = parseRetention("--older-than", age); err != nil {
 				return err
 			}
 		}
 		if tombs != "" {
-			if td, err = parseAge(tombs); err != nil {
+			if td, err = parseRetention("--tombstones-older-than", tombs); err != nil {
 				return err
 			}
 		}
@@ -84,6 +86,9 @@ func setupPrune(f *flags) runFunc {
 					return err
 				}
 				printMonths(months, true)
+				if err := printStranded(ctx, st); err != nil {
+					return err
+				}
 				res, err := st.Prune(ctx, now.Add(-d), true, nil)
 				if err != nil {
 					return err
@@ -112,6 +117,9 @@ func setupPrune(f *flags) runFunc {
 			var months []store.Month
 			months, err = st.DropMonths(ctx, now.Add(-d), false, sinkArg, lockWait)
 			printMonths(months, false)
+			if err == nil {
+				err = printStranded(ctx, st)
+			}
 			if err == nil {
 				var res store.PruneResult
 				res, err = st.Prune(ctx, now.Add(-d), false, sinkArg)
@@ -154,9 +162,22 @@ func printMonths(months []store.Month, dryRun bool) {
 	}
 	for _, m := range months {
 		if m.Kept != "" {
-			fmt.Printf("kept %s %s whole (%d rows): %s; its rows past retention are removed one by one\n", m.Table, m.Start.Format("2006-01"), m.Rows, m.Kept)
+			fmt.Printf("kept %s %s whole: %s; its rows past retention are removed one by one\n", m.Table, m.Start.Format("2006-01"), m.Kept)
 		}
 	}
+}
+
+// printStranded says how many rows sit in a DEFAULT partition: months that no
+// process made in time, or uids that are not UUIDv7. They are pruned row by row.
+func printStranded(ctx context.Context, st *store.Store) error {
+	stranded, err := st.StrandedRows(ctx)
+	if err != nil {
+		return err
+	}
+	for _, table := range slices.Sorted(maps.Keys(stranded)) {
+		fmt.Printf("%d rows of %s are in its DEFAULT partition (their month was not made in time, or their uid is not a UUIDv7): they are pruned row by row\n", stranded[table], table)
+	}
+	return nil
 }
 
 // retentionBound is how long a tombstone must be kept, and why.

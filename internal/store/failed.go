@@ -23,7 +23,7 @@ import (
 
 // insertFailuresSQL writes dead letters; a message that already has an unresolved
 // one updates it (upsertFailuresSQL; claimMessages runs first).
-var insertFailuresSQL = upsertFailuresSQL("", `
+var insertFailuresSQL, insertNewFailuresSQL = upsertFailuresSQL("", `
 SELECT u.uid, $1::uuid AS batch_uid, u.entity AS entity_name, $2::text AS source_system, u.src AS source_stream,
        u.stream, u.subject, u.seq AS stream_seq, u.bk_hash, u.raw AS raw_bytes, u.raw_data::jsonb AS raw_data,
        u.normalized::jsonb AS normalized_data, u.stage AS stage_failed, u.err AS error_message, u.max_retries,
@@ -99,15 +99,28 @@ func (t *tx) claimMessages(ctx context.Context, streams []*string, seqs []*int64
 // prefix) describes, given the claims of their messages (three arrays, the
 // parameters from claimParam on), and ends with final, which reads the CTEs ins
 // (the dead letters inserted) and upd (those updated).
-func upsertFailuresSQL(prefix, source string, claimParam int, final string) string {
+//
+// It returns two forms: one that updates the dead letters existing claims name,
+// and one for when no claim names an existing dead letter (the usual case),
+// which leaves the table's other months alone: an UPDATE whose rows are known
+// only when it runs locks every month, and would wait for a prune locking an
+// old one.
+func upsertFailuresSQL(prefix, source string, claimParam int, final string) (upsert, insertOnly string) {
 	if prefix != "" {
 		prefix += ",\n"
 	}
 	p := func(i int) string { return "$" + strconv.Itoa(claimParam+i) }
-	return `
+	head := `
 WITH ` + prefix + `n AS (` + source + `),
 claim AS (SELECT * FROM unnest(` + p(0) + `::text[], ` + p(1) + `::bigint[], ` + p(2) + `::uuid[]) AS c (stream, stream_seq, failed_uid)),
-upd AS (
+`
+	tail := `ins AS (
+    INSERT INTO bridge.failed_records (` + failureColumns + `)
+    SELECT ` + failureColumns + ` FROM n
+    WHERE n.stream IS NULL OR n.stream_seq IS NULL OR EXISTS (SELECT 1 FROM claim c WHERE c.failed_uid = n.uid)
+    RETURNING *)
+` + final
+	return head + `upd AS (
     UPDATE bridge.failed_records f SET
         history = f.history || jsonb_build_object('at', f.updated_at, 'stage', f.stage_failed, 'error', f.error_message),
         batch_uid = coalesce(n.batch_uid, f.batch_uid),
@@ -122,12 +135,31 @@ upd AS (
     FROM n JOIN claim c ON c.stream = n.stream AND c.stream_seq = n.stream_seq
     WHERE f.uid = c.failed_uid AND c.failed_uid <> n.uid
     RETURNING f.*),
-ins AS (
-    INSERT INTO bridge.failed_records (` + failureColumns + `)
-    SELECT ` + failureColumns + ` FROM n
-    WHERE n.stream IS NULL OR n.stream_seq IS NULL OR EXISTS (SELECT 1 FROM claim c WHERE c.failed_uid = n.uid)
-    RETURNING *)
-` + final
+` + tail,
+		head + `upd AS (SELECT * FROM bridge.failed_records WHERE false),
+` + tail
+}
+
+// updates says whether any claim names a dead letter other than the one
+// proposed for its message (uids, in the order of streams and seqs): an
+// existing one, which the write must update.
+func (c claims) updates(streams []*string, seqs []*int64, uids []uuid.UUID) bool {
+	type message struct {
+		stream string
+		seq    int64
+	}
+	proposed := make(map[message]uuid.UUID, len(uids))
+	for i := range uids {
+		if streams[i] != nil && seqs[i] != nil {
+			proposed[message{*streams[i], *seqs[i]}] = uids[i]
+		}
+	}
+	for i := range c.uids {
+		if proposed[message{c.streams[i], c.seqs[i]}] != c.uids[i] {
+			return true
+		}
+	}
+	return false
 }
 
 // AddDeadLetters writes dead letters, raw bytes exactly as received, one per
@@ -186,7 +218,11 @@ func (t *tx) AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem 
 	if err != nil {
 		return classify(err)
 	}
-	_, err = t.tx.Exec(ctx, insertFailuresSQL, batch, sourceSystem,
+	sql := insertNewFailuresSQL
+	if c.updates(streams, seqs, uids) {
+		sql = insertFailuresSQL
+	}
+	_, err = t.tx.Exec(ctx, sql, batch, sourceSystem,
 		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, maxRetries, retryAfter,
 		parents, parentHashes, published, c.streams, c.seqs, c.uids)
 	return classify(err)

@@ -42,7 +42,17 @@ func (s *Store) GINState(ctx context.Context) (exists, valid bool, err error) {
 // that runs the migrations).
 func (s *Store) EnableGIN(ctx context.Context, progress func(partition string)) error {
 	return s.withGINLock(ctx, func(conn *pgx.Conn) error {
-		if _, err := conn.Exec(ctx, `CREATE INDEX IF NOT EXISTS `+GINIndex+` ON ONLY bridge.failed_records USING gin (raw_data jsonb_path_ops)`); err != nil {
+		// Declaring the index takes the table's lock for a moment: wait for it
+		// at most two seconds at a time (writers queue behind a waiting lock).
+		if err := retryBusy(ctx, 5, func() error {
+			return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 2000"); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `CREATE INDEX IF NOT EXISTS `+GINIndex+` ON ONLY bridge.failed_records USING gin (raw_data jsonb_path_ops)`)
+				return err
+			})
+		}); err != nil {
 			return err
 		}
 		rows, err := conn.Query(ctx, `SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -55,10 +65,7 @@ func (s *Store) EnableGIN(ctx context.Context, progress func(partition string)) 
 			return err
 		}
 		for _, part := range parts {
-			if progress != nil {
-				progress(part)
-			}
-			if err := buildGINPart(ctx, conn, part); err != nil {
+			if err := buildGINPart(ctx, conn, part, progress); err != nil {
 				return fmt.Errorf("building the index of %s: %w", part, err)
 			}
 		}
@@ -69,7 +76,7 @@ func (s *Store) EnableGIN(ctx context.Context, progress func(partition string)) 
 // buildGINPart builds and attaches one partition's part of the index, unless
 // it has one attached already (a month made after the index was declared gets
 // its part as it is made).
-func buildGINPart(ctx context.Context, conn *pgx.Conn, part string) error {
+func buildGINPart(ctx context.Context, conn *pgx.Conn, part string, progress func(string)) error {
 	var attached bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits h JOIN pg_index i ON i.indexrelid = h.inhrelid
 		WHERE h.inhparent = ('bridge.' || $1)::regclass AND i.indrelid = ('bridge.' || $2)::regclass)`, GINIndex, part).Scan(&attached); err != nil {
@@ -93,6 +100,9 @@ func buildGINPart(ctx context.Context, conn *pgx.Conn, part string) error {
 		valid = nil
 	}
 	if valid == nil {
+		if progress != nil {
+			progress(part)
+		}
 		if _, err := conn.Exec(ctx, `CREATE INDEX CONCURRENTLY `+pgx.Identifier{name}.Sanitize()+` ON bridge.`+pgx.Identifier{part}.Sanitize()+
 			` USING gin (raw_data jsonb_path_ops)`); err != nil {
 			return err
@@ -114,26 +124,34 @@ func (s *Store) DisableGIN(ctx context.Context, lockWait time.Duration) (bool, e
 			return err
 		}
 		existed = true
-		for attempt := 1; ; attempt++ {
-			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		return retryBusy(ctx, 5, func() error {
+			return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 				if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", lockWait.Milliseconds())); err != nil {
 					return err
 				}
 				_, err := tx.Exec(ctx, `DROP INDEX bridge.`+GINIndex)
 				return err
 			})
-			var pgErr *pgconn.PgError
-			if err == nil || attempt == 5 || !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
-				return err
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
-		}
+		})
 	})
 	return existed, err
+}
+
+// retryBusy runs f until it does not fail for a lock that timed out (55P03),
+// at most tries times, a second apart.
+func retryBusy(ctx context.Context, tries int, f func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := f()
+		var pgErr *pgconn.PgError
+		if err == nil || attempt == tries || !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // withGINLock runs f on a connection of its own that holds the advisory lock

@@ -362,7 +362,7 @@ WHERE p.uid = w.uid`
 // their events' bytes as received and the parent they waited for, in SQL: the
 // events never pass through SyncFlow's memory. A message with an unresolved dead
 // letter updates it (upsertFailuresSQL; orphanClaimsSQL runs first).
-var orphanParkedSQL = upsertFailuresSQL(`
+var orphanParkedSQL, orphanNewSQL = upsertFailuresSQL(`
 gone AS (
     DELETE FROM bridge.pending_children p USING unnest($1::uuid[], $2::text[], $3::uuid[]) AS o (uid, reason, new_uid)
     WHERE p.uid = o.uid
@@ -417,7 +417,11 @@ func (t *tx) OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []d
 	if err != nil {
 		return nil, classify(err)
 	}
-	q, err := t.tx.Query(ctx, orphanParkedSQL, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries, c.streams, c.seqs, c.uids)
+	sql := orphanNewSQL
+	if c.updates(streams, seqs, claimUIDs) {
+		sql = orphanParkedSQL
+	}
+	q, err := t.tx.Query(ctx, sql, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries, c.streams, c.seqs, c.uids)
 	if err != nil {
 		return nil, classify(err)
 	}

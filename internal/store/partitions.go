@@ -120,10 +120,12 @@ LIMIT 1`,
 // finished since cutoff, or referenced by a dead letter, a parked child or a
 // checkpoint. A month that holds such a row stays whole (the drop waits; prune's
 // row-by-row pass removes what it can of it) and is returned with the reason.
-// Each month goes in a transaction of its own: its rows are archived (and
-// synced) first, then it is detached and dropped, waiting at most lockWait for
-// its locks (a month that cannot get them is kept, for the next prune). With
-// dryRun nothing changes.
+// Each month's rows are archived (and synced) first, without a lock; then a
+// short transaction locks the month, checks again, detaches and drops it,
+// waiting at most lockWait for its locks (a month that cannot get them is kept,
+// for the next prune: its rows may then be in the archive twice, once per try;
+// their uids tell the copies apart). A kept month is not counted (Rows 0). With
+// dryRun nothing changes and nothing is locked.
 func (s *Store) DropMonths(ctx context.Context, cutoff time.Time, dryRun bool, archive Archive, lockWait time.Duration) ([]Month, error) {
 	var out []Month
 	for _, table := range partitioned {
@@ -154,36 +156,53 @@ func (s *Store) DropMonths(ctx context.Context, cutoff time.Time, dryRun bool, a
 			// The month is read through its table (its uid range), so that the
 			// commands need no rights on the partitions themselves.
 			month := "FROM bridge." + table + " p WHERE p.uid >= '" + lo + "' AND p.uid < '" + hi + "'"
+			// Whether the month may go, and its archive, are read without a lock:
+			// a month past retention with nothing unresolved gets no writers
+			// (its uids are old, and only unresolved dead letters are updated).
+			// Only the drop takes locks, briefly, and checks again under them.
+			if err := s.pool.QueryRow(ctx, keptReasonSQL[table], lo, hi, cutoff).Scan(&m.Kept); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return out, err
+			}
+			if m.Kept != "" || dryRun {
+				if m.Kept == "" {
+					if err := s.pool.QueryRow(ctx, "SELECT count(*) "+month).Scan(&m.Rows); err != nil {
+						return out, err
+					}
+				}
+				out = append(out, m)
+				continue
+			}
 			err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+				n, err := archiveRows(ctx, tx, archive, table, "SELECT row_to_json(p)::text "+month)
+				m.Rows = n
+				return err
+			})
+			if err != nil {
+				return out, fmt.Errorf("archiving partition %s: %w", p.name, err)
+			}
+			err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 				if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", lockWait.Milliseconds())); err != nil {
 					return err
 				}
-				// Writers of the month's rows, and another prune, wait until it is
-				// gone. (A dry run takes no lock: it only reads.)
-				if !dryRun {
-					if _, err := tx.Exec(ctx, "SELECT bridge.take_month_partition($1, $2)", table, p.name); err != nil {
-						return err
-					}
+				// Writers of the month, and another prune, wait from here until
+				// it is gone.
+				if _, err := tx.Exec(ctx, "SELECT bridge.take_month_partition($1, $2)", table, p.name); err != nil {
+					return err
 				}
 				if err := tx.QueryRow(ctx, keptReasonSQL[table], lo, hi, cutoff).Scan(&m.Kept); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 					return err
 				}
-				if m.Kept != "" || dryRun {
-					return tx.QueryRow(ctx, "SELECT count(*) "+month).Scan(&m.Rows)
+				if m.Kept != "" {
+					return nil
 				}
-				n, err := archiveRows(ctx, tx, archive, table, "SELECT row_to_json(p)::text "+month)
-				if err != nil {
-					return err
-				}
-				m.Rows = n
-				_, err = tx.Exec(ctx, "SELECT bridge.drop_month_partition($1, $2)", table, p.name)
+				_, err := tx.Exec(ctx, "SELECT bridge.drop_month_partition($1, $2)", table, p.name)
 				return err
 			})
 			if err != nil {
 				var pgErr *pgconn.PgError
 				switch {
 				case errors.As(err, &pgErr) && pgErr.Code == "42P01": // undefined_table
-					continue // another prune dropped it meanwhile
+					continue // another prune dropped it meanwhile (and archived it too)
 				case errors.As(err, &pgErr) && (pgErr.Code == "55P03" || pgErr.Code == "40P01"): // lock_not_available, deadlock_detected
 					m.Kept = "its locks were busy (try again later)"
 				case errors.As(err, &pgErr) && pgErr.Code == "23503": // foreign_key_violation

@@ -55,17 +55,21 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time, dryRun bool, archiv
 
 // countTombstonesSQL counts the tombstones bridge.prune_tombstones (migration
 // 0005) would remove for the cutoff $1: those of keys nothing may still bring an
-// older version of (no unresolved dead letter, no parked child of the key).
+// older version of (no unresolved dead letter of the key, or of its entity
+// with no key read, no parked child of the key).
 const countTombstonesSQL = `SELECT count(*) FROM bridge.synced_records r
 	WHERE r.deleted AND r.updated_at < $1
 	  AND NOT EXISTS (SELECT 1 FROM bridge.failed_records f
-	                  WHERE f.entity_name = r.entity_name AND f.bk_hash = r.bk_hash AND f.resolved_at IS NULL)
+	                  WHERE f.entity_name = r.entity_name AND (f.bk_hash = r.bk_hash OR f.bk_hash IS NULL)
+	                    AND f.resolved_at IS NULL)
 	  AND NOT EXISTS (SELECT 1 FROM bridge.pending_children p
 	                  WHERE p.child_entity = r.entity_name AND p.child_bk_hash = r.bk_hash)`
 
 // PruneTombstones removes the ledger's tombstones (keys whose last event was a
 // delete) written before cutoff, except those of keys with an unresolved dead
-// letter or a parked child. It walks the ledger once in key order, a thousand
+// letter or a parked child, and those of an entity with an unresolved dead
+// letter whose key was never read (a decode or max_deliver failure: its retry
+// could carry any key of the entity). It walks the ledger once in key order, a thousand
 // tombstones per short transaction, and re-checks each row as it deletes it,
 // so a key that a writer brings back meanwhile stays. archive, when set,
 // receives every removed row first. With dryRun it only counts.

@@ -123,6 +123,12 @@ func TestPruneTombstones(t *testing.T) {
 	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, updated_at)
 		SELECT 'items', 'live' || i, '{}', '1', 1, 'realtime', i, false, now() - interval '100 days' FROM generate_series(1, 10) i`)
 	// Kept by an unresolved dead letter and by a parked child; a resolved dead letter keeps nothing.
+	// An unresolved dead letter of work_orders whose key was never read keeps every
+	// tombstone of work_orders (its retry could carry any of their keys).
+	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted, updated_at)
+		VALUES ('work_orders', 'old-wo', '{}', '1', 1, 'realtime', 1, true, now() - interval '100 days')`)
+	exec(`INSERT INTO bridge.failed_records (uid, entity_name, bk_hash, raw_bytes, stage_failed, error_message, resolved_at) VALUES
+		(gen_random_uuid(), 'work_orders', NULL, 'x', 'max_deliver', 'gave up', NULL)`)
 	exec(`INSERT INTO bridge.failed_records (uid, entity_name, bk_hash, raw_bytes, stage_failed, error_message, resolved_at) VALUES
 		(gen_random_uuid(), 'items', 'old00002', 'x', 'write', 'unresolved', NULL),
 		(gen_random_uuid(), 'items', 'old00004', 'x', 'write', 'resolved', now())`)
@@ -133,7 +139,7 @@ func TestPruneTombstones(t *testing.T) {
 	if n, err := f.st.PruneTombstones(f.ctx, cutoff, true, nil); err != nil || n != 2498 {
 		t.Fatalf("dry run: %d %v", n, err)
 	}
-	if got := f.rows(`SELECT count(*) FROM bridge.synced_records`); got != "2520" {
+	if got := f.rows(`SELECT count(*) FROM bridge.synced_records`); got != "2521" {
 		t.Fatalf("the dry run removed rows: %s left", got)
 	}
 	var mu sync.Mutex
@@ -166,7 +172,7 @@ func TestPruneTombstones(t *testing.T) {
 			t.Fatalf("archived %d times: %s", n, row)
 		}
 	}
-	want := "items live1..live9 (10)\nitems old00002\nitems young1..young9 (10)\nsites old00001" // min..max as text
+	want := "items live1..live9 (10)\nitems old00002\nitems young1..young9 (10)\nsites old00001\nwork_orders old-wo" // min..max as text
 	got := f.rows(`SELECT entity_name || ' ' || CASE WHEN count(*) = 1 THEN min(bk_hash) ELSE min(bk_hash) || '..' || max(bk_hash) || ' (' || count(*) || ')' END
 		FROM bridge.synced_records GROUP BY entity_name, left(bk_hash, 3) ORDER BY 1`)
 	if got != want {
