@@ -125,9 +125,27 @@ LIMIT 1`,
 // waiting at most lockWait for its locks (a month that cannot get them is kept,
 // for the next prune: its rows may then be in the archive twice, once per try;
 // their uids tell the copies apart). A kept month is not counted (Rows 0). With
-// dryRun nothing changes and nothing is locked.
+// dryRun nothing changes and nothing is locked. Prunes take turns dropping
+// months (an advisory lock), so two at once archive each month once.
 func (s *Store) DropMonths(ctx context.Context, cutoff time.Time, dryRun bool, archive Archive, lockWait time.Duration) ([]Month, error) {
 	var out []Month
+	if !dryRun {
+		// One prune drops months at a time (a second waits, then finds them
+		// gone), so that two at once archive each month once.
+		c, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Release()
+		if _, err := c.Exec(ctx, `SELECT pg_advisory_lock(hashtext('bridge.drop_months'))`); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if _, err := c.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('bridge.drop_months'))`); err != nil {
+				c.Conn().Close(context.Background())
+			}
+		}()
+	}
 	for _, table := range partitioned {
 		rows, err := s.pool.Query(ctx, monthsSQL, table)
 		if err != nil {
