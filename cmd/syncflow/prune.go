@@ -93,7 +93,7 @@ func setupPrune(f *flags) runFunc {
 				if err != nil {
 					return err
 				}
-				fmt.Printf("would remove %d resolved dead letters and %d batches older than %s%s\n", res.DeadLetters, res.Batches, age, to)
+				fmt.Printf("would remove %d resolved dead letters and %d batches older than %s%s, in all (the whole months above, the rest row by row)\n", res.DeadLetters, res.Batches, age, to)
 			}
 			if tombs != "" {
 				t, err := st.PruneTombstones(ctx, now.Add(-td), true, nil)
