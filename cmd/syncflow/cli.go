@@ -122,7 +122,10 @@ func prepareCommand(args []string, path *string) (*prepared, error) {
 	case chosen.maxArgs >= 0 && n > chosen.maxArgs:
 		extra := f.Args()[chosen.maxArgs]
 		if chosen.maxArgs == 0 {
-			return nil, fmt.Errorf("%w: `syncflow %s` takes no arguments, got %q (filters are flags, e.g. --entity %s; see --help)", errUsage, chosen.path, extra, extra)
+			if f.Lookup("entity") != nil {
+				return nil, fmt.Errorf("%w: `syncflow %s` takes no arguments, got %q (filters are flags, e.g. --entity %s; see --help)", errUsage, chosen.path, extra, extra)
+			}
+			return nil, fmt.Errorf("%w: `syncflow %s` takes no arguments, got %q (its settings are flags: see --help)", errUsage, chosen.path, extra)
 		}
 		return nil, fmt.Errorf("%w: `syncflow %s` takes %s, got the extra argument %q (see --help)", errUsage, chosen.path, chosen.args, extra)
 	}
