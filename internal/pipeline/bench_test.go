@@ -2,7 +2,6 @@ package pipeline_test
 
 import (
 	"fmt"
-	"io/fs"
 	"testing"
 	"time"
 
@@ -11,7 +10,7 @@ import (
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/normalize"
 	"github.com/syncflow/syncflow/internal/pipeline"
-	"github.com/syncflow/syncflow/streams"
+	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 // The per-event CPU of the pure stages, on realistic events: a work order
@@ -31,14 +30,7 @@ func operation(i int) []byte {
 
 func shipped(b *testing.B) (*catalog.Catalog, *catalog.Entity, *mapping.Set) {
 	b.Helper()
-	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cat, err := catalog.Parse(data)
-	if err != nil {
-		b.Fatal(err)
-	}
+	cat, _ := testenv.Shipped(b)
 	e, _ := cat.Entity("work_order_operations")
 	rules, err := mapping.Compile(nil)
 	if err != nil {
