@@ -29,12 +29,17 @@ func StartEmbedded(host string, port int, dir string) (*Embedded, error) {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)
 	}
 	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	if !s.ReadyForConnections(readyWithin) {
 		s.Shutdown()
-		return nil, fmt.Errorf("embedded nats-server on %s:%d did not become ready", host, port)
+		return nil, fmt.Errorf("embedded nats-server on %s:%d did not become ready within %s", host, port, readyWithin)
 	}
 	return &Embedded{Server: s}, nil
 }
+
+// readyWithin bounds the wait for a server to take connections: a server of a
+// three-node JetStream cluster has taken more than ten seconds on a loaded
+// machine (the test suite on two cores).
+const readyWithin = 45 * time.Second
 
 // Stop shuts the server down and waits for it.
 func (e *Embedded) Stop() {
@@ -51,9 +56,9 @@ func StartEmbeddedWith(opts *server.Options) (*Embedded, error) {
 		return nil, fmt.Errorf("embedded nats-server: %w", err)
 	}
 	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	if !s.ReadyForConnections(readyWithin) {
 		s.Shutdown()
-		return nil, fmt.Errorf("embedded nats-server did not become ready")
+		return nil, fmt.Errorf("embedded nats-server did not become ready within %s", readyWithin)
 	}
 	return &Embedded{Server: s}, nil
 }
