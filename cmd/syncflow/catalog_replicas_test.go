@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,19 +20,7 @@ func routingEvent(n int, version string) string {
 // retry worker reads the catalog before its round, and a retry that still
 // failed as unknown entity would be made due again: every one resolves.
 func TestNewEntityDeadLettersResolveThoughAReplicaMissedTheCatalog(t *testing.T) {
-	w := newWorld(t)
-	common := []string{"--fetch-wait", "50ms", "--mapping-resync", "1s"}
-	r1 := service(t, w.env, append([]string{"--replica", "r1", "--stray-interval", "300ms"}, common...)...)
-	env2 := append(slices.Clone(w.env), "SYNCFLOW_DATABASE_URL="+w.db+"&application_name=adv_r2")
-	r2 := service(t, env2, append([]string{"--replica", "r2", "--stray-interval", "1m", "--dead-letter-interval", "200ms"}, common...)...)
-	waitForLog(t, r1, "syncflow running")
-	waitForLog(t, r2, "syncflow running")
-	w.publish("sites", siteS1)
-	w.publish("sites", strings.ReplaceAll(siteS1, "S1", "S2"))
-	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "2", r1)
-	if _, err := w.conn.Exec(w.ctx, routingsTable); err != nil {
-		t.Fatal(err)
-	}
+	w, r1, r2 := twoReplicasWithRoutingsTable(t, []string{"--stray-interval", "300ms"}, []string{"--stray-interval", "1m", "--dead-letter-interval", "200ms"})
 	for n := 1; n <= 10; n++ {
 		w.publish("routings", routingEvent(n, "2026-11-27T08:00:00Z"))
 	}
@@ -131,19 +120,7 @@ func TestReAddedEntityHistoryIsNotDeadLetteredAgain(t *testing.T) {
 // entity's ack floor; r2 (its catalog NOTIFY lost) still consumes the entity for
 // a moment. What r2 applies in that moment is not dead-lettered.
 func TestWhatALaggingReplicaAppliesIsNotDeadLettered(t *testing.T) {
-	w := newWorld(t)
-	common := []string{"--fetch-wait", "50ms", "--mapping-resync", "1s"}
-	r1 := service(t, w.env, append([]string{"--replica", "r1", "--stray-interval", "200ms"}, common...)...)
-	env2 := append(slices.Clone(w.env), "SYNCFLOW_DATABASE_URL="+w.db+"&application_name=adv_r2")
-	r2 := service(t, env2, append([]string{"--replica", "r2", "--stray-interval", "1m"}, common...)...)
-	waitForLog(t, r1, "syncflow running")
-	waitForLog(t, r2, "syncflow running")
-	w.publish("sites", siteS1)
-	w.publish("sites", strings.ReplaceAll(siteS1, "S1", "S2"))
-	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "2", r1)
-	if _, err := w.conn.Exec(w.ctx, routingsTable); err != nil {
-		t.Fatal(err)
-	}
+	w, r1, r2 := twoReplicasWithRoutingsTable(t, []string{"--stray-interval", "200ms"}, []string{"--stray-interval", "1m"})
 	if out, code := w.cli("catalog", "apply", builtInWith(t, routingsEntity)); code != 0 {
 		t.Fatal(out)
 	}
@@ -198,4 +175,26 @@ func TestStatusNamesAnEntityWithoutItsConsumer(t *testing.T) {
 	if out, _ := w.cli("status"); strings.Contains(out, "NO CONSUMER") {
 		t.Errorf("status after streams apply:\n%s", out)
 	}
+}
+
+// twoReplicasWithRoutingsTable starts replicas r1 and r2 (r2 on connections of
+// its own name, so that a test can drop them) with extra flags each, waits until
+// they apply two sites, and creates the target table of the routings entity the
+// catalog does not have yet.
+func twoReplicasWithRoutingsTable(t *testing.T, r1Flags, r2Flags []string) (w *world, r1, r2 *bytes.Buffer) {
+	t.Helper()
+	w = newWorld(t)
+	common := []string{"--fetch-wait", "50ms", "--mapping-resync", "1s"}
+	logs1 := service(t, w.env, slices.Concat([]string{"--replica", "r1"}, r1Flags, common)...)
+	env2 := append(slices.Clone(w.env), "SYNCFLOW_DATABASE_URL="+w.db+"&application_name=adv_r2")
+	logs2 := service(t, env2, slices.Concat([]string{"--replica", "r2"}, r2Flags, common)...)
+	waitForLog(t, logs1, "syncflow running")
+	waitForLog(t, logs2, "syncflow running")
+	w.publish("sites", siteS1)
+	w.publish("sites", strings.ReplaceAll(siteS1, "S1", "S2"))
+	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "2", logs1)
+	if _, err := w.conn.Exec(w.ctx, routingsTable); err != nil {
+		t.Fatal(err)
+	}
+	return w, logs1, logs2
 }

@@ -2,12 +2,10 @@ package service_test
 
 import (
 	"bytes"
-	"io/fs"
 	"testing"
 	"time"
 
 	"github.com/syncflow/syncflow/internal/service"
-	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
 )
@@ -17,17 +15,7 @@ import (
 // table goes on being written to the table of the version in force, and writes
 // never flip between the two.
 func TestRefusedCatalogPutsNoneOfItsTargetsInUse(t *testing.T) {
-	srv := testenv.NATS(t)
-	e := newEnv(t, srv.ClientURL())
-	st, err := store.Open(e.ctx, store.Config{URL: e.db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	builtIn, err := fs.ReadFile(streams.FS, streams.CatalogFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, st, builtIn := catalogEnv(t)
 	if _, err := e.conn.Exec(e.ctx, `CREATE TABLE schedulehub.sites_v2 (LIKE schedulehub.sites INCLUDING ALL)`); err != nil {
 		t.Fatal(err)
 	}

@@ -15,22 +15,29 @@ import (
 	"github.com/syncflow/syncflow/streams"
 )
 
+// catalogEnv is a test environment with a store of its own and the built-in
+// catalog's text, for tests that store catalog versions.
+func catalogEnv(t *testing.T) (*env, *store.Store, []byte) {
+	t.Helper()
+	e := newEnv(t, testenv.NATS(t).ClientURL())
+	st, err := store.Open(e.ctx, store.Config{URL: e.db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	builtIn, err := fs.ReadFile(streams.FS, streams.CatalogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, st, builtIn
+}
+
 // A running service follows the stored catalog, but never into a version that
 // does not fit the target tables (stored past `catalog apply`'s checks, or a
 // table dropped since): that one is reported and the catalog in force kept,
 // until the table exists and a refresh (or the next look) puts it in force.
 func TestStoredCatalogThatDoesNotFitIsNotPutInForce(t *testing.T) {
-	srv := testenv.NATS(t)
-	e := newEnv(t, srv.ClientURL())
-	st, err := store.Open(e.ctx, store.Config{URL: e.db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	builtIn, err := fs.ReadFile(streams.FS, streams.CatalogFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, st, builtIn := catalogEnv(t)
 	e.start(func(c *service.Config) {
 		c.Catalog, c.Streams, c.StreamsFS = nil, service.Config{}.Streams, streams.FS
 		c.MappingResync = 500 * time.Millisecond

@@ -5,29 +5,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/stream"
-	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 // A fetch waiting for its first message when the consumer stops gives back
 // what the server sends it before the wait ends: nothing is left delivered to a
 // client that went away (it would come back only after the ack wait).
 func TestStoppedFetchGivesBackWhatArrives(t *testing.T) {
-	_, defs := shipped(t)
-	srv := testenv.NATS(t)
-	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, _ := appliedJetStream(t)
 	ctx := context.Background()
-	if err := stream.Apply(ctx, js, defs); err != nil {
-		t.Fatal(err)
-	}
 	f, err := stream.NewFetcher(ctx, js, event.Realtime, "syncflow_cdc_sites")
 	if err != nil {
 		t.Fatal(err)

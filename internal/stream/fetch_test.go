@@ -7,30 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/stream"
-	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 // A fetch is bounded in bytes as well as in messages: a backlog of 500 KB events
 // comes a few at a time, however large the batch size, and none is lost or held
 // back; small events still come a whole batch at a time.
 func TestFetchIsBoundedInBytes(t *testing.T) {
-	_, defs := shipped(t)
-	srv := testenv.NATS(t)
-	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, defs := appliedJetStream(t)
 	ctx := context.Background()
-	if err := stream.Apply(ctx, js, defs); err != nil {
-		t.Fatal(err)
-	}
 	big := bytes.Repeat([]byte("x"), 500<<10)
 	for i := range 20 {
 		if _, err := js.Publish(ctx, "apismith.cdc.items", append([]byte(fmt.Sprint(i)), big...)); err != nil {
@@ -97,18 +84,8 @@ func TestFetchIsBoundedInBytes(t *testing.T) {
 // Redelivered messages come back in whole batches, though the consumer's pending
 // count does not count them.
 func TestFetchTakesRedeliveriesInBatches(t *testing.T) {
-	_, defs := shipped(t)
-	srv := testenv.NATS(t)
-	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, defs := appliedJetStream(t)
 	ctx := context.Background()
-	if err := stream.Apply(ctx, js, defs); err != nil {
-		t.Fatal(err)
-	}
 	for i := range 300 {
 		if _, err := js.Publish(ctx, "apismith.cdc.sites", []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)

@@ -28,6 +28,30 @@ func shipped(t *testing.T) (*catalog.Catalog, stream.Definitions) {
 	return testenv.Shipped(t)
 }
 
+// freshJetStream is a JetStream client of an embedded server of the test's own.
+func freshJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv := testenv.NATS(t)
+	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return js
+}
+
+// appliedJetStream is freshJetStream with the shipped streams and consumers.
+func appliedJetStream(t *testing.T) (jetstream.JetStream, stream.Definitions) {
+	t.Helper()
+	_, defs := shipped(t)
+	js := freshJetStream(t)
+	if err := stream.Apply(context.Background(), js, defs); err != nil {
+		t.Fatal(err)
+	}
+	return js, defs
+}
+
 func TestShippedDefinitions(t *testing.T) {
 	cat, defs := shipped(t)
 	prefixes := map[string]string{event.Realtime.Stream: event.Realtime.SubjectPrefix, event.Backfill.Stream: event.Backfill.SubjectPrefix}
@@ -68,13 +92,7 @@ func TestShippedDefinitions(t *testing.T) {
 
 func TestApplyIsIdempotent(t *testing.T) {
 	_, defs := shipped(t)
-	srv := testenv.NATS(t)
-	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := freshJetStream(t)
 	ctx := context.Background()
 	for range 2 {
 		if err := stream.Apply(ctx, js, defs); err != nil {
@@ -138,13 +156,7 @@ func TestDefinitionsAcceptedByNatsCLI(t *testing.T) {
 // consumers of entities that left the catalog and of stray subjects an entity
 // now owns, and never a consumer SyncFlow did not create.
 func TestPlanPrunes(t *testing.T) {
-	srv := testenv.NATS(t)
-	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := freshJetStream(t)
 	ctx := context.Background()
 	load := func(yaml string) stream.Definitions {
 		t.Helper()
