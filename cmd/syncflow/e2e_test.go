@@ -63,9 +63,14 @@ func service(t *testing.T, env []string, args ...string) *bytes.Buffer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
+		// A process signalled before its runtime reached main dies of the
+		// signal instead of stopping cleanly: wait until it has said something.
+		for deadline := time.Now().Add(10 * time.Second); logs.Len() == 0 && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-done:
 			if err != nil {

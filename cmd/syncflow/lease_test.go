@@ -35,8 +35,10 @@ func TestOneProcessPerReplicaName(t *testing.T) {
 	if got := w.query(`SELECT replica, status FROM bridge.sync_batches WHERE entity_name = 'sites'`); got != "r1|running" {
 		t.Errorf("the second process touched the first one's batches: %s", got)
 	}
-	// Another name starts alongside.
-	service(t, w.env, "--fetch-wait", "100ms", "--replica", "r2")
+	// Another name starts alongside. (Waiting for it also keeps the test's end
+	// from signalling a process that has not yet reached its signal handler.)
+	r2 := service(t, w.env, "--fetch-wait", "100ms", "--replica", "r2")
+	waitForLog(t, r2, "syncflow running")
 	w.publish("sites", strings.Replace(siteS1, "S1", "S2", 1))
 	eventually(t, w.conn, `SELECT count(*) FROM schedulehub.sites`, "2", logs)
 }
