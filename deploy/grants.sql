@@ -16,6 +16,8 @@ GRANT SELECT ON bridge.field_mappings TO bridge_user;
 GRANT SELECT, UPDATE ON bridge.background_sync_schedule TO bridge_user;
 GRANT SELECT ON bridge.catalog_versions TO bridge_user;
 GRANT SELECT, INSERT, UPDATE ON bridge.unmapped_fields TO bridge_user;
+-- A verify night records its verification.
+GRANT SELECT, INSERT, UPDATE ON bridge.verifications TO bridge_user;
 -- The claims of "one unresolved dead letter per message" follow the dead letters.
 GRANT SELECT, INSERT, UPDATE, DELETE ON bridge.failed_record_messages TO bridge_user;
 -- The service makes the months ahead of sync_batches and failed_records.

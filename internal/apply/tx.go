@@ -48,8 +48,9 @@ type Tx interface {
 	// row there (pipeline.Supersedes, in SQL); it returns the hashes it wrote.
 	WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []LedgerRow) (map[string]bool, error)
 	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
-	// rows of entity's target table.
-	WriteTarget(ctx context.Context, entity string, upserts, deletes []map[string]any) error
+	// rows of entity's target table. Each upsert's ledger row learns what the
+	// target row holds once written (its verification hash).
+	WriteTarget(ctx context.Context, entity string, upserts []TargetRow, deletes []map[string]any) error
 	// Savepoint runs fn under a savepoint, rolled back when fn fails.
 	Savepoint(ctx context.Context, fn func() error) error
 	// AddDeadLetters writes dead letters, one unresolved per message: a message
@@ -80,6 +81,13 @@ type Released struct {
 	Orphan   bool
 	UID      uuid.UUID
 	Delivery pipeline.Delivery
+}
+
+// TargetRow is a mapped row to upsert into a target, and the key hash of its
+// ledger row.
+type TargetRow struct {
+	BKHash string
+	Row    map[string]any
 }
 
 // LedgerRow is what the ledger keeps of one applied version.

@@ -367,17 +367,18 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 	if err != nil {
 		return nil, err
 	}
-	var upserts, deletes []map[string]any
+	var upserts []TargetRow
+	var deletes []map[string]any
 	for _, i := range idx {
 		d := decisions[i]
 		switch {
-		case !accepted[d.Record.BKHash]:
+		case !accepted[d.Record.BKHash] && !d.Rewrite:
 			lost = append(lost, i)
 		case !d.Target:
 		case d.Record.Op == event.OpDelete:
 			deletes = append(deletes, d.Row)
 		default:
-			upserts = append(upserts, d.Row)
+			upserts = append(upserts, TargetRow{BKHash: d.Record.BKHash, Row: d.Row})
 		}
 	}
 	if len(upserts) == 0 && len(deletes) == 0 {

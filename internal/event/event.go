@@ -9,6 +9,11 @@
 // op is upsert or delete; a delete needs only the key fields in data. Numbers in
 // data are kept exactly as sent (json.Number), never through float64.
 //
+// "repair": true marks a copy that `syncflow verify --repair` publishes for a
+// target row that differs from what the ledger says was written: the pipeline
+// rewrites the target even when the ledger already holds this very rowversion
+// (it never writes an older one). Without it, such a copy is unchanged.
+//
 // It is the ground floor: it imports nothing of SyncFlow.
 package event
 
@@ -42,6 +47,9 @@ type Event struct {
 	// Data holds the row's fields as sent: string, json.Number, bool, nil, or nested
 	// []any / map[string]any.
 	Data map[string]any
+	// Repair asks for the target row to be rewritten at the ledger's rowversion
+	// (see the package doc).
+	Repair bool
 }
 
 // ErrDecode marks every decoding failure.
@@ -53,6 +61,7 @@ type wire struct {
 	SourceSystem *string         `json:"source_system"`
 	RowVersion   json.RawMessage `json:"rowversion"`
 	Data         map[string]any  `json:"data"`
+	Repair       *bool           `json:"repair"`
 }
 
 // Decode parses one message body. subjectEntity, when not empty, is the entity named
@@ -112,6 +121,7 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 		return fail(`missing "data"`)
 	}
 	ev.Data = w.Data
+	ev.Repair = w.Repair != nil && *w.Repair
 	return ev, nil
 }
 

@@ -48,6 +48,8 @@ type Record struct {
 	Fields map[string]any
 	// Parents holds a reference for every parent whose key fields are present.
 	Parents []ParentRef
+	// Repair is the event's repair mark (see event.Event.Repair).
+	Repair bool
 }
 
 // ParentRef names the parent row a record depends on.
@@ -65,7 +67,7 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 	fail := func(format string, args ...any) (Record, error) {
 		return Record{}, fmt.Errorf("%w: "+format, append([]any{ErrNormalize}, args...)...)
 	}
-	rec := Record{Entity: e.Name, Op: ev.Op, SourceSystem: ev.SourceSystem, Fields: make(map[string]any, len(ev.Data))}
+	rec := Record{Entity: e.Name, Op: ev.Op, SourceSystem: ev.SourceSystem, Fields: make(map[string]any, len(ev.Data)), Repair: ev.Repair}
 	if rec.SourceSystem == "" {
 		rec.SourceSystem = defaultSource
 	}

@@ -249,6 +249,10 @@ type Decision struct {
 	Ledger bool
 	// Target is true when the target row is upserted (or deleted, for a delete).
 	Target bool
+	// Rewrite is set on a repair copy (normalize.Record.Repair) of the applied
+	// rowversion: the target row is written again although the ledger may keep
+	// the version it holds (a realtime version wins the tie).
+	Rewrite bool
 	// Inverted is set on a realtime event judged stale although it was published
 	// after the applied realtime version (a higher stream sequence): a later
 	// change with a lower rowversion. A source clock that went back, or
@@ -269,6 +273,8 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 			d.Outcome, d.Ledger, d.Target = Deleted, true, true
 		case !known:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
+		case c.Record.Repair && !isDelete && !a.Deleted && c.Version.Ord == a.Version.Ord:
+			d.Outcome, d.Ledger, d.Target, d.Rewrite = Updated, true, true, true
 		case !Supersedes(c.Version, a.Version):
 			d.Inverted = c.Version.Source == event.Realtime && a.Version.Source == event.Realtime && c.Version.Seq > a.Version.Seq
 			if Compare(c.Version, a.Version) == 0 || isDelete == a.Deleted && string(c.PayloadHash) == string(a.Version.Hash) {

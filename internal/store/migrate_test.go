@@ -13,13 +13,13 @@ import (
 )
 
 var wantTables = []string{"background_sync_schedule", "catalog_versions", "erp_sync_state", "failed_record_messages", "failed_records", "field_mappings",
-	"pending_children", "sync_batches", "synced_records", "unmapped_fields"}
+	"pending_children", "sync_batches", "synced_records", "unmapped_fields", "verifications"}
 
 var wantIndexes = []string{
 	"ix_sync_batches_entity", "ix_sync_batches_status", "ix_failed_records_batch", "ix_failed_records_retry",
 	"ix_pending_children_parent", "ix_erp_sync_state_entity", "ix_field_mappings_entity",
 	"uq_erp_sync_state_entity_source", "uq_background_sync_schedule_entity", "uq_field_mappings_entity_source_target",
-	"uq_pending_children_child", "pk_synced_records",
+	"uq_pending_children_child", "pk_synced_records", "ix_verifications_entity_started",
 }
 
 func TestMigrations(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/pipeline"
 )
@@ -106,6 +107,9 @@ func (s *Store) loadTarget(ctx context.Context, e *catalog.Entity) (*target, err
 	for _, c := range cols {
 		t.columns[c] = true
 	}
+	if t.columns[bkField] {
+		return nil, fmt.Errorf("target table %s has a column named %s, which SyncFlow reserves (rename it)", name, bkField)
+	}
 	for _, k := range e.Target.Key {
 		if !t.columns[k] {
 			return nil, fmt.Errorf("target table %s has no key column %s", name, k)
@@ -193,17 +197,47 @@ func (t *target) upsertSQL(cols []string) string {
 		keys[i] = pgx.Identifier{k}.Sanitize()
 	}
 	list := strings.Join(quoted, ", ")
-	q := "INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
+	q := "WITH w AS (INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
 		" FROM jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) ON CONFLICT (" + strings.Join(keys, ", ") + ") DO "
 	if len(set) == 0 {
 		q += "NOTHING"
 	} else {
 		q += "UPDATE SET " + strings.Join(set, ", ")
 	}
+	// The ledger row of each row written learns the row's key and hash as
+	// stored (after the table's defaults and triggers), matched by key through
+	// the bk_hash each row carries beside its columns.
+	q += " RETURNING " + t.keyExpr("t") + " AS k, " + t.hashExpr("t") + " AS h)" +
+		", m AS (SELECT " + t.keyExpr("p") + " AS k, e.value->>'" + bkField + "' AS bk" +
+		" FROM jsonb_array_elements($1::jsonb) AS e, jsonb_populate_record(NULL::" + t.ident + ", e.value) AS p)" +
+		" UPDATE bridge.synced_records AS r SET target_hash = w.h, target_key = w.k FROM w JOIN m USING (k)" +
+		" WHERE r.entity_name = $2 AND r.bk_hash = m.bk"
 	if len(t.upserts) < maxCachedUpserts {
 		t.upserts[sig] = q
 	}
 	return q
+}
+
+// bkField carries each upserted row's bk_hash beside its columns (the upsert
+// ignores it: no target may have a column of that name).
+const bkField = "$syncflow_bk_hash"
+
+// keyExpr is the key of the row aliased alias, as text: a JSON array of its key
+// columns (bridge.synced_records.target_key).
+func (t *target) keyExpr(alias string) string {
+	cols := make([]string, len(t.key))
+	for i, k := range t.key {
+		cols[i] = alias + "." + pgx.Identifier{k}.Sanitize()
+	}
+	return "jsonb_build_array(" + strings.Join(cols, ", ") + ")::text"
+}
+
+// hashExpr is the verification hash of the row aliased alias: the SHA-256 of
+// the row as jsonb without its null columns (a column added to the table does
+// not change it). The ledger keeps it as the row is written
+// (bridge.synced_records.target_hash); verify recomputes it over the target.
+func (t *target) hashExpr(alias string) string {
+	return "sha256(convert_to(jsonb_strip_nulls(to_jsonb(" + alias + "))::text, 'UTF8'))"
 }
 
 // deleteSQL removes (or, for soft delete, marks) the rows whose keys are in $1.
@@ -224,14 +258,15 @@ func (t *target) deleteSQL() string {
 // WriteTarget upserts and deletes rows of entity's target table: one statement per
 // set of columns the rows carry (the rows travel as one JSON array), rows in key
 // order, and one for the deletes.
-func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []map[string]any) error {
+func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.TargetRow, deletes []map[string]any) error {
 	tg, err := t.s.target(entity)
 	if err != nil {
 		return err
 	}
 	bySig := map[string][]byte{} // a JSON array of rows per column list
 	now := time.Now()
-	for _, row := range upserts {
+	for _, u := range upserts {
+		row := u.Row
 		cols := tg.writable(row)
 		if len(cols) < len(row) {
 			// Fields no rule mapped and no column takes: counted once the
@@ -252,13 +287,16 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 		} else {
 			buf = append(buf, ',')
 		}
-		if bySig[sig], err = pipeline.AppendRowJSON(buf, row, cols); err != nil {
+		if buf, err = pipeline.AppendRowJSON(buf, row, cols); err != nil {
 			return err
 		}
+		// The row's object gets its bk_hash (hex: nothing to escape).
+		buf = append(append(append(append(buf[:len(buf)-1], `,"`...), bkField...), `":"`...), u.BKHash...)
+		bySig[sig] = append(buf, `"}`...)
 	}
 	for _, sig := range slices.Sorted(maps.Keys(bySig)) {
 		body := append(bySig[sig], ']')
-		if _, err := t.tx.Exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body); err != nil {
+		if _, err := t.tx.Exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body, entity); err != nil {
 			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}

@@ -799,7 +799,7 @@ func countBatches(t *testing.T, e *Env) {
 
 func targetWrites(t *testing.T, e *Env) {
 	write := func(entity string, upserts, deletes []map[string]any) error {
-		return e.InTx(func(tx apply.Tx) error { return tx.WriteTarget(e.Ctx, entity, upserts, deletes) })
+		return e.InTx(func(tx apply.Tx) error { return tx.WriteTarget(e.Ctx, entity, TargetRows(upserts), deletes) })
 	}
 	for _, s := range []struct {
 		name             string

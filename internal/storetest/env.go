@@ -171,14 +171,15 @@ func (e *Env) Unnoticed(t testing.TB, entity string, bodies ...string) {
 	}
 	b := e.NewBatch(t, entity)
 	rows := make([]apply.LedgerRow, len(p.Candidates))
-	var upserts, deletes []map[string]any
+	var upserts []apply.TargetRow
+	var deletes []map[string]any
 	for i, c := range p.Candidates {
 		deleted := c.Record.Op == event.OpDelete
 		rows[i] = apply.LedgerRow{Record: c.Record, Version: c.Version, Deleted: deleted}
 		if deleted {
 			deletes = append(deletes, c.Row)
 		} else {
-			upserts = append(upserts, c.Row)
+			upserts = append(upserts, apply.TargetRow{BKHash: c.Record.BKHash, Row: c.Row})
 		}
 	}
 	if err := e.InTx(func(tx apply.Tx) error {

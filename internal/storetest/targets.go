@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
 )
@@ -22,7 +23,11 @@ type reject struct{ entity, column, value string }
 // WriteTarget upserts rows of entity's target (merging, or replacing, as the
 // catalog says; an upsert clears the soft-delete mark it does not carry) and
 // deletes rows (or marks them, for a soft delete, when not marked yet).
-func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []map[string]any) error {
+func (t *tx) WriteTarget(ctx context.Context, entity string, targetRows []apply.TargetRow, deletes []map[string]any) error {
+	upserts := make([]map[string]any, len(targetRows))
+	for i, r := range targetRows {
+		upserts[i] = r.Row
+	}
 	e, ok := t.m.cat.Entity(entity)
 	if !ok {
 		return fmt.Errorf("storetest: target of entity %q was not prepared", entity)
@@ -88,6 +93,15 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts, deletes []
 	}
 	t.st.targets[entity] = table
 	return nil
+}
+
+// TargetRows wraps mapped rows for WriteTarget, without ledger rows to tell.
+func TargetRows(rows []map[string]any) []apply.TargetRow {
+	out := make([]apply.TargetRow, len(rows))
+	for i, r := range rows {
+		out[i] = apply.TargetRow{Row: r}
+	}
+	return out
 }
 
 // targetKey identifies a target row by its key columns' values (a number and a
