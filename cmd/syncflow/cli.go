@@ -50,7 +50,7 @@ func allCommands() []command {
 	var all []command
 	for _, part := range [][]command{
 		{runCommand()}, migrateCommands(), catalogCommands(), driftCommands(), streamsCommands(), mappingsCommands(), dlqCommands(), parkedCommands(),
-		{replayCommand(), backfillCommand()}, scheduleCommands(), dbCommands(), {statusCommand(), pruneCommand(), versionCommand()},
+		{replayCommand(), backfillCommand(), verifyCommand()}, scheduleCommands(), dbCommands(), {statusCommand(), pruneCommand(), versionCommand()},
 	} {
 		all = append(all, part...)
 	}

@@ -48,6 +48,8 @@ func main() {
 		os.Exit(2)
 	case errors.Is(err, errNotFound):
 		os.Exit(3)
+	case errors.Is(err, errDrift):
+		os.Exit(4)
 	}
 	os.Exit(1)
 }
