@@ -89,7 +89,12 @@ func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, s
 				r.URL, r.Err, r.Next.UTC().Format("15:04:05Z"), r.GiveUp.UTC().Format("15:04:05Z"))
 		}
 	}
-	runner := &backfill.Runner{Store: st, Source: src, Publisher: &stream.Publisher{JS: js}, Catalog: cat, Replica: replica, Logger: log}
+	if err := st.PrepareTargets(ctx, cat); err != nil {
+		// Only a verify night compares with the targets; it fails (and says so
+		// on its schedule) until they are ready.
+		log.Warn("the target tables are not all ready: schedules in verify mode fail until they are", "err", err)
+	}
+	runner := &backfill.Runner{Store: st, Source: src, Publisher: &stream.Publisher{JS: js}, Catalog: cat, Replica: replica, Logger: log, NewUID: st.NewUID}
 	for {
 		results, err := runner.RunDue(ctx, entity)
 		for _, r := range results {
@@ -223,7 +228,7 @@ func setupScheduleList(f *flags) runFunc {
 			return printJSON(list)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ENTITY\tENABLED\tWINDOW\tDAYS\tPROGRESS\tPER NIGHT\tNEXT RUN\tLAST ERROR")
+		fmt.Fprintln(tw, "ENTITY\tENABLED\tMODE\tWINDOW\tDAYS\tPROGRESS\tPER NIGHT\tNEXT RUN\tLAST ERROR")
 		for _, s := range list {
 			progress := fmt.Sprintf("%d", s.Offset)
 			if s.TotalRows != nil {
@@ -239,7 +244,7 @@ func setupScheduleList(f *flags) runFunc {
 			if s.LastError != nil {
 				lastErr = clip(*s.LastError, 60)
 			}
-			fmt.Fprintf(tw, "%s\t%v\t%s-%s %s\t%d\t%s\t%s\t%s\t%s\n", s.Entity, s.Enabled, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, progress, perNight, nextRun(s.NextRun), lastErr)
+			fmt.Fprintf(tw, "%s\t%v\t%s\t%s-%s %s\t%d\t%s\t%s\t%s\t%s\n", s.Entity, s.Enabled, s.Mode, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, progress, perNight, nextRun(s.NextRun), lastErr)
 		}
 		if len(list) == 0 {
 			fmt.Fprintln(tw, "(no schedules: create one with `syncflow schedule set ENTITY --window 19:00-07:00 --tz UTC --days 7`)")
@@ -263,6 +268,7 @@ func setupScheduleSet(f *flags) runFunc {
 		window, tz     string
 		days, pageSize int
 		continuous     bool
+		mode           string
 	)
 	c.register(f)
 	defs.register(f)
@@ -271,9 +277,17 @@ func setupScheduleSet(f *flags) runFunc {
 	f.IntVar(&days, "days", 0, "nights to spread one full load over")
 	f.IntVar(&pageSize, "page-size", 0, "rows per page read from APISmith (1 to 10000)")
 	f.BoolVar(&continuous, "continuous", false, "start a new cycle after a complete one")
+	f.StringVar(&mode, "mode", "", "publish (every row, over the cycle's nights) or verify (each night, compare with the source and publish only the drifted rows)")
 	return func(ctx context.Context, args []string) error {
 		entity := args[0]
 		var set backfill.Settings
+		switch mode {
+		case "":
+		case backfill.ModePublish, backfill.ModeVerify:
+			set.Mode = &mode
+		default:
+			return fmt.Errorf("%w: --mode %q is not publish or verify", errUsage, mode)
+		}
 		if window != "" {
 			start, end, err := backfill.ParseWindow(window)
 			if err != nil {
@@ -324,7 +338,7 @@ func setupScheduleSet(f *flags) runFunc {
 		if s.Enabled {
 			state = "enabled"
 		}
-		fmt.Printf("%s: window %s-%s %s, %d days, %s\n", entity, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, state)
+		fmt.Printf("%s: %s mode, window %s-%s %s, %d days, %s\n", entity, s.Mode, s.WindowStart, s.WindowEnd, s.TimeZone, s.Days, state)
 		return nil
 	}
 }

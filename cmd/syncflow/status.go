@@ -27,6 +27,32 @@ type entityStatus struct {
 	// Lag is, per stream, the messages not yet delivered and not yet acknowledged
 	// (absent when NATS was not reachable).
 	Lag map[string]streamLag `json:"lag,omitempty"`
+	// LastVerification is the entity's latest `syncflow verify` or verify night.
+	LastVerification *lastVerification `json:"last_verification,omitempty"`
+}
+
+type lastVerification struct {
+	UID        string           `json:"uid"`
+	Trigger    string           `json:"trigger"`
+	FinishedAt time.Time        `json:"finished_at"`
+	DurationMS int64            `json:"duration_ms"`
+	Counts     map[string]int64 `json:"counts"`
+	Drift      int64            `json:"drift"`
+	Published  int64            `json:"published"`
+	Error      string           `json:"error,omitempty"`
+}
+
+// String is how the narrow table shows a last verification.
+func (v *lastVerification) String() string {
+	switch {
+	case v == nil:
+		return "-"
+	case v.Error != "":
+		return "failed " + ago(v.FinishedAt) + " ago"
+	case v.Drift > 0:
+		return fmt.Sprintf("%d drift %s ago", v.Drift, ago(v.FinishedAt))
+	}
+	return "ok " + ago(v.FinishedAt) + " ago"
 }
 
 type streamLag struct {
@@ -75,9 +101,25 @@ func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON
 	if err != nil {
 		return fmt.Errorf("reading the bridge tables: %w (has `syncflow migrate up` run?)", err)
 	}
+	verified, err := st.LastVerifications(ctx, true)
+	if err != nil {
+		return fmt.Errorf("reading the verifications: %w (has `syncflow migrate up` run?)", err)
+	}
+	last := map[string]*lastVerification{}
+	for _, v := range verified {
+		lv := &lastVerification{UID: v.UID.String(), Trigger: v.Trigger, FinishedAt: v.Finished, DurationMS: v.Finished.Sub(v.Started).Milliseconds(),
+			Counts: map[string]int64{}, Published: v.Published, Error: v.Error}
+		for k, n := range v.Comparison.Counts {
+			lv.Counts[string(k)] = n
+			if k.IsDrift() {
+				lv.Drift += n
+			}
+		}
+		last[v.Entity] = lv
+	}
 	out := make([]entityStatus, len(stats))
 	for i, s := range stats {
-		out[i] = entityStatus{EntityStats: s}
+		out[i] = entityStatus{EntityStats: s, LastVerification: last[s.Entity]}
 	}
 	natsNote := redact.String(lagFromNATS(ctx, n, defs, cat, out))
 	outside, err := st.CountDeadLetters(ctx, store.DeadLetterFilter{OutsideCatalog: cat.Names(), Unresolved: true})
@@ -132,7 +174,7 @@ func status(ctx context.Context, c common, n natsFlags, defs definitions, asJSON
 func statusTable(out []entityStatus) error {
 	now := time.Now()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD\tPARKED\tBACKFILL")
+	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD\tPARKED\tBACKFILL\tVERIFIED")
 	for _, e := range out {
 		checkpoint, cpAge := checkpointOf(e)
 		last := "-"
@@ -178,7 +220,7 @@ func statusTable(out []entityStatus) error {
 				backfill += " next " + roundDuration(sc.NextRun.Sub(now))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, e.Parked, backfill)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, e.Parked, backfill, e.LastVerification)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

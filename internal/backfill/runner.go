@@ -57,6 +57,10 @@ type Runner struct {
 	Logger  *slog.Logger
 	// RetryAfter is when a failed run is due again (default 5m).
 	RetryAfter time.Duration
+	// VerifySettle is a verify night's Verifier.Settle (default 2s).
+	VerifySettle time.Duration
+	// NewUID makes verification uids (default UUIDv7).
+	NewUID func() uuid.UUID
 }
 
 // Result is what one schedule's run did.
@@ -165,6 +169,9 @@ func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	if s.Mode == ModeVerify {
+		return r.verifyNight(ctx, s, w, plan, batchUID)
+	}
 	cursor := ""
 	if s.Cursor != nil {
 		cursor = *s.Cursor
@@ -218,6 +225,36 @@ func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
 	res.NextRun = &next
 	r.Logger.Info("backfill: the night's quota is done", "entity", s.Entity, "published", res.Published, "next_run_at", next)
 	return res, r.finish(ctx, s.Entity, batchUID, r.now(), &next, false, nil)
+}
+
+// verifyNight runs a schedule in verify mode: it compares the entity with the
+// source and publishes the drifted rows, at most the night's quota (the rest
+// waits for the next night, which compares again). The schedule is due again at
+// the next window's start.
+func (r *Runner) verifyNight(ctx context.Context, s Schedule, w Window, plan Plan, batchUID uuid.UUID) (res Result, err error) {
+	res.Entity = s.Entity
+	ks, okSource := r.Source.(KeySource)
+	vs, okStore := r.Store.(VerifyStore)
+	if !okSource || !okStore {
+		return res, r.finish(ctx, s.Entity, batchUID, r.now(), nil, false, errors.New("verify mode needs a source that pages keys and looks rows up, and a store that compares"))
+	}
+	v := Verifier{Store: vs, Source: ks, Publisher: r.Publisher, Catalog: r.Catalog, PageSize: s.PageSize, Settle: r.VerifySettle,
+		NewUID: r.NewUID, Now: r.Now, Replica: r.Replica, Logger: r.Logger}
+	vr, err := v.Verify(ctx, s.Entity, VerifyOptions{Repair: true, MaxPublish: plan.Quota, Trigger: "schedule", Record: true})
+	if err != nil {
+		return res, r.finish(ctx, s.Entity, batchUID, r.now(), nil, false, fmt.Errorf("verify night: %w", err))
+	}
+	if vr.Published > 0 {
+		if err := r.Store.SaveProgress(ctx, s.Entity, "", vr.Published, plan.Window.Start, batchUID); err != nil {
+			return res, err
+		}
+	}
+	res.Published, res.Completed = vr.Published, !vr.Capped
+	next := w.Next(r.now()).Start
+	res.NextRun = &next
+	r.Logger.Info("verify night", "entity", s.Entity, "drifted", vr.Drifted(), "counts", vr.Comparison.Counts,
+		"published", vr.Published, "capped_by_quota", vr.Capped, "next_run_at", next)
+	return res, r.finish(ctx, s.Entity, batchUID, r.now(), &next, true, nil)
 }
 
 // finish records the run and returns failure (the run's error, if any).

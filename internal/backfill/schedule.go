@@ -56,13 +56,23 @@ type Schedule struct {
 	NextRun       *time.Time `json:"next_run_at"`
 	Completed     *time.Time `json:"completed_at"`
 	LastError     *string    `json:"last_error"`
+	// Mode is publish (every row, over the cycle's nights) or verify (each
+	// night, compare the entity with the source and publish the drifted rows).
+	Mode string `json:"mode"`
 }
+
+// The modes of a schedule.
+const (
+	ModePublish = "publish"
+	ModeVerify  = "verify"
+)
 
 // Settings are what `syncflow schedule set` changes; nil leaves a setting.
 type Settings struct {
 	WindowStart, WindowEnd, TimeZone *string
 	Days, PageSize                   *int
 	Continuous                       *bool
+	Mode                             *string
 }
 
 // Clock is the wall time of a window boundary.

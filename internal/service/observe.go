@@ -170,6 +170,19 @@ func (o *observer) refresh(ctx context.Context) error {
 			m.BackfillFailing.WithLabelValues(s.Entity).Set(failing)
 		}
 	}
+	// A failed verification counted nothing: the last one that did not fail stands.
+	verified, err := o.st.LastVerifications(ctx, false)
+	if err != nil {
+		return err
+	}
+	m.DriftRows.Reset()
+	m.LastVerify.Reset()
+	for _, v := range verified {
+		for kind, n := range v.Comparison.Counts {
+			m.DriftRows.WithLabelValues(v.Entity, string(kind)).Set(float64(n))
+		}
+		m.LastVerify.WithLabelValues(v.Entity).Set(float64(v.Finished.Unix()))
+	}
 	// Dead letters of subjects no catalog entity owns count like any other, under
 	// one label: their entity names come from the subjects, which anyone
 	// publishing to the stream chooses.

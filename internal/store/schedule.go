@@ -14,13 +14,13 @@ import (
 
 const scheduleColumns = `uid, entity_name, is_enabled, to_char(sync_window_start, 'HH24:MI'), to_char(sync_window_end, 'HH24:MI'),
 	time_zone, days_to_complete, total_rows, rows_per_day, current_offset, current_cursor, page_size, continuous,
-	cycle_started_at, window_started_at, window_rows, last_run_at, next_run_at, completed_at, last_error`
+	cycle_started_at, window_started_at, window_rows, last_run_at, next_run_at, completed_at, last_error, mode`
 
 func scanSchedule(r pgx.CollectableRow) (backfill.Schedule, error) {
 	var s backfill.Schedule
 	err := r.Scan(&s.UID, &s.Entity, &s.Enabled, &s.WindowStart, &s.WindowEnd, &s.TimeZone, &s.Days, &s.TotalRows, &s.RowsPerDay,
 		&s.Offset, &s.Cursor, &s.PageSize, &s.Continuous, &s.CycleStarted, &s.WindowStarted, &s.WindowRows, &s.LastRun,
-		&s.NextRun, &s.Completed, &s.LastError)
+		&s.NextRun, &s.Completed, &s.LastError, &s.Mode)
 	return s, err
 }
 
@@ -50,16 +50,16 @@ func (s *Store) Schedule(ctx context.Context, entity string) (backfill.Schedule,
 // until enabled. Changing days_to_complete recomputes rows_per_day.
 func (s *Store) SetSchedule(ctx context.Context, entity string, set backfill.Settings) error {
 	_, err := s.pool.Exec(ctx, `
-		INSERT INTO bridge.background_sync_schedule AS b (uid, entity_name, sync_window_start, sync_window_end, time_zone, days_to_complete, page_size, continuous)
-		VALUES ($1, $2, coalesce($3::time, '19:00'), coalesce($4::time, '07:00'), coalesce($5, 'UTC'), coalesce($6, 7), coalesce($7, 500), coalesce($8, false))
+		INSERT INTO bridge.background_sync_schedule AS b (uid, entity_name, sync_window_start, sync_window_end, time_zone, days_to_complete, page_size, continuous, mode)
+		VALUES ($1, $2, coalesce($3::time, '19:00'), coalesce($4::time, '07:00'), coalesce($5, 'UTC'), coalesce($6, 7), coalesce($7, 500), coalesce($8, false), coalesce($9, 'publish'))
 		ON CONFLICT (entity_name) DO UPDATE SET
 			sync_window_start = coalesce($3::time, b.sync_window_start), sync_window_end = coalesce($4::time, b.sync_window_end),
 			time_zone = coalesce($5, b.time_zone), days_to_complete = coalesce($6, b.days_to_complete),
-			page_size = coalesce($7, b.page_size), continuous = coalesce($8, b.continuous),
+			page_size = coalesce($7, b.page_size), continuous = coalesce($8, b.continuous), mode = coalesce($9, b.mode),
 			rows_per_day = CASE WHEN b.total_rows IS NULL THEN NULL
 			                    ELSE greatest(1, ceil(b.total_rows::numeric / coalesce($6, b.days_to_complete)))::bigint END,
 			next_run_at = NULL`,
-		s.NewUID(), entity, set.WindowStart, set.WindowEnd, set.TimeZone, set.Days, set.PageSize, set.Continuous)
+		s.NewUID(), entity, set.WindowStart, set.WindowEnd, set.TimeZone, set.Days, set.PageSize, set.Continuous, set.Mode)
 	return err
 }
 
@@ -87,7 +87,7 @@ func (s *Store) ResetSchedule(ctx context.Context, entity string) error {
 // yet planned), optionally only entity's.
 func (s *Store) DueSchedules(ctx context.Context, now time.Time, entity string) ([]backfill.Schedule, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+scheduleColumns+` FROM bridge.background_sync_schedule
-		WHERE is_enabled AND (completed_at IS NULL OR continuous) AND (next_run_at IS NULL OR next_run_at <= $1)
+		WHERE is_enabled AND (completed_at IS NULL OR continuous OR mode = 'verify') AND (next_run_at IS NULL OR next_run_at <= $1)
 		  AND ($2 = '' OR entity_name = $2)
 		ORDER BY next_run_at NULLS FIRST, entity_name`, now, entity)
 	if err != nil {

@@ -197,13 +197,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 	return classify(err)
 }
 
-// LastVerifications returns the latest verification of every entity, by name.
-func (s *Store) LastVerifications(ctx context.Context) ([]backfill.Verification, error) {
+// LastVerifications returns the latest verification of every entity, by name
+// (with failed, only the latest that did not fail).
+func (s *Store) LastVerifications(ctx context.Context, failed bool) ([]backfill.Verification, error) {
 	rows, err := s.pool.Query(ctx, `
 SELECT DISTINCT ON (entity_name) uid, entity_name, trigger, repair, started_at, coalesce(finished_at, started_at),
     source_rows, ledger_rows, missing, stale, extra, target_edited, target_missing, unhashed, published,
     coalesce(error, ''), coalesce(replica, '')
-FROM bridge.verifications ORDER BY entity_name, started_at DESC`)
+FROM bridge.verifications WHERE $1 OR error IS NULL ORDER BY entity_name, started_at DESC`, failed)
 	if err != nil {
 		return nil, classify(err)
 	}

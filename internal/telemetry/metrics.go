@@ -35,6 +35,8 @@ type Metrics struct {
 	BackfillTotal      *prometheus.GaugeVec // entity
 	BackfillNextRun    *prometheus.GaugeVec // entity
 	BackfillFailing    *prometheus.GaugeVec // entity
+	DriftRows          *prometheus.GaugeVec // entity, kind
+	LastVerify         *prometheus.GaugeVec // entity
 }
 
 // NewMetrics registers every metric, with the Go and process collectors, on a
@@ -90,7 +92,11 @@ func NewMetrics() *Metrics {
 		Help: "When the entity's backfill is next due (0 when not planned)."}, []string{"entity"})
 	m.BackfillFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_backfill_failing",
 		Help: "1 when the entity's last backfill run failed."}, []string{"entity"})
-	for _, c := range []prometheus.Collector{m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerMissing, m.ConsumerPending,
+	m.DriftRows = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_drift_rows",
+		Help: "Rows the entity's last verification found different from the source or the target, by kind (syncflow verify)."}, []string{"entity", "kind"})
+	m.LastVerify = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_last_verify_timestamp",
+		Help: "When the entity's last verification finished (Unix seconds; absent before the first)."}, []string{"entity"})
+	for _, c := range []prometheus.Collector{m.DriftRows, m.LastVerify, m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerMissing, m.ConsumerPending,
 		m.ConsumerAckPending, m.DeadLetters, m.DeadLetterAge, m.Parked, m.ParkedAge, m.CheckpointAge, m.BackfillRows,
 		m.BackfillTotal, m.BackfillNextRun, m.BackfillFailing} {
 		f(c)
