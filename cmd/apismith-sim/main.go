@@ -1,22 +1,26 @@
 // Command apismith-sim is a deterministic synthetic ERP behind APISmith's API, for
 // demos, benchmarks and tests:
 //
-//	apismith-sim serve    serve the snapshot over HTTP (the backfill's source)
+//	apismith-sim serve    serve the ERP over HTTP (the backfill's source)
 //	apismith-sim publish  publish a burst of messy realtime traffic to NATS
 //	apismith-sim expect   write the expected state of the snapshot alone
 //	apismith-sim verify   compare ScheduleHub's tables with an expected state
+//	apismith-sim drift    change the source and the target silently, without events
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -25,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/sim"
 )
 
@@ -45,6 +50,8 @@ func main() {
 		err = expect(os.Args[2:])
 	case "verify":
 		err = verify(ctx, os.Args[2:])
+	case "drift":
+		err = drift(ctx, os.Args[2:], os.Stdout)
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -62,7 +69,14 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `apismith-sim is a synthetic ERP for SyncFlow's demos and tests.
 
-Usage: apismith-sim serve | publish | expect | verify [flags]   (each has --help)
+Usage: apismith-sim serve | publish | expect | verify | drift [flags]   (each has --help)
+
+  serve    serve the ERP over APISmith's HTTP API (--admin: let publish and drift change it)
+  publish  publish a burst of messy realtime traffic to NATS (--sim-url: and apply it to serve's ERP)
+  expect   write the expected state of the snapshot alone
+  verify   compare ScheduleHub's tables with an expected state
+  drift    change rows of the source (through serve --admin) and of the target
+           (ScheduleHub's tables) silently, without any event
 `)
 }
 
@@ -82,9 +96,10 @@ func serve(ctx context.Context, args []string) error {
 	var cfg sim.ServerConfig
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	fs.StringVar(&cfg.Token, "token", os.Getenv("APISMITH_SIM_TOKEN"), "require this bearer token ($APISMITH_SIM_TOKEN)")
-	fs.DurationVar(&cfg.SlowPage, "slow-page", 0, "delay every page")
-	fs.IntVar(&cfg.FailEvery, "fail-every", 0, "answer every n-th page with 503")
-	fs.IntVar(&cfg.TruncateEvery, "truncate-every", 0, "truncate every n-th page")
+	fs.DurationVar(&cfg.SlowPage, "slow-page", 0, "delay every page and lookup")
+	fs.IntVar(&cfg.FailEvery, "fail-every", 0, "answer every n-th page or lookup with 503")
+	fs.IntVar(&cfg.TruncateEvery, "truncate-every", 0, "truncate every n-th page or lookup answer")
+	fs.BoolVar(&cfg.Admin, "admin", false, "serve POST /admin/traffic and /admin/drift, which change the ERP (for publish --sim-url and drift)")
 	fs.Parse(args)
 	srv := &http.Server{Addr: *addr, Handler: sim.New(*size).Handler(cfg), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -93,7 +108,11 @@ func serve(ctx context.Context, args []string) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	fmt.Fprintf(os.Stderr, "apismith-sim: serving %+v on http://%s\n", *size, *addr)
+	admin := ""
+	if cfg.Admin {
+		admin = " with the admin endpoints"
+	}
+	fmt.Fprintf(os.Stderr, "apismith-sim: serving %+v on http://%s%s\n", *size, *addr, admin)
 	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
@@ -130,7 +149,12 @@ func publish(ctx context.Context, args []string) error {
 	fs.Float64Var(&t.Poison, "poison", 0.01, "share of poison events (malformed JSON, missing key)")
 	out := fs.String("expect", "", "write the expected final state (snapshot plus this traffic) to this file")
 	rowsOut := fs.String("expect-rows", "", "also write the expected rows (entity, key, check field; tab-separated) to this file")
+	simURL := fs.String("sim-url", "", "after publishing, apply the same traffic to the rows apismith-sim serve --admin serves at this URL (e.g. http://127.0.0.1:8080), as a real ERP's would change")
+	simToken := fs.String("sim-token", os.Getenv("APISMITH_SIM_TOKEN"), "the bearer token of --sim-url ($APISMITH_SIM_TOKEN)")
 	fs.Parse(args)
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("the traffic flags (--children-first, --dup, --ooo, --deletes, --poison, --events): %w", err)
+	}
 	erp := sim.New(*size)
 	events, changes := erp.Traffic(t)
 	nc, err := nats.Connect(*natsURL)
@@ -174,9 +198,66 @@ func publish(ctx context.Context, args []string) error {
 		}
 	}
 	if *out != "" {
-		return writeExpect(*out, expectation{Config: *size, Poison: changes.Poison, Entities: erp.Expect(changes)})
+		if err := writeExpect(*out, expectation{Config: *size, Poison: changes.Poison, Entities: erp.Expect(changes)}); err != nil {
+			return err
+		}
+	}
+	if *simURL != "" {
+		var res sim.TrafficResult
+		if err := adminPost(ctx, *simURL, *simToken, "/admin/traffic", t, &res); err != nil {
+			return fmt.Errorf("the events are published, but the source does not serve their changes: %w", err)
+		}
+		if res.Digest != sim.EventsDigest(events) {
+			return fmt.Errorf("the simulator at %s made other traffic from the same flags (%d events; %d published): it serves an ERP of another size; start it with the same --sites, --centers-per-site, --items and --work-orders as publish", redact.String(*simURL), res.Events, len(events))
+		}
+		fmt.Fprintf(os.Stderr, "apismith-sim: the simulator at %s now serves the rows after this traffic\n", redact.String(*simURL))
 	}
 	return nil
+}
+
+// adminPost sends body to an admin endpoint of apismith-sim serve at simURL and
+// decodes the answer into out.
+func adminPost(ctx context.Context, simURL, token, path string, body, out any) error {
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	u := strings.TrimRight(simURL, "/") + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
+	if err != nil {
+		return fmt.Errorf("the simulator URL %q: %w", redact.String(simURL), err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Do(req)
+	if err != nil {
+		return fmt.Errorf("reaching the simulator: %w (is apismith-sim serve --admin running at %s?)", err, redact.String(simURL))
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the answer of %s: %w", redact.String(u), err)
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(answer, &e)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		if err := json.Unmarshal(answer, out); err != nil {
+			return fmt.Errorf("the answer of %s: %w", redact.String(u), err)
+		}
+		return nil
+	case resp.StatusCode == http.StatusUnauthorized:
+		return fmt.Errorf("the simulator at %s refused the token: pass the token it was started with (--sim-token or $APISMITH_SIM_TOKEN)", redact.String(simURL))
+	case resp.StatusCode == http.StatusNotFound && e.Error == "":
+		return fmt.Errorf("%s has no %s: is it apismith-sim serve --admin?", redact.String(simURL), path)
+	case e.Error != "":
+		return fmt.Errorf("the simulator: %s", e.Error)
+	}
+	return fmt.Errorf("%s answered HTTP %d: %s", redact.String(u), resp.StatusCode, strings.TrimSpace(string(answer)))
 }
 
 func expect(args []string) error {

@@ -34,8 +34,9 @@ type SourceRow struct {
 }
 
 // HTTPSource reads APISmith's HTTP API (see the README):
-// GET {BaseURL}/api/v1/entities/{entity}/count and
-// GET {BaseURL}/api/v1/entities/{entity}/rows?after=CURSOR&limit=N.
+// GET {BaseURL}/api/v1/entities/{entity}/count,
+// GET {BaseURL}/api/v1/entities/{entity}/rows?after=CURSOR&limit=N[&fields=F1,F2] and
+// POST {BaseURL}/api/v1/entities/{entity}/lookup with {"keys": [{FIELD: VALUE}]}.
 type HTTPSource struct {
 	// BaseURL is the API's address, e.g. http://apismith:8080.
 	BaseURL string
@@ -94,7 +95,11 @@ func (s HTTPSource) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into any) error {
+// request sends one request to the API, with query q and, when body is not nil,
+// body as JSON, and decodes the answer into into. It retries 5xx answers, network
+// errors and malformed answers for RetryFor, each attempt bounded by Timeout; a
+// 4xx answer is an ErrSource, not retried.
+func (s *HTTPSource) request(ctx context.Context, method, path string, q url.Values, body, into any) error {
 	if err := s.Validate(); err != nil {
 		return backoff.Permanent(err)
 	}
@@ -104,14 +109,28 @@ func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into an
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return fmt.Errorf("encoding the request to %s: %w", u, err)
+		}
+	}
 	attempt := func() error {
 		rctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
+		var rd io.Reader
+		if payload != nil {
+			rd = bytes.NewReader(payload)
+		}
+		req, err := http.NewRequestWithContext(rctx, method, u, rd)
 		if err != nil {
 			return backoff.Permanent(err)
 		}
 		req.Header.Set("Accept", "application/json")
+		if payload != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		if s.Token != "" {
 			req.Header.Set("Authorization", "Bearer "+s.Token)
 		}
@@ -123,17 +142,17 @@ func (s *HTTPSource) get(ctx context.Context, path string, q url.Values, into an
 			return err // network: retry
 		}
 		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+		answer, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 		if err != nil {
 			return err
 		}
 		switch {
 		case resp.StatusCode >= 500:
-			return &httpStatusError{resp.StatusCode, string(body)}
+			return &httpStatusError{resp.StatusCode, string(answer)}
 		case resp.StatusCode >= 400:
-			return backoff.Permanent(fmt.Errorf("%w: %s answered %w", ErrSource, u, &httpStatusError{resp.StatusCode, string(body)}))
+			return backoff.Permanent(fmt.Errorf("%w: %s answered %w", ErrSource, u, &httpStatusError{resp.StatusCode, string(answer)}))
 		}
-		dec := json.NewDecoder(bytes.NewReader(body))
+		dec := json.NewDecoder(bytes.NewReader(answer))
 		dec.UseNumber()
 		if err := dec.Decode(into); err != nil {
 			return fmt.Errorf("malformed page from %s: %v", u, err) // truncated bodies heal: retry
@@ -163,7 +182,7 @@ func (s *HTTPSource) Count(ctx context.Context, entity string) (int64, error) {
 	var out struct {
 		Count *int64 `json:"count"`
 	}
-	if err := s.get(ctx, "/api/v1/entities/"+url.PathEscape(entity)+"/count", nil, &out); err != nil {
+	if err := s.request(ctx, http.MethodGet, "/api/v1/entities/"+url.PathEscape(entity)+"/count", nil, nil, &out); err != nil {
 		return 0, err
 	}
 	if out.Count == nil || *out.Count < 0 {
@@ -174,15 +193,26 @@ func (s *HTTPSource) Count(ctx context.Context, entity string) (int64, error) {
 
 // Page implements Source.
 func (s *HTTPSource) Page(ctx context.Context, entity, cursor string, limit int) ([]SourceRow, string, bool, error) {
+	return s.PageFields(ctx, entity, cursor, limit, nil)
+}
+
+// PageFields is Page asking only for the given fields of each row (as named in
+// the rows' data, e.g. PART_NO); nil or empty asks for whole rows. A source that
+// ignores the projection and sends more fields is fine; every row still needs a
+// rowversion and data.
+func (s *HTTPSource) PageFields(ctx context.Context, entity, cursor string, limit int, fields []string) ([]SourceRow, string, bool, error) {
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if cursor != "" {
 		q.Set("after", cursor)
+	}
+	if len(fields) > 0 {
+		q.Set("fields", strings.Join(fields, ","))
 	}
 	var page struct {
 		Rows       []SourceRow `json:"rows"`
 		NextCursor *string     `json:"next_cursor"`
 	}
-	if err := s.get(ctx, "/api/v1/entities/"+url.PathEscape(entity)+"/rows", q, &page); err != nil {
+	if err := s.request(ctx, http.MethodGet, "/api/v1/entities/"+url.PathEscape(entity)+"/rows", q, nil, &page); err != nil {
 		return nil, "", false, err
 	}
 	for i, r := range page.Rows {
@@ -194,4 +224,30 @@ func (s *HTTPSource) Page(ctx context.Context, entity, cursor string, limit int)
 		return page.Rows, "", false, nil
 	}
 	return page.Rows, *page.NextCursor, true, nil
+}
+
+// Lookup returns the live rows of entity with the given business keys: each key
+// maps every key field of the entity (e.g. {"ORDER_NO": "WO00000001",
+// "OPERATION_NO": 10}) to its value, compared as text by the source. The rows come
+// in the order of keys; a key the source does not have (or deleted) is simply
+// absent. The source caps the keys of one request (APISmith: at most its page
+// limit, 5000 by default), so callers send large sets in batches. No keys, no
+// request. Retries, timeout and token are Page's.
+func (s *HTTPSource) Lookup(ctx context.Context, entity string, keys []map[string]any) ([]SourceRow, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	var out struct {
+		Rows []SourceRow `json:"rows"`
+	}
+	body := map[string]any{"keys": keys}
+	if err := s.request(ctx, http.MethodPost, "/api/v1/entities/"+url.PathEscape(entity)+"/lookup", nil, body, &out); err != nil {
+		return nil, err
+	}
+	for i, r := range out.Rows {
+		if len(r.RowVersion) == 0 || r.Data == nil {
+			return nil, fmt.Errorf("%w: row %d of the lookup of %d %s keys has no rowversion or data", ErrSource, i, len(keys), entity)
+		}
+	}
+	return out.Rows, nil
 }

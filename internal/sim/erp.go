@@ -3,12 +3,14 @@
 // generates realistic realtime change events (children before parents, duplicates,
 // out-of-order versions, deletes, poison) together with the state a perfect sync
 // must end in. Rows are computed from their index, never stored: a million items
-// cost nothing until they are asked for.
+// cost nothing until they are asked for. What changed since the snapshot (applied
+// traffic, drift) is kept as overrides of single rows.
 package sim
 
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -39,14 +41,42 @@ func (c Config) withDefaults() Config {
 // Entities lists the demo entities, parents first.
 var Entities = []string{"sites", "items", "work_centers", "work_orders", "work_order_operations"}
 
-// ERP is the synthetic ERP.
-type ERP struct{ cfg Config }
+// ERP is the synthetic ERP. It is safe for concurrent use.
+type ERP struct {
+	cfg Config
 
-// New returns an ERP of the given size.
-func New(cfg Config) *ERP { return &ERP{cfg: cfg.withDefaults()} }
+	mu    sync.RWMutex
+	state map[string]*entityState // every entity's changes since the snapshot
+	clock time.Time               // the newest rowversion the ERP has stamped
+}
 
-// Count returns how many rows entity has in the snapshot.
+// New returns an ERP of the given size, in its snapshot state.
+func New(cfg Config) *ERP {
+	e := &ERP{cfg: cfg.withDefaults(), state: map[string]*entityState{}}
+	for _, entity := range Entities {
+		e.state[entity] = &entityState{rows: map[int64]override{}}
+		if n, _ := e.snapshotCount(entity); n > 0 {
+			e.clock = maxTime(e.clock, snapshotBase.Add(time.Duration(n-1)*time.Second))
+		}
+	}
+	return e
+}
+
+// Count returns how many live rows entity has now: the snapshot's, plus the rows
+// created since, minus the rows deleted.
 func (e *ERP) Count(entity string) (int64, bool) {
+	n, ok := e.snapshotCount(entity)
+	if !ok {
+		return 0, false
+	}
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	st := e.state[entity]
+	return n + st.created - st.deleted, true
+}
+
+// snapshotCount returns how many rows entity has in the snapshot.
+func (e *ERP) snapshotCount(entity string) (int64, bool) {
 	switch entity {
 	case "sites":
 		return e.cfg.Sites, true
@@ -82,7 +112,7 @@ var CheckField = map[string]string{
 }
 
 // Revision returns row i of entity at revision rev, stamped with rowversion at.
-// Indexes at or past Count are rows created after the snapshot.
+// Indexes at or past the snapshot's count are rows created after the snapshot.
 func (e *ERP) Revision(entity string, i int64, rev int, at time.Time) Row {
 	c := e.cfg
 	check := fmt.Sprintf("%s %d rev %d", entity, i, rev)
@@ -122,7 +152,8 @@ func (e *ERP) itemOf(order int64) int64 {
 	return e.cfg.Items + (order - e.cfg.WorkOrders)
 }
 
-// Snapshot returns revision 1 of row i, as the source serves it.
+// Snapshot returns revision 1 of row i, as the source serves it until something
+// changes the row (see Current).
 func (e *ERP) Snapshot(entity string, i int64) Row {
 	return e.Revision(entity, i, 1, snapshotBase.Add(time.Duration(i)*time.Second))
 }

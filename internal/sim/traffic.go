@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -12,23 +13,23 @@ import (
 // TrafficConfig shapes a burst of realtime change events. Shares are fractions of
 // the events.
 type TrafficConfig struct {
-	Events int
-	Seed   uint64
+	Events int    `json:"events"`
+	Seed   uint64 `json:"seed"`
 	// ChildrenFirst is the share of new work-order chains (an item, a work order
 	// and its three operations, created after the snapshot) published children
 	// first: operations, then the order, then the item.
-	ChildrenFirst float64
+	ChildrenFirst float64 `json:"children_first"`
 	// Duplicates is the share of events published twice.
-	Duplicates float64
+	Duplicates float64 `json:"duplicates"`
 	// OutOfOrder is the share of changes whose newer version is published first.
-	OutOfOrder float64
+	OutOfOrder float64 `json:"out_of_order"`
 	// Deletes is the share of deletes (operations, and items no order uses).
-	Deletes float64
+	Deletes float64 `json:"deletes"`
 	// Poison is the share of events that cannot be applied: malformed JSON or a
 	// missing key field. They end as dead letters.
-	Poison float64
+	Poison float64 `json:"poison"`
 	// Start stamps the first change (default 2026-06-01, after every snapshot row).
-	Start time.Time
+	Start time.Time `json:"start,omitzero"`
 }
 
 // Event is one message to publish.
@@ -37,8 +38,10 @@ type Event struct {
 	Body    []byte
 }
 
+// change is the final version of one row after the traffic.
 type change struct {
 	rev     int
+	at      time.Time // the rowversion of that version
 	deleted bool
 }
 
@@ -63,7 +66,8 @@ var updateMix = []struct {
 }{{"sites", 0.02}, {"work_centers", 0.08}, {"items", 0.30}, {"work_orders", 0.30}, {"work_order_operations", 0.30}}
 
 // Traffic generates a burst of realtime events over the ERP's snapshot, and the
-// changes it makes. The same config gives the same events.
+// changes it makes (ApplyTraffic makes them in the ERP). The same config and ERP
+// size give the same events, whatever the ERP's current state.
 func (e *ERP) Traffic(cfg TrafficConfig) ([]Event, *Changes) {
 	if cfg.Start.IsZero() {
 		cfg.Start = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
@@ -111,22 +115,23 @@ func (e *ERP) Traffic(cfg TrafficConfig) ([]Event, *Changes) {
 			at := next()
 			for op := order * 3; op < order*3+3; op++ {
 				push(emit("upsert", e.Revision("work_order_operations", op, 1, at)))
-				ch.set("work_order_operations", op, change{rev: 1})
+				ch.set("work_order_operations", op, change{rev: 1, at: at})
 			}
 			push(emit("upsert", e.Revision("work_orders", order, 1, at)))
-			ch.set("work_orders", order, change{rev: 1})
+			ch.set("work_orders", order, change{rev: 1, at: at})
 			push(emit("upsert", e.Revision("items", item, 1, at)))
-			ch.set("items", item, change{rev: 1})
+			ch.set("items", item, change{rev: 1, at: at})
 		case x < cfg.Poison+cfg.ChildrenFirst+cfg.Deletes:
 			entity, i, ok := e.deletable(rng, ch)
 			if !ok {
 				continue
 			}
-			push(emit("delete", e.Revision(entity, i, ch.rows[entity][i].rev+1, next())))
-			ch.set(entity, i, change{rev: ch.rows[entity][i].rev + 1, deleted: true})
+			at := next()
+			push(emit("delete", e.Revision(entity, i, ch.rows[entity][i].rev+1, at)))
+			ch.set(entity, i, change{rev: ch.rows[entity][i].rev + 1, at: at, deleted: true})
 		default:
 			entity := pick(rng)
-			count, _ := e.Count(entity)
+			count, _ := e.snapshotCount(entity)
 			i := rng.Int64N(count)
 			cur, touched := ch.rows[entity][i]
 			if cur.deleted {
@@ -135,16 +140,18 @@ func (e *ERP) Traffic(cfg TrafficConfig) ([]Event, *Changes) {
 			if !touched {
 				cur.rev = 1
 			}
-			newer := e.Revision(entity, i, cur.rev+1, next())
+			at := next()
+			newer := e.Revision(entity, i, cur.rev+1, at)
 			if rng.Float64() < cfg.OutOfOrder {
-				newest := e.Revision(entity, i, cur.rev+2, next())
+				at := next()
+				newest := e.Revision(entity, i, cur.rev+2, at)
 				push(emit("upsert", newest))
 				push(emit("upsert", newer))
-				ch.set(entity, i, change{rev: cur.rev + 2})
+				ch.set(entity, i, change{rev: cur.rev + 2, at: at})
 				continue
 			}
 			push(emit("upsert", newer))
-			ch.set(entity, i, change{rev: cur.rev + 1})
+			ch.set(entity, i, change{rev: cur.rev + 1, at: at})
 		}
 	}
 	return events, ch
@@ -164,7 +171,7 @@ func pick(rng *rand.Rand) string {
 // or an item no work order uses.
 func (e *ERP) deletable(rng *rand.Rand, ch *Changes) (string, int64, bool) {
 	entity := "work_order_operations"
-	count, _ := e.Count(entity)
+	count, _ := e.snapshotCount(entity)
 	lo := int64(0)
 	if rng.IntN(2) == 0 && e.cfg.Items > e.cfg.WorkOrders {
 		entity, lo, count = "items", e.cfg.WorkOrders, e.cfg.Items
@@ -209,7 +216,7 @@ func (e *ERP) Expect(ch *Changes) map[string]EntityState {
 // in key order: the rows a perfect sync leaves in the target.
 func (e *ERP) Walk(ch *Changes, fn func(entity, key, check string)) {
 	for _, entity := range Entities {
-		count, _ := e.Count(entity)
+		count, _ := e.snapshotCount(entity)
 		var extra int64
 		var rows map[int64]change
 		if ch != nil {
@@ -252,4 +259,35 @@ func (d *Digest) Add(key, check string) {
 // State returns the digest so far.
 func (d *Digest) State() EntityState {
 	return EntityState{Rows: d.rows, Digest: hex.EncodeToString(d.h.Sum(nil))}
+}
+
+// Validate says what is wrong with a traffic config that Traffic cannot use.
+func (cfg TrafficConfig) Validate() error {
+	var errs []error
+	if cfg.Events < 0 {
+		errs = append(errs, fmt.Errorf("events must not be negative (got %d)", cfg.Events))
+	}
+	for _, s := range []struct {
+		name string
+		v    float64
+	}{{"children_first", cfg.ChildrenFirst}, {"duplicates", cfg.Duplicates}, {"out_of_order", cfg.OutOfOrder}, {"deletes", cfg.Deletes}, {"poison", cfg.Poison}} {
+		if !(s.v >= 0 && s.v <= 1) {
+			errs = append(errs, fmt.Errorf("%s is a share of the events: give it between 0 and 1 (got %v)", s.name, s.v))
+		}
+	}
+	if cfg.Deletes >= 1 && cfg.Poison+cfg.ChildrenFirst == 0 {
+		errs = append(errs, errors.New("deletes must be below 1 when there is no poison and no new chains: the rows that can be deleted run out"))
+	}
+	return errors.Join(errs...)
+}
+
+// EventsDigest is the hex SHA-256 of a burst of events (subjects and bodies, in
+// order): two ERPs that generated the same traffic give the same digest.
+func EventsDigest(events []Event) string {
+	h := sha256.New()
+	for _, ev := range events {
+		_, _ = fmt.Fprintf(h, "%s\n%d\n", ev.Subject, len(ev.Body))
+		_, _ = h.Write(ev.Body)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
