@@ -26,7 +26,7 @@ echo "== a fresh database"
 DATABASE_URL=$DB_URL ADMIN_URL=$ADMIN_URL go run ./deploy/demodb -fresh
 
 echo "== the simulated ERP on http://$SIM_ADDR (${SIZES[*]})"
-bin/apismith-sim serve --addr "$SIM_ADDR" "${SIZES[@]}" 2>"$DIR/sim.log" &
+bin/apismith-sim serve --admin --addr "$SIM_ADDR" "${SIZES[@]}" 2>"$DIR/sim.log" &
 pids+=($!)
 
 echo "== syncflow run (embedded NATS at $NATS_URL, logs in $DIR/run.log)"
@@ -44,7 +44,7 @@ done
 bin/syncflow backfill --once 2>>"$DIR/backfill.log"
 
 echo "== $EVENTS realtime events, messy on purpose"
-bin/apismith-sim publish --nats-url "$NATS_URL" "${SIZES[@]}" --events "$EVENTS" --expect "$DIR/expected.json"
+bin/apismith-sim publish --nats-url "$NATS_URL" --sim-url "http://$SIM_ADDR" "${SIZES[@]}" --events "$EVENTS" --expect "$DIR/expected.json"
 
 echo "== waiting for the target to match the simulator"
 for _ in $(seq 1 120); do
@@ -58,3 +58,35 @@ echo
 echo "dead letters by cause:"
 bin/syncflow dlq groups
 grep -q "matches" "$DIR/verify.txt"
+
+echo
+echo "== syncflow verify: every entity against the ERP and ScheduleHub (exit 0: in sync)"
+bin/syncflow verify
+
+echo
+echo "== drift without events: items created, changed and deleted in the ERP; rows edited and deleted in ScheduleHub"
+bin/apismith-sim drift --sim-url "http://$SIM_ADDR" --database-url "$DB_URL" --entity items \
+	--create 3 --change 4 --delete 2 --edit-target 5 --delete-target 1
+
+echo
+echo "== syncflow verify --entity items (exit 4: drift found)"
+rc=0
+bin/syncflow verify --entity items --json >"$DIR/drift.json" || rc=$?
+[ "$rc" = 4 ] || { echo "verify exited $rc, want 4"; cat "$DIR/drift.json"; exit 1; }
+bin/syncflow verify --entity items --settle 0 || true
+for want in '"missing": 3,' '"stale": 4,' '"extra": 2,' '"target-edited": 5,' '"target-missing": 1,'; do
+	grep -qF -- "$want" "$DIR/drift.json" || { echo "verify did not find $want"; cat "$DIR/drift.json"; exit 1; }
+done
+echo "verify found exactly the injected drift: 3 missing, 4 stale, 2 extra, 5 target-edited, 1 target-missing"
+
+echo
+echo "== syncflow verify --repair --delete-extra: publish the drifted rows through the pipeline"
+bin/syncflow verify --entity items --repair --delete-extra || true
+for _ in $(seq 1 60); do
+	if bin/syncflow verify --entity items >"$DIR/verify-after.txt" 2>&1; then break; fi
+	sleep 1
+done
+cat "$DIR/verify-after.txt"
+bin/syncflow verify --entity items >/dev/null
+echo
+bin/syncflow status

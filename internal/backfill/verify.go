@@ -56,6 +56,8 @@ type DriftedKey struct {
 	BKHash string
 	Key    []string
 	Kind   DriftKind
+	// LedgerOrd is the rowversion the ledger holds (0 when it holds none).
+	LedgerOrd int64
 }
 
 // Comparison is what a verify session found.
@@ -217,9 +219,6 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	if opt.Repair && !opt.DryRun && v.Publisher == nil {
 		return res, errors.New("verify: repairing needs a publisher")
 	}
-	if opt.DeleteExtra && e.RowVersion == event.VersionNumber {
-		return res, fmt.Errorf("entity %s counts its rowversions: a verification cannot date a delete of its extra rows (leave out --delete-extra, and delete them through the ERP's feed)", e.Name)
-	}
 	res = VerifyResult{UID: v.NewUID(), Entity: entity, Started: v.Now(), Plan: map[DriftKind]int64{}}
 	if opt.Record {
 		defer func() {
@@ -315,13 +314,19 @@ func keyOf(e *catalog.Entity, data map[string]any) ([]string, error) {
 // settle waits, drops the keys the ledger has caught up with, and looks the
 // extra keys up in the source again.
 func (v Verifier) settle(ctx context.Context, e *catalog.Entity, s VerifySession) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(v.Settle):
-	}
-	if err := s.Settle(ctx); err != nil {
+	behind, err := s.Drifted(ctx, []DriftKind{Missing, Stale}, "", 1)
+	if err != nil {
 		return err
+	}
+	if len(behind) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(v.Settle):
+		}
+		if err := s.Settle(ctx); err != nil {
+			return err
+		}
 	}
 	after := ""
 	for {
@@ -426,7 +431,6 @@ func (v Verifier) repair(ctx context.Context, e *catalog.Entity, s VerifySession
 	if !opt.DeleteExtra {
 		return nil
 	}
-	deleteAt := v.Now()
 	after = ""
 	for {
 		limit := left()
@@ -440,7 +444,7 @@ func (v Verifier) repair(ctx context.Context, e *catalog.Entity, s VerifySession
 		}
 		msgs := make([]Message, len(keys))
 		for i, k := range keys {
-			if msgs[i], err = deleteMessage(e, k, v.Catalog.SourceSystem, deleteAt, res.UID); err != nil {
+			if msgs[i], err = deleteMessage(e, k, v.Catalog.SourceSystem, res.UID); err != nil {
 				return err
 			}
 		}
@@ -470,19 +474,20 @@ func repairMessage(e *catalog.Entity, row SourceRow, key []string, kind DriftKin
 	return Message{Subject: event.Backfill.Subject(e.Name), ID: "verify:" + uid.String() + ":" + e.Name + ":" + event.HashKey(key), Body: body}, nil
 }
 
-// deleteMessage deletes an extra row. Its rowversion is the verification's
-// time (in the entity's form): the source had no such row then, and the delete
-// must be newer than the version the ledger holds. An entity whose rowversion
-// is a counter cannot say "now": its extra rows are reported, not deleted.
-func deleteMessage(e *catalog.Entity, k DriftedKey, sourceSystem string, at time.Time, uid uuid.UUID) (Message, error) {
+// deleteMessage deletes an extra row. Its rowversion is the smallest one after
+// the version the ledger holds (a microsecond later for a timestamp, a second
+// for an objversion, one more for a counter): it must win over that version,
+// and must not claim a time the source never stamped (the checkpoints follow the
+// rowversions applied).
+func deleteMessage(e *catalog.Entity, k DriftedKey, sourceSystem string, uid uuid.UUID) (Message, error) {
 	var rv any
 	switch e.RowVersion {
 	case event.VersionObjversion:
-		rv = at.In(e.TimeZone).Format("20060102150405")
+		rv = time.UnixMicro(k.LedgerOrd).Add(time.Second).In(e.TimeZone).Format("20060102150405")
 	case event.VersionNumber:
-		return Message{}, fmt.Errorf("entity %s counts its rowversions: a verification cannot date a delete of its extra rows (delete them in the ERP's feed instead)", e.Name)
+		rv = k.LedgerOrd + 1
 	default:
-		rv = at.UTC().Format(time.RFC3339Nano)
+		rv = time.UnixMicro(k.LedgerOrd + 1).UTC().Format(time.RFC3339Nano)
 	}
 	data := make(map[string]any, len(e.Key))
 	for j, f := range e.Key {

@@ -37,7 +37,7 @@ func (s *Store) OpenVerify(ctx context.Context, entity string) (backfill.VerifyS
 	_, err = conn.Exec(ctx, `
 DROP TABLE IF EXISTS pg_temp.verify_source, pg_temp.verify_drift;
 CREATE TEMP TABLE verify_source (bk_hash text NOT NULL, business_key jsonb NOT NULL, ord bigint NOT NULL);
-CREATE TEMP TABLE verify_drift (bk_hash text PRIMARY KEY, business_key jsonb NOT NULL, kind text NOT NULL)`)
+CREATE TEMP TABLE verify_drift (bk_hash text PRIMARY KEY, business_key jsonb NOT NULL, kind text NOT NULL, ledger_ord bigint)`)
 	if err != nil {
 		conn.Release()
 		return nil, classify(err)
@@ -76,9 +76,10 @@ func (v *verifySession) AddSource(ctx context.Context, keys []backfill.SourceKey
 func (v *verifySession) compareSQL() string {
 	t := v.target
 	return `
-INSERT INTO verify_drift (bk_hash, business_key, kind)
-SELECT bk_hash, business_key, kind FROM (
+INSERT INTO verify_drift (bk_hash, business_key, kind, ledger_ord)
+SELECT bk_hash, business_key, kind, ledger_ord FROM (
     SELECT coalesce(s.bk_hash, r.bk_hash) AS bk_hash, coalesce(s.business_key, r.business_key) AS business_key,
+        r.rowversion_ord AS ledger_ord,
         CASE
             WHEN r.bk_hash IS NULL THEN 'missing'
             WHEN s.bk_hash IS NULL THEN CASE WHEN r.deleted THEN NULL ELSE 'extra' END
@@ -157,7 +158,7 @@ func (v *verifySession) Drifted(ctx context.Context, kinds []backfill.DriftKind,
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
-	rows, err := v.conn.Query(ctx, `SELECT bk_hash, business_key, kind FROM verify_drift
+	rows, err := v.conn.Query(ctx, `SELECT bk_hash, business_key, kind, coalesce(ledger_ord, 0) FROM verify_drift
 		WHERE kind = ANY ($1) AND bk_hash > $2 ORDER BY bk_hash LIMIT $3`, names, after, limit)
 	if err != nil {
 		return nil, classify(err)
@@ -167,7 +168,7 @@ func (v *verifySession) Drifted(ctx context.Context, kinds []backfill.DriftKind,
 			k    backfill.DriftedKey
 			kind string
 		)
-		err := r.Scan(&k.BKHash, &k.Key, &kind)
+		err := r.Scan(&k.BKHash, &k.Key, &kind, &k.LedgerOrd)
 		k.Kind = backfill.DriftKind(kind)
 		return k, err
 	})

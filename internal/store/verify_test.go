@@ -219,6 +219,17 @@ func TestVerifyFindsAndRepairsEveryKindOfDrift(t *testing.T) {
 		t.Fatalf("deleting the extra rows published %d, want 4", rep.Published)
 	}
 	vf.applyPublished(t)
+	// The deletes are dated just after the version they delete, not at the
+	// verification's time: the checkpoints follow the rowversions applied.
+	var tombstones int
+	var newest time.Time
+	if err := vf.conn.QueryRow(vf.ctx, `SELECT count(*), max(to_timestamp(rowversion_ord / 1e6)) FROM bridge.synced_records
+		WHERE entity_name = 'items' AND deleted`).Scan(&tombstones, &newest); err != nil {
+		t.Fatal(err)
+	}
+	if tombstones != 4 || newest.After(time.Date(2026, 1, 1, 0, 1, 0, 0, time.UTC)) {
+		t.Fatalf("%d tombstones, the newest dated %v", tombstones, newest)
+	}
 	if final := vf.verify(t, backfill.VerifyOptions{}); len(counts(final.Comparison)) != 0 || final.Drifted() {
 		t.Fatalf("after the repairs: %v", counts(final.Comparison))
 	}
