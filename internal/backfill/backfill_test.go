@@ -31,6 +31,9 @@ type rig struct {
 	js     jetstream.JetStream
 	runner *backfill.Runner
 	now    time.Time
+	// seq numbers the deliveries applyBodies makes; read is the last stream
+	// sequence newMessages returned.
+	seq, read uint64
 }
 
 // newRig gives t a database and a JetStream server of its own.
