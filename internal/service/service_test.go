@@ -513,7 +513,18 @@ func TestMetricsAndHealth(t *testing.T) {
 	e.publish("apismith.cdc.work_centers", `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S9","WORK_CENTER_NO":"W"}}`)
 	e.publish("apismith.cdc.suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"ID":"X"}}`)
 	e.eventually(`SELECT count(*) FROM bridge.pending_children`, "1", 10*time.Second)
+	// The last verification of items found drift; the one after it failed and
+	// counted nothing, so the one before stands.
+	if _, err := e.conn.Exec(e.ctx, `INSERT INTO bridge.verifications (uid, entity_name, trigger, started_at, finished_at, missing, target_edited, error)
+		VALUES (gen_random_uuid(), 'items', 'cli', '2026-11-27 10:00Z', '2026-11-27 10:00:07Z', 2, 5, NULL),
+		       (gen_random_uuid(), 'items', 'schedule', '2026-11-27 11:00Z', '2026-11-27 11:00:01Z', 0, 0, 'APISmith is down')`); err != nil {
+		t.Fatal(err)
+	}
 	want := []string{
+		`syncflow_drift_rows{entity="items",kind="missing"} 2`,
+		`syncflow_drift_rows{entity="items",kind="target-edited"} 5`,
+		`syncflow_drift_rows{entity="items",kind="stale"} 0`,
+		`syncflow_last_verify_timestamp{entity="items"} 1.795773607e+09`,
 		`syncflow_events_total{entity="sites",outcome="inserted",source="realtime"} 1`,
 		`syncflow_events_total{entity="sites",outcome="failed",source="realtime"} 1`,
 		`syncflow_events_total{entity="work_centers",outcome="parked",source="realtime"} 1`,
