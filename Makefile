@@ -28,7 +28,7 @@ export DATABASE_URL ADMIN_URL
 export SYNCFLOW_DATABASE_URL := $(DATABASE_URL)
 export SYNCFLOW_NATS_URL     := $(NATS_URL)
 
-.PHONY: all build run db demo test fuzz vet bench microbench bench-rss soak partition-scale ledger-size tools clean
+.PHONY: all build run db demo test fuzz vet bench microbench bench-rss bench-verify soak partition-scale ledger-size tools clean
 
 all: build
 
@@ -91,7 +91,13 @@ microbench:
 ## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
-	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory -binary $(BIN)
+	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory,verify -binary $(BIN)
+
+## bench-verify: only the verify figure (syncflow verify over 1,000,000 items of the
+## simulator, 1,000 drifted: keys compared per second and peak RSS).
+bench-verify: build
+	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
+	bin/syncflow-bench -n 1000 -runs $(BENCH_RUNS) -skip syncflow,naive,ceiling,latency,backfill,memory -binary $(BIN)
 
 ## soak: two replicas at 2,000 events/s (children first) for DURATION while one
 ## is killed every minute, PostgreSQL drops their connections every 3 minutes and

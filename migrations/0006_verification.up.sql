@@ -2,10 +2,10 @@
 -- target (syncflow verify; a schedule in verify mode).
 --
 -- The ledger learns what the target row held after SyncFlow wrote it:
--- target_hash is the SHA-256 of the row's verified columns as PostgreSQL stores
--- them (jsonb without nulls, so a column added later does not change it), and
--- target_key the row's key columns (a jsonb array as text), set by the same
--- statement that writes the target row. A verification recomputes the hash
+-- target_hash is a 64-bit hash of the row's text as PostgreSQL stores it
+-- (trailing nulls cut, so a column added later does not change it), and
+-- target_key the row of its key columns as text, set by the same statement that
+-- writes the target row. A verification recomputes the hash
 -- over the target and compares. Rows written before this migration have none
 -- until their next write (verify counts them as unhashed).
 ALTER TABLE bridge.synced_records

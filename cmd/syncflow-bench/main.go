@@ -52,6 +52,7 @@ type config struct {
 	batch           int
 	backfillRows    int64
 	ledgerKeys      int64
+	verifyRows      int64
 	history, commit string
 }
 
@@ -67,9 +68,10 @@ func main() {
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
-	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory")
+	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory,verify")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
+	flag.Int64Var(&cfg.verifyRows, "verify-rows", 1_000_000, "items of the verify figure (1,000 of them drifted)")
 	flag.Int64Var(&cfg.ledgerKeys, "ledger-keys", 0, "fill the ledger with this many other keys first (a ledger larger than PostgreSQL's buffers)")
 	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the in-process figures (latency, backfill) to this file")
@@ -224,6 +226,11 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	if !skip("verify") {
+		if res.verify, err = b.verifyRun(); err != nil {
+			return err
+		}
+	}
 	res.print(cfg)
 	if cfg.history != "" {
 		if err := res.appendHistory(cfg.history, cmp.Or(cfg.commit, "unknown"), machine, cfg); err != nil {
@@ -241,6 +248,7 @@ type results struct {
 	latency                  []latencyFigure
 	backfill                 backfillFigure
 	memory                   memoryFigure
+	verify                   verifyFigure
 	// sfPerCore and pgPerCore are events per CPU-second of SyncFlow and of
 	// PostgreSQL during the SyncFlow runs (medians).
 	sfPerCore, pgPerCore float64
@@ -271,6 +279,9 @@ func (r results) print(cfg config) {
 	if m := r.memory; m.releaseChildren > 0 {
 		fmt.Printf("mass release, 1 parent, %d children      %8.1f s   (peak RSS %.0f MiB)\n", m.releaseChildren, m.releaseSeconds, m.releaseRSS)
 		fmt.Printf("backlog of %d events of 1 MiB             peak RSS %.0f MiB\n", m.bigEvents, m.bigRSS)
+	}
+	if v := r.verify; v.rate > 0 {
+		fmt.Printf("verify, %d keys (%d drifted) vs APISmith %8.0f keys/s   (peak RSS %.0f MiB)\n", v.rows, v.drifted, v.rate, v.rss)
 	}
 	if r.syncflow > 0 && r.naive > 0 {
 		fmt.Printf("SyncFlow / naive                         %8.2f\n", r.syncflow/r.naive)

@@ -73,16 +73,11 @@ func setupRun(f *flags) runFunc {
 	f.string(&cpuProfile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the whole run to this file")
 	f.duration(&cfg.LeaseWait, "lease-wait", 5*time.Second, "at start, how long to wait for the replica name while another process holds it (one that was just killed lets go)")
 	return func(ctx context.Context, _ []string) error {
-		if cpuProfile != "" {
-			out, err := os.Create(cpuProfile)
-			if err != nil {
-				return err
-			}
-			if err := pprof.StartCPUProfile(out); err != nil {
-				return err
-			}
-			defer pprof.StopCPUProfile()
+		stop, err := startCPUProfile(cpuProfile)
+		if err != nil {
+			return err
 		}
+		defer stop()
 		log, err := c.logger(os.Stderr)
 		if err != nil {
 			return err
@@ -108,4 +103,21 @@ func setupRun(f *flags) runFunc {
 		}
 		return err
 	}
+}
+
+// startCPUProfile writes a CPU profile to path until stop (nothing when path is
+// empty).
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); out.Close() }, nil
 }

@@ -42,6 +42,7 @@ type verifyFlags struct {
 	opt      backfill.VerifyOptions
 	settle   time.Duration
 	pageSize int
+	profile  string
 }
 
 // stringList is a flag that may be given more than once.
@@ -64,6 +65,7 @@ func setupVerify(f *flags) runFunc {
 	f.int(&v.opt.Samples, "samples", 5, "sample keys shown per kind")
 	f.duration(&v.settle, "settle", 2*time.Second, "wait this long before looking again at missing and stale rows (events in flight)")
 	f.int(&v.pageSize, "page-size", 5000, "keys read per page of the source")
+	f.string(&v.profile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the verification to this file")
 	return func(ctx context.Context, _ []string) error { return runVerify(ctx, v) }
 }
 
@@ -81,6 +83,11 @@ func runVerify(ctx context.Context, v verifyFlags) error {
 	if err := v.src.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	stop, err := startCPUProfile(v.profile)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	log, err := v.c.logger(os.Stderr)
 	if err != nil {
 		return err
@@ -221,6 +228,8 @@ func printVerifyJSON(results []backfill.VerifyResult, opt backfill.VerifyOptions
 		Samples    map[string][]string `json:"samples"`
 		InSync     bool                `json:"in_sync"`
 		DurationMS int64               `json:"duration_ms"`
+		ScanMS     int64               `json:"scan_ms"`
+		CompareMS  int64               `json:"compare_ms"`
 		Plan       map[string]int64    `json:"repair_plan,omitempty"`
 		Published  *int64              `json:"published,omitempty"`
 		Vanished   *int64              `json:"vanished,omitempty"`
@@ -232,7 +241,8 @@ func printVerifyJSON(results []backfill.VerifyResult, opt backfill.VerifyOptions
 	}{InSync: true, DryRun: opt.DryRun}
 	for _, r := range results {
 		e := entity{Entity: r.Entity, SourceRows: r.Comparison.SourceRows, LedgerRows: r.Comparison.LedgerRows,
-			Counts: map[string]int64{}, Samples: map[string][]string{}, InSync: !r.Drifted(), DurationMS: r.Duration.Milliseconds()}
+			Counts: map[string]int64{}, Samples: map[string][]string{}, InSync: !r.Drifted(), DurationMS: r.Duration.Milliseconds(),
+			ScanMS: r.Scan.Milliseconds(), CompareMS: r.Compare.Milliseconds()}
 		if !opt.DryRun {
 			e.UID = r.UID.String()
 		}

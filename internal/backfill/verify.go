@@ -168,6 +168,9 @@ type VerifyResult struct {
 	Published, Vanished int64
 	// Capped is set when MaxPublish stopped the repair short.
 	Capped bool
+	// Scan is the time spent reading the source's keys, Compare the time the
+	// database spent comparing them (with the ledger and the target).
+	Scan, Compare time.Duration
 }
 
 // Drifted reports whether the result found drift.
@@ -240,9 +243,11 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	if err := v.scan(ctx, e, s); err != nil {
 		return res, err
 	}
+	res.Scan = v.Now().Sub(res.Started)
 	if err := s.Compare(ctx); err != nil {
 		return res, err
 	}
+	res.Compare = v.Now().Sub(res.Started) - res.Scan
 	if err := v.settle(ctx, e, s); err != nil {
 		return res, err
 	}
@@ -257,8 +262,31 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	return res, v.repair(ctx, e, s, opt, &res)
 }
 
-// scan reads the source's keys into the session.
+// scan reads the source's keys into the session. The next page is read while
+// the session takes the last one (at most two pages wait in memory).
 func (v Verifier) scan(ctx context.Context, e *catalog.Entity, s VerifySession) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan []SourceKey, 1)
+	read := make(chan error, 1)
+	go func() {
+		defer close(pages)
+		read <- v.readKeys(ctx, e, pages)
+	}()
+	for keys := range pages {
+		if err := s.AddSource(ctx, keys); err != nil {
+			cancel()
+			for range pages {
+			}
+			<-read
+			return err
+		}
+	}
+	return <-read
+}
+
+// readKeys pages through the source's keys (a projection: key fields only).
+func (v Verifier) readKeys(ctx context.Context, e *catalog.Entity, pages chan<- []SourceKey) error {
 	cursor := ""
 	for {
 		rows, next, more, err := v.Source.PageFields(ctx, e.Name, cursor, v.PageSize, e.Key)
@@ -273,8 +301,10 @@ func (v Verifier) scan(ctx context.Context, e *catalog.Entity, s VerifySession) 
 			}
 			keys = append(keys, k)
 		}
-		if err := s.AddSource(ctx, keys); err != nil {
-			return err
+		select {
+		case pages <- keys:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		if !more {
 			return nil

@@ -171,6 +171,10 @@ func TestParseRowVersion(t *testing.T) {
 		{`1e3`, VersionNumber, 0, "", true},
 		{`99999999999999999999`, VersionNumber, 0, "", true},
 		{`true`, VersionNumber, 0, "", true},
+		// Escapes go through the decoder (the fast path takes plain strings only).
+		{`"2026-11-26T10:15:03\u005a"`, VersionTimestamp, 1795688103000000, "2026-11-26T10:15:03Z", false},
+		{`"\u0032\u00306"`, VersionNumber, 206, "206", false},
+		{`"4\"2"`, VersionNumber, 0, "", true},
 	}
 	for _, tt := range tests {
 		got, err := ParseRowVersion(json.RawMessage(tt.raw), tt.kind, nil, time.Time{})

@@ -69,11 +69,16 @@ func canonicalNumber(s string) (string, bool) {
 // parent's bk_hash from its own fields. This definition is part of the stored state
 // (golden tests pin it): changing it orphans every ledger row.
 func HashKey(values []string) string {
-	h := sha256.New()
+	n := 0
 	for _, v := range values {
-		fmt.Fprintf(h, "%d:%s", len(v), v)
+		n += len(v) + 4
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	buf := make([]byte, 0, n)
+	for _, v := range values {
+		buf = append(append(strconv.AppendInt(buf, int64(len(v)), 10), ':'), v...)
+	}
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:])
 }
 
 // Numbers are capped before anything computes with them: "1e999999" is 8 bytes

@@ -81,6 +81,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// A timestamp without an offset (a pass-through field of an event) means UTC
 	// whatever the server's TimeZone, as the rest of SyncFlow reads them.
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	// The text of a row, which the verification hash is taken of
+	// (targets.go, hashExpr), does not follow a database's defaults.
+	pc.ConnConfig.RuntimeParams["datestyle"] = "ISO, MDY"
+	pc.ConnConfig.RuntimeParams["intervalstyle"] = "postgres"
+	pc.ConnConfig.RuntimeParams["extra_float_digits"] = "1"
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout,
 		"idle_in_transaction_session_timeout": cfg.IdleInTransactionTimeout} {
 		if d > 0 {

@@ -222,22 +222,28 @@ func (t *target) upsertSQL(cols []string) string {
 // ignores it: no target may have a column of that name).
 const bkField = "$syncflow_bk_hash"
 
-// keyExpr is the key of the row aliased alias, as text: a JSON array of its key
-// columns (bridge.synced_records.target_key).
+// keyExpr is the key of the row aliased alias, as text: the row of its key
+// columns (bridge.synced_records.target_key), e.g. (WO-1,10).
 func (t *target) keyExpr(alias string) string {
 	cols := make([]string, len(t.key))
 	for i, k := range t.key {
 		cols[i] = alias + "." + pgx.Identifier{k}.Sanitize()
 	}
-	return "jsonb_build_array(" + strings.Join(cols, ", ") + ")::text"
+	return "ROW(" + strings.Join(cols, ", ") + ")::text"
 }
 
-// hashExpr is the verification hash of the row aliased alias: the SHA-256 of
-// the row as jsonb without its null columns (a column added to the table does
-// not change it). The ledger keeps it as the row is written
-// (bridge.synced_records.target_hash); verify recomputes it over the target.
+// hashExpr is the verification hash of the row aliased alias: a 64-bit hash
+// (hashtextextended) of the row's text with its trailing null columns cut, so
+// that a column added to the table (appended, null) does not change it: "(a,b,)"
+// and "(a,b)" are both cut to "(a,b" (a value that ends in "," or ")" is
+// quoted in a row's text, so no value loses a character). The
+// text of a row depends on the session's output settings, which the store pins
+// (Open: TimeZone, DateStyle, IntervalStyle, extra_float_digits). The ledger
+// keeps the hash as the row is written (bridge.synced_records.target_hash);
+// verify recomputes it over the target. It detects changes, and is no
+// defence against someone who can write the target and means to hide an edit.
 func (t *target) hashExpr(alias string) string {
-	return "sha256(convert_to(jsonb_strip_nulls(to_jsonb(" + alias + "))::text, 'UTF8'))"
+	return "int8send(hashtextextended(rtrim(" + alias + "::text, ',)'), 0))"
 }
 
 // deleteSQL removes (or, for soft delete, marks) the rows whose keys are in $1.

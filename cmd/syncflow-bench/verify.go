@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/syncflow/syncflow/internal/sim"
+)
+
+type verifyFigure struct {
+	rows, drifted int64
+	rate          float64 // keys compared per second (median)
+	rss           float64 // MiB, the largest of the runs
+}
+
+// verifyRun measures `syncflow verify` (the real binary) over one entity of
+// cfg.verifyRows items served by the simulator over HTTP, of which 1,000 drifted:
+// 500 changed in the source without an event (stale), 500 edited in the target
+// (target-edited). The ledger and the target are loaded in SQL, as a sync of the
+// simulator's snapshot leaves them; the verifications publish nothing.
+func (b *bench) verifyRun() (verifyFigure, error) {
+	fig := verifyFigure{rows: b.cfg.verifyRows, drifted: 1000}
+	if err := b.reset(); err != nil {
+		return fig, err
+	}
+	erp := sim.New(sim.Config{Items: b.cfg.verifyRows})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fig, err
+	}
+	httpSrv := &http.Server{Handler: erp.Handler(sim.ServerConfig{})}
+	go httpSrv.Serve(ln)
+	defer httpSrv.Close()
+	began := time.Now()
+	// The simulator's snapshot row i of items (sim.ERP.Revision): part P%08d,
+	// objversion 2026-01-01 + i seconds. target_hash and target_key are the
+	// store's expressions (internal/store/targets.go, hashExpr and keyExpr).
+	for _, q := range []string{
+		`INSERT INTO schedulehub.items (part_no, description, unit_meas, part_status, lead_time_days)
+		 SELECT 'P' || lpad(i::text, 8, '0'), 'items ' || i || ' rev 1', 'pcs', 'A', i % 30 FROM generate_series(0, $1::bigint - 1) i`,
+		`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, payload_hash)
+		 SELECT 'items', encode(sha256(convert_to('9:' || k, 'UTF8')), 'hex'), jsonb_build_array(k),
+		        to_char(v AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS'), (extract(epoch FROM v) * 1000000)::bigint, 'backfill', i + 1, '\x00'
+		 FROM generate_series(0, $1::bigint - 1) i,
+		      LATERAL (SELECT 'P' || lpad(i::text, 8, '0') AS k, timestamptz '2026-01-01 00:00:00Z' + i * interval '1 second' AS v) x`,
+		`UPDATE bridge.synced_records r SET target_key = ROW(t.part_no)::text,
+		        target_hash = int8send(hashtextextended(rtrim(t::text, ',)'), 0))
+		 FROM schedulehub.items t WHERE r.entity_name = 'items' AND r.business_key = jsonb_build_array(t.part_no) AND $1::bigint > 0`,
+		`VACUUM ANALYZE bridge.synced_records`,
+		`VACUUM ANALYZE schedulehub.items`,
+	} {
+		var args []any
+		if !bytes.HasPrefix([]byte(q), []byte("VACUUM")) {
+			args = []any{b.cfg.verifyRows}
+		}
+		if _, err := b.pool.Exec(b.ctx, q, args...); err != nil {
+			return fig, fmt.Errorf("loading the verify figure: %w", err)
+		}
+	}
+	drift, err := erp.Drift(sim.DriftConfig{Entity: "items", Change: 500, Seed: 1})
+	if err != nil {
+		return fig, err
+	}
+	// 500 other rows edited in the target.
+	if _, err := b.pool.Exec(b.ctx, `UPDATE schedulehub.items SET description = 'edited by hand' WHERE part_no IN
+		(SELECT part_no FROM schedulehub.items WHERE part_no <> ALL ($1) ORDER BY part_no DESC LIMIT 500)`, drift.Changed); err != nil {
+		return fig, err
+	}
+	fmt.Printf("  verify: %d items loaded in %v\n", b.cfg.verifyRows, time.Since(began).Round(time.Second))
+	if os.Getenv("SYNCFLOW_BENCH_HOLD") != "" {
+		fmt.Printf("  holding: database %s, APISmith http://%s; press Enter\n", b.dbURL, ln.Addr())
+		_, _ = fmt.Scanln()
+	}
+	var rates []float64
+	for i := range b.cfg.runs {
+		var out bytes.Buffer
+		cmd := exec.Command(b.cfg.binary, "verify", "--entity", "items", "--json", "--settle", "0", "--log-level", "warn")
+		cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+b.dbURL, "SYNCFLOW_NATS_URL="+b.srv.ClientURL(),
+			"SYNCFLOW_APISMITH_URL=http://"+ln.Addr().String())
+		cmd.Stdout, cmd.Stderr = &out, os.Stderr
+		start := time.Now()
+		err := cmd.Run()
+		elapsed := time.Since(start)
+		if code := cmd.ProcessState.ExitCode(); code != 4 {
+			return fig, fmt.Errorf("verify exited %d (want 4, drift found): %v\n%s", code, err, out.String())
+		}
+		var res struct {
+			Entities []struct {
+				SourceRows int64            `json:"source_rows"`
+				ScanMS     int64            `json:"scan_ms"`
+				CompareMS  int64            `json:"compare_ms"`
+				Counts     map[string]int64 `json:"counts"`
+			} `json:"entities"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil || len(res.Entities) != 1 {
+			return fig, fmt.Errorf("verify printed %q: %v", out.String(), err)
+		}
+		e := res.Entities[0]
+		if e.SourceRows != b.cfg.verifyRows || e.Counts["stale"] != 500 || e.Counts["target-edited"] != 500 ||
+			e.Counts["missing"]+e.Counts["extra"]+e.Counts["target-missing"]+e.Counts["unhashed"] != 0 {
+			return fig, fmt.Errorf("verify found %v over %d source rows; want 500 stale and 500 target-edited over %d", e.Counts, e.SourceRows, b.cfg.verifyRows)
+		}
+		rate := float64(b.cfg.verifyRows) / elapsed.Seconds()
+		rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+		fmt.Printf("  verify   run %d: %8.0f keys/s in %v (reading the source %v, comparing %v; peak RSS %.0f MiB)\n", i+1, rate,
+			elapsed.Round(time.Millisecond), time.Duration(e.ScanMS)*time.Millisecond, time.Duration(e.CompareMS)*time.Millisecond, rss)
+		rates = append(rates, rate)
+		fig.rss = max(fig.rss, rss)
+	}
+	fig.rate = median(rates)
+	return fig, nil
+}
