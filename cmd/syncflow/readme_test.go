@@ -234,6 +234,9 @@ func TestEveryReadmeExampleWorks(t *testing.T) {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			err = <-done
 		}
+		if exit, ok := err.(*exec.ExitError); ok && args[0] == "verify" && exit.ExitCode() == 4 {
+			err = nil // drift found: the README's world has some (its example events are not in the source)
+		}
 		if err != nil {
 			t.Errorf("README line %d: syncflow %s: %v\n%s%s", commandLines[i], strings.Join(args, " "), err, out.String(), errOut.String())
 			continue
