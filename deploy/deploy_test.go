@@ -226,6 +226,8 @@ func metricNames(t *testing.T) map[string]bool {
 	m.Inversions.WithLabelValues("e").Inc()
 	m.Unmapped.WithLabelValues("e", "F").Inc()
 	m.ConsumerMissing.WithLabelValues("s", "e").Set(1)
+	m.DriftRows.WithLabelValues("e", "k").Set(1)
+	m.LastVerify.WithLabelValues("e").Set(1)
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +260,7 @@ func TestAlertRulesAndDashboardUseMetricsThatExist(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowDeadLettersOutsideCatalog", "SyncFlowLagRising", "SyncFlowOrphansAging",
-		"SyncFlowBackfillBehindSchedule", "SyncFlowRowversionInversions", "SyncFlowBatchHeld"} {
+		"SyncFlowBackfillBehindSchedule", "SyncFlowRowversionInversions", "SyncFlowBatchHeld", "SyncFlowDriftFound"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/sim"
+	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 type verifyFigure struct {
@@ -24,7 +25,8 @@ type verifyFigure struct {
 // cfg.verifyRows items served by the simulator over HTTP, of which 1,000 drifted:
 // 500 changed in the source without an event (stale), 500 edited in the target
 // (target-edited). The ledger and the target are loaded in SQL, as a sync of the
-// simulator's snapshot leaves them; the verifications publish nothing.
+// simulator's snapshot leaves them (testenv.LoadSyncedItems); the verifications
+// publish nothing.
 func (b *bench) verifyRun() (verifyFigure, error) {
 	fig := verifyFigure{rows: b.cfg.verifyRows, drifted: 1000}
 	if err := b.reset(); err != nil {
@@ -39,30 +41,8 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 	go httpSrv.Serve(ln)
 	defer httpSrv.Close()
 	began := time.Now()
-	// The simulator's snapshot row i of items (sim.ERP.Revision): part P%08d,
-	// objversion 2026-01-01 + i seconds. target_hash and target_key are the
-	// store's expressions (internal/store/targets.go, hashExpr and keyExpr).
-	for _, q := range []string{
-		`INSERT INTO schedulehub.items (part_no, description, unit_meas, part_status, lead_time_days)
-		 SELECT 'P' || lpad(i::text, 8, '0'), 'items ' || i || ' rev 1', 'pcs', 'A', i % 30 FROM generate_series(0, $1::bigint - 1) i`,
-		`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, payload_hash)
-		 SELECT 'items', encode(sha256(convert_to('9:' || k, 'UTF8')), 'hex'), jsonb_build_array(k),
-		        to_char(v AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS'), (extract(epoch FROM v) * 1000000)::bigint, 'backfill', i + 1, '\x00'
-		 FROM generate_series(0, $1::bigint - 1) i,
-		      LATERAL (SELECT 'P' || lpad(i::text, 8, '0') AS k, timestamptz '2026-01-01 00:00:00Z' + i * interval '1 second' AS v) x`,
-		`UPDATE bridge.synced_records r SET target_key = ROW(t.part_no)::text,
-		        target_hash = int8send(hashtextextended(rtrim(t::text, ',)'), 0))
-		 FROM schedulehub.items t WHERE r.entity_name = 'items' AND r.business_key = jsonb_build_array(t.part_no) AND $1::bigint > 0`,
-		`VACUUM ANALYZE bridge.synced_records`,
-		`VACUUM ANALYZE schedulehub.items`,
-	} {
-		var args []any
-		if !bytes.HasPrefix([]byte(q), []byte("VACUUM")) {
-			args = []any{b.cfg.verifyRows}
-		}
-		if _, err := b.pool.Exec(b.ctx, q, args...); err != nil {
-			return fig, fmt.Errorf("loading the verify figure: %w", err)
-		}
+	if err := testenv.LoadSyncedItems(b.ctx, b.pool, b.cfg.verifyRows); err != nil {
+		return fig, err
 	}
 	drift, err := erp.Drift(sim.DriftConfig{Entity: "items", Change: 500, Seed: 1})
 	if err != nil {

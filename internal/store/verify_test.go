@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -345,66 +344,4 @@ func (l *lateSource) PageFields(ctx context.Context, entity, cursor string, limi
 		l.once.Do(l.after)
 	}
 	return rows, next, more, err
-}
-
-// The process holds one page of keys whatever the entity's size: a
-// verification of 300,000 rows (every one drifted: the target is empty) keeps
-// the heap far below what the keys would take.
-func TestVerifyMemoryStaysBounded(t *testing.T) {
-	vf := newVerifyFixture(t, 0)
-	const n = 300_000
-	vf.b.exec(t, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, payload_hash, target_hash, target_key)
-		SELECT 'items', encode(sha256(convert_to(length(k) || ':' || k, 'UTF8')), 'hex'), jsonb_build_array(k), 'v', 946684800000000, 'backfill', i, '\x00', '\x00', jsonb_build_array(k)::text
-		FROM generate_series(1, $1) AS i, LATERAL (SELECT 'L' || lpad(i::text, 9, '0') AS k) AS x`, n)
-	src := &genSource{n: n}
-	vf.v.Source, vf.v.PageSize = src, 5000
-	var peak atomic.Uint64
-	done := make(chan struct{})
-	go func() {
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
-	runtime.GC()
-	res := vf.verify(t, backfill.VerifyOptions{Samples: 3})
-	close(done)
-	if res.Comparison.SourceRows != n || res.Comparison.Counts[backfill.TargetMissing] != n {
-		t.Fatalf("compared %d source rows, %d target-missing; want %d", res.Comparison.SourceRows, res.Comparison.Counts[backfill.TargetMissing], n)
-	}
-	// The keys alone, held at once, would take well over 60 MiB (a key, its
-	// hash and a map entry each); a page takes a few.
-	t.Logf("peak heap in use: %d MiB", peak.Load()>>20)
-	if p := peak.Load(); p > 48<<20 {
-		t.Fatalf("peak heap in use %d MiB during a verification of %d rows", p>>20, n)
-	}
-}
-
-// genSource serves n items L000000001.. computed from their index, key fields only.
-type genSource struct{ n int }
-
-func (g *genSource) PageFields(_ context.Context, entity, cursor string, limit int, _ []string) ([]backfill.SourceRow, string, bool, error) {
-	from := 1
-	if cursor != "" {
-		from, _ = strconv.Atoi(cursor)
-		from++
-	}
-	var out []backfill.SourceRow
-	i := from
-	for ; i <= g.n && len(out) < limit; i++ {
-		out = append(out, backfill.SourceRow{RowVersion: json.RawMessage(`"20000101000000"`), Data: map[string]any{"PART_NO": fmt.Sprintf("L%09d", i)}})
-	}
-	return out, strconv.Itoa(i - 1), i <= g.n, nil
-}
-
-func (g *genSource) Lookup(context.Context, string, []map[string]any) ([]backfill.SourceRow, error) {
-	return nil, nil
 }
