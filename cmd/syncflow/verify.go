@@ -73,8 +73,8 @@ func runVerify(ctx context.Context, v verifyFlags) error {
 	switch {
 	case (v.opt.DryRun || v.opt.DeleteExtra) && !v.opt.Repair:
 		return fmt.Errorf("%w: --dry-run and --delete-extra go with --repair (verify alone changes nothing)", errUsage)
-	case v.opt.Samples < 0 || v.opt.Samples > 1000:
-		return fmt.Errorf("%w: --samples must be between 0 and 1000", errUsage)
+	case v.opt.Samples < 1 || v.opt.Samples > 1000:
+		return fmt.Errorf("%w: --samples must be between 1 and 1000", errUsage)
 	case v.pageSize < 1 || v.pageSize > 10000:
 		return fmt.Errorf("%w: --page-size must be between 1 and 10000", errUsage)
 	case v.settle < 0:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/syncflow/syncflow/internal/catalog"
 	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // DriftKind is one way an entity can differ from its source (see the README's
@@ -143,7 +144,7 @@ type VerifyOptions struct {
 	DryRun bool
 	// DeleteExtra, with Repair, publishes a delete for each extra key.
 	DeleteExtra bool
-	// Samples is the keys kept per kind (default 5).
+	// Samples is the keys kept per kind (0: 5).
 	Samples int
 	// MaxPublish caps the rows a repair publishes (0: no cap); a verify night
 	// passes what is left of its quota.
@@ -228,7 +229,7 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 			rec := Verification{UID: res.UID, Entity: entity, Trigger: cmp.Or(opt.Trigger, "cli"), Repair: opt.Repair && !opt.DryRun,
 				Started: res.Started, Finished: v.Now(), Comparison: res.Comparison, Published: res.Published, Replica: v.Replica}
 			if err != nil {
-				rec.Error = err.Error()
+				rec.Error = redact.String(err.Error()) // an error may quote the source's URL
 			}
 			if rerr := v.Store.RecordVerification(context.WithoutCancel(ctx), rec); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("recording the verification: %w", rerr))
