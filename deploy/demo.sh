@@ -22,7 +22,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-echo "== a fresh database"
+echo "== a fresh database (dropped and created again; DEMO_DATABASE_URL chooses another)"
 DATABASE_URL=$DB_URL ADMIN_URL=$ADMIN_URL go run ./deploy/demodb -fresh
 
 echo "== the simulated ERP on http://$SIM_ADDR (${SIZES[*]})"

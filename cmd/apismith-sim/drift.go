@@ -56,7 +56,7 @@ func drift(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&d.Change, "change", 0, "live source rows to move to their next revision, with a newer rowversion")
 	fs.IntVar(&d.Delete, "delete", 0, "live source rows to delete")
 	fs.Uint64Var(&d.Seed, "seed", 1, "picks the source rows to change and delete")
-	dbURL := fs.String("database-url", "postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable", "the database with ScheduleHub's tables; needed for --edit-target and --delete-target")
+	dbURL := fs.String("database-url", defaultDatabaseURL(), "the database with ScheduleHub's tables; needed for --edit-target and --delete-target (default $SYNCFLOW_DATABASE_URL, else the local syncflow database)")
 	edit := fs.Int("edit-target", 0, "live target rows whose check column to overwrite with '"+editMarker+"'")
 	del := fs.Int("delete-target", 0, "other target rows to delete")
 	asJSON := fs.Bool("json", false, "print one JSON object with the counts and keys of each kind")

@@ -279,7 +279,7 @@ var targetQuery = map[string]string{
 
 func verify(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("verify", flag.ExitOnError)
-	dbURL := fs.String("database-url", "postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable", "the database with ScheduleHub's tables")
+	dbURL := fs.String("database-url", defaultDatabaseURL(), "the database with ScheduleHub's tables (default $SYNCFLOW_DATABASE_URL, else the local syncflow database)")
 	in := fs.String("expect", "expected.json", "the expected state")
 	fs.Parse(args)
 	body, err := os.ReadFile(*in)
@@ -329,4 +329,13 @@ func verify(ctx context.Context, args []string) error {
 	}
 	fmt.Println("the target matches the simulator's expected state")
 	return nil
+}
+
+// defaultDatabaseURL is SyncFlow's database as syncflow itself finds it:
+// $SYNCFLOW_DATABASE_URL, else the local default.
+func defaultDatabaseURL() string {
+	if u := os.Getenv("SYNCFLOW_DATABASE_URL"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/syncflow?sslmode=disable"
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -118,7 +119,24 @@ func runBackfill(ctx context.Context, c common, n natsFlags, defs definitions, s
 				if serr == nil && sc.LastError != nil {
 					state = "failed: " + clip(*sc.LastError, 200)
 				}
-				fmt.Printf("%s: published %d rows, %s, next run %s\n", r.Entity, r.Published, state, next)
+				switch v := r.Verified; {
+				case v != nil && !strings.HasPrefix(state, "failed"):
+					var drifted int64
+					for k, n := range v.Comparison.Counts {
+						if k.IsDrift() {
+							drifted += n
+						}
+					}
+					rest := ""
+					if v.Capped {
+						rest = " (the night's quota is done: the rest next night)"
+					}
+					fmt.Printf("%s: verify night: %d rows drifted, published %d%s, next run %s\n", r.Entity, drifted, r.Published, rest, next)
+				case r.Skipped != "":
+					fmt.Printf("%s: nothing published (%s), next run %s\n", r.Entity, r.Skipped, next)
+				default:
+					fmt.Printf("%s: published %d rows, %s, next run %s\n", r.Entity, r.Published, state, next)
+				}
 			}
 		}
 		if once {

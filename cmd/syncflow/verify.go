@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -100,7 +101,12 @@ func runVerify(ctx context.Context, v verifyFlags) error {
 	if err := service.CheckSchema(ctx, st); err != nil {
 		return err
 	}
-	entities := []string(v.entities)
+	var entities []string
+	for _, e := range v.entities {
+		if !slices.Contains(entities, e) {
+			entities = append(entities, e)
+		}
+	}
 	if len(entities) == 0 {
 		entities = cat.Names()
 	}
@@ -140,6 +146,9 @@ func runVerify(ctx context.Context, v verifyFlags) error {
 	for _, e := range entities {
 		res, err := ver.Verify(ctx, e, v.opt)
 		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("verifying %s: interrupted before it finished (nothing of it is kept but a failed verification)", e)
+			}
 			return fmt.Errorf("verifying %s: %w", e, err)
 		}
 		results = append(results, res)
@@ -153,13 +162,45 @@ func runVerify(ctx context.Context, v verifyFlags) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case drift && v.opt.Repair && !v.opt.DryRun:
-		return fmt.Errorf("%w: the repairs are published; run verify again once the consumers have caught up", errDrift)
-	case drift:
-		return fmt.Errorf("%w: `syncflow verify --repair --dry-run` shows what a repair would publish", errDrift)
+	if drift {
+		return fmt.Errorf("%w: %s", errDrift, nextStep(results, v.opt))
 	}
 	return nil
+}
+
+// nextStep says what to do about the drift results found.
+func nextStep(results []backfill.VerifyResult, opt backfill.VerifyOptions) string {
+	var names []string
+	onlyExtra := true
+	for _, r := range results {
+		if !r.Drifted() {
+			continue
+		}
+		names = append(names, "--entity "+r.Entity)
+		for _, k := range backfill.DriftKinds {
+			if k != backfill.Extra && k.IsDrift() && r.Comparison.Counts[k] > 0 {
+				onlyExtra = false
+			}
+		}
+	}
+	which := strings.Join(names, " ")
+	switch {
+	case opt.Repair && opt.DryRun:
+		return fmt.Sprintf("run `syncflow verify %s --repair` to publish the repairs", which)
+	case opt.Repair && onlyExtra && !opt.DeleteExtra:
+		return fmt.Sprintf("only extra rows are left: `syncflow verify %s --repair --delete-extra` deletes them", which)
+	case opt.Repair:
+		return "the repairs are published; run verify again once the consumers have caught up"
+	}
+	return fmt.Sprintf("`syncflow verify %s --repair --dry-run` shows what a repair would publish", which)
+}
+
+// rows is n with "row" or "rows".
+func rows(n int64) string {
+	if n == 1 {
+		return "1 row"
+	}
+	return fmt.Sprintf("%d rows", n)
 }
 
 func printVerifyTable(results []backfill.VerifyResult, opt backfill.VerifyOptions) {
@@ -209,9 +250,9 @@ func printVerifyTable(results []backfill.VerifyResult, opt backfill.VerifyOption
 		case opt.DryRun:
 			fmt.Printf("%s: would publish %s (dry run: nothing was published)\n", r.Entity, strings.Join(plan, ", "))
 		default:
-			fmt.Printf("%s: published %d rows to repair %s", r.Entity, r.Published, strings.Join(plan, ", "))
+			fmt.Printf("%s: published %s to repair %s", r.Entity, rows(r.Published), strings.Join(plan, ", "))
 			if r.Vanished > 0 {
-				fmt.Printf("; %d drifted rows were gone from the source when fetched", r.Vanished)
+				fmt.Printf("; %s drifted were gone from the source when fetched", rows(r.Vanished))
 			}
 			fmt.Println("; run verify again once the consumers have caught up")
 		}

@@ -70,6 +70,8 @@ type Result struct {
 	Completed bool
 	NextRun   *time.Time
 	Skipped   string // why nothing ran, when nothing did
+	// Verified is a verify night's verification (nil in publish mode).
+	Verified *VerifyResult
 }
 
 // RunDue runs every due schedule (only entity's when set) once.
@@ -249,7 +251,7 @@ func (r *Runner) verifyNight(ctx context.Context, s Schedule, w Window, plan Pla
 			return res, err
 		}
 	}
-	res.Published, res.Completed = vr.Published, !vr.Capped
+	res.Published, res.Completed, res.Verified = vr.Published, !vr.Capped, &vr
 	next := w.Next(r.now()).Start
 	res.NextRun = &next
 	r.Logger.Info("verify night", "entity", s.Entity, "drifted", vr.Drifted(), "counts", vr.Comparison.Counts,

@@ -106,6 +106,11 @@ func (s *HTTPSource) request(ctx context.Context, method, path string, q url.Val
 	cfg := s.withDefaults()
 	timeout, retryFor, client := cfg.Timeout, cfg.RetryFor, cfg.Client
 	u := strings.TrimRight(s.BaseURL, "/") + path
+	// What errors and retries show: the address without its password.
+	shown := u
+	if parsed, err := url.Parse(u); err == nil {
+		shown = parsed.Redacted()
+	}
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -113,7 +118,7 @@ func (s *HTTPSource) request(ctx context.Context, method, path string, q url.Val
 	if body != nil {
 		var err error
 		if payload, err = json.Marshal(body); err != nil {
-			return fmt.Errorf("encoding the request to %s: %w", u, err)
+			return fmt.Errorf("encoding the request to %s: %w", shown, err)
 		}
 	}
 	attempt := func() error {
@@ -150,12 +155,12 @@ func (s *HTTPSource) request(ctx context.Context, method, path string, q url.Val
 		case resp.StatusCode >= 500:
 			return &httpStatusError{resp.StatusCode, string(answer)}
 		case resp.StatusCode >= 400:
-			return backoff.Permanent(fmt.Errorf("%w: %s answered %w", ErrSource, u, &httpStatusError{resp.StatusCode, string(answer)}))
+			return backoff.Permanent(fmt.Errorf("%w: %s answered %w", ErrSource, shown, &httpStatusError{resp.StatusCode, string(answer)}))
 		}
 		dec := json.NewDecoder(bytes.NewReader(answer))
 		dec.UseNumber()
 		if err := dec.Decode(into); err != nil {
-			return fmt.Errorf("malformed page from %s: %v", u, err) // truncated bodies heal: retry
+			return fmt.Errorf("malformed page from %s: %v", shown, err) // truncated bodies heal: retry
 		}
 		return nil
 	}
@@ -165,14 +170,14 @@ func (s *HTTPSource) request(ctx context.Context, method, path string, q url.Val
 	notify := func(err error, wait time.Duration) {
 		if s.OnRetry != nil {
 			now := time.Now()
-			s.OnRetry(Retry{URL: u, Err: err, Next: now.Add(wait), GiveUp: start.Add(retryFor)})
+			s.OnRetry(Retry{URL: shown, Err: err, Next: now.Add(wait), GiveUp: start.Add(retryFor)})
 		}
 	}
 	if err := backoff.RetryNotify(attempt, bo, notify); err != nil {
 		if errors.Is(err, ErrSource) || errors.Is(err, context.Canceled) {
 			return err
 		}
-		return fmt.Errorf("%s: giving up after retrying for %v: %w", u, retryFor, err)
+		return fmt.Errorf("%s: giving up after retrying for %v (is APISmith there? --apismith-url or SYNCFLOW_APISMITH_URL says where): %w", shown, retryFor, err)
 	}
 	return nil
 }

@@ -292,7 +292,10 @@ func (v Verifier) readKeys(ctx context.Context, e *catalog.Entity, pages chan<- 
 	for {
 		rows, next, more, err := v.Source.PageFields(ctx, e.Name, cursor, v.PageSize, e.Key)
 		if err != nil {
-			return fmt.Errorf("reading the keys of %s after %q: %w", e.Name, cursor, err)
+			if cursor == "" {
+				return fmt.Errorf("reading the keys of %s from APISmith: %w", e.Name, err)
+			}
+			return fmt.Errorf("reading the keys of %s from APISmith (after the page cursor %q): %w", e.Name, cursor, err)
 		}
 		keys := make([]SourceKey, 0, len(rows))
 		for _, row := range rows {

@@ -102,10 +102,21 @@ func TestVerifyNights(t *testing.T) {
 	r := newRig(t, &backfill.HTTPSource{BaseURL: srv.URL})
 	r.runner.VerifySettle = time.Millisecond
 	r.syncAll(erp, "items")
-	mode, days, window, tz := backfill.ModeVerify, 10, "19:00", "UTC"
+	publish, mode, days, window, tz := backfill.ModePublish, backfill.ModeVerify, 10, "19:00", "UTC"
 	end := "07:00"
-	if err := r.st.SetSchedule(r.ctx, "items", backfill.Settings{Mode: &mode, Days: &days, WindowStart: &window, WindowEnd: &end, TimeZone: &tz}); err != nil {
+	if err := r.st.SetSchedule(r.ctx, "items", backfill.Settings{Mode: &publish, Days: &days, WindowStart: &window, WindowEnd: &end, TimeZone: &tz}); err != nil {
 		t.Fatal(err)
+	}
+	// Tonight's publish run counted its rows; switched to verify mode, the
+	// night's quota starts afresh.
+	if _, err := r.conn.Exec(r.ctx, `UPDATE bridge.background_sync_schedule SET window_rows = 5000, window_started_at = '2026-11-26T19:00:00Z'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.st.SetSchedule(r.ctx, "items", backfill.Settings{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.query(`SELECT mode, window_rows, window_started_at IS NULL FROM bridge.background_sync_schedule`); got != "verify|0|true" {
+		t.Fatalf("switched to verify mode: %s", got)
 	}
 	if err := r.st.EnableSchedule(r.ctx, "items", true); err != nil {
 		t.Fatal(err)

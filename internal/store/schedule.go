@@ -56,6 +56,11 @@ func (s *Store) SetSchedule(ctx context.Context, entity string, set backfill.Set
 			sync_window_start = coalesce($3::time, b.sync_window_start), sync_window_end = coalesce($4::time, b.sync_window_end),
 			time_zone = coalesce($5, b.time_zone), days_to_complete = coalesce($6, b.days_to_complete),
 			page_size = coalesce($7, b.page_size), continuous = coalesce($8, b.continuous), mode = coalesce($9, b.mode),
+			-- A new mode starts its night's quota afresh (the rows the other
+			-- mode published tonight are not this mode's).
+			window_rows = CASE WHEN $9 IS DISTINCT FROM NULL AND $9 <> b.mode THEN 0 ELSE b.window_rows END,
+			window_started_at = CASE WHEN $9 IS DISTINCT FROM NULL AND $9 <> b.mode THEN NULL ELSE b.window_started_at END,
+			completed_at = CASE WHEN $9 IS DISTINCT FROM NULL AND $9 <> b.mode THEN NULL ELSE b.completed_at END,
 			rows_per_day = CASE WHEN b.total_rows IS NULL THEN NULL
 			                    ELSE greatest(1, ceil(b.total_rows::numeric / coalesce($6, b.days_to_complete)))::bigint END,
 			next_run_at = NULL`,

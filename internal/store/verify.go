@@ -161,7 +161,7 @@ func (v *verifySession) Summary(ctx context.Context, samples int) (backfill.Comp
 		return c, classify(err)
 	}
 	rows, err := v.conn.Query(ctx, `
-SELECT kind, count(*), (array_agg(business_key ORDER BY bk_hash))[1:$1]
+SELECT kind, count(*), (array_agg(business_key ORDER BY business_key))[1:$1]
 FROM verify_drift GROUP BY kind`, samples)
 	if err != nil {
 		return c, classify(err)
