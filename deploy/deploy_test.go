@@ -228,6 +228,7 @@ func metricNames(t *testing.T) map[string]bool {
 	m.ConsumerMissing.WithLabelValues("s", "e").Set(1)
 	m.DriftRows.WithLabelValues("e", "k").Set(1)
 	m.LastVerify.WithLabelValues("e").Set(1)
+	m.VerifyFailing.WithLabelValues("e").Set(1)
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +261,7 @@ func TestAlertRulesAndDashboardUseMetricsThatExist(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"SyncFlowDeadLettersGrowing", "SyncFlowDeadLettersOutsideCatalog", "SyncFlowLagRising", "SyncFlowOrphansAging",
-		"SyncFlowBackfillBehindSchedule", "SyncFlowRowversionInversions", "SyncFlowBatchHeld", "SyncFlowDriftFound"} {
+		"SyncFlowBackfillBehindSchedule", "SyncFlowRowversionInversions", "SyncFlowBatchHeld", "SyncFlowDriftFound", "SyncFlowVerifyFailing"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s", want)
 		}

@@ -30,6 +30,8 @@ BEGIN
     END LOOP;
     EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO bridge_owner', current_database());
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO bridge_user, bridge_operator', current_database());
+    -- syncflow verify (and a verify night) compares in temporary tables.
+    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO bridge_user, bridge_operator', current_database());
 END
 $$;
 

@@ -37,6 +37,8 @@ CREATE TABLE bridge.verifications (
     target_edited    bigint      NOT NULL DEFAULT 0,
     target_missing   bigint      NOT NULL DEFAULT 0,
     unhashed         bigint      NOT NULL DEFAULT 0,
+    -- source rows without a usable key or rowversion
+    unreadable       bigint      NOT NULL DEFAULT 0,
     -- rows published to repair (0 without --repair)
     published        bigint      NOT NULL DEFAULT 0,
     -- {"missing": [{"PART_NO": "P1"}, ...], ...}
@@ -47,6 +49,6 @@ CREATE TABLE bridge.verifications (
     CONSTRAINT ck_verifications_trigger CHECK (trigger IN ('cli', 'schedule')),
     CONSTRAINT ck_verifications_counts CHECK (
         source_rows >= 0 AND ledger_rows >= 0 AND missing >= 0 AND stale >= 0 AND extra >= 0 AND
-        target_edited >= 0 AND target_missing >= 0 AND unhashed >= 0 AND published >= 0)
+        target_edited >= 0 AND target_missing >= 0 AND unhashed >= 0 AND unreadable >= 0 AND published >= 0)
 );
 CREATE INDEX ix_verifications_entity_started ON bridge.verifications (entity_name, started_at DESC);

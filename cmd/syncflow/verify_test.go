@@ -75,7 +75,7 @@ func TestVerifyCommand(t *testing.T) {
 	if _, err := w.conn.Exec(w.ctx, `DELETE FROM schedulehub.items WHERE part_no = 'P00000012'`); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int64{"missing": 2, "stale": 3, "extra": 1, "target-edited": 2, "target-missing": 1, "unhashed": 0}
+	want := map[string]int64{"missing": 2, "stale": 3, "extra": 1, "target-edited": 2, "target-missing": 1, "unhashed": 0, "unreadable": 0}
 	out, code = w.cli("verify", "--entity", "items", "--json", "--settle", "100ms")
 	v := parseVerify(t, out)
 	if code != 4 || v.InSync || len(v.Entities) != 1 || fmt.Sprint(v.Entities[0].Counts) != fmt.Sprint(want) {
@@ -145,7 +145,7 @@ func TestVerifyCommand(t *testing.T) {
 	// The source down: an error that says what it waited for, kept as a failed
 	// verification and shown by status.
 	out, code = w.cli("verify", "--entity", "items", "--apismith-url", "http://127.0.0.1:1", "--apismith-retry-for", "1s")
-	if code != 1 || !strings.Contains(out, "waiting for APISmith at http://127.0.0.1:1/api/v1/entities/items/rows") || !strings.Contains(out, "giving up") {
+	if code != 1 || !strings.Contains(out, "waiting for APISmith at http://127.0.0.1:1/api/v1/entities/items/count") || !strings.Contains(out, "giving up") {
 		t.Fatalf("source down (%d):\n%s", code, out)
 	}
 	if got := w.query(`SELECT count(*) FROM bridge.verifications WHERE error LIKE '%giving up%'`); got != "1" {
@@ -157,7 +157,7 @@ func TestVerifyCommand(t *testing.T) {
 	// A password in the source's URL is printed and kept by nobody.
 	const pw = "url-pa55word"
 	out, code = w.cli("verify", "--entity", "items", "--apismith-url", "http://ops:"+pw+"@127.0.0.1:1", "--apismith-retry-for", "1s")
-	if code != 1 || strings.Contains(out, pw) || !strings.Contains(out, "http://ops:xxxxx@127.0.0.1:1/api/v1/entities/items/rows") {
+	if code != 1 || strings.Contains(out, pw) || !strings.Contains(out, "http://ops:xxxxx@127.0.0.1:1/api/v1/entities/items/count") {
 		t.Errorf("a password in the URL (%d):\n%s", code, out)
 	}
 	if got := w.query(`SELECT count(*) FROM bridge.verifications WHERE error LIKE '%` + pw + `%'`); got != "0" {

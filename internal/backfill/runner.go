@@ -242,14 +242,23 @@ func (r *Runner) verifyNight(ctx context.Context, s Schedule, w Window, plan Pla
 	}
 	v := Verifier{Store: vs, Source: ks, Publisher: r.Publisher, Catalog: r.Catalog, PageSize: s.PageSize, Settle: r.VerifySettle,
 		NewUID: r.NewUID, Now: r.Now, Replica: r.Replica, Logger: r.Logger}
-	vr, err := v.Verify(ctx, s.Entity, VerifyOptions{Repair: true, MaxPublish: plan.Quota, Trigger: "schedule", Record: true})
-	if err != nil {
-		return res, r.finish(ctx, s.Entity, batchUID, r.now(), nil, false, fmt.Errorf("verify night: %w", err))
-	}
+	// The night ends with its window: a verification still running then stops
+	// (and is due again at the next window).
+	nctx, cancel := context.WithTimeout(ctx, plan.Window.End.Sub(r.now())) // the runner's clock may not be the wall's
+	defer cancel()
+	vr, err := v.Verify(nctx, s.Entity, VerifyOptions{Repair: true, MaxPublish: plan.Quota, Trigger: "schedule", Record: true})
 	if vr.Published > 0 {
+		// Counted against the night's quota even when the night failed after
+		// publishing some: a retry must not publish them again.
 		if err := r.Store.SaveProgress(ctx, s.Entity, "", vr.Published, plan.Window.Start, batchUID); err != nil {
 			return res, err
 		}
+	}
+	if err != nil {
+		if ctx.Err() == nil && nctx.Err() != nil {
+			err = fmt.Errorf("the window ended before the verification did (it is due again at the next window): %w", err)
+		}
+		return res, r.finish(ctx, s.Entity, batchUID, r.now(), nil, false, fmt.Errorf("verify night: %w", err))
 	}
 	res.Published, res.Completed, res.Verified = vr.Published, !vr.Capped, &vr
 	next := w.Next(r.now()).Start

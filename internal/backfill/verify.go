@@ -36,10 +36,13 @@ const (
 	// Unhashed: applied before the ledger kept target hashes (migration 0006);
 	// not drift, but not comparable with the target until rewritten.
 	Unhashed DriftKind = "unhashed"
+	// Unreadable: source rows without a usable key or rowversion (the pipeline
+	// would dead-letter them too); not compared, counted as drift.
+	Unreadable DriftKind = "unreadable"
 )
 
 // DriftKinds lists the kinds in report order.
-var DriftKinds = []DriftKind{Missing, Stale, Extra, TargetEdited, TargetMissing, Unhashed}
+var DriftKinds = []DriftKind{Missing, Stale, Extra, TargetEdited, TargetMissing, Unhashed, Unreadable}
 
 // IsDrift reports whether rows of kind k make an entity out of sync.
 func (k DriftKind) IsDrift() bool { return k != Unhashed }
@@ -57,8 +60,10 @@ type DriftedKey struct {
 	BKHash string
 	Key    []string
 	Kind   DriftKind
-	// LedgerOrd is the rowversion the ledger holds (0 when it holds none).
+	// LedgerOrd is the rowversion the ledger holds (0 when it holds none), and
+	// Tombstone whether it holds a delete.
 	LedgerOrd int64
+	Tombstone bool
 }
 
 // Comparison is what a verify session found.
@@ -112,6 +117,7 @@ type VerifyStore interface {
 
 // KeySource is a source that can page through keys alone and fetch rows by key.
 type KeySource interface {
+	Count(ctx context.Context, entity string) (int64, error)
 	PageFields(ctx context.Context, entity, cursor string, limit int, fields []string) ([]SourceRow, string, bool, error)
 	Lookup(ctx context.Context, entity string, keys []map[string]any) ([]SourceRow, error)
 }
@@ -241,7 +247,8 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 		return res, err
 	}
 	defer s.Close(context.WithoutCancel(ctx))
-	if err := v.scan(ctx, e, s); err != nil {
+	got, err := v.scan(ctx, e, s)
+	if err != nil {
 		return res, err
 	}
 	res.Scan = v.Now().Sub(res.Started)
@@ -256,6 +263,10 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	if res.Comparison, err = s.Summary(ctx, samples); err != nil {
 		return res, err
 	}
+	if got.unreadable > 0 {
+		res.Comparison.Counts[Unreadable] = got.unreadable
+		res.Comparison.Samples[Unreadable] = got.samples[:min(len(got.samples), samples)]
+	}
 	defer func() { res.Duration = v.Now().Sub(res.Started) }()
 	if !opt.Repair {
 		return res, nil
@@ -263,16 +274,23 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	return res, v.repair(ctx, e, s, opt, &res)
 }
 
+// scanned is what a scan read besides the keys it gave the session.
+type scanned struct {
+	unreadable int64
+	samples    [][]string // the first unreadable rows' reasons
+}
+
 // scan reads the source's keys into the session. The next page is read while
 // the session takes the last one (at most two pages wait in memory).
-func (v Verifier) scan(ctx context.Context, e *catalog.Entity, s VerifySession) error {
+func (v Verifier) scan(ctx context.Context, e *catalog.Entity, s VerifySession) (scanned, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pages := make(chan []SourceKey, 1)
+	var got scanned
 	read := make(chan error, 1)
 	go func() {
 		defer close(pages)
-		read <- v.readKeys(ctx, e, pages)
+		read <- v.readKeys(ctx, e, pages, &got)
 	}()
 	for keys := range pages {
 		if err := s.AddSource(ctx, keys); err != nil {
@@ -280,14 +298,23 @@ func (v Verifier) scan(ctx context.Context, e *catalog.Entity, s VerifySession) 
 			for range pages {
 			}
 			<-read
-			return err
+			return got, err
 		}
 	}
-	return <-read
+	return got, <-read
 }
 
-// readKeys pages through the source's keys (a projection: key fields only).
-func (v Verifier) readKeys(ctx context.Context, e *catalog.Entity, pages chan<- []SourceKey) error {
+// readKeys pages through the source's keys (a projection: key fields only). A
+// row whose key or rowversion cannot be read is counted, not compared. A
+// source that keeps paging past twice the rows it counts is broken (a cursor
+// that cycles): the scan stops rather than fill the database's disk.
+func (v Verifier) readKeys(ctx context.Context, e *catalog.Entity, pages chan<- []SourceKey, got *scanned) error {
+	count, err := v.Source.Count(ctx, e.Name)
+	if err != nil {
+		return fmt.Errorf("counting the rows of %s in APISmith: %w", e.Name, err)
+	}
+	limit := 2*count + 10*int64(v.PageSize)
+	var read int64
 	cursor := ""
 	for {
 		rows, next, more, err := v.Source.PageFields(ctx, e.Name, cursor, v.PageSize, e.Key)
@@ -297,11 +324,17 @@ func (v Verifier) readKeys(ctx context.Context, e *catalog.Entity, pages chan<- 
 			}
 			return fmt.Errorf("reading the keys of %s from APISmith (after the page cursor %q): %w", e.Name, cursor, err)
 		}
+		if read += int64(len(rows)); read > limit {
+			return fmt.Errorf("APISmith counts %d rows of %s but has paged %d and goes on (does its cursor cycle?): the verification stops", count, e.Name, read)
+		}
 		keys := make([]SourceKey, 0, len(rows))
 		for _, row := range rows {
 			k, err := sourceKey(e, row)
 			if err != nil {
-				return err
+				if got.unreadable++; len(got.samples) < 5 {
+					got.samples = append(got.samples, []string{err.Error()})
+				}
+				continue
 			}
 			keys = append(keys, k)
 		}
@@ -340,6 +373,9 @@ func keyOf(e *catalog.Entity, data map[string]any) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("a source row of %s has no key field %s", e.Name, f)
 		}
+		if strings.ContainsRune(v, 0) {
+			return nil, fmt.Errorf("a source row of %s has a NUL character in its key field %s", e.Name, f)
+		}
 		key[j] = v
 	}
 	return key, nil
@@ -362,28 +398,57 @@ func (v Verifier) settle(ctx context.Context, e *catalog.Entity, s VerifySession
 			return err
 		}
 	}
+	// Extra rows may have been created in the source after the scan passed
+	// their keys; rows live in the source and deleted in the ledger may have
+	// been deleted in the source since they were read. Both are looked up again:
+	// an extra row found is not extra, a missing row over a tombstone not found
+	// is not missing.
+	if err := v.lookAgain(ctx, e, s, Extra, func(DriftedKey) bool { return true }, true); err != nil {
+		return err
+	}
+	return v.lookAgain(ctx, e, s, Missing, func(k DriftedKey) bool { return k.Tombstone }, false)
+}
+
+// lookAgain looks the keys of kind that pick chooses up in the source, and
+// discards those found (found) or those not found (!found).
+func (v Verifier) lookAgain(ctx context.Context, e *catalog.Entity, s VerifySession, kind DriftKind, pick func(DriftedKey) bool, found bool) error {
 	after := ""
 	for {
-		extra, err := s.Drifted(ctx, []DriftKind{Extra}, after, v.LookupSize)
-		if err != nil || len(extra) == 0 {
+		page, err := s.Drifted(ctx, []DriftKind{kind}, after, v.LookupSize)
+		if err != nil || len(page) == 0 {
 			return err
 		}
-		rows, err := v.Source.Lookup(ctx, e.Name, lookupKeys(e, extra))
-		if err != nil {
-			return fmt.Errorf("looking the extra keys of %s up again: %w", e.Name, err)
+		after = page[len(page)-1].BKHash
+		var keys []DriftedKey
+		for _, k := range page {
+			if pick(k) {
+				keys = append(keys, k)
+			}
 		}
-		var found []string
+		if len(keys) == 0 {
+			continue
+		}
+		rows, err := v.Source.Lookup(ctx, e.Name, lookupKeys(e, keys))
+		if err != nil {
+			return fmt.Errorf("looking the %s keys of %s up again: %w", kind, e.Name, err)
+		}
+		there := map[string]bool{}
 		for _, row := range rows {
 			k, err := keyOf(e, row.Data)
 			if err != nil {
 				return err
 			}
-			found = append(found, event.HashKey(k))
+			there[event.HashKey(k)] = true
 		}
-		if err := s.Discard(ctx, Extra, found); err != nil {
+		var discard []string
+		for _, k := range keys {
+			if there[k.BKHash] == found {
+				discard = append(discard, k.BKHash)
+			}
+		}
+		if err := s.Discard(ctx, kind, discard); err != nil {
 			return err
 		}
-		after = extra[len(extra)-1].BKHash
 	}
 }
 
@@ -514,14 +579,9 @@ func repairMessage(e *catalog.Entity, row SourceRow, key []string, kind DriftKin
 // and must not claim a time the source never stamped (the checkpoints follow the
 // rowversions applied).
 func deleteMessage(e *catalog.Entity, k DriftedKey, sourceSystem string, uid uuid.UUID) (Message, error) {
-	var rv any
-	switch e.RowVersion {
-	case event.VersionObjversion:
-		rv = time.UnixMicro(k.LedgerOrd).Add(time.Second).In(e.TimeZone).Format("20060102150405")
-	case event.VersionNumber:
-		rv = k.LedgerOrd + 1
-	default:
-		rv = time.UnixMicro(k.LedgerOrd + 1).UTC().Format(time.RFC3339Nano)
+	rv, err := versionAfter(e, k.LedgerOrd)
+	if err != nil {
+		return Message{}, err
 	}
 	data := make(map[string]any, len(e.Key))
 	for j, f := range e.Key {
@@ -532,6 +592,28 @@ func deleteMessage(e *catalog.Entity, k DriftedKey, sourceSystem string, uid uui
 		return Message{}, err
 	}
 	return Message{Subject: event.Backfill.Subject(e.Name), ID: "verify:" + uid.String() + ":" + e.Name + ":" + k.BKHash + ":delete", Body: body}, nil
+}
+
+// versionAfter is the smallest rowversion of e's form that reads back (as the
+// pipeline reads a backfill copy) after ord. An objversion is a wall clock: in
+// the hour a DST fall-back repeats, the next second's wall clock reads as the
+// earlier instant, so the seconds go on until one reads after ord.
+func versionAfter(e *catalog.Entity, ord int64) (json.RawMessage, error) {
+	switch e.RowVersion {
+	case event.VersionNumber:
+		return json.Marshal(ord + 1)
+	case event.VersionObjversion:
+		at, zone := time.UnixMicro(ord), cmp.Or(e.TimeZone, time.UTC)
+		for step := time.Second; step <= 3*time.Hour; step += time.Second {
+			raw, _ := json.Marshal(at.Add(step).In(zone).Format("20060102150405"))
+			if rv, err := event.ParseRowVersion(raw, e.RowVersion, zone, time.Time{}); err == nil && rv.Ord > ord {
+				return raw, nil
+			}
+		}
+		return nil, fmt.Errorf("no objversion of %s in %v reads after %v", e.Name, zone, at)
+	default:
+		return json.Marshal(time.UnixMicro(ord + 1).UTC().Format(time.RFC3339Nano))
+	}
 }
 
 // FormatKey writes a key's values joined by "|", as the CLI shows them.

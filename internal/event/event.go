@@ -10,9 +10,10 @@
 // data are kept exactly as sent (json.Number), never through float64.
 //
 // "repair": true marks a copy that `syncflow verify --repair` publishes for a
-// target row that differs from what the ledger says was written: the pipeline
-// rewrites the target even when the ledger already holds this very rowversion
-// (it never writes an older one). Without it, such a copy is unchanged.
+// target row that differs from what the ledger says was written: when the copy
+// is the very version the ledger holds (its rowversion and mapped payload), the
+// pipeline rewrites the target row. Without it, such a copy is unchanged; a
+// copy of another payload at that rowversion is ordered as any other version.
 //
 // It is the ground floor: it imports nothing of SyncFlow.
 package event

@@ -250,8 +250,8 @@ type Decision struct {
 	// Target is true when the target row is upserted (or deleted, for a delete).
 	Target bool
 	// Rewrite is set on a repair copy (normalize.Record.Repair) of the applied
-	// rowversion: the target row is written again although the ledger may keep
-	// the version it holds (a realtime version wins the tie).
+	// rowversion and payload: the target row is written again although the
+	// ledger keeps the version it holds (a realtime version wins the tie).
 	Rewrite bool
 	// Inverted is set on a realtime event judged stale although it was published
 	// after the applied realtime version (a higher stream sequence): a later
@@ -273,7 +273,10 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 			d.Outcome, d.Ledger, d.Target = Deleted, true, true
 		case !known:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
-		case c.Record.Repair && !isDelete && !a.Deleted && c.Version.Ord == a.Version.Ord:
+		case c.Record.Repair && !isDelete && !a.Deleted && c.Version.Ord == a.Version.Ord && string(c.PayloadHash) == string(a.Version.Hash):
+			// The very row the ledger says was applied: the target gets it back.
+			// A copy of another payload at this rowversion is a version of its
+			// own, ordered as any other (below).
 			d.Outcome, d.Ledger, d.Target, d.Rewrite = Updated, true, true, true
 		case !Supersedes(c.Version, a.Version):
 			d.Inverted = c.Version.Source == event.Realtime && a.Version.Source == event.Realtime && c.Version.Seq > a.Version.Seq

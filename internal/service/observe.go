@@ -183,6 +183,18 @@ func (o *observer) refresh(ctx context.Context) error {
 		}
 		m.LastVerify.WithLabelValues(v.Entity).Set(float64(v.Finished.Unix()))
 	}
+	latest, err := o.st.LastVerifications(ctx, true)
+	if err != nil {
+		return err
+	}
+	m.VerifyFailing.Reset()
+	for _, v := range latest {
+		failing := 0.0
+		if v.Error != "" {
+			failing = 1
+		}
+		m.VerifyFailing.WithLabelValues(v.Entity).Set(failing)
+	}
 	// Dead letters of subjects no catalog entity owns count like any other, under
 	// one label: their entity names come from the subjects, which anyone
 	// publishing to the stream chooses.

@@ -525,6 +525,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`syncflow_drift_rows{entity="items",kind="target-edited"} 5`,
 		`syncflow_drift_rows{entity="items",kind="stale"} 0`,
 		`syncflow_last_verify_timestamp{entity="items"} 1.795773607e+09`,
+		`syncflow_verify_failing{entity="items"} 1`,
 		`syncflow_events_total{entity="sites",outcome="inserted",source="realtime"} 1`,
 		`syncflow_events_total{entity="sites",outcome="failed",source="realtime"} 1`,
 		`syncflow_events_total{entity="work_centers",outcome="parked",source="realtime"} 1`,

@@ -86,6 +86,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	pc.ConnConfig.RuntimeParams["datestyle"] = "ISO, MDY"
 	pc.ConnConfig.RuntimeParams["intervalstyle"] = "postgres"
 	pc.ConnConfig.RuntimeParams["extra_float_digits"] = "1"
+	pc.ConnConfig.RuntimeParams["bytea_output"] = "hex"
+	pc.ConnConfig.RuntimeParams["lc_monetary"] = "C"
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout,
 		"idle_in_transaction_session_timeout": cfg.IdleInTransactionTimeout} {
 		if d > 0 {

@@ -35,12 +35,15 @@ func (s *Store) OpenVerify(ctx context.Context, entity string) (backfill.VerifyS
 		return nil, classify(err)
 	}
 	// work_mem: the comparison hashes the entity's keys three ways; spilled to
-	// disk in batches it took twice as long.
+	// disk in many batches it took twice as long. Each hash may take twice
+	// work_mem (hash_mem_multiplier): a verification takes up to about 768 MB of
+	// the server's memory for a large entity, and spills beyond.
 	_, err = conn.Exec(ctx, `
-SET work_mem = '256MB';
+SET work_mem = '128MB';
 DROP TABLE IF EXISTS pg_temp.verify_source, pg_temp.verify_drift;
 CREATE TEMP TABLE verify_source (bk_hash text NOT NULL, business_key jsonb NOT NULL, ord bigint NOT NULL);
-CREATE TEMP TABLE verify_drift (bk_hash text PRIMARY KEY, business_key jsonb NOT NULL, kind text NOT NULL, ledger_ord bigint)`)
+CREATE TEMP TABLE verify_drift (bk_hash text PRIMARY KEY, business_key jsonb NOT NULL, kind text NOT NULL, ledger_ord bigint,
+    tombstone boolean NOT NULL DEFAULT false)`)
 	if err != nil {
 		conn.Release()
 		return nil, classify(err)
@@ -91,23 +94,25 @@ func keyJSON(key []string) (string, error) {
 }
 
 // compareSQL classifies every key of the entity, by the first that applies:
-// only in the source (missing); in both, the source newer (stale, or missing
-// when the ledger holds a delete); only in the ledger and live (extra); a live
-// ledger row without a target hash (unhashed), without its target row (target-
-// missing) or whose target row hashes differently (target-edited). A ledger
-// newer than the source copy is in sync: the source changed after it was read.
+// only in the source, or live in the source and deleted in the ledger at any
+// version (missing: a tombstone newer than the source's row would otherwise
+// hide it for good); in both, the source newer (stale); only in the ledger and
+// live (extra); a live ledger row without a target hash (unhashed), without its
+// target row (target-missing) or whose target row hashes differently (target-
+// edited). A live ledger newer than the source copy is in sync: the source
+// changed after it was read.
 func (v *verifySession) compareSQL() string {
 	t := v.target
 	return `
-INSERT INTO verify_drift (bk_hash, business_key, kind, ledger_ord)
-SELECT bk_hash, business_key, kind, ledger_ord FROM (
+INSERT INTO verify_drift (bk_hash, business_key, kind, ledger_ord, tombstone)
+SELECT bk_hash, business_key, kind, ledger_ord, coalesce(deleted, false) FROM (
     SELECT coalesce(s.bk_hash, r.bk_hash) AS bk_hash, coalesce(s.business_key, r.business_key) AS business_key,
-        r.rowversion_ord AS ledger_ord,
+        r.rowversion_ord AS ledger_ord, r.deleted,
         CASE
             WHEN r.bk_hash IS NULL THEN 'missing'
             WHEN s.bk_hash IS NULL THEN CASE WHEN r.deleted THEN NULL ELSE 'extra' END
-            WHEN s.ord > r.rowversion_ord THEN CASE WHEN r.deleted THEN 'missing' ELSE 'stale' END
-            WHEN r.deleted THEN NULL
+            WHEN r.deleted THEN 'missing'
+            WHEN s.ord > r.rowversion_ord THEN 'stale'
             WHEN r.target_hash IS NULL THEN 'unhashed'
             WHEN r.tk IS NULL THEN 'target-missing'
             WHEN r.th <> r.target_hash THEN 'target-edited'
@@ -141,8 +146,7 @@ func (v *verifySession) Settle(ctx context.Context) error {
 DELETE FROM verify_drift d
 USING verify_source s, bridge.synced_records r
 WHERE d.kind IN ('missing', 'stale') AND s.bk_hash = d.bk_hash
-  AND r.entity_name = $1 AND r.bk_hash = d.bk_hash AND r.rowversion_ord >= s.ord
-  AND (NOT r.deleted OR r.rowversion_ord > s.ord)`, v.entity)
+  AND r.entity_name = $1 AND r.bk_hash = d.bk_hash AND r.rowversion_ord >= s.ord AND NOT r.deleted`, v.entity)
 	return classify(err)
 }
 
@@ -160,9 +164,16 @@ func (v *verifySession) Summary(ctx context.Context, samples int) (backfill.Comp
 		(SELECT count(*) FROM bridge.synced_records WHERE entity_name = $1 AND NOT deleted)`, v.entity).Scan(&c.SourceRows, &c.LedgerRows); err != nil {
 		return c, classify(err)
 	}
+	// The samples are taken by rank, not by aggregating every key of a kind
+	// (right after migration 0006 every row of an entity is unhashed).
 	rows, err := v.conn.Query(ctx, `
-SELECT kind, count(*), (array_agg(business_key ORDER BY business_key))[1:$1]
-FROM verify_drift GROUP BY kind`, samples)
+SELECT c.kind, c.n, coalesce(s.keys, '{}')
+FROM (SELECT kind, count(*) AS n FROM verify_drift GROUP BY kind) c
+LEFT JOIN (
+    SELECT kind, array_agg(business_key ORDER BY business_key) AS keys
+    FROM (SELECT kind, business_key, row_number() OVER (PARTITION BY kind ORDER BY business_key) AS rank FROM verify_drift) r
+    WHERE rank <= $1 GROUP BY kind
+) s USING (kind)`, samples)
 	if err != nil {
 		return c, classify(err)
 	}
@@ -187,7 +198,7 @@ func (v *verifySession) Drifted(ctx context.Context, kinds []backfill.DriftKind,
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
-	rows, err := v.conn.Query(ctx, `SELECT bk_hash, business_key, kind, coalesce(ledger_ord, 0) FROM verify_drift
+	rows, err := v.conn.Query(ctx, `SELECT bk_hash, business_key, kind, coalesce(ledger_ord, 0), tombstone FROM verify_drift
 		WHERE kind = ANY ($1) AND bk_hash > $2 ORDER BY bk_hash LIMIT $3`, names, after, limit)
 	if err != nil {
 		return nil, classify(err)
@@ -197,7 +208,7 @@ func (v *verifySession) Drifted(ctx context.Context, kinds []backfill.DriftKind,
 			k    backfill.DriftedKey
 			kind string
 		)
-		err := r.Scan(&k.BKHash, &k.Key, &kind, &k.LedgerOrd)
+		err := r.Scan(&k.BKHash, &k.Key, &kind, &k.LedgerOrd, &k.Tombstone)
 		k.Kind = backfill.DriftKind(kind)
 		return k, err
 	})
@@ -217,12 +228,12 @@ func (s *Store) RecordVerification(ctx context.Context, v backfill.Verification)
 	}
 	_, err = s.pool.Exec(ctx, `
 INSERT INTO bridge.verifications (uid, entity_name, trigger, repair, started_at, finished_at, duration_ms,
-    source_rows, ledger_rows, missing, stale, extra, target_edited, target_missing, unhashed, published,
+    source_rows, ledger_rows, missing, stale, extra, target_edited, target_missing, unhashed, unreadable, published,
     samples, error, replica)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
 		v.UID, v.Entity, v.Trigger, v.Repair, v.Started, v.Finished, v.Finished.Sub(v.Started).Milliseconds(),
 		c.SourceRows, c.LedgerRows, c.Counts[backfill.Missing], c.Counts[backfill.Stale], c.Counts[backfill.Extra],
-		c.Counts[backfill.TargetEdited], c.Counts[backfill.TargetMissing], c.Counts[backfill.Unhashed], v.Published,
+		c.Counts[backfill.TargetEdited], c.Counts[backfill.TargetMissing], c.Counts[backfill.Unhashed], c.Counts[backfill.Unreadable], v.Published,
 		samples, errText, v.Replica)
 	return classify(err)
 }
@@ -232,7 +243,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 func (s *Store) LastVerifications(ctx context.Context, failed bool) ([]backfill.Verification, error) {
 	rows, err := s.pool.Query(ctx, `
 SELECT DISTINCT ON (entity_name) uid, entity_name, trigger, repair, started_at, coalesce(finished_at, started_at),
-    source_rows, ledger_rows, missing, stale, extra, target_edited, target_missing, unhashed, published,
+    source_rows, ledger_rows, missing, stale, extra, target_edited, target_missing, unhashed, unreadable, published,
     coalesce(error, ''), coalesce(replica, '')
 FROM bridge.verifications WHERE $1 OR error IS NULL ORDER BY entity_name, started_at DESC`, failed)
 	if err != nil {
@@ -240,14 +251,14 @@ FROM bridge.verifications WHERE $1 OR error IS NULL ORDER BY entity_name, starte
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (backfill.Verification, error) {
 		var (
-			v                                             backfill.Verification
-			missing, stale, extra, edited, gone, unhashed int64
+			v                                                         backfill.Verification
+			missing, stale, extra, edited, gone, unhashed, unreadable int64
 		)
 		err := r.Scan(&v.UID, &v.Entity, &v.Trigger, &v.Repair, &v.Started, &v.Finished,
-			&v.Comparison.SourceRows, &v.Comparison.LedgerRows, &missing, &stale, &extra, &edited, &gone, &unhashed,
+			&v.Comparison.SourceRows, &v.Comparison.LedgerRows, &missing, &stale, &extra, &edited, &gone, &unhashed, &unreadable,
 			&v.Published, &v.Error, &v.Replica)
 		v.Comparison.Counts = map[backfill.DriftKind]int64{backfill.Missing: missing, backfill.Stale: stale, backfill.Extra: extra,
-			backfill.TargetEdited: edited, backfill.TargetMissing: gone, backfill.Unhashed: unhashed}
+			backfill.TargetEdited: edited, backfill.TargetMissing: gone, backfill.Unhashed: unhashed, backfill.Unreadable: unreadable}
 		return v, err
 	})
 	return out, classify(err)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,6 +44,12 @@ func (m *memSource) drop(part string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.rows, part)
+}
+
+func (m *memSource) Count(context.Context, string) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int64(len(m.rows)), nil
 }
 
 func (m *memSource) PageFields(_ context.Context, entity, cursor string, limit int, fields []string) ([]backfill.SourceRow, string, bool, error) {
@@ -281,6 +288,19 @@ func TestRepairMarkRewritesTheTarget(t *testing.T) {
 	if err := vf.conn.QueryRow(vf.ctx, `SELECT description FROM schedulehub.items WHERE part_no = 'P001'`).Scan(&desc); err != nil || desc != "item P001" {
 		t.Fatalf("description %q, %v", desc, err)
 	}
+	// Two changes in one second: the later realtime event holds the rowversion.
+	// A marked copy of the earlier payload at that rowversion is not the
+	// ledger's version: it is stale, the target keeps the later change.
+	vf.env.Source = event.Realtime
+	vf.env.Apply(t, "items", storetest.Item("P000", 0, "second change"))
+	vf.env.Source = event.Backfill
+	earlier := storetest.Item("P000", 0, "item P000")
+	if res := vf.env.Apply(t, "items", earlier[:len(earlier)-1]+`,"repair":true}`); res.Counts.Stale != 1 || res.Counts.Updated != 0 {
+		t.Fatalf("a marked copy of another payload at the ledger's rowversion: %+v", res.Counts)
+	}
+	if err := vf.conn.QueryRow(vf.ctx, `SELECT description FROM schedulehub.items WHERE part_no = 'P000'`).Scan(&desc); err != nil || desc != "second change" {
+		t.Fatalf("description %q, %v", desc, err)
+	}
 	// A marked copy older than the ledger's version is stale: never written.
 	vf.env.Apply(t, "items", storetest.Item("P002", 50, "newer"))
 	old := storetest.Item("P002", 2, "older")
@@ -344,4 +364,62 @@ func (l *lateSource) PageFields(ctx context.Context, entity, cursor string, limi
 		l.once.Do(l.after)
 	}
 	return rows, next, more, err
+}
+
+// A row live in the source and deleted in the ledger is missing at any
+// version: a tombstone newer than the source's row (a delete of a row the
+// source only seemed to lack) must not hide it. One deleted in the source since
+// it was read is not.
+func TestTombstoneOverALiveSourceRowIsMissing(t *testing.T) {
+	vf := newVerifyFixture(t, 6)
+	vf.env.Apply(t, "items", `{"entity":"items","op":"delete","rowversion":"20260101000100","data":{"PART_NO":"P001"}}`,
+		`{"entity":"items","op":"delete","rowversion":"20260101000100","data":{"PART_NO":"P002"}}`)
+	// P002 is deleted in the source once the scan has read it.
+	vf.v.Source = &lateSource{memSource: vf.src, after: func() { vf.src.drop("P002") }}
+	res := vf.verify(t, backfill.VerifyOptions{Samples: 5})
+	if got := counts(res.Comparison); !maps.Equal(got, map[backfill.DriftKind]int64{backfill.Missing: 1}) ||
+		fmt.Sprint(res.Comparison.Samples[backfill.Missing]) != "[[P001]]" {
+		t.Fatalf("a tombstone over a live source row: %v %v", got, res.Comparison.Samples)
+	}
+}
+
+// A source row whose key or rowversion cannot be read is counted, with the
+// reason, and the rest of the entity is compared.
+func TestUnreadableSourceRowsAreCounted(t *testing.T) {
+	vf := newVerifyFixture(t, 5)
+	vf.src.mu.Lock()
+	vf.src.rows["P900"] = backfill.SourceRow{RowVersion: json.RawMessage(`"yesterday"`), Data: map[string]any{"PART_NO": "P900"}}
+	vf.src.rows["P901"] = backfill.SourceRow{RowVersion: itemVersion(1), Data: map[string]any{"PART_NO": "P9\x0001"}}
+	vf.src.mu.Unlock()
+	vf.src.drop("P003")
+	res := vf.verify(t, backfill.VerifyOptions{})
+	if got := counts(res.Comparison); !maps.Equal(got, map[backfill.DriftKind]int64{backfill.Unreadable: 2, backfill.Extra: 1}) {
+		t.Fatalf("counts %v", got)
+	}
+	if s := fmt.Sprint(res.Comparison.Samples[backfill.Unreadable]); !strings.Contains(s, "14-digit") || !strings.Contains(s, "NUL") {
+		t.Errorf("the reasons: %s", s)
+	}
+}
+
+// A source whose cursor cycles would page forever: the scan stops at twice the
+// rows the source counts.
+func TestACyclingCursorStopsTheScan(t *testing.T) {
+	vf := newVerifyFixture(t, 3)
+	vf.v.Source = cycling{vf.src}
+	_, err := vf.v.Verify(vf.ctx, "items", backfill.VerifyOptions{})
+	if err == nil || !strings.Contains(err.Error(), "does its cursor cycle?") {
+		t.Fatalf("a cycling cursor: %v", err)
+	}
+}
+
+// cycling answers every page with the first rows and a cursor that alternates.
+type cycling struct{ *memSource }
+
+func (c cycling) PageFields(ctx context.Context, entity, cursor string, limit int, fields []string) ([]backfill.SourceRow, string, bool, error) {
+	rows, _, _, err := c.memSource.PageFields(ctx, entity, "", limit, fields)
+	next := "A"
+	if cursor == "A" {
+		next = "B"
+	}
+	return rows, next, true, err
 }

@@ -37,6 +37,7 @@ type Metrics struct {
 	BackfillFailing    *prometheus.GaugeVec // entity
 	DriftRows          *prometheus.GaugeVec // entity, kind
 	LastVerify         *prometheus.GaugeVec // entity
+	VerifyFailing      *prometheus.GaugeVec // entity
 }
 
 // NewMetrics registers every metric, with the Go and process collectors, on a
@@ -96,7 +97,9 @@ func NewMetrics() *Metrics {
 		Help: "Rows the entity's last verification found different from the source or the target, by kind (syncflow verify)."}, []string{"entity", "kind"})
 	m.LastVerify = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_last_verify_timestamp",
 		Help: "When the entity's last verification finished (Unix seconds; absent before the first)."}, []string{"entity"})
-	for _, c := range []prometheus.Collector{m.DriftRows, m.LastVerify, m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerMissing, m.ConsumerPending,
+	m.VerifyFailing = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "syncflow_verify_failing",
+		Help: "1 when the entity's latest verification failed (its drift figures are the last good one's)."}, []string{"entity"})
+	for _, c := range []prometheus.Collector{m.DriftRows, m.LastVerify, m.VerifyFailing, m.Events, m.Released, m.BatchDuration, m.BatchSize, m.Lag, m.Held, m.HeldRetries, m.Escalations, m.Inversions, m.Unmapped, m.ConsumerMissing, m.ConsumerPending,
 		m.ConsumerAckPending, m.DeadLetters, m.DeadLetterAge, m.Parked, m.ParkedAge, m.CheckpointAge, m.BackfillRows,
 		m.BackfillTotal, m.BackfillNextRun, m.BackfillFailing} {
 		f(c)

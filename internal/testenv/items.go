@@ -28,7 +28,7 @@ func LoadSyncedItems(ctx context.Context, db execer, n int64) error {
 		 FROM generate_series(0, $1::bigint - 1) i,
 		      LATERAL (SELECT 'P' || lpad(i::text, 8, '0') AS k, timestamptz '2026-01-01 00:00:00Z' + i * interval '1 second' AS v) x`,
 		`UPDATE bridge.synced_records r SET target_key = ROW(t.part_no)::text,
-		        target_hash = int8send(hashtextextended(rtrim(t::text, ',)'), 0))
+		        target_hash = int8send(hashtextextended(rtrim((t.*)::text, ',)'), 0))
 		 FROM schedulehub.items t WHERE r.entity_name = 'items' AND r.business_key = jsonb_build_array(t.part_no) AND $1::bigint > 0`,
 		`VACUUM ANALYZE bridge.synced_records`,
 		`VACUUM ANALYZE schedulehub.items`,
