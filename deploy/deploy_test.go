@@ -410,6 +410,32 @@ func TestRoles(t *testing.T) {
 	if err := st.CheckRules(ctx, cat, nil); err != nil {
 		t.Fatal(err)
 	}
+	// Verify compares in temporary tables, also where PUBLIC may not create them.
+	if _, err := admin.Exec(ctx, `DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$`); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"bridge_user", "bridge_operator"} {
+		vst := open(role)
+		s, err := vst.OpenVerify(ctx, "sites")
+		if err != nil {
+			t.Fatalf("%s cannot verify: %v", role, err)
+		}
+		if err := s.AddSource(ctx, []backfill.SourceKey{{BKHash: event.HashKey([]string{"S1"}), Key: []string{"S1"}, Ord: 1}}); err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		if err := s.Compare(ctx); err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		c, err := s.Summary(ctx, 5)
+		s.Close(ctx)
+		if err != nil || c.SourceRows != 1 {
+			t.Fatalf("%s: %+v %v", role, c, err)
+		}
+		now := time.Now()
+		if err := vst.RecordVerification(ctx, backfill.Verification{UID: testUID(), Entity: "sites", Trigger: "cli", Started: now, Finished: now, Comparison: c}); err != nil {
+			t.Fatalf("%s cannot record a verification: %v", role, err)
+		}
+	}
 
 	denied := func(who string, err error, what string) {
 		t.Helper()
