@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -444,19 +443,7 @@ func (b *bench) verify() error {
 }
 
 // peakRSS reads VmHWM (KiB) of a process.
-func peakRSS(pid int) float64 {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			v, _ := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-			return v
-		}
-	}
-	return 0
-}
+func peakRSS(pid int) float64 { return float64(testenv.VmHWM(pid)) }
 
 // baselineConsumer is a durable consumer over every realtime subject.
 func (b *bench) baselineConsumer(name string) (jetstream.Consumer, error) {

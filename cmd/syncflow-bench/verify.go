@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"syscall"
 	"time"
 
 	"github.com/syncflow/syncflow/internal/sim"
@@ -66,7 +65,7 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 			"SYNCFLOW_APISMITH_URL=http://"+ln.Addr().String())
 		cmd.Stdout, cmd.Stderr = &out, os.Stderr
 		start := time.Now()
-		err := cmd.Run()
+		peak, err := testenv.RunPeakRSS(cmd)
 		elapsed := time.Since(start)
 		if code := cmd.ProcessState.ExitCode(); code != 4 {
 			return fig, fmt.Errorf("verify exited %d (want 4, drift found): %v\n%s", code, err, out.String())
@@ -88,7 +87,7 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 			return fig, fmt.Errorf("verify found %v over %d source rows; want 500 stale and 500 target-edited over %d", e.Counts, e.SourceRows, b.cfg.verifyRows)
 		}
 		rate := float64(b.cfg.verifyRows) / elapsed.Seconds()
-		rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+		rss := float64(peak) / 1024
 		fmt.Printf("  verify   run %d: %8.0f keys/s in %v (reading the source %v, comparing %v; peak RSS %.0f MiB)\n", i+1, rate,
 			elapsed.Round(time.Millisecond), time.Duration(e.ScanMS)*time.Millisecond, time.Duration(e.CompareMS)*time.Millisecond, rss)
 		rates = append(rates, rate)

@@ -37,7 +37,7 @@ func TestScheduleCommands(t *testing.T) {
 		t.Fatal("enable")
 	}
 	out, code = w.cli("schedule", "list")
-	if code != 0 || !strings.Contains(out, "items   true     19:00-07:00 Europe/Stockholm  7") {
+	if code != 0 || !strings.Contains(out, "items   true     publish  19:00-07:00 Europe/Stockholm  7") {
 		t.Errorf("list (%d):\n%s", code, out)
 	}
 	out, code = w.cli("schedule", "list", "--json")

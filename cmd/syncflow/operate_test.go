@@ -574,13 +574,13 @@ func TestMigrateAndPruneCommands(t *testing.T) {
 		want string
 	}{
 		{[]string{"migrate", "version"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 5"},
-		{[]string{"migrate", "up"}, "schema version: 5"},
-		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 4"},
-		{[]string{"migrate", "force", "4"}, "schema version: 4"},
-		{[]string{"migrate", "up"}, "schema version: 5"},
+		{[]string{"migrate", "up"}, "schema version: 6"},
+		{[]string{"migrate", "up"}, "schema version: 6"},
+		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 5"},
+		{[]string{"migrate", "force", "5"}, "schema version: 5"},
+		{[]string{"migrate", "up"}, "schema version: 6"},
 		{[]string{"migrate", "down", "--yes"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 5"},
+		{[]string{"migrate", "up"}, "schema version: 6"},
 	}
 	for _, s := range steps {
 		if out, code := run(s.args...); code != 0 || !strings.Contains(out, s.want) {
