@@ -375,12 +375,16 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 	n := len(b.events)
 	var rssKiB float64
 	for {
-		var done int64
-		if err := b.pool.QueryRow(b.ctx, `SELECT coalesce(sum(rows_fetched), 0) FROM bridge.sync_batches`).Scan(&done); err != nil {
+		// Done when every event was fetched and written, and no child still
+		// waits for a parent (a child parked while its parent committed beside
+		// it is released by the re-check after that commit).
+		var done, parked int64
+		if err := b.pool.QueryRow(b.ctx, `SELECT coalesce(sum(rows_fetched), 0), (SELECT count(*) FROM bridge.pending_children)
+			FROM bridge.sync_batches`).Scan(&done, &parked); err != nil {
 			return 0, 0, err
 		}
 		rssKiB = max(rssKiB, peakRSS(cmd.Process.Pid))
-		if done >= int64(n) {
+		if done >= int64(n) && parked == 0 {
 			break
 		}
 		if time.Since(start) > 10*time.Minute {
@@ -427,7 +431,11 @@ func (b *bench) verify() error {
 		}
 		want := b.want[entity]
 		if len(got) != len(want) {
-			return fmt.Errorf("verify %s: %d rows, want %d", entity, len(got), len(want))
+			var parked, ledger, tombs int64
+			_ = b.pool.QueryRow(b.ctx, `SELECT (SELECT count(*) FROM bridge.pending_children WHERE entity_name = $1),
+				(SELECT count(*) FROM bridge.synced_records WHERE entity_name = $1 AND NOT deleted),
+				(SELECT count(*) FROM bridge.synced_records WHERE entity_name = $1 AND deleted)`, entity).Scan(&parked, &ledger, &tombs)
+			return fmt.Errorf("verify %s: %d rows, want %d (parked %d, in the ledger %d live and %d deleted)", entity, len(got), len(want), parked, ledger, tombs)
 		}
 		for k, v := range want {
 			if got[k] != fmt.Sprintf("v%d", v) {
