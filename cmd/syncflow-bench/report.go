@@ -62,6 +62,10 @@ func (r results) appendHistory(file, commit, machine string, cfg config) error {
 	}
 	var p99 []string
 	for _, l := range r.latency {
+		if l.behind != "" {
+			p99 = append(p99, fmt.Sprintf("%d/s: did not keep up", l.rate))
+			continue
+		}
 		p99 = append(p99, fmt.Sprintf("%d/s: %v", l.rate, l.p99.Round(time.Millisecond)))
 	}
 	verify := "-"
