@@ -235,14 +235,14 @@ func (t *target) keyExpr(alias string) string {
 // hashExpr is the verification hash of the row aliased alias: a 64-bit hash
 // (hashtextextended) of the row's text with its trailing null columns cut, so
 // that a column added to the table (appended, null) does not change it: "(a,b,)"
-// and "(a,b)" are both cut to "(a,b" (a value that ends in "," or ")" is
-// quoted in a row's text, so no value loses a character). The
-// text of a row depends on the session's output settings, which the store pins
-// (Open: TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output,
-// lc_monetary). alias.* is the whole row even when a column is named alias. The ledger
-// keeps the hash as the row is written (bridge.synced_records.target_hash);
-// verify recomputes it over the target. It detects changes, and is no
-// defence against someone who can write the target and means to hide an edit.
+// and "(a,b)" are both cut to "(a,b" (a value that ends in "," or ")" is quoted
+// in a row's text, so no value loses a character). alias.* is the whole row even
+// when a column is named alias. The text of a row depends on the session's output
+// settings, which the store pins (Open: TimeZone, DateStyle, IntervalStyle,
+// extra_float_digits, bytea_output, lc_monetary). The ledger keeps the hash as the
+// row is written (bridge.synced_records.target_hash); verify recomputes it over
+// the target. It detects changes, and is no defence against someone who can write
+// the target and means to hide an edit.
 func (t *target) hashExpr(alias string) string {
 	return "int8send(hashtextextended(rtrim((" + alias + ".*)::text, ',)'), 0))"
 }
