@@ -23,6 +23,19 @@ import (
 	"github.com/syncflow/syncflow/internal/stream"
 )
 
+// serveSim serves a simulated ERP of n items over HTTP on a free local port:
+// its base URL, and how to stop it.
+func serveSim(n int64) (*sim.ERP, string, func(), error) {
+	erp := sim.New(sim.Config{Items: n})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	srv := &http.Server{Handler: erp.Handler(sim.ServerConfig{})}
+	go srv.Serve(ln)
+	return erp, "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
 type backfillFigure struct {
 	rows     int64
 	rate     float64
@@ -37,14 +50,11 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 	if err := b.reset(); err != nil {
 		return fig, err
 	}
-	erp := sim.New(sim.Config{Items: b.cfg.backfillRows})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	_, addr, stop, err := serveSim(b.cfg.backfillRows)
 	if err != nil {
 		return fig, err
 	}
-	httpSrv := &http.Server{Handler: erp.Handler(sim.ServerConfig{})}
-	go httpSrv.Serve(ln)
-	defer httpSrv.Close()
+	defer stop()
 
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -87,7 +97,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 		})
 	}()
 	time.Sleep(time.Second)
-	runner := &backfill.Runner{Store: st, Source: &backfill.HTTPSource{BaseURL: "http://" + ln.Addr().String()},
+	runner := &backfill.Runner{Store: st, Source: &backfill.HTTPSource{BaseURL: addr},
 		Publisher: &stream.Publisher{JS: b.js}, Catalog: b.cat, Replica: "bench", Logger: quiet}
 	began := time.Now()
 	runErr := make(chan error, 1)

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"time"
@@ -31,14 +29,11 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 	if err := b.reset(); err != nil {
 		return fig, err
 	}
-	erp := sim.New(sim.Config{Items: b.cfg.verifyRows})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	erp, addr, stop, err := serveSim(b.cfg.verifyRows)
 	if err != nil {
 		return fig, err
 	}
-	httpSrv := &http.Server{Handler: erp.Handler(sim.ServerConfig{})}
-	go httpSrv.Serve(ln)
-	defer httpSrv.Close()
+	defer stop()
 	began := time.Now()
 	if err := testenv.LoadSyncedItems(b.ctx, b.pool, b.cfg.verifyRows); err != nil {
 		return fig, err
@@ -54,7 +49,7 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 	}
 	fmt.Printf("  verify: %d items loaded in %v\n", b.cfg.verifyRows, time.Since(began).Round(time.Second))
 	if os.Getenv("SYNCFLOW_BENCH_HOLD") != "" {
-		fmt.Printf("  holding: database %s, APISmith http://%s; press Enter\n", b.dbURL, ln.Addr())
+		fmt.Printf("  holding: database %s, APISmith %s; press Enter\n", b.dbURL, addr)
 		_, _ = fmt.Scanln()
 	}
 	var rates []float64
@@ -62,7 +57,7 @@ func (b *bench) verifyRun() (verifyFigure, error) {
 		var out bytes.Buffer
 		cmd := exec.Command(b.cfg.binary, "verify", "--entity", "items", "--json", "--settle", "0", "--log-level", "warn")
 		cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+b.dbURL, "SYNCFLOW_NATS_URL="+b.srv.ClientURL(),
-			"SYNCFLOW_APISMITH_URL=http://"+ln.Addr().String())
+			"SYNCFLOW_APISMITH_URL="+addr)
 		cmd.Stdout, cmd.Stderr = &out, os.Stderr
 		start := time.Now()
 		peak, err := testenv.RunPeakRSS(cmd)
