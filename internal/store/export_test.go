@@ -8,6 +8,7 @@ const (
 	SweepDueSQL         = sweepDueSQL
 	DueDeadLettersSQL   = dueDeadLettersSQL
 	LockLedgerSQL       = lockLedgerSQL
+	PresentParentsSQL   = presentParentsSQL
 	ReleaseSQL          = releaseSQL
 	AnyReleasableSQL    = anyReleasableSQL
 	AbandonBatchesSQL   = abandonBatchesSQL

@@ -17,16 +17,20 @@ import (
 // bridge.synced_records, the ledger: one row per (entity, key hash) with the
 // version applied, a hash of its mapped payload and a tombstone flag.
 
-// lockLedgerSQL joins the keys rather than testing bk_hash = ANY ($2): with a
-// generic plan and a growing ledger, PostgreSQL chose a sequential scan for the
-// ANY form (tens of milliseconds per batch, growing with the table); the join is
-// planned as one index lookup per key.
+// lockLedgerSQL looks each key up by the primary key, one lookup per key in
+// the order given: the lateral subquery with its row lock is a fence the planner
+// cannot turn into a join. As a join, it was planned from the statistics, which
+// a young ledger lacks (autovacuum analyzes it a minute or more after it starts
+// growing): with a fresh ledger under load PostgreSQL hashed all the entity's
+// rows for every batch, hundreds of milliseconds each at 100,000 rows. (The
+// bk_hash = ANY ($2) form before it fell to a sequential scan under a generic
+// plan.) The keys come sorted, so that two replicas lock in the same order.
 const lockLedgerSQL = `
 SELECT r.bk_hash, r.rowversion_ord, r.source_stream, r.stream_seq, r.payload_hash, r.deleted
-FROM unnest($2::text[]) AS k (bk_hash)
-JOIN bridge.synced_records r ON r.entity_name = $1 AND r.bk_hash = k.bk_hash
-ORDER BY r.bk_hash
-FOR UPDATE OF r`
+FROM unnest($2::text[]) AS k (bk_hash),
+LATERAL (SELECT * FROM bridge.synced_records r
+         WHERE r.entity_name = $1 AND r.bk_hash = k.bk_hash
+         FOR UPDATE) r`
 
 // LockLedger reads and locks the ledger rows of entity's keys, in key order, so
 // that two replicas lock in the same order.
@@ -35,7 +39,7 @@ func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (ma
 	if len(hashes) == 0 {
 		return applied, nil
 	}
-	rows, err := t.tx.Query(ctx, lockLedgerSQL, entity, hashes)
+	rows, err := t.tx.Query(ctx, lockLedgerSQL, customPlan, entity, slices.Sorted(slices.Values(hashes)))
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -126,18 +130,21 @@ func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, ro
 	return accepted, nil
 }
 
+// presentParentsSQL looks each key up by the primary key (OFFSET 0 keeps the
+// lateral subquery a lookup per key, as in lockLedgerSQL).
 const presentParentsSQL = `
-SELECT r.entity_name, r.bk_hash
-FROM bridge.synced_records r
-JOIN unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash) USING (entity_name, bk_hash)
-WHERE NOT r.deleted`
+SELECT k.entity_name, k.bk_hash
+FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash),
+LATERAL (SELECT 1 FROM bridge.synced_records r
+         WHERE r.entity_name = k.entity_name AND r.bk_hash = k.bk_hash AND NOT r.deleted
+         OFFSET 0) r`
 
 // ParentsPresent returns which of keys are applied (in the ledger and not
 // deleted). It takes no lock: a parent applied by another transaction at the same
 // moment is caught by the re-check after commit.
 func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
 	entities, hashes := keyArrays(keys)
-	rows, err := t.tx.Query(ctx, presentParentsSQL, entities, hashes)
+	rows, err := t.tx.Query(ctx, presentParentsSQL, customPlan, entities, hashes)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -180,3 +187,10 @@ func (s *Store) ForgetVersions(ctx context.Context, entity string) (int64, error
 		(SELECT entity_name, bk_hash FROM bridge.synced_records WHERE entity_name = $1 LIMIT 1000)`, args{entity})
 	return n, classify(err)
 }
+
+// customPlan, as a statement's first argument, has PostgreSQL plan it afresh on
+// every execution, for the table as large as it is now (an unnamed statement,
+// its description cached). The generic plan a prepared statement settles on is
+// made once: made while a fresh ledger fits in a page, it scans the page for
+// every key, and keeps scanning the growing ledger until the next ANALYZE.
+const customPlan = pgx.QueryExecModeCacheDescribe

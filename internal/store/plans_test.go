@@ -2,9 +2,11 @@ package store_test
 
 import (
 	"context"
+	"crypto/md5"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -175,4 +177,64 @@ func bigSeqScan(plan string) bool {
 		}
 	}
 	return false
+}
+
+// A young ledger has no statistics, or those of when it held a few rows: the
+// first minute of a new installation, until autovacuum analyzes it. The key
+// lookups of every batch, planned afresh each time (store's customPlan), still
+// look each key up by the primary key when the ledger has grown to 100,000 rows
+// under the stale statistics: neither hashing the entity's rows nor scanning
+// them, which at that size cost hundreds of milliseconds a batch.
+func TestKeyLookupsOfAYoungLedger(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewMigratedDatabase(ctx, "young")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	grow := func(from, to int) {
+		exec(fmt.Sprintf(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
+			SELECT 'items', md5(i::text), '["k"]', 'x', i, 'realtime', i FROM generate_series(%d, %d) i`, from, to))
+	}
+	exec(`SET plan_cache_mode = force_custom_plan`)
+	// EXECUTE takes no subquery: the 500 keys as a literal.
+	var hashes []string
+	for i := 1; i <= 500; i++ {
+		hashes = append(hashes, fmt.Sprintf("'%x'", md5.Sum([]byte(strconv.Itoa(i)))))
+	}
+	slices.Sort(hashes)
+	keys := `ARRAY[` + strings.Join(hashes, ",") + `]`
+	for _, stats := range []string{"never analyzed", "analyzed at 3 rows"} {
+		exec(`TRUNCATE bridge.synced_records`)
+		if stats != "never analyzed" {
+			grow(1, 3)
+			exec(`ANALYZE bridge.synced_records`)
+			grow(4, 100000)
+		} else {
+			grow(1, 100000)
+		}
+		for _, tc := range []struct{ name, sql, args string }{
+			{"ledger rows of a batch", store.LockLedgerSQL, `'items', ` + keys},
+			{"parents present", store.PresentParentsSQL, `array_fill('items'::text, ARRAY[500]), ` + keys},
+		} {
+			exec(`PREPARE lookup AS ` + tc.sql)
+			plan := testenv.Rows(t, conn, `EXPLAIN EXECUTE lookup (`+tc.args+`)`)
+			exec(`DEALLOCATE lookup`)
+			if !strings.Contains(plan, "Index Scan using pk_synced_records") && !strings.Contains(plan, "Index Only Scan using pk_synced_records") ||
+				strings.Contains(plan, "Hash") || strings.Contains(plan, "Seq Scan on synced_records") || strings.Contains(plan, "Bitmap") {
+				t.Errorf("%s, %s: not a primary-key lookup per key:\n%s", tc.name, stats, plan)
+			}
+		}
+	}
 }
