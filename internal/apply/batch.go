@@ -80,6 +80,10 @@ type Batch struct {
 	// split like rejected rows, under a statement timeout of their own, so that
 	// the rows to blame become dead letters and the rest commits.
 	IsolateTimeouts bool
+	// DeferRecheck leaves the re-check of parents and children after the commit
+	// to the caller (Result.Recheck), so that the batch's messages are acked
+	// without waiting for it.
+	DeferRecheck bool
 }
 
 // UnknownEntity names, in sync_batches, the work on subjects no entity owns.
@@ -114,6 +118,12 @@ type Result struct {
 	// Inverted counts, by entity, realtime events judged stale although published
 	// after the applied version (pipeline.Decision.Inverted).
 	Inverted map[string]int64
+	// Recheck, with Batch.DeferRecheck, is the re-check after the commit still
+	// to run (nil when there is none): children waiting for the parents the batch
+	// applied, or for the parents of the children it parked, whose parents are
+	// applied by then are released. Should it never run (a crash), the sweeper
+	// releases them.
+	Recheck func(ctx context.Context)
 }
 
 // ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
@@ -201,7 +211,15 @@ func (a *Applier) applyBatch(ctx context.Context, b Batch, iso isolation) (Resul
 	if err != nil {
 		return res, err
 	}
-	a.Committed(ctx, w)
+	if !b.DeferRecheck {
+		a.Committed(ctx, w)
+		return res, nil
+	}
+	a.log(w)
+	a.noteCheckpoints(w)
+	if len(w.recheck) > 0 {
+		res.Recheck = func(ctx context.Context) { a.recheckAfterCommit(ctx, w) }
+	}
 	return res, nil
 }
 

@@ -27,6 +27,11 @@
 //     as it does with the messages of a fetch that failed;
 //   - shutdown: nak at once, never a dead letter.
 //
+// The re-check after a commit (children waiting for the parents the batch
+// applied, or for the parents of the children it parked, that can go now) runs
+// after the ack, beside the loop (rechecks): the ack and the next batch do not
+// wait for it, and the rolling batch it counts in is closed only after it.
+//
 // # Keeping held messages alive
 //
 // Every message the consumer holds, in the batch being written and in the batches
@@ -112,6 +117,7 @@ type Consumer struct {
 	batchStart time.Time
 	batchNew   bool // no transaction counted in batchUID has committed yet
 	held       heldMessages
+	rechecks   rechecks
 }
 
 type fetched struct {
@@ -139,6 +145,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer cancelWrites()
 	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(c.Config.ShutdownGrace, cancelWrites) })
 	defer stopGrace()
+	// The re-checks after commits run under the writes' context, and are waited
+	// for before the rolling batch they count in is closed.
+	c.rechecks.start(wctx, c.Config.BatchTimeout)
+	defer c.rechecks.stop()
 
 	batches := make(chan fetched, 1)
 	go c.prefetch(ctx, log, batches)
@@ -165,6 +175,9 @@ func (c *Consumer) handle(ctx, wctx context.Context, log *slog.Logger, f fetched
 		res, err = c.process(ctx, wctx, log, f.msgs)
 	}
 	c.settle(ctx, log, f.msgs, res, err)
+	if err == nil && res.Recheck != nil {
+		c.rechecks.add(res.Recheck)
+	}
 }
 
 func (c *Consumer) enter(ctx context.Context) bool {
@@ -321,8 +334,8 @@ func (c *Consumer) batch(ds []pipeline.Delivery) apply.Batch {
 		}
 	}
 	prepared := pipeline.Preparer{Catalog: cat, Rules: rules}.Prepare(ds)
-	b := apply.Batch{Entity: entity, Catalog: cat, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source, Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared}
-	return b
+	return apply.Batch{Entity: entity, Catalog: cat, Rules: rules, BatchUID: c.batchUID, NewBatch: c.batchNew, Source: c.Source,
+		Replica: c.Config.Replica, Deliveries: ds, Prepared: prepared, DeferRecheck: true}
 }
 
 // rollBatch starts a new rolling sync_batches row when the window has passed.
@@ -340,6 +353,7 @@ func (c *Consumer) closeBatch(log *slog.Logger, failure error) {
 	if c.batchUID == uuid.Nil {
 		return
 	}
+	c.rechecks.wait() // they count in it
 	if !c.batchNew {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
