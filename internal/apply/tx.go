@@ -51,13 +51,15 @@ type Tx interface {
 	// rows of entity's target table. Each upsert's ledger row learns what the
 	// target row holds once written (its verification hash).
 	WriteTarget(ctx context.Context, entity string, upserts []TargetRow, deletes []map[string]any) error
-	// Savepoint runs fn under a savepoint, rolled back when fn fails.
+	// Savepoint runs fn under a savepoint, rolled back when fn fails, or when a
+	// statement under it failed though fn went on.
 	Savepoint(ctx context.Context, fn func() error) error
 	// AddDeadLetters writes dead letters, one unresolved per message: a message
 	// that already has one updates it, the earlier attempt kept in its history.
 	AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem string, dead []DeadLetter) error
 	// CountBatch adds counts to a sync_batches row, creating it when missing, and
-	// closes it as completed when close is set.
+	// closes it as completed when close is set. It may go with the next statement
+	// of the transaction, or with its commit: its error can come back from those.
 	CountBatch(ctx context.Context, b BatchRow, c pipeline.Counts, close bool) error
 	// SetStatementTimeout sets the statement timeout for the rest of the
 	// transaction.

@@ -36,7 +36,7 @@ ON CONFLICT (uid) DO UPDATE SET
     finished_at = CASE WHEN $17 THEN greatest(now(), b.started_at) ELSE b.finished_at END`
 
 // CountBatch adds counts to a batch row, creating it when missing.
-func (t *tx) CountBatch(ctx context.Context, b apply.BatchRow, c pipeline.Counts, close bool) error {
+func (t *tx) CountBatch(_ context.Context, b apply.BatchRow, c pipeline.Counts, close bool) error {
 	syncType := b.SyncType
 	if syncType == "" {
 		syncType = "realtime"
@@ -53,9 +53,11 @@ func (t *tx) CountBatch(ctx context.Context, b apply.BatchRow, c pipeline.Counts
 	if b.Replica != "" {
 		replica = &b.Replica
 	}
-	_, err := t.tx.Exec(ctx, countBatchSQL, b.UID, entity, source, syncType, replica,
+	// It goes with the next statement (the first of the batch, or COMMIT); an
+	// error comes back from that one.
+	t.laterExec("counting the batch", countBatchSQL, b.UID, entity, source, syncType, replica,
 		c.Fetched, c.Normalized, c.Mapped, c.Inserted, c.Updated, c.Unchanged, c.Stale, c.Deleted, c.Parked, c.Released, c.Failed, close)
-	return classify(err)
+	return nil
 }
 
 const abandonBatchesSQL = `

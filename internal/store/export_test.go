@@ -1,5 +1,13 @@
 package store
 
+import "github.com/jackc/pgx/v5"
+
+// WithTracer returns cfg with a tracer of every statement and pipeline.
+func WithTracer(cfg Config, tr pgx.QueryTracer) Config {
+	cfg.tracer = tr
+	return cfg
+}
+
 // The statements whose plans TestPlansAtScale pins.
 const (
 	LastBatchesSQL      = lastBatchesSQL

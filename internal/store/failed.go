@@ -77,7 +77,7 @@ type claims struct {
 // claimMessages runs claimMessagesSQL.
 func (t *tx) claimMessages(ctx context.Context, streams []*string, seqs []*int64, uids []uuid.UUID) (claims, error) {
 	var c claims
-	rows, err := t.tx.Query(ctx, claimMessagesSQL, streams, seqs, uids)
+	rows, err := t.query(ctx, claimMessagesSQL, streams, seqs, uids)
 	if err != nil {
 		return c, err
 	}
@@ -222,7 +222,7 @@ func (t *tx) AddDeadLetters(ctx context.Context, batch *uuid.UUID, sourceSystem 
 	if c.updates(streams, seqs, uids) {
 		sql = insertFailuresSQL
 	}
-	_, err = t.tx.Exec(ctx, sql, batch, sourceSystem,
+	_, err = t.exec(ctx, sql, batch, sourceSystem,
 		uids, entities, srcs, streams, subjects, seqs, hashes, raws, rawData, normalized, stages, errs, maxRetries, retryAfter,
 		parents, parentHashes, published, c.streams, c.seqs, c.uids)
 	return classify(err)
@@ -263,7 +263,7 @@ WHERE uid = ANY ($1)`
 
 // ResolveDeadLetters marks dead letters resolved, with note.
 func (t *tx) ResolveDeadLetters(ctx context.Context, uids []uuid.UUID, note string) error {
-	_, err := t.tx.Exec(ctx, resolveDeadLettersSQL, uids, note)
+	_, err := t.exec(ctx, resolveDeadLettersSQL, uids, note)
 	return classify(err)
 }
 
@@ -287,7 +287,7 @@ func (t *tx) FailedAgain(ctx context.Context, uid uuid.UUID, f pipeline.Failure,
 	if f.BKHash != "" {
 		bk = &f.BKHash
 	}
-	_, err := t.tx.Exec(ctx, failedAgainSQL, uid, string(f.Stage), sanitizeText(f.Err.Error()), normalized, bk, retryAfter)
+	_, err := t.exec(ctx, failedAgainSQL, uid, string(f.Stage), sanitizeText(f.Err.Error()), normalized, bk, retryAfter)
 	return classify(err)
 }
 
@@ -336,9 +336,9 @@ func (t *tx) SelectDeadLetters(ctx context.Context, sel deadletter.Selection, li
 	var q pgx.Rows
 	var err error
 	if sel.Due {
-		q, err = t.tx.Query(ctx, dueDeadLettersSQL, limit, maxBytes)
+		q, err = t.query(ctx, dueDeadLettersSQL, limit, maxBytes)
 	} else {
-		q, err = t.tx.Query(ctx, chosenDeadLettersSQL, limit, maxBytes, sel.UIDs, sel.Entity, sel.Stage)
+		q, err = t.query(ctx, chosenDeadLettersSQL, limit, maxBytes, sel.UIDs, sel.Entity, sel.Stage)
 	}
 	if err != nil {
 		return nil, false, classify(err)

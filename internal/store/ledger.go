@@ -39,7 +39,7 @@ func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (ma
 	if len(hashes) == 0 {
 		return applied, nil
 	}
-	rows, err := t.tx.Query(ctx, lockLedgerSQL, customPlan, entity, slices.Sorted(slices.Values(hashes)))
+	rows, err := t.query(ctx, lockLedgerSQL, customPlan, entity, slices.Sorted(slices.Values(hashes)))
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -115,7 +115,7 @@ func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, ro
 		srcs[j], seqs[j] = r.Version.Source.Name, int64(r.Version.Seq)
 		payloads[j], deleted[j] = r.Version.Hash, r.Deleted
 	}
-	q, err := t.tx.Query(ctx, upsertLedgerSQL, entity, batch, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)
+	q, err := t.query(ctx, upsertLedgerSQL, entity, batch, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -144,7 +144,7 @@ LATERAL (SELECT 1 FROM bridge.synced_records r
 // moment is caught by the re-check after commit.
 func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
 	entities, hashes := keyArrays(keys)
-	rows, err := t.tx.Query(ctx, presentParentsSQL, customPlan, entities, hashes)
+	rows, err := t.query(ctx, presentParentsSQL, customPlan, entities, hashes)
 	if err != nil {
 		return nil, classify(err)
 	}

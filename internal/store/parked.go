@@ -66,7 +66,7 @@ func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []ap
 			published[j] = &at
 		}
 	}
-	q, err := t.tx.Query(ctx, parkSQL, batch, entity, maxRetries, firstRetry,
+	q, err := t.query(ctx, parkSQL, batch, entity, maxRetries, firstRetry,
 		uids, hashes, pents, phashes, pkeys, payloads, raws, rvs, ords, srcs, streams, subjects, seqs, phash, published)
 	if err != nil {
 		return nil, classify(err)
@@ -143,7 +143,7 @@ FROM orphans`
 // TakeReleased runs releaseSQL; more says the bounds left children behind.
 func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) (items []apply.Released, more bool, err error) {
 	entities, hashes := keyArrays(parents)
-	rows, err := t.tx.Query(ctx, releaseSQL, entities, hashes, limit, maxBytes)
+	rows, err := t.query(ctx, releaseSQL, entities, hashes, limit, maxBytes)
 	if err != nil {
 		return nil, false, classify(err)
 	}
@@ -206,7 +206,7 @@ WHERE f.uid IN (SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - siz
 // TakeReleasableOrphans locks the orphan dead letters whose parent is applied,
 // within the bounds; more says the bounds left some behind.
 func (t *tx) TakeReleasableOrphans(ctx context.Context, limit, maxBytes int) (items []apply.Released, more bool, err error) {
-	rows, err := t.tx.Query(ctx, releasableOrphansSQL, limit, maxBytes)
+	rows, err := t.query(ctx, releasableOrphansSQL, limit, maxBytes)
 	if err != nil {
 		return nil, false, classify(err)
 	}
@@ -235,7 +235,7 @@ WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash AND p.nex
 // MarkDue makes the children waiting for parents due for the sweeper now.
 func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
 	entities, hashes := keyArrays(parents)
-	_, err := t.tx.Exec(ctx, markDueSQL, entities, hashes)
+	_, err := t.exec(ctx, markDueSQL, entities, hashes)
 	return classify(err)
 }
 
@@ -305,13 +305,13 @@ func (t *tx) SelectParked(ctx context.Context, sel deadletter.ParkedSelection, l
 	var err error
 	switch {
 	case len(sel.UIDs) > 0:
-		q, err = t.tx.Query(ctx, sweepUIDsSQL, sel.UIDs)
+		q, err = t.query(ctx, sweepUIDsSQL, sel.UIDs)
 	case sel.Expire && sel.OlderThan > 0:
-		q, err = t.tx.Query(ctx, sweepOlderSQL, limit, sel.OlderThan)
+		q, err = t.query(ctx, sweepOlderSQL, limit, sel.OlderThan)
 	case sel.All || sel.Expire:
-		q, err = t.tx.Query(ctx, sweepAllSQL, limit)
+		q, err = t.query(ctx, sweepAllSQL, limit)
 	default:
-		q, err = t.tx.Query(ctx, sweepDueSQL, limit)
+		q, err = t.query(ctx, sweepDueSQL, limit)
 	}
 	if err != nil {
 		return nil, classify(err)
@@ -338,7 +338,7 @@ func (t *tx) ParkedChildren(ctx context.Context, children []apply.Key) ([]deadle
 		return nil, nil
 	}
 	entities, hashes := keyArrays(children)
-	q, err := t.tx.Query(ctx, parkedChildrenSQL, entities, hashes)
+	q, err := t.query(ctx, parkedChildrenSQL, entities, hashes)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -379,7 +379,7 @@ SELECT entity_name, coalesce(stream, ''), coalesce(stream_seq, 0), error_message
 
 // WaitParked counts a re-check of rows and sets their next.
 func (t *tx) WaitParked(ctx context.Context, uids []uuid.UUID, delays []time.Duration) error {
-	_, err := t.tx.Exec(ctx, waitParkedSQL, uids, delays)
+	_, err := t.exec(ctx, waitParkedSQL, uids, delays)
 	return classify(err)
 }
 
@@ -391,7 +391,7 @@ func (t *tx) OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []d
 		uids[i], reasons[i], newUIDs[i] = o.UID, o.Reason, o.DeadLetterUID
 	}
 	// The messages of the parked rows, claimed for their new dead letters.
-	rows, err := t.tx.Query(ctx, `SELECT p.stream, nullif(p.stream_seq, 0), o.new_uid
+	rows, err := t.query(ctx, `SELECT p.stream, nullif(p.stream_seq, 0), o.new_uid
 		FROM bridge.pending_children p JOIN unnest($1::uuid[], $2::uuid[]) AS o (uid, new_uid) ON p.uid = o.uid`, uids, newUIDs)
 	if err != nil {
 		return nil, classify(err)
@@ -421,7 +421,7 @@ func (t *tx) OrphanParked(ctx context.Context, batch apply.BatchRow, orphans []d
 	if c.updates(streams, seqs, claimUIDs) {
 		sql = orphanParkedSQL
 	}
-	q, err := t.tx.Query(ctx, sql, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries, c.streams, c.seqs, c.uids)
+	q, err := t.query(ctx, sql, uids, reasons, newUIDs, batch.UID, batch.SourceSystem, maxRetries, c.streams, c.seqs, c.uids)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -445,7 +445,7 @@ func (t *tx) TakeParked(ctx context.Context, uids []uuid.UUID) ([]apply.Released
 	if len(uids) == 0 {
 		return nil, nil
 	}
-	q, err := t.tx.Query(ctx, takeParkedSQL, uids)
+	q, err := t.query(ctx, takeParkedSQL, uids)
 	if err != nil {
 		return nil, classify(err)
 	}

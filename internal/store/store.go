@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/syncflow/syncflow/internal/redact"
@@ -44,6 +45,9 @@ type Config struct {
 	// forgotten transaction holds SyncFlow's work for ever. Zero leaves the server's
 	// setting; `syncflow run` sets 30s, 10s and 60s by default.
 	StatementTimeout, LockTimeout, IdleInTransactionTimeout time.Duration
+
+	// tracer sees every statement and pipeline (the tests count round trips).
+	tracer pgx.QueryTracer
 }
 
 func (c Config) withDefaults() Config {
@@ -78,6 +82,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	pc.MaxConns = cfg.MaxConns
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	pc.ConnConfig.Tracer = cfg.tracer
 	// A timestamp without an offset (a pass-through field of an event) means UTC
 	// whatever the server's TimeZone, as the rest of SyncFlow reads them.
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"

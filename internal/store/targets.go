@@ -303,7 +303,7 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 	}
 	for _, sig := range slices.Sorted(maps.Keys(bySig)) {
 		body := append(bySig[sig], ']')
-		if _, err := t.tx.Exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body, entity); err != nil {
+		if _, err := t.exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body, entity); err != nil {
 			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}
@@ -313,7 +313,7 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 		if err != nil {
 			return err
 		}
-		if _, err := t.tx.Exec(ctx, tg.deleteSQL(), body); err != nil {
+		if _, err := t.exec(ctx, tg.deleteSQL(), body); err != nil {
 			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}

@@ -2,10 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/deadletter"
@@ -14,12 +18,44 @@ import (
 // tx is one transaction. Its methods are the statements of the tables, one each,
 // in the file of the table they mainly touch; every error they return is
 // classified. It is an apply.Tx and a deadletter.Tx.
+//
+// # Round trips
+//
+// Statements whose answer nothing waits for (BEGIN, the savepoints, the batch
+// counters, the plan mode of a key lookup) are not sent on their own: they wait
+// in pending and go with the next statement that returns rows, or with COMMIT,
+// in one pipeline (a pgx batch: one write, one Sync, one round trip). A batch of
+// a few messages of an entity without children costs four round trips: BEGIN
+// with the ledger lock, the savepoint with the ledger write, the target write,
+// and the counters with COMMIT.
+//
+// PostgreSQL runs a pipeline in order and skips the rest of it after an error,
+// so a pending statement runs exactly where it was issued; its error comes back
+// from the statement it went with, named after the pending statement. A savepoint
+// never opens over a pending statement of the tables (it is sent first), so that
+// the error of a counter is never taken for the error of the rows the savepoint
+// isolates.
 type tx struct {
-	s  *Store
-	tx pgx.Tx
+	s    *Store
+	conn *pgx.Conn
+	// pending are the statements not sent yet, in order; begun is set once BEGIN
+	// has gone to the server.
+	pending []pendingStmt
+	begun   bool
+	sends   int // pipelines sent
+	depth   int // of savepoints
 	// unmapped holds the fields no column took, counted once per record, for
 	// the drift counts once the transaction commits.
 	unmapped *unmappedNotes
+}
+
+// pendingStmt is a statement waiting to go with the next one; control marks
+// BEGIN, the savepoints and the plan mode, which touch no table.
+type pendingStmt struct {
+	what    string
+	sql     string
+	args    []any
+	control bool
 }
 
 var (
@@ -32,16 +68,35 @@ func (s *Store) InTx(ctx context.Context, fn func(apply.Tx) error) error {
 	return s.inTx(ctx, func(t *tx) error { return fn(t) })
 }
 
-func (s *Store) inTx(ctx context.Context, fn func(*tx) error) error {
-	var committed *tx
-	err := pgx.BeginFunc(ctx, s.pool, func(t pgx.Tx) error {
-		committed = &tx{s: s, tx: t}
-		return fn(committed)
-	})
-	if err == nil && committed.unmapped != nil {
-		s.drift.merge(committed.unmapped)
+func (s *Store) inTx(ctx context.Context, fn func(*tx) error) (err error) {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
 	}
-	return classify(err)
+	// A connection given back inside a transaction (a failed ROLLBACK) is closed
+	// by the pool, never reused.
+	defer c.Release()
+	t := &tx{s: s, conn: c.Conn()}
+	t.later(pendingStmt{what: "BEGIN", sql: "BEGIN", control: true})
+	committed := false
+	defer func() {
+		if !committed && t.begun {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = t.conn.Exec(rctx, "ROLLBACK") //nolint:errcheck // the pool closes a connection left in a transaction
+		}
+	}()
+	if err := fn(t); err != nil {
+		return classify(err)
+	}
+	if err := t.commit(ctx); err != nil {
+		return classify(err)
+	}
+	committed = true
+	if t.unmapped != nil {
+		s.drift.merge(t.unmapped)
+	}
+	return nil
 }
 
 // DeadLetters is the store as the sweeper and the retry worker use it
@@ -53,23 +108,208 @@ func (d DeadLetters) InTx(ctx context.Context, fn func(deadletter.Tx) error) err
 	return d.inTx(ctx, func(t *tx) error { return fn(t) })
 }
 
-// Savepoint runs fn under a savepoint, rolled back when fn fails.
-func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
-	sp, err := t.tx.Begin(ctx)
-	if err != nil {
-		return classify(err)
-	}
-	if err := fn(); err != nil {
-		if rbErr := sp.Rollback(ctx); rbErr != nil {
-			return classify(rbErr)
+// later queues a statement to go with the next one sent.
+func (t *tx) later(p pendingStmt) { t.pending = append(t.pending, p) }
+
+// laterExec queues a statement of the tables that returns nothing.
+func (t *tx) laterExec(what, sql string, args ...any) {
+	t.later(pendingStmt{what: what, sql: sql, args: args})
+}
+
+// send sends the pending statements and, when sql is set, sql after them, in
+// one pipeline, and reads the pending statements' results. The caller reads
+// sql's result from the BatchResults returned and closes it.
+func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResults, error) {
+	if len(t.pending) > 0 && strings.HasPrefix(t.pending[0].sql, "ROLLBACK TO") {
+		// An aborted transaction runs nothing before it, not even the parsing
+		// of a statement new to the connection that a pipeline starts with.
+		if err := t.conn.PgConn().Exec(ctx, t.pending[0].sql).Close(); err != nil {
+			return nil, pendingError(t.pending[0], err)
 		}
+		t.pending = t.pending[1:]
+	}
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.pending)+1)}
+	pending := t.pending
+	t.pending = nil
+	t.sends++
+	for _, p := range pending {
+		b.Queue(p.sql, p.args...)
+		if p.what == "BEGIN" {
+			t.begun = true
+		}
+	}
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
+	br := t.conn.SendBatch(ctx, b)
+	for _, p := range pending {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close() //nolint:errcheck // the first error is the one to report
+			return nil, pendingError(p, err)
+		}
+	}
+	return br, nil
+}
+
+// pendingError names the pending statement that failed. Its kind is kept, but a
+// rejection is not the rows' (only a statement of the rows' own is isolated):
+// the transaction fails, and is held and retried.
+func pendingError(p pendingStmt, err error) error {
+	err = fmt.Errorf("%s: %w", p.what, err)
+	if errors.Is(classify(err), apply.ErrRowRejected) {
+		return errors.New(err.Error())
+	}
+	return classify(err)
+}
+
+// query runs sql after the pending statements, in one round trip, and returns
+// its rows.
+func (t *tx) query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if len(t.pending) == 0 {
+		return t.conn.Query(ctx, sql, args...)
+	}
+	if len(args) > 0 && args[0] == customPlan {
+		// A pipeline runs in the connection's mode: the plan is made custom by
+		// the setting, for this statement only.
+		args = args[1:]
+		if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault {
+			t.pending = t.pending[:n-1] // still custom since the last lookup
+		} else {
+			t.later(pendingStmt{what: "plan mode", sql: "SET LOCAL plan_cache_mode = force_custom_plan", control: true})
+		}
+		defer t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true})
+	}
+	br, err := t.send(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close() //nolint:errcheck // the query's error is the one to report
+		return nil, err
+	}
+	return &pipelinedRows{Rows: rows, br: br}, nil
+}
+
+const planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
+
+// exec runs sql after the pending statements, in one round trip.
+func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if len(t.pending) == 0 {
+		return t.conn.Exec(ctx, sql, args...)
+	}
+	br, err := t.send(ctx, sql, args...)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	return tag, errors.Join(err, br.Close())
+}
+
+// commit sends COMMIT with what is pending. A transaction that sent nothing and
+// has nothing pending but BEGIN was empty: there is nothing to send.
+func (t *tx) commit(ctx context.Context) error {
+	if !t.begun && len(t.pending) == 1 {
+		t.pending = nil
+		return nil
+	}
+	tag, err := t.exec(ctx, "COMMIT")
+	if err != nil {
+		return err
+	}
+	if tag.String() == "ROLLBACK" {
+		// An error in the transaction went unnoticed: PostgreSQL rolled it back.
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
+// pipelinedRows are the rows of the last statement of a pipeline: once read to
+// the end (or closed), the pipeline is closed too.
+type pipelinedRows struct {
+	pgx.Rows
+	br     pgx.BatchResults
+	closed bool
+	err    error
+}
+
+func (r *pipelinedRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.Close()
+	return false
+}
+
+func (r *pipelinedRows) Close() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	r.Rows.Close()
+	r.err = r.br.Close()
+}
+
+func (r *pipelinedRows) Err() error { return errors.Join(r.Rows.Err(), r.err) }
+
+// Savepoint runs fn under a savepoint, rolled back when fn fails. SAVEPOINT,
+// RELEASE and ROLLBACK TO go with the next statement; a savepoint under which
+// nothing was sent costs nothing.
+func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
+	if err := t.sendTables(ctx); err != nil {
+		return err
+	}
+	t.depth++
+	defer func() { t.depth-- }()
+	name := "sf_" + strconv.Itoa(t.depth)
+	t.later(pendingStmt{what: "SAVEPOINT", sql: "SAVEPOINT " + name, control: true})
+	mark, sends := len(t.pending)-1, t.sends
+	err := fn()
+	if err == nil && t.sends != sends && t.aborted() {
+		// A statement under the savepoint failed and fn went on regardless.
+		err = errors.New("a statement under the savepoint failed; it is rolled back")
+	}
+	if t.sends == sends {
+		// Nothing under the savepoint reached the server: what fn queued goes
+		// on a success, and is dropped with the savepoint on a failure.
+		if err != nil {
+			t.pending = t.pending[:mark]
+			return classify(err)
+		}
+		t.pending = append(t.pending[:mark], t.pending[mark+1:]...)
+		return nil
+	}
+	if err != nil {
+		// What fn queued since its last statement was sent is undone with the
+		// rest; ROLLBACK TO must be the next statement the aborted transaction runs.
+		t.pending = t.pending[:0]
+		t.later(pendingStmt{what: "ROLLBACK TO SAVEPOINT", sql: "ROLLBACK TO SAVEPOINT " + name, control: true})
 		return classify(err)
 	}
-	return classify(sp.Commit(ctx))
+	t.later(pendingStmt{what: "RELEASE SAVEPOINT", sql: "RELEASE SAVEPOINT " + name, control: true})
+	return nil
+}
+
+// aborted says whether the transaction is aborted by a failed statement that
+// no pending ROLLBACK TO (of a savepoint under this one) recovers from.
+func (t *tx) aborted() bool {
+	return t.conn.PgConn().TxStatus() == 'E' && (len(t.pending) == 0 || !strings.HasPrefix(t.pending[0].sql, "ROLLBACK TO"))
+}
+
+// sendTables sends the pending statements when one of them touches a table.
+func (t *tx) sendTables(ctx context.Context) error {
+	for _, p := range t.pending {
+		if !p.control {
+			_, err := t.exec(ctx, "SELECT 1")
+			return err
+		}
+	}
+	return nil
 }
 
 // SetStatementTimeout sets statement_timeout for the rest of the transaction.
 func (t *tx) SetStatementTimeout(ctx context.Context, d time.Duration) error {
-	_, err := t.tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, strconv.FormatInt(max(d.Milliseconds(), 1), 10))
-	return classify(err)
+	t.later(pendingStmt{what: "statement timeout", sql: `SELECT set_config('statement_timeout', $1, true)`,
+		args: []any{strconv.FormatInt(max(d.Milliseconds(), 1), 10)}, control: true})
+	return nil
 }

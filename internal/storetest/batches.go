@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/pipeline"
@@ -42,7 +43,9 @@ func (t *tx) CountBatch(ctx context.Context, b apply.BatchRow, c pipeline.Counts
 		row.Status = "completed"
 	}
 	if b.SyncType != "realtime" && b.SyncType != "background" || negative(c) || negative(row.Counts) {
-		return t.fail(rejected("row of sync_batches violates a check constraint (sync_type %q, counts %+v)", b.SyncType, row.Counts))
+		// The store sends the counting with a later statement: its failure is
+		// the transaction's, never taken for the rows' (no kind).
+		return t.fail(fmt.Errorf("counting the batch: row of sync_batches violates a check constraint (sync_type %q, counts %+v)", b.SyncType, row.Counts))
 	}
 	t.st.batches[b.UID] = row
 	return nil

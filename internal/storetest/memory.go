@@ -186,7 +186,9 @@ func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
 		return err
 	}
 	if t.aborted {
-		return errAborted // RELEASE SAVEPOINT in an aborted transaction
+		// A statement under it failed though fn went on: rolled back all the same.
+		t.st, t.aborted = saved, false
+		return errAborted
 	}
 	return nil
 }
