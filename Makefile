@@ -91,13 +91,13 @@ microbench:
 ## bench-rss: peak memory of SyncFlow draining a backlog of one million events.
 bench-rss: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
-	bin/syncflow-bench -n 1000000 -runs 1 -skip naive,ceiling,latency,backfill,memory,verify -binary $(BIN)
+	bin/syncflow-bench -n 1000000 -runs 1 -skip single,naive,ceiling,latency,backfill,memory,verify -binary $(BIN)
 
 ## bench-verify: only the verify figure (syncflow verify over 1,000,000 items of the
 ## simulator, 1,000 drifted: keys compared per second and peak RSS).
 bench-verify: build
 	$(GO) build -o bin/syncflow-bench ./cmd/syncflow-bench
-	bin/syncflow-bench -n 1000 -runs $(BENCH_RUNS) -skip syncflow,naive,ceiling,latency,backfill,memory -binary $(BIN)
+	bin/syncflow-bench -n 1000 -runs $(BENCH_RUNS) -skip syncflow,single,naive,ceiling,latency,backfill,memory -binary $(BIN)
 
 ## soak: two replicas at 2,000 events/s (children first) for DURATION while one
 ## is killed every minute, PostgreSQL drops their connections every 3 minutes and

@@ -14,12 +14,14 @@ type benchEvent struct {
 	body   []byte
 }
 
-// entityMix is the share of events per entity: many operations and orders, few sites.
-var entityMix = []struct {
+type mixShare struct {
 	name  string
 	share float64
 	keys  int
-}{
+}
+
+// entityMix is the share of events per entity: many operations and orders, few sites.
+var entityMix = []mixShare{
 	{"sites", 0.01, 20},
 	{"work_centers", 0.04, 200},
 	{"items", 0.25, 20000},
@@ -41,6 +43,7 @@ type generator struct {
 	dupShare float64
 	oooShare float64
 	held     []benchEvent
+	mix      []mixShare
 }
 
 // generate returns about n realistic events of about 1 KiB, deterministic for
@@ -50,13 +53,29 @@ type generator struct {
 // apply ends in.
 func generate(n int, seed uint64, dupShare, oooShare float64) ([]benchEvent, map[string]map[string]int) {
 	g := &generator{rng: rand.New(rand.NewPCG(seed, seed^0x5eed)), version: map[string]int{}, want: map[string]map[string]int{},
-		pad: strings.Repeat("x", 700), dupShare: dupShare, oooShare: oooShare}
+		pad: strings.Repeat("x", 700), dupShare: dupShare, oooShare: oooShare, mix: entityMix}
 	for k := range 20 {
 		g.change("sites", k)
 	}
 	for k := range 200 {
 		g.change("work_centers", k)
 	}
+	return g.fill(n)
+}
+
+// generateItems returns about n events of items alone (an entity with no
+// parents), with the same duplicates and versions out of order.
+func generateItems(n int, seed uint64, dupShare, oooShare float64) ([]benchEvent, map[string]map[string]int) {
+	items := entityMix[2]
+	items.share = 1
+	g := &generator{rng: rand.New(rand.NewPCG(seed, seed^0x5eed)), version: map[string]int{}, want: map[string]map[string]int{},
+		pad: strings.Repeat("x", 700), dupShare: dupShare, oooShare: oooShare, mix: []mixShare{items}}
+	return g.fill(n)
+}
+
+// fill generates events of the generator's mix until there are n.
+func (g *generator) fill(n int) ([]benchEvent, map[string]map[string]int) {
+	dupShare := g.dupShare
 	for len(g.events) < n {
 		if g.rng.Float64() < dupShare && len(g.events) > 0 {
 			g.events = append(g.events, g.events[g.rng.IntN(len(g.events))])
@@ -67,9 +86,9 @@ func generate(n int, seed uint64, dupShare, oooShare float64) ([]benchEvent, map
 			g.held = g.held[1:]
 			continue
 		}
-		pick, acc := entityMix[len(entityMix)-1], 0.0
+		pick, acc := g.mix[len(g.mix)-1], 0.0
 		x := g.rng.Float64()
-		for _, e := range entityMix {
+		for _, e := range g.mix {
 			if acc += e.share; x < acc {
 				pick = e
 				break

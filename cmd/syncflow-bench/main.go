@@ -67,7 +67,7 @@ func main() {
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
-	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,naive,ceiling,latency,backfill,memory,verify")
+	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,single,naive,ceiling,latency,backfill,memory,verify")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
 	flag.Int64Var(&cfg.verifyRows, "verify-rows", 1_000_000, "items of the verify figure (1,000 of them drifted)")
@@ -197,6 +197,21 @@ func run(cfg config) error {
 			return err
 		}
 	}
+	if !skip("single") {
+		// One entity with no parents: SyncFlow and the ceiling's shapes on the
+		// same stream of items alone.
+		all, want := b.events, b.want
+		b.events, b.want = generateItems(cfg.n, 42, cfg.dupShare, cfg.ooo)
+		fmt.Printf("items alone: %d events\n", len(b.events))
+		if res.single.syncflow, _, err = b.repeat("syncflow", b.syncflowRun); err != nil {
+			return err
+		}
+		if res.single.ceiling, res.single.shape, err = b.fairCeiling(); err != nil {
+			return err
+		}
+		res.single.n = len(b.events)
+		b.events, b.want = all, want
+	}
 	if !skip("naive") {
 		if res.naive, _, err = b.repeat("naive", b.naiveRun); err != nil {
 			return err
@@ -253,9 +268,18 @@ type results struct {
 	backfill                 backfillFigure
 	memory                   memoryFigure
 	verify                   verifyFigure
+	// single is one entity with no parents (items alone): SyncFlow and the
+	// ceiling on the same single-entity stream.
+	single singleFigure
 	// sfPerCore and pgPerCore are events per CPU-second of SyncFlow and of
 	// PostgreSQL during the SyncFlow runs (medians).
 	sfPerCore, pgPerCore float64
+}
+
+type singleFigure struct {
+	n                 int
+	syncflow, ceiling float64
+	shape             string
 }
 
 func (r results) print(cfg config) {
@@ -272,6 +296,9 @@ func (r results) print(cfg config) {
 	}
 	if r.ceiling > 0 {
 		fmt.Printf("(c) ceiling, bulk upsert, bare table     %8.0f events/s   (the best shape: %s)\n", r.ceiling, r.ceilingShape)
+	}
+	if s := r.single; s.syncflow > 0 {
+		fmt.Printf("(d) items alone, %d events: SyncFlow %8.0f events/s, ceiling %8.0f (%s): %.2f\n", s.n, s.syncflow, s.ceiling, s.shape, s.syncflow/s.ceiling)
 	}
 	for _, l := range r.latency {
 		if l.behind != "" {

@@ -51,8 +51,8 @@ func (r results) appendHistory(file, commit, machine string, cfg config) error {
 	if !strings.Contains(text, heading) {
 		text = strings.TrimRight(text, "\n") + "\n\n" + heading + "\n\n" +
 			"Every `make bench` run appends a row (medians; the ceiling is the best of its shapes).\n\n" +
-			"| date | commit | SyncFlow events/s | naive | ceiling (shape) | SyncFlow / naive | SyncFlow / ceiling | p99 by rate | backfill rows/s | peak RSS | machine | verify keys/s (peak RSS) |\n" +
-			"|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+			"| date | commit | SyncFlow events/s | naive | ceiling (shape) | SyncFlow / naive | SyncFlow / ceiling | p99 by rate | backfill rows/s | peak RSS | machine | verify keys/s (peak RSS) | items alone: SyncFlow / ceiling (shape) |\n" +
+			"|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 	}
 	ratio := func(a, b float64) string {
 		if a == 0 || b == 0 {
@@ -72,10 +72,14 @@ func (r results) appendHistory(file, commit, machine string, cfg config) error {
 	if r.verify.rate > 0 {
 		verify = fmt.Sprintf("%.0f (%.0f MiB; %d keys)", r.verify.rate, r.verify.rss, r.verify.rows)
 	}
-	row := fmt.Sprintf("| %s | %s | %.0f | %.0f | %.0f (%s) | %s | %s | %s | %.0f | %.0f MiB | %s, n=%d, runs=%d, batch=%d | %s |\n",
+	single := "-"
+	if s := r.single; s.syncflow > 0 {
+		single = fmt.Sprintf("%.0f / %.0f (%s) = %s", s.syncflow, s.ceiling, s.shape, ratio(s.syncflow, s.ceiling))
+	}
+	row := fmt.Sprintf("| %s | %s | %.0f | %.0f | %.0f (%s) | %s | %s | %s | %.0f | %.0f MiB | %s, n=%d, runs=%d, batch=%d | %s | %s |\n",
 		time.Now().UTC().Format("2006-01-02"), commit, r.syncflow, r.naive, r.ceiling, r.ceilingShape,
 		ratio(r.syncflow, r.naive), ratio(r.syncflow, r.ceiling), strings.Join(p99, ", "), r.backfill.rate, r.rss,
-		machine, cfg.n, cfg.runs, cfg.batch, verify)
+		machine, cfg.n, cfg.runs, cfg.batch, verify, single)
 	text = strings.TrimRight(text, "\n") + "\n" + row
 	return os.WriteFile(file, []byte(text), 0o644)
 }
