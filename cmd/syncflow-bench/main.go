@@ -43,6 +43,7 @@ import (
 
 type config struct {
 	n, naiveN, runs int
+	lanes           int // --lanes of the syncflow runs (0: its default)
 	rates           string
 	latencyFor      time.Duration
 	binary          string
@@ -64,6 +65,7 @@ func main() {
 	flag.StringVar(&cfg.history, "history", "", "append the figures, dated, to the history table of this markdown file")
 	flag.StringVar(&cfg.commit, "commit", "", "the commit measured, for the history")
 	flag.DurationVar(&cfg.latencyFor, "latency-for", 15*time.Second, "length of the latency run")
+	flag.IntVar(&cfg.lanes, "lanes", 0, "--lanes of the syncflow runs (0: its default)")
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
@@ -397,6 +399,9 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 		return 0, 0, err
 	}
 	cmd := exec.Command(b.cfg.binary, "run", "--http-addr", "127.0.0.1:0", "--log-level", "warn", "--replica", "bench", "--batch-size", strconv.Itoa(b.cfg.batch))
+	if b.cfg.lanes > 0 {
+		cmd.Args = append(cmd.Args, "--lanes", strconv.Itoa(b.cfg.lanes))
+	}
 	if p := os.Getenv("SYNCFLOW_BENCH_PROFILE"); p != "" {
 		cmd.Args = append(cmd.Args, "--cpu-profile", p)
 	}
@@ -429,6 +434,14 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	// What the run did besides writing: parking and releasing depend on how far
+	// the children's consumers run ahead of their parents'.
+	var work string
+	if err := b.pool.QueryRow(b.ctx, `SELECT format('inserted %s, updated %s, unchanged %s, stale %s, parked %s, released %s',
+		sum(rows_inserted), sum(rows_updated), sum(rows_unchanged), sum(rows_stale), sum(rows_parked), sum(rows_released)) FROM bridge.sync_batches`).Scan(&work); err != nil {
+		return 0, 0, err
+	}
+	fmt.Println("  syncflow run:", work)
 	rssKiB = max(rssKiB, peakRSS(cmd.Process.Pid))
 	sfCPU, _ := processCPU(strconv.Itoa(cmd.Process.Pid), false)
 	b.cpu = append(b.cpu, cpuSplit{events: n, syncflow: sfCPU, postgres: postgresCPU() - pgBefore})

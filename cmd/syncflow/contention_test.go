@@ -20,6 +20,17 @@ import (
 // realtime over backfill; within a stream, the later sequence), and nothing is
 // dead-lettered.
 func TestTwoReplicasContendedKeysWithKills(t *testing.T) {
+	contendedKeysWithKills(t)
+}
+
+// The same, with every batch of two keys or more split into up to four lanes
+// written side by side (--lanes 4 --lane-min 1): every version of a key in one
+// lane, lanes of different replicas on the same keys.
+func TestTwoReplicasInLanesContendedKeysWithKills(t *testing.T) {
+	contendedKeysWithKills(t, "--lanes", "4", "--lane-min", "1")
+}
+
+func contendedKeysWithKills(t *testing.T, extraArgs ...string) {
 	w := newWorld(t, "SYNCFLOW_CATALOG="+shortAckWait(t, 2*time.Second))
 	type ev struct {
 		key, op, desc string
@@ -51,7 +62,7 @@ func TestTwoReplicasContendedKeysWithKills(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	rng.Shuffle(len(events), func(i, j int) { events[i], events[j] = events[j], events[i] })
 
-	args := []string{"run", "--http-addr", "127.0.0.1:0", "--fetch-wait", "50ms", "--batch-size", "10", "--heartbeat", "500ms"}
+	args := append([]string{"run", "--http-addr", "127.0.0.1:0", "--fetch-wait", "50ms", "--batch-size", "10", "--heartbeat", "500ms"}, extraArgs...)
 	start := func(replica string) *exec.Cmd {
 		cmd := exec.Command(binary, append(args, "--replica", replica)...)
 		cmd.Env = append(os.Environ(), w.env...)

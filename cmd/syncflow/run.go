@@ -41,6 +41,8 @@ func setupRun(f *flags) runFunc {
 	cc := &cfg.Consumer
 	f.string(&cc.Replica, "replica", defaultReplica(), "name of this replica in sync_batches; one running process per name (default: the host name)")
 	f.int(&cc.BatchSize, "batch-size", 500, "most messages fetched and written in one transaction")
+	f.int(&cc.Lanes, "lanes", 2, "most transactions writing one large batch side by side, each over keys of its own (1: one transaction per batch)")
+	f.int(&cc.LaneMin, "lane-min", 100, "fewest keys a lane of a batch is given: smaller batches are written in one transaction")
 	f.duration(&cc.FetchWait, "fetch-wait", time.Second, "how long an idle fetch waits for a message")
 	f.duration(&cc.BatchWindow, "batch-window", time.Minute, "length of one rolling realtime sync_batches row")
 	f.duration(&cc.RetryFor, "retry-for", 0, "give up retrying a batch after a database failure after this long and nak it (0: retry until it commits)")

@@ -41,6 +41,15 @@ type Config struct {
 	// when it has one), if known: held messages are kept alive well within it,
 	// whatever Heartbeat says (default 0: unknown).
 	AckWait time.Duration
+	// Lanes is how many transactions at most write one batch side by side, each
+	// over keys of its own (pipeline.Prepared.Split), so that every version of a
+	// key is written by one of them and batches still commit one after another.
+	// A batch is split only when each lane gets at least LaneMin keys: a consumer
+	// that is caught up writes its small batches in one transaction (default 2
+	// lanes, 1: never split).
+	Lanes int
+	// LaneMin is the fewest keys a lane is given (default 100).
+	LaneMin int
 	// Replica names this process in sync_batches.
 	Replica string
 	// OnCommit, when set, is called after every committed batch (benchmarks, metrics).
@@ -55,6 +64,8 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	c.BatchSize = cmp.Or(c.BatchSize, 500)
+	c.Lanes = cmp.Or(c.Lanes, 2)
+	c.LaneMin = cmp.Or(c.LaneMin, 100)
 	c.FetchWait = cmp.Or(c.FetchWait, time.Second)
 	c.BatchWindow = cmp.Or(c.BatchWindow, time.Minute)
 	c.NakDelay = cmp.Or(c.NakDelay, 5*time.Second)
@@ -73,6 +84,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.BatchSize < 0 {
 		errs = append(errs, fmt.Errorf("consumer: the batch size must not be negative (%d)", c.BatchSize))
+	}
+	if c.Lanes < 0 || c.LaneMin < 0 {
+		errs = append(errs, fmt.Errorf("consumer: the lanes (%d) and the keys per lane (%d) must not be negative", c.Lanes, c.LaneMin))
 	}
 	if c.EscalateAfter < 0 {
 		errs = append(errs, fmt.Errorf("consumer: the timeouts before escalation must not be negative (%d)", c.EscalateAfter))

@@ -57,6 +57,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,15 +170,24 @@ func (c *Consumer) handle(ctx, wctx context.Context, log *slog.Logger, f fetched
 	if len(f.msgs) == 0 {
 		return
 	}
-	var res apply.Result
-	err := cmp.Or(f.err, ctx.Err())
-	if err == nil {
-		res, err = c.process(ctx, wctx, log, f.msgs)
+	if err := cmp.Or(f.err, ctx.Err()); err != nil {
+		c.settle(ctx, log, f.msgs, apply.Result{}, err)
+		return
 	}
-	c.settle(ctx, log, f.msgs, res, err)
-	if err == nil && res.Recheck != nil {
-		c.rechecks.add(res.Recheck)
+	for _, w := range c.process(ctx, wctx, log, f.msgs) {
+		c.settle(ctx, log, w.msgs, w.res, w.err)
+		if w.err == nil && w.res.Recheck != nil {
+			c.rechecks.add(w.res.Recheck)
+		}
 	}
+}
+
+// written is what became of the messages of one lane of a batch.
+type written struct {
+	msgs []pipeline.Message
+	b    apply.Batch
+	res  apply.Result
+	err  error
 }
 
 func (c *Consumer) enter(ctx context.Context) bool {
@@ -230,10 +240,13 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 	}
 }
 
-// process prepares and writes one batch, once the Gate lets it.
-func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []pipeline.Message) (apply.Result, error) {
+// process prepares one batch and writes it, once the Gate lets it: in one
+// transaction, or, when it is large, in lanes side by side (Config.Lanes), each
+// held and retried on its own until it commits. It returns what became of each
+// lane's messages once every lane is through.
+func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []pipeline.Message) []written {
 	if !c.enter(ctx) {
-		return apply.Result{}, ctx.Err()
+		return []written{{msgs: msgs, err: ctx.Err()}}
 	}
 	defer c.leave()
 	began := c.now()
@@ -242,16 +255,48 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []p
 	for i, m := range msgs {
 		ds[i] = m.Delivery
 	}
-	b := c.batch(ds)
-	res, err := c.write(ctx, wctx, log, b)
-	res.Took = c.now().Sub(began)
-	if err == nil {
-		c.batchNew = false
-		if c.Config.OnCommit != nil {
-			c.Config.OnCommit(c.entityName(), c.Source, msgs, res)
+	lanes := c.lanes(c.batch(ds), msgs)
+	if len(lanes) == 1 {
+		lanes[0].res, lanes[0].err = c.write(ctx, wctx, log, lanes[0].b)
+	} else {
+		var wg sync.WaitGroup
+		for i := range lanes {
+			w := &lanes[i]
+			wg.Go(func() { w.res, w.err = c.write(ctx, wctx, log, w.b) })
+		}
+		wg.Wait()
+	}
+	for i := range lanes {
+		w := &lanes[i]
+		w.res.Took = c.now().Sub(began)
+		if w.err == nil {
+			c.batchNew = false
+			if c.Config.OnCommit != nil {
+				c.Config.OnCommit(c.entityName(), c.Source, w.msgs, w.res)
+			}
 		}
 	}
-	return res, err
+	return lanes
+}
+
+// lanes splits b (of msgs) by key into as many lanes as give each LaneMin keys,
+// at most Lanes.
+func (c *Consumer) lanes(b apply.Batch, msgs []pipeline.Message) []written {
+	n := min(c.Config.Lanes, len(b.Prepared.Candidates)/max(c.Config.LaneMin, 1))
+	if n <= 1 || b.Entity == nil || len(b.Entity.Parents) > 0 {
+		return []written{{msgs: msgs, b: b}}
+	}
+	split := b.Prepared.Split(b.Deliveries, n)
+	out := make([]written, len(split))
+	for i, l := range split {
+		lb := b
+		lb.Deliveries, lb.Prepared = l.Deliveries, l.Prepared
+		out[i].b = lb
+		for _, j := range l.Indexes {
+			out[i].msgs = append(out[i].msgs, msgs[j])
+		}
+	}
+	return out
 }
 
 // write writes b, holding it for as long as decide says so: every failure of the

@@ -131,8 +131,12 @@ func Supersedes(in, applied Version) bool {
 type Prepared struct {
 	// Candidates holds the newest version of every key in the batch.
 	Candidates []Candidate
-	// Superseded lists deliveries replaced by a newer version of their key in the batch.
-	Superseded []int
+	// Superseded lists deliveries replaced by a newer version of their key in the
+	// batch. supersededKeys holds their keys (entity and hash), and
+	// supersededInverted whether each counts in Inverted, for Split.
+	Superseded         []int
+	supersededKeys     []string
+	supersededInverted []bool
 	Failures   []Failure
 	// Normalized and Mapped count the deliveries that passed each stage.
 	Normalized, Mapped int
@@ -170,9 +174,12 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 			if Compare(c.Version, prev.Version) < 0 {
 				newer, older = prev, c
 			}
+			inverted := newer.Version.Source == event.Realtime && older.Version.Source == event.Realtime && older.Version.Seq > newer.Version.Seq
 			out.Superseded = append(out.Superseded, older.Index)
+			out.supersededKeys = append(out.supersededKeys, key)
+			out.supersededInverted = append(out.supersededInverted, inverted)
 			out.Candidates[j] = newer
-			if newer.Version.Source == event.Realtime && older.Version.Source == event.Realtime && older.Version.Seq > newer.Version.Seq {
+			if inverted {
 				out.Inverted++
 			}
 			continue

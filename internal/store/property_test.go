@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -32,8 +33,9 @@ func (e histEvent) body() string {
 // in any order and cut into random batches, ends in the state of a perfect apply:
 // per key, the greatest version under pipeline.Compare wins (higher rowversion;
 // on a tie realtime beats backfill; within a stream the later sequence). Each
-// history is applied in two independent interleavings, which must both end in
-// that state: the result does not depend on the order of delivery.
+// history is applied in three independent interleavings, which must all end in
+// that state: the result does not depend on the order of delivery, nor on a
+// batch being split by key into lanes written side by side (consumer Lanes).
 func TestPropertyFinalStateMatchesModel(t *testing.T) {
 	f := newFixture(t)
 	e, _ := f.cat.Entity("sites")
@@ -77,7 +79,7 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 			}
 			wantLedger = append(wantLedger, fmt.Sprintf("%s|%d|%s|%d|%v", k, w.ord, w.source.Name, w.seq, w.op == "delete"))
 		}
-		for _, interleaving := range []string{"first", "second"} {
+		for _, interleaving := range []string{"first", "second", "in lanes"} {
 			f.truncate()
 			// Every event at least once, some twice, in a random order.
 			deliveries := slices.Clone(hist)
@@ -103,14 +105,31 @@ func TestPropertyFinalStateMatchesModel(t *testing.T) {
 						continue
 					}
 					prepared := pipeline.Preparer{Catalog: f.cat}.Prepare(ds)
-					res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime, Replica: "prop", Deliveries: ds, Prepared: prepared})
-					if err != nil {
-						rt.Fatal(err)
+					// In lanes, the batch is split by key and its lanes are
+					// written side by side, as a consumer with Lanes does.
+					lanes := []pipeline.Lane{{Deliveries: ds, Prepared: prepared}}
+					if interleaving == "in lanes" {
+						lanes = prepared.Split(ds, 3)
+					}
+					results := make([]apply.Result, len(lanes))
+					errs := make([]error, len(lanes))
+					var wg sync.WaitGroup
+					for i, l := range lanes {
+						wg.Go(func() {
+							results[i], errs[i] = f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, NewBatch: f.fresh,
+								Source: event.Realtime, Replica: "prop", Deliveries: l.Deliveries, Prepared: l.Prepared})
+						})
+					}
+					wg.Wait()
+					for i, res := range results {
+						if errs[i] != nil {
+							rt.Fatal(errs[i])
+						}
+						if !res.Counts.Balanced() || res.Counts.Failed != 0 {
+							rt.Fatalf("counts %+v", res.Counts)
+						}
 					}
 					f.fresh = false
-					if !res.Counts.Balanced() || res.Counts.Failed != 0 {
-						rt.Fatalf("counts %+v", res.Counts)
-					}
 				}
 			}
 			if got := f.rows(`SELECT contract, description FROM schedulehub.sites ORDER BY 1`); got != strings.Join(wantTarget, "\n") {
