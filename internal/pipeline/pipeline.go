@@ -137,7 +137,7 @@ type Prepared struct {
 	Superseded         []int
 	supersededKeys     []string
 	supersededInverted []bool
-	Failures   []Failure
+	Failures           []Failure
 	// Normalized and Mapped count the deliveries that passed each stage.
 	Normalized, Mapped int
 	// Inverted counts the realtime deliveries superseded in the batch by one
