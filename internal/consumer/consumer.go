@@ -174,10 +174,20 @@ func (c *Consumer) handle(ctx, wctx context.Context, log *slog.Logger, f fetched
 		c.settle(ctx, log, f.msgs, apply.Result{}, err)
 		return
 	}
-	for _, w := range c.process(ctx, wctx, log, f.msgs) {
-		c.settle(ctx, log, w.msgs, w.res, w.err)
-		if w.err == nil && w.res.Recheck != nil {
-			c.rechecks.add(w.res.Recheck)
+	// The lanes that committed first: a lane given up closes the rolling batch,
+	// after the re-checks that count in it.
+	lanes := c.process(ctx, wctx, log, f.msgs)
+	for _, w := range lanes {
+		if w.err == nil {
+			c.settle(ctx, log, w.msgs, w.res, nil)
+			if w.res.Recheck != nil {
+				c.rechecks.add(w.res.Recheck)
+			}
+		}
+	}
+	for _, w := range lanes {
+		if w.err != nil {
+			c.settle(ctx, log, w.msgs, w.res, w.err)
 		}
 	}
 }
@@ -257,12 +267,13 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []p
 	}
 	lanes := c.lanes(c.batch(ds), msgs)
 	if len(lanes) == 1 {
-		lanes[0].res, lanes[0].err = c.write(ctx, wctx, log, lanes[0].b)
+		lanes[0].res, lanes[0].err = c.write(ctx, wctx, log, lanes[0].b, c.hold)
 	} else {
+		held := &heldLanes{report: c.hold}
 		var wg sync.WaitGroup
 		for i := range lanes {
 			w := &lanes[i]
-			wg.Go(func() { w.res, w.err = c.write(ctx, wctx, log, w.b) })
+			wg.Go(func() { w.res, w.err = c.write(ctx, wctx, log, w.b, held.lane()) })
 		}
 		wg.Wait()
 	}
@@ -279,11 +290,48 @@ func (c *Consumer) process(ctx, wctx context.Context, log *slog.Logger, msgs []p
 	return lanes
 }
 
+// hold reports that the consumer holds a batch (failure), or no longer does
+// (nil), to OnHold.
+func (c *Consumer) hold(failure error) {
+	if c.Config.OnHold != nil {
+		c.Config.OnHold(c.entityName(), c.Source, failure)
+	}
+}
+
+// heldLanes reports a batch written in lanes as held while any of its lanes is.
+type heldLanes struct {
+	mu     sync.Mutex
+	held   int
+	report func(error)
+}
+
+// lane returns the hold reporter of one lane.
+func (h *heldLanes) lane() func(error) {
+	holding := false
+	return func(failure error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		switch {
+		case failure != nil && !holding:
+			holding = true
+			h.held++
+		case failure == nil && holding:
+			holding = false
+			if h.held--; h.held > 0 {
+				return // another lane still holds
+			}
+		}
+		h.report(failure)
+	}
+}
+
 // lanes splits b (of msgs) by key into as many lanes as give each LaneMin keys,
-// at most Lanes.
+// at most Lanes. Only entities without parents are split (the children's
+// consumers would run further ahead of their parents', and park more), and
+// never under a Gate (a backfill takes one transaction of its share at a time).
 func (c *Consumer) lanes(b apply.Batch, msgs []pipeline.Message) []written {
 	n := min(c.Config.Lanes, len(b.Prepared.Candidates)/max(c.Config.LaneMin, 1))
-	if n <= 1 || b.Entity == nil || len(b.Entity.Parents) > 0 {
+	if n <= 1 || b.Entity == nil || len(b.Entity.Parents) > 0 || c.Gate != nil {
 		return []written{{msgs: msgs, b: b}}
 	}
 	split := b.Prepared.Split(b.Deliveries, n)
@@ -303,7 +351,7 @@ func (c *Consumer) lanes(b apply.Batch, msgs []pipeline.Message) []written {
 // database is retried with backoff (until RetryFor, when set, after which the
 // batch is given up), and a batch that keeps timing out is written with its rows
 // isolated. Only a shutdown, or RetryFor running out, ends it without a commit.
-func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Batch) (apply.Result, error) {
+func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Batch, report func(error)) (apply.Result, error) {
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second),
 		backoff.WithMaxElapsedTime(c.Config.RetryFor)), ctx)
@@ -313,9 +361,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 		if failures == 0 {
 			return
 		}
-		if c.Config.OnHold != nil {
-			c.Config.OnHold(c.entityName(), c.Source, nil)
-		}
+		report(nil)
 	}()
 	res, err := backoff.RetryNotifyWithData(func() (apply.Result, error) {
 		actx, cancel := context.WithTimeout(wctx, c.Config.BatchTimeout)
@@ -358,9 +404,7 @@ func (c *Consumer) write(ctx, wctx context.Context, log *slog.Logger, b apply.Ba
 			heldSince = c.now()
 		}
 		log.Warn("batch held: writing it failed; retrying", "reason", apply.Kind(err), "err", err, "retry_in", next, "batch_size", len(b.Deliveries))
-		if c.Config.OnHold != nil {
-			c.Config.OnHold(c.entityName(), c.Source, err)
-		}
+		report(err)
 	})
 	if decide(ctx, err) == hold {
 		err = givenUp{err} // RetryFor ran out

@@ -67,7 +67,7 @@ func TestWriteHoldsAndEscalates(t *testing.T) {
 		OnEscalate: func(string, event.Source) { escalated++ },
 	}.withDefaults()}
 	ctx := context.Background()
-	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); err != nil {
+	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}, c.hold); err != nil {
 		t.Fatal(err)
 	}
 	var isolated []bool
@@ -91,13 +91,13 @@ func TestWriteGivesUp(t *testing.T) {
 	w := &fakeWriter{errs: slices.Repeat([]error{fmt.Errorf("%w", apply.ErrUnavailable)}, 1000)}
 	c := &Consumer{Writer: w, Config: Config{RetryFor: 300 * time.Millisecond}.withDefaults()}
 	ctx := context.Background()
-	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); !errors.Is(err, apply.ErrUnavailable) {
+	if _, err := c.write(ctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}, c.hold); !errors.Is(err, apply.ErrUnavailable) {
 		t.Errorf("after RetryFor: %v", err)
 	}
 	c = &Consumer{Writer: w, Config: Config{}.withDefaults()}
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := c.write(cctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := c.write(cctx, ctx, slog.New(slog.DiscardHandler), apply.Batch{}, c.hold); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("after the consumer's context ended: %v", err)
 	}
 }

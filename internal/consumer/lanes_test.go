@@ -132,3 +132,67 @@ func TestLanes(t *testing.T) {
 		})
 	}
 }
+
+// fussyWriter fails each lane as many times as fails says for the first key of
+// the lane that it names.
+type fussyWriter struct {
+	mu    sync.Mutex
+	fails map[string]int
+}
+
+func (w *fussyWriter) ApplyBatch(_ context.Context, b apply.Batch) (apply.Result, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range b.Prepared.Candidates {
+		if k := c.Record.Fields["CONTRACT"].(string); w.fails[k] > 0 {
+			w.fails[k]--
+			return apply.Result{}, fmt.Errorf("%w: connection refused", apply.ErrUnavailable)
+		}
+	}
+	res := apply.Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries)), Counts: pipeline.Counts{Fetched: int64(len(b.Deliveries))}}
+	for i := range res.Outcomes {
+		res.Outcomes[i] = pipeline.Inserted
+	}
+	return res, nil
+}
+
+func (w *fussyWriter) CloseBatch(context.Context, uuid.UUID, error) error { return nil }
+
+// A batch written in lanes is held while any lane is: a lane that commits while
+// another still retries does not report the hold over.
+func TestLanesAreHeldTogether(t *testing.T) {
+	cat := shippedCatalog(t)
+	e, _ := cat.Entity("sites")
+	// Two keys the split puts in different lanes: their lanes fail once and
+	// twice.
+	msgs := sites(&events{}, 300)
+	ds := make([]pipeline.Delivery, len(msgs))
+	for i, m := range msgs {
+		ds[i] = m.Delivery
+	}
+	lanes := pipeline.Preparer{Catalog: cat}.Prepare(ds).Split(ds, 3)
+	if len(lanes) < 2 {
+		t.Fatalf("%d lanes", len(lanes))
+	}
+	first := func(l pipeline.Lane) string { return l.Prepared.Candidates[0].Record.Fields["CONTRACT"].(string) }
+	w := &fussyWriter{fails: map[string]int{first(lanes[0]): 1, first(lanes[1]): 2}}
+	var mu sync.Mutex
+	var reports []string
+	c := &Consumer{Entity: e, Catalog: catalog.NewLive(cat), Source: event.Realtime, Writer: w,
+		Fetcher: &oneFetch{msgs: msgs}, Logger: slog.New(slog.DiscardHandler),
+		Config: Config{Lanes: 3, LaneMin: 100, OnHold: func(_ string, _ event.Source, failure error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if failure == nil {
+				reports = append(reports, "over")
+			} else {
+				reports = append(reports, "held")
+			}
+		}}}
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) < 2 || reports[len(reports)-1] != "over" || slices.Contains(reports[:len(reports)-1], "over") {
+		t.Errorf("hold reports %q, want held until every lane committed, then over once", reports)
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,7 +44,10 @@ type tx struct {
 	pending []pendingStmt
 	begun   bool
 	sends   int // pipelines sent
-	depth   int // of savepoints
+	// savepoints numbers the savepoints, never reusing a name; made holds those
+	// PostgreSQL has made (a SAVEPOINT behind a failed statement never is).
+	savepoints int
+	made       map[string]bool
 	// unmapped holds the fields no column took, counted once per record, for
 	// the drift counts once the transaction commits.
 	unmapped *unmappedNotes
@@ -52,10 +56,11 @@ type tx struct {
 // pendingStmt is a statement waiting to go with the next one; control marks
 // BEGIN, the savepoints and the plan mode, which touch no table.
 type pendingStmt struct {
-	what    string
-	sql     string
-	args    []any
-	control bool
+	what      string
+	sql       string
+	args      []any
+	control   bool
+	savepoint string // the name a SAVEPOINT makes
 }
 
 var (
@@ -76,7 +81,7 @@ func (s *Store) inTx(ctx context.Context, fn func(*tx) error) (err error) {
 	// A connection given back inside a transaction (a failed ROLLBACK) is closed
 	// by the pool, never reused.
 	defer c.Release()
-	t := &tx{s: s, conn: c.Conn()}
+	t := &tx{s: s, conn: c.Conn(), made: map[string]bool{}}
 	t.later(pendingStmt{what: "BEGIN", sql: "BEGIN", control: true})
 	committed := false
 	defer func() {
@@ -147,6 +152,9 @@ func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResult
 			_ = br.Close() //nolint:errcheck // the first error is the one to report
 			return nil, pendingError(p, err)
 		}
+		if p.savepoint != "" {
+			t.made[p.savepoint] = true
+		}
 	}
 	return br, nil
 }
@@ -203,7 +211,8 @@ func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 		return pgconn.CommandTag{}, err
 	}
 	tag, err := br.Exec()
-	return tag, errors.Join(err, br.Close())
+	// Closing reports the statement's error again: the first is the one.
+	return tag, cmp.Or(err, br.Close())
 }
 
 // commit sends COMMIT with what is pending. A transaction that sent nothing and
@@ -250,7 +259,7 @@ func (r *pipelinedRows) Close() {
 	r.err = r.br.Close()
 }
 
-func (r *pipelinedRows) Err() error { return errors.Join(r.Rows.Err(), r.err) }
+func (r *pipelinedRows) Err() error { return cmp.Or(r.Rows.Err(), r.err) }
 
 // Savepoint runs fn under a savepoint, rolled back when fn fails. SAVEPOINT,
 // RELEASE and ROLLBACK TO go with the next statement; a savepoint under which
@@ -259,10 +268,9 @@ func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
 	if err := t.sendTables(ctx); err != nil {
 		return err
 	}
-	t.depth++
-	defer func() { t.depth-- }()
-	name := "sf_" + strconv.Itoa(t.depth)
-	t.later(pendingStmt{what: "SAVEPOINT", sql: "SAVEPOINT " + name, control: true})
+	t.savepoints++
+	name := "sf_" + strconv.Itoa(t.savepoints)
+	t.later(pendingStmt{what: "SAVEPOINT", sql: "SAVEPOINT " + name, control: true, savepoint: name})
 	mark, sends := len(t.pending)-1, t.sends
 	err := fn()
 	if err == nil && t.sends != sends && t.aborted() {
@@ -281,8 +289,13 @@ func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
 	}
 	if err != nil {
 		// What fn queued since its last statement was sent is undone with the
-		// rest; ROLLBACK TO must be the next statement the aborted transaction runs.
+		// rest; ROLLBACK TO must be the next statement the aborted transaction
+		// runs. A savepoint never made (a statement before it in its pipeline
+		// failed) leaves the transaction aborted: it cannot commit.
 		t.pending = t.pending[:0]
+		if !t.made[name] {
+			return fmt.Errorf("%w (the savepoint was never made: the transaction cannot go on)", err)
+		}
 		t.later(pendingStmt{what: "ROLLBACK TO SAVEPOINT", sql: "ROLLBACK TO SAVEPOINT " + name, control: true})
 		return classify(err)
 	}
