@@ -43,7 +43,8 @@ import (
 
 type config struct {
 	n, naiveN, runs int
-	lanes           int // --lanes of the syncflow runs (0: its default)
+	lanes           int    // --lanes of the syncflow runs (0: its default)
+	childEnv        string // comma-separated NAME=value added to the syncflow runs' environment
 	rates           string
 	latencyFor      time.Duration
 	binary          string
@@ -66,6 +67,7 @@ func main() {
 	flag.StringVar(&cfg.commit, "commit", "", "the commit measured, for the history")
 	flag.DurationVar(&cfg.latencyFor, "latency-for", 15*time.Second, "length of the latency run")
 	flag.IntVar(&cfg.lanes, "lanes", 0, "--lanes of the syncflow runs (0: its default)")
+	flag.StringVar(&cfg.childEnv, "syncflow-env", "", "comma-separated NAME=value added to the environment of the syncflow runs (GOMEMLIMIT=48MiB, GOGC=50)")
 	flag.StringVar(&cfg.binary, "binary", "bin/syncflow", "the syncflow binary to measure")
 	flag.Float64Var(&cfg.dupShare, "dup", 0.05, "share of duplicate events")
 	flag.Float64Var(&cfg.ooo, "ooo", 0.05, "share of out-of-order versions")
@@ -406,6 +408,9 @@ func (b *bench) syncflowRun() (float64, float64, error) {
 		cmd.Args = append(cmd.Args, "--cpu-profile", p)
 	}
 	cmd.Env = append(os.Environ(), "SYNCFLOW_DATABASE_URL="+b.dbURL, "SYNCFLOW_NATS_URL="+b.srv.ClientURL())
+	if b.cfg.childEnv != "" {
+		cmd.Env = append(cmd.Env, strings.Split(b.cfg.childEnv, ",")...)
+	}
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	start := time.Now()
 	pgBefore := postgresCPU()
