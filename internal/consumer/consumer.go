@@ -1,7 +1,11 @@
 // Package consumer is the one loop that takes messages from a fetcher to the
 // database: fetch a batch, run the pipeline, write it in one transaction, and only
-// then ack. Fetching the next batch overlaps writing the current one, and at most
-// three batches of messages are held at once, however large the backlog.
+// then ack. While the consumer is behind (its fetches come back full), fetching
+// the next batch overlaps writing the current one, and at most three batches of
+// messages are held at once, however large the backlog. Once it is caught up (a
+// fetch came back short of a batch), the next fetch waits until the current
+// batch is written, so that it takes everything that arrived meanwhile: batches
+// follow the backlog, and an event waits for one write ahead of it, not two.
 //
 // The service runs one Consumer per entity and stream; replay runs one over a
 // Bounded fetcher that ends with its range; the stray drain (Strays) runs one
@@ -126,6 +130,8 @@ type fetched struct {
 	err  error
 	id   uint64 // in held
 	end  error  // the fetch failure that ended the fetcher (End)
+	// handled is closed once the batch is written and settled.
+	handled chan struct{}
 }
 
 // Run consumes until ctx ends, or until the fetcher ends (ErrEnd), then closes its
@@ -157,6 +163,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for f := range batches {
 		c.handle(ctx, wctx, log, f)
 		c.held.remove(f.id)
+		if f.handled != nil {
+			close(f.handled)
+		}
 		if f.end != nil {
 			ended = f.end
 		}
@@ -246,7 +255,20 @@ func (c *Consumer) prefetch(ctx context.Context, log *slog.Logger, batches chan<
 			continue
 		}
 		// Held from now until settled: kept alive while it waits its turn.
-		batches <- fetched{msgs: msgs, err: err, id: c.held.add(msgs)}
+		f := fetched{msgs: msgs, err: err, id: c.held.add(msgs)}
+		if len(msgs) < c.Config.BatchSize {
+			// Caught up: the next fetch waits for this batch to be written, and
+			// takes all that came meanwhile, rather than one message now and
+			// the rest a batch later.
+			f.handled = make(chan struct{})
+		}
+		batches <- f
+		if f.handled != nil {
+			select {
+			case <-f.handled:
+			case <-ctx.Done():
+			}
+		}
 	}
 }
 
