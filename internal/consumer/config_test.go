@@ -8,7 +8,8 @@ import (
 
 func TestConfigDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
-	if c.BatchSize != 500 || c.FetchWait != time.Second || c.Heartbeat != 10*time.Second || c.EscalateAfter != 3 || c.RetryFor != 0 {
+	if c.BatchSize != 500 || c.FetchWait != time.Second || c.Heartbeat != 10*time.Second || c.EscalateAfter != 3 || c.RetryFor != 0 ||
+		c.Lanes != 2 || c.LaneMin != 100 {
 		t.Errorf("defaults: %+v", c)
 	}
 	// Held messages are kept alive well within the ack wait, whatever Heartbeat says.
@@ -26,8 +27,9 @@ func TestConfigValidate(t *testing.T) {
 	if err := (Config{}).Validate(); err != nil {
 		t.Errorf("the zero config: %v", err)
 	}
-	err := Config{BatchSize: -1, RetryFor: -time.Second, Heartbeat: -time.Millisecond}.Validate()
-	for _, want := range []string{"batch size must not be negative (-1)", "retry-for must not be negative (-1s)", "heartbeat must not be negative (-1ms)"} {
+	err := Config{BatchSize: -1, RetryFor: -time.Second, Heartbeat: -time.Millisecond, Lanes: -2}.Validate()
+	for _, want := range []string{"batch size must not be negative (-1)", "retry-for must not be negative (-1s)", "heartbeat must not be negative (-1ms)",
+		"the lanes (-2) and the keys per lane (0) must not be negative"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v, want %q among its problems", err, want)
 		}
