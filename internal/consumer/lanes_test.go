@@ -39,11 +39,7 @@ func (w *laneWriter) ApplyBatch(_ context.Context, b apply.Batch) (apply.Result,
 	if fail {
 		return apply.Result{}, fmt.Errorf("%w: connection refused", apply.ErrUnavailable)
 	}
-	res := apply.Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries)), Counts: pipeline.Counts{Fetched: int64(len(b.Deliveries))}}
-	for i := range res.Outcomes {
-		res.Outcomes[i] = pipeline.Inserted
-	}
-	return res, nil
+	return allInserted(b), nil
 }
 
 func (w *laneWriter) CloseBatch(context.Context, uuid.UUID, error) error { return nil }
@@ -149,11 +145,7 @@ func (w *fussyWriter) ApplyBatch(_ context.Context, b apply.Batch) (apply.Result
 			return apply.Result{}, fmt.Errorf("%w: connection refused", apply.ErrUnavailable)
 		}
 	}
-	res := apply.Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries)), Counts: pipeline.Counts{Fetched: int64(len(b.Deliveries))}}
-	for i := range res.Outcomes {
-		res.Outcomes[i] = pipeline.Inserted
-	}
-	return res, nil
+	return allInserted(b), nil
 }
 
 func (w *fussyWriter) CloseBatch(context.Context, uuid.UUID, error) error { return nil }

@@ -38,11 +38,7 @@ type slowWriter struct{ ev *events }
 func (w *slowWriter) ApplyBatch(_ context.Context, b apply.Batch) (apply.Result, error) {
 	w.ev.add("write %d", b.Deliveries[0].StreamSeq)
 	time.Sleep(50 * time.Millisecond)
-	res := apply.Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries)), Counts: pipeline.Counts{Fetched: int64(len(b.Deliveries))}}
-	for i := range res.Outcomes {
-		res.Outcomes[i] = pipeline.Inserted
-	}
-	return res, nil
+	return allInserted(b), nil
 }
 
 func (w *slowWriter) CloseBatch(context.Context, uuid.UUID, error) error { return nil }
@@ -89,6 +85,15 @@ func TestFetchAheadOnlyWhenBehind(t *testing.T) {
 			}
 		})
 	}
+}
+
+// allInserted is the result of a batch whose every delivery was inserted.
+func allInserted(b apply.Batch) apply.Result {
+	res := apply.Result{Outcomes: make([]pipeline.Outcome, len(b.Deliveries)), Counts: pipeline.Counts{Fetched: int64(len(b.Deliveries))}}
+	for i := range res.Outcomes {
+		res.Outcomes[i] = pipeline.Inserted
+	}
+	return res
 }
 
 func seqs(n int) []uint64 {

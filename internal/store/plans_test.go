@@ -25,22 +25,7 @@ import (
 // (the one that once turned the ledger lock into a sequential scan).
 func TestPlansAtScale(t *testing.T) {
 	ctx := context.Background()
-	db, drop, err := testenv.NewMigratedDatabase(ctx, "plans")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(drop)
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	conn, exec := planDatabase(t, "plans")
 	began := time.Now()
 	// A year of history: batches and dead letters spread over twelve monthly
 	// partitions, each with the UUIDv7 of its time, as SyncFlow writes them.
@@ -158,6 +143,30 @@ func TestPlansAtScale(t *testing.T) {
 	}
 }
 
+// planDatabase gives t a migrated database of its own, a connection to it and
+// a function that runs a statement there or fails t.
+func planDatabase(t *testing.T, prefix string) (*pgx.Conn, func(string)) {
+	t.Helper()
+	ctx := context.Background()
+	db, drop, err := testenv.NewMigratedDatabase(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	return conn, exec
+}
+
 // uuidV7At is SQL for a UUIDv7 of the time t (SQL) with random bits after it.
 func uuidV7At(t string) string {
 	return `(left(bridge.uuid_floor(` + t + `)::text, 13) || '-7' || substr(gen_random_uuid()::text, 16))::uuid`
@@ -186,23 +195,7 @@ func bigSeqScan(plan string) bool {
 // under the stale statistics: neither hashing the entity's rows nor scanning
 // them, which at that size cost hundreds of milliseconds a batch.
 func TestKeyLookupsOfAYoungLedger(t *testing.T) {
-	ctx := context.Background()
-	db, drop, err := testenv.NewMigratedDatabase(ctx, "young")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(drop)
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	conn, exec := planDatabase(t, "young")
 	grow := func(from, to int) {
 		exec(fmt.Sprintf(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
 			SELECT 'items', md5(i::text), '["k"]', 'x', i, 'realtime', i FROM generate_series(%d, %d) i`, from, to))

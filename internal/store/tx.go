@@ -73,7 +73,7 @@ func (s *Store) InTx(ctx context.Context, fn func(apply.Tx) error) error {
 	return s.inTx(ctx, func(t *tx) error { return fn(t) })
 }
 
-func (s *Store) inTx(ctx context.Context, fn func(*tx) error) (err error) {
+func (s *Store) inTx(ctx context.Context, fn func(*tx) error) error {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return classify(err)
