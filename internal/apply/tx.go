@@ -47,6 +47,15 @@ type Tx interface {
 	// WriteLedger writes ledger rows of entity, each only where it supersedes the
 	// row there (pipeline.Supersedes, in SQL); it returns the hashes it wrote.
 	WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []LedgerRow) (map[string]bool, error)
+	// WriteUpserts upserts rows of entity's target table (merging, or replacing,
+	// as the catalog says) and, in the same statement, writes their ledger rows
+	// with what each target row holds once written (its verification hash), each
+	// ledger row only where it supersedes the row there (as WriteLedger). It
+	// returns the hashes whose ledger row it wrote. A target row is written even
+	// when its ledger row is not (another transaction committed a newer version
+	// of a new key first): the caller rolls the savepoint back and writes the
+	// rest again.
+	WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []UpsertRow) (map[string]bool, error)
 	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
 	// rows of entity's target table. Each upsert's ledger row learns what the
 	// target row holds once written (its verification hash).
@@ -90,6 +99,13 @@ type Released struct {
 type TargetRow struct {
 	BKHash string
 	Row    map[string]any
+}
+
+// UpsertRow is a mapped row to upsert into a target, with the ledger row of its
+// version.
+type UpsertRow struct {
+	LedgerRow
+	Row map[string]any
 }
 
 // LedgerRow is what the ledger keeps of one applied version.

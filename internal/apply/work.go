@@ -3,6 +3,7 @@ package apply
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -319,6 +320,15 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 			lost, err = w.write(ctx, e, decisions, idx)
 			return err
 		})
+		if raced, ok := errors.AsType[*lostRace](err); ok {
+			// The savepoint undid the target rows of keys whose ledger rows
+			// lost; they are stale, and the rest is written again.
+			for _, i := range raced.idx {
+				d := &decisions[i]
+				d.Outcome, d.Ledger, d.Target = pipeline.Stale, false, false
+			}
+			return run(slices.DeleteFunc(slices.Clone(idx), func(i int) bool { return slices.Contains(raced.idx, i) }))
+		}
 		if err == nil {
 			for _, i := range lost {
 				// Another replica committed a newer version of this key first.
@@ -353,23 +363,53 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 	return failures, nil
 }
 
-// write writes the ledger rows of decisions[idx] (each where it supersedes, in
-// SQL), then the target rows of those the ledger took. It returns the decisions
-// whose ledger write lost to a newer version; the caller marks them once the
-// write is through.
+// write writes the rows of decisions[idx]. An upsert goes with its ledger row
+// in one statement (WriteUpserts); the other ledger rows are written each where
+// it supersedes (in SQL), then the target rows (deletes, repair rewrites) of
+// those the ledger took. It returns the decisions whose ledger write lost to a
+// newer version, for the caller to mark once the write is through, or a
+// *lostRace when an upsert's ledger row lost after its target row was written.
 func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, idx []int) (lost []int, err error) {
-	rows := make([]LedgerRow, len(idx))
-	for j, i := range idx {
+	var (
+		upserts  []UpsertRow
+		upserted []int
+		rows     []LedgerRow
+		rest     []int
+	)
+	for _, i := range idx {
 		d := decisions[i]
-		rows[j] = LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete}
+		row := LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete}
+		if d.Target && !d.Rewrite && d.Record.Op == event.OpUpsert {
+			upserts, upserted = append(upserts, UpsertRow{LedgerRow: row, Row: d.Row}), append(upserted, i)
+			continue
+		}
+		rows, rest = append(rows, row), append(rest, i)
+	}
+	if len(upserts) > 0 {
+		written, err := w.tx.WriteUpserts(ctx, e.Name, w.batch.UID, upserts)
+		if err != nil {
+			return nil, err
+		}
+		raced := &lostRace{}
+		for _, i := range upserted {
+			if !written[decisions[i].Record.BKHash] {
+				raced.idx = append(raced.idx, i)
+			}
+		}
+		if len(raced.idx) > 0 {
+			return nil, raced
+		}
+	}
+	if len(rows) == 0 {
+		return nil, nil
 	}
 	accepted, err := w.tx.WriteLedger(ctx, e.Name, w.batch.UID, rows)
 	if err != nil {
 		return nil, err
 	}
-	var upserts []TargetRow
+	var targets []TargetRow
 	var deletes []map[string]any
-	for _, i := range idx {
+	for _, i := range rest {
 		d := decisions[i]
 		switch {
 		case !accepted[d.Record.BKHash] && !d.Rewrite:
@@ -378,13 +418,22 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 		case d.Record.Op == event.OpDelete:
 			deletes = append(deletes, d.Row)
 		default:
-			upserts = append(upserts, TargetRow{BKHash: d.Record.BKHash, Row: d.Row})
+			targets = append(targets, TargetRow{BKHash: d.Record.BKHash, Row: d.Row})
 		}
 	}
-	if len(upserts) == 0 && len(deletes) == 0 {
+	if len(targets) == 0 && len(deletes) == 0 {
 		return lost, nil
 	}
-	return lost, w.tx.WriteTarget(ctx, e.Name, upserts, deletes)
+	return lost, w.tx.WriteTarget(ctx, e.Name, targets, deletes)
+}
+
+// lostRace says which upserts (indexes into the decisions) had their target rows
+// written but not their ledger rows: another transaction committed a newer
+// version of these new keys first.
+type lostRace struct{ idx []int }
+
+func (l *lostRace) Error() string {
+	return fmt.Sprintf("%d keys were written by another transaction first", len(l.idx))
 }
 
 // Finish adds counts (and the children the work released) to the work's batch

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -74,6 +73,13 @@ func supersedesSQL(alias string) string {
         AND excluded.payload_hash IS DISTINCT FROM ` + alias + `.payload_hash))`
 }
 
+// ledgerUpdate is the ON CONFLICT clause of a ledger write, without its guard.
+const ledgerUpdate = `ON CONFLICT (entity_name, bk_hash) DO UPDATE SET
+    business_key = excluded.business_key, rowversion = excluded.rowversion,
+    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream,
+    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
+    deleted = excluded.deleted, batch_uid = excluded.batch_uid, updated_at = now()`
+
 var upsertLedgerSQL = `
 INSERT INTO bridge.synced_records AS r
     (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
@@ -82,11 +88,7 @@ SELECT $1, u.bk_hash, u.business_key::jsonb, u.rowversion, u.ord, u.src, u.seq, 
 FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], $10::bool[])
     AS u (bk_hash, business_key, rowversion, ord, src, seq, hash, deleted)
 ORDER BY u.bk_hash
-ON CONFLICT (entity_name, bk_hash) DO UPDATE SET
-    business_key = excluded.business_key, rowversion = excluded.rowversion,
-    rowversion_ord = excluded.rowversion_ord, source_stream = excluded.source_stream,
-    stream_seq = excluded.stream_seq, payload_hash = excluded.payload_hash,
-    deleted = excluded.deleted, batch_uid = excluded.batch_uid, updated_at = now()
+` + ledgerUpdate + `
 WHERE ` + supersedesSQL("r") + `
 RETURNING bk_hash`
 
@@ -95,27 +97,8 @@ RETURNING bk_hash`
 // overlapping new keys take their index entries in the same order and cannot
 // deadlock.
 func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []apply.LedgerRow) (map[string]bool, error) {
-	rows = slices.Clone(rows)
-	slices.SortFunc(rows, func(a, b apply.LedgerRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
-	n := len(rows)
-	var (
-		hashes   = make([]string, n)
-		keys     = make([]string, n)
-		versions = make([]string, n)
-		ords     = make([]int64, n)
-		srcs     = make([]string, n)
-		seqs     = make([]int64, n)
-		payloads = make([][]byte, n)
-		deleted  = make([]bool, n)
-	)
-	for j, r := range rows {
-		key, _ := json.Marshal(r.Record.Key)
-		hashes[j], keys[j] = r.Record.BKHash, string(key)
-		versions[j], ords[j] = r.Record.RowVersion.Text, r.Record.RowVersion.Ord
-		srcs[j], seqs[j] = r.Version.Source.Name, int64(r.Version.Seq)
-		payloads[j], deleted[j] = r.Version.Hash, r.Deleted
-	}
-	q, err := t.query(ctx, upsertLedgerSQL, entity, batch, hashes, keys, versions, ords, srcs, seqs, payloads, deleted)
+	a := ledgerArraysOf(rows)
+	q, err := t.query(ctx, upsertLedgerSQL, entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads, a.deleted)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -128,6 +111,28 @@ func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, ro
 		accepted[h] = true
 	}
 	return accepted, nil
+}
+
+// ledgerArrays are ledger rows as the arrays a statement takes, one per column.
+type ledgerArrays struct {
+	hashes, keys, versions, srcs []string
+	ords, seqs                   []int64
+	payloads                     [][]byte
+	deleted                      []bool
+}
+
+func ledgerArraysOf(rows []apply.LedgerRow) ledgerArrays {
+	n := len(rows)
+	a := ledgerArrays{hashes: make([]string, n), keys: make([]string, n), versions: make([]string, n), srcs: make([]string, n),
+		ords: make([]int64, n), seqs: make([]int64, n), payloads: make([][]byte, n), deleted: make([]bool, n)}
+	for j, r := range rows {
+		key, _ := json.Marshal(r.Record.Key)
+		a.hashes[j], a.keys[j] = r.Record.BKHash, string(key)
+		a.versions[j], a.ords[j] = r.Record.RowVersion.Text, r.Record.RowVersion.Ord
+		a.srcs[j], a.seqs[j] = r.Version.Source.Name, int64(r.Version.Seq)
+		a.payloads[j], a.deleted[j] = r.Version.Hash, r.Deleted
+	}
+	return a
 }
 
 // presentParentsSQL looks each key up by the primary key (OFFSET 0 keeps the

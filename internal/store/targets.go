@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -28,7 +29,7 @@ type target struct {
 	key     []string
 
 	mu      sync.Mutex
-	upserts map[string]string // by sorted column list, at most maxCachedUpserts
+	upserts map[string]string // by kind and sorted column list, at most maxCachedUpserts
 }
 
 // maxCachedUpserts bounds the upsert statements kept per target: events choose
@@ -162,60 +163,108 @@ func (t *target) writable(row map[string]any) []string {
 
 // upsertSQL returns the multi-row upsert for one set of columns. Rows travel as one
 // JSON array; jsonb_populate_recordset converts each value to its column's type, so
-// a value the column cannot take fails the statement with a class 22 error.
+// a value the column cannot take fails the statement with a class 22 error. The
+// ledger row of each row written learns the row's key and hash as stored (after
+// the table's defaults and triggers), matched by key through the bk_hash each row
+// carries beside its columns.
 func (t *target) upsertSQL(cols []string) string {
-	sig := strings.Join(cols, ",")
+	return t.cached("target "+strings.Join(cols, ","), func() string {
+		list := quotedList(cols)
+		return "WITH w AS (INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
+			" FROM jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) " + t.onConflict(cols) +
+			" RETURNING " + t.keyExpr("t") + " AS k, " + t.hashExpr("t") + " AS h)" +
+			", m AS (SELECT " + t.keyExpr("p") + " AS k, e.value->>'" + bkField + "' AS bk" +
+			" FROM jsonb_array_elements($1::jsonb) AS e, jsonb_populate_record(NULL::" + t.ident + ", e.value) AS p)" +
+			" UPDATE bridge.synced_records AS r SET target_hash = w.h, target_key = w.k FROM w JOIN m USING (k)" +
+			" WHERE r.entity_name = $2 AND r.bk_hash = m.bk"
+	})
+}
+
+// upsertLedgerSQL returns the multi-row upsert of one set of columns together
+// with the ledger rows of its rows: the target rows first (as upsertSQL), then
+// the ledger rows in key order, each with its target row's key and hash as
+// stored, where it supersedes the row there (as WriteLedger). The rows travel as
+// one JSON array ($1) beside the ledger's columns as arrays ($4-$10) in the same
+// order. A target row the table did not return (its trigger changed the key or
+// skipped the row) leaves the ledger row's hash as it was, as upsertSQL does.
+func (t *target) upsertLedgerSQL(cols []string) string {
+	return t.cached("ledger "+strings.Join(cols, ","), func() string {
+		fields := make([]string, len(cols))
+		for i, c := range cols {
+			fields[i] = "(p.r)." + pgx.Identifier{c}.Sanitize()
+		}
+		return `WITH p AS MATERIALIZED (
+    SELECT u.bk_hash, u.business_key, u.rowversion, u.ord, u.src, u.seq, u.hash,
+           jsonb_populate_record(NULL::` + t.ident + `, u.obj) AS r
+    FROM ROWS FROM (jsonb_array_elements($1::jsonb), unnest($4::text[]), unnest($5::text[]), unnest($6::text[]),
+                    unnest($7::bigint[]), unnest($8::text[]), unnest($9::bigint[]), unnest($10::bytea[]))
+        AS u (obj, bk_hash, business_key, rowversion, ord, src, seq, hash)),
+w AS (INSERT INTO ` + t.ident + ` AS t (` + quotedList(cols) + `) SELECT ` + strings.Join(fields, ", ") + ` FROM p ORDER BY p.bk_hash
+    ` + t.onConflict(cols) + `
+    RETURNING ` + t.keyExpr("t") + ` AS k, ` + t.hashExpr("t") + ` AS h)
+INSERT INTO bridge.synced_records AS r
+    (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
+     stream_seq, payload_hash, deleted, batch_uid, target_hash, target_key)
+SELECT $2, p.bk_hash, p.business_key::jsonb, p.rowversion, p.ord, p.src, p.seq, p.hash, false, $3, w.h, w.k
+FROM p LEFT JOIN w ON w.k = ` + t.keyExpr("(p.r)") + `
+ORDER BY p.bk_hash
+` + ledgerUpdate + `,
+    target_hash = coalesce(excluded.target_hash, r.target_hash), target_key = coalesce(excluded.target_key, r.target_key)
+WHERE ` + supersedesSQL("r") + `
+RETURNING bk_hash`
+	})
+}
+
+// cached returns the statement cached under sig, building it on first use.
+func (t *target) cached(sig string, build func() string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if q, ok := t.upserts[sig]; ok {
 		return q
 	}
-	quoted := make([]string, len(cols))
+	q := build()
+	if len(t.upserts) < maxCachedUpserts {
+		t.upserts[sig] = q
+	}
+	return q
+}
+
+// onConflict is the ON CONFLICT clause of an upsert of cols: the columns carried
+// are updated; for a soft delete, the mark is cleared unless carried; for a
+// replace, every other column goes back to its default (NULL without one), as on
+// an insert, for the event is the whole row.
+func (t *target) onConflict(cols []string) string {
 	var set []string
-	for i, c := range cols {
-		quoted[i] = pgx.Identifier{c}.Sanitize()
+	for _, c := range cols {
 		if !slices.Contains(t.key, c) {
-			set = append(set, quoted[i]+" = excluded."+quoted[i])
+			q := pgx.Identifier{c}.Sanitize()
+			set = append(set, q+" = excluded."+q)
 		}
 	}
 	soft := t.entity.Delete == catalog.DeleteSoft
 	if soft && !slices.Contains(cols, t.entity.SoftDeleteColumn) {
-		sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
-		set = append(set, sd+" = NULL")
+		set = append(set, pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()+" = NULL")
 	}
 	if t.entity.Upsert == catalog.UpsertReplace {
-		// The event is the whole row: a column it does not carry goes back to
-		// its default (NULL without one), as on an insert.
 		for _, c := range slices.Sorted(maps.Keys(t.columns)) {
 			if !slices.Contains(cols, c) && !slices.Contains(t.key, c) && !(soft && c == t.entity.SoftDeleteColumn) {
 				set = append(set, pgx.Identifier{c}.Sanitize()+" = DEFAULT")
 			}
 		}
 	}
-	keys := make([]string, len(t.key))
-	for i, k := range t.key {
-		keys[i] = pgx.Identifier{k}.Sanitize()
-	}
-	list := strings.Join(quoted, ", ")
-	q := "WITH w AS (INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
-		" FROM jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) ON CONFLICT (" + strings.Join(keys, ", ") + ") DO "
 	if len(set) == 0 {
-		q += "NOTHING"
-	} else {
-		q += "UPDATE SET " + strings.Join(set, ", ")
+		return "ON CONFLICT (" + quotedList(t.key) + ") DO NOTHING"
 	}
-	// The ledger row of each row written learns the row's key and hash as
-	// stored (after the table's defaults and triggers), matched by key through
-	// the bk_hash each row carries beside its columns.
-	q += " RETURNING " + t.keyExpr("t") + " AS k, " + t.hashExpr("t") + " AS h)" +
-		", m AS (SELECT " + t.keyExpr("p") + " AS k, e.value->>'" + bkField + "' AS bk" +
-		" FROM jsonb_array_elements($1::jsonb) AS e, jsonb_populate_record(NULL::" + t.ident + ", e.value) AS p)" +
-		" UPDATE bridge.synced_records AS r SET target_hash = w.h, target_key = w.k FROM w JOIN m USING (k)" +
-		" WHERE r.entity_name = $2 AND r.bk_hash = m.bk"
-	if len(t.upserts) < maxCachedUpserts {
-		t.upserts[sig] = q
+	return "ON CONFLICT (" + quotedList(t.key) + ") DO UPDATE SET " + strings.Join(set, ", ")
+}
+
+// quotedList is cols quoted, separated by commas.
+func quotedList(cols []string) string {
+	quoted := make([]string, len(cols))
+	for i, c := range cols {
+		quoted[i] = pgx.Identifier{c}.Sanitize()
 	}
-	return q
+	return strings.Join(quoted, ", ")
 }
 
 // bkField carries each upserted row's bk_hash beside its columns (the upsert
@@ -270,40 +319,12 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 	if err != nil {
 		return err
 	}
-	bySig := map[string][]byte{} // a JSON array of rows per column list
-	now := time.Now()
-	for _, u := range upserts {
-		row := u.Row
-		cols := tg.writable(row)
-		if len(cols) < len(row) {
-			// Fields no rule mapped and no column takes: counted once the
-			// transaction commits, never dropped in silence.
-			if t.unmapped == nil {
-				t.unmapped = newUnmappedNotes()
-			}
-			for f, v := range row {
-				if !tg.columns[f] {
-					t.unmapped.note(entity, strings.ToUpper(f), tg.keyOf(row), v, now)
-				}
-			}
-		}
-		sig := strings.Join(cols, ",")
-		buf := bySig[sig]
-		if buf == nil {
-			buf = append(make([]byte, 0, 1024*len(upserts)), '[')
-		} else {
-			buf = append(buf, ',')
-		}
-		if buf, err = pipeline.AppendRowJSON(buf, row, cols); err != nil {
-			return err
-		}
-		// The row's object gets its bk_hash (hex: nothing to escape).
-		buf = append(append(append(append(buf[:len(buf)-1], `,"`...), bkField...), `":"`...), u.BKHash...)
-		bySig[sig] = append(buf, `"}`...)
+	groups, err := t.bySignature(tg, upserts)
+	if err != nil {
+		return err
 	}
-	for _, sig := range slices.Sorted(maps.Keys(bySig)) {
-		body := append(bySig[sig], ']')
-		if _, err := t.exec(ctx, tg.upsertSQL(strings.Split(sig, ",")), body, entity); err != nil {
+	for _, g := range groups {
+		if _, err := t.exec(ctx, tg.upsertSQL(g.cols), g.body, entity); err != nil {
 			t.s.reloadTargetAfter(ctx, tg, err)
 			return classify(err)
 		}
@@ -319,6 +340,103 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 		}
 	}
 	return nil
+}
+
+// WriteUpserts upserts rows of entity's target table and writes their ledger
+// rows, in one statement per set of columns the rows carry (upsertLedgerSQL),
+// rows in key order. It returns the key hashes whose ledger rows it wrote.
+func (t *tx) WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []apply.UpsertRow) (map[string]bool, error) {
+	tg, err := t.s.target(entity)
+	if err != nil {
+		return nil, err
+	}
+	rows = slices.Clone(rows)
+	slices.SortFunc(rows, func(a, b apply.UpsertRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
+	targets := make([]apply.TargetRow, len(rows))
+	for i, r := range rows {
+		targets[i] = apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row}
+	}
+	groups, err := t.bySignature(tg, targets)
+	if err != nil {
+		return nil, err
+	}
+	written := make(map[string]bool, len(rows))
+	for _, g := range groups {
+		ledger := make([]apply.LedgerRow, len(g.rows))
+		for j, i := range g.rows {
+			ledger[j] = rows[i].LedgerRow
+		}
+		a := ledgerArraysOf(ledger)
+		q, err := t.query(ctx, tg.upsertLedgerSQL(g.cols), g.body, entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads)
+		if err != nil {
+			t.s.reloadTargetAfter(ctx, tg, err)
+			return nil, classify(err)
+		}
+		won, err := pgx.CollectRows(q, pgx.RowTo[string])
+		if err != nil {
+			t.s.reloadTargetAfter(ctx, tg, err)
+			return nil, classify(err)
+		}
+		for _, h := range won {
+			written[h] = true
+		}
+	}
+	return written, nil
+}
+
+// signatureGroup is the rows that carry one set of columns, as the JSON array a
+// statement takes, and their indexes in the rows given.
+type signatureGroup struct {
+	cols []string
+	body []byte
+	rows []int
+}
+
+// bySignature groups rows by the columns of the target they carry, in the order
+// of the column lists; each row's object in the JSON array carries its bk_hash
+// beside its columns. Fields no column takes are noted for the drift counts.
+func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup, error) {
+	groups := map[string]*signatureGroup{}
+	now := time.Now()
+	for i, u := range rows {
+		row := u.Row
+		cols := tg.writable(row)
+		if len(cols) < len(row) {
+			// Fields no rule mapped and no column takes: counted once the
+			// transaction commits, never dropped in silence.
+			if t.unmapped == nil {
+				t.unmapped = newUnmappedNotes()
+			}
+			for f, v := range row {
+				if !tg.columns[f] {
+					t.unmapped.note(tg.entity.Name, strings.ToUpper(f), tg.keyOf(row), v, now)
+				}
+			}
+		}
+		sig := strings.Join(cols, ",")
+		g := groups[sig]
+		if g == nil {
+			g = &signatureGroup{cols: cols, body: append(make([]byte, 0, 1024*len(rows)), '[')}
+			groups[sig] = g
+		} else {
+			g.body = append(g.body, ',')
+		}
+		var err error
+		if g.body, err = pipeline.AppendRowJSON(g.body, row, cols); err != nil {
+			return nil, err
+		}
+		// The row's object gets its bk_hash (hex: nothing to escape).
+		g.body = append(append(append(append(g.body[:len(g.body)-1], `,"`...), bkField...), `":"`...), u.BKHash...)
+		g.body = append(g.body, `"}`...)
+		g.rows = append(g.rows, i)
+	}
+	out := make([]*signatureGroup, 0, len(groups))
+	for _, sig := range slices.Sorted(maps.Keys(groups)) {
+		g := groups[sig]
+		g.body = append(g.body, ']')
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 // reloadTargetAfter reads a target table's columns again when err says the table

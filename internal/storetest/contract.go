@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,6 +77,7 @@ var contract = []struct {
 	{"dead letters/selection, due or chosen, bounded", selectDeadLetters},
 	{"batches/counts add up and close", countBatches},
 	{"targets/merge and replace, soft and hard deletes, rejected rows", targetWrites},
+	{"targets/an upsert with its ledger row: the ledger only where it supersedes", upsertsWithLedger},
 	{"flow/a parking cascade three levels deep", flowCascade},
 	{"flow/a bounded release leaves the rest due for the sweeper", flowBoundedRelease},
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
@@ -797,6 +799,69 @@ func countBatches(t *testing.T, e *Env) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("batches:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func upsertsWithLedger(t *testing.T, e *Env) {
+	b := e.NewBatch(t, "sites")
+	upsert := func(key, desc string, ord int64, seq uint64, extra map[string]any) apply.UpsertRow {
+		row := map[string]any{"contract": key, "description": desc}
+		maps.Copy(row, extra)
+		return apply.UpsertRow{LedgerRow: siteLedgerRow(key, ord, event.Realtime, seq, desc, false), Row: row}
+	}
+	for _, s := range []struct {
+		name    string
+		rows    []apply.UpsertRow
+		written []string
+		target  []string
+		ledger  []string
+	}{
+		{"new keys, two sets of columns", []apply.UpsertRow{upsert("S2", "b", 10, 2, map[string]any{"company": "c"}), upsert("S1", "a", 10, 1, nil)},
+			[]string{"S1", "S2"}, []string{"S1|a|NULL", "S2|b|c"}, []string{`sites ["S1"] 10 realtime#1`, `sites ["S2"] 10 realtime#2`}},
+		{"a newer version", []apply.UpsertRow{upsert("S1", "a2", 11, 3, nil)},
+			[]string{"S1"}, []string{"S1|a2|NULL", "S2|b|c"}, []string{`sites ["S1"] 11 realtime#3`, `sites ["S2"] 10 realtime#2`}},
+		// The caller rolls back a target row whose ledger row lost.
+		{"an older version: the target row is written, not the ledger row", []apply.UpsertRow{upsert("S2", "old", 9, 9, nil)},
+			nil, []string{"S1|a2|NULL", "S2|old|NULL"}, []string{`sites ["S1"] 11 realtime#3`, `sites ["S2"] 10 realtime#2`}},
+	} {
+		var written map[string]bool
+		if err := e.InTx(func(tx apply.Tx) (err error) {
+			written, err = tx.WriteUpserts(e.Ctx, "sites", b.UID, s.rows)
+			return err
+		}); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		var got []string
+		for _, k := range []string{"S1", "S2"} {
+			if written[Hash(k)] {
+				got = append(got, k)
+			}
+		}
+		if !slices.Equal(got, s.written) || len(written) != len(got) {
+			t.Errorf("%s: written %v, want %v", s.name, written, s.written)
+		}
+		if got := e.TargetRows(t, "sites", "contract", "description", "company"); !slices.Equal(got, s.target) {
+			t.Errorf("%s: target %v, want %v", s.name, got, s.target)
+		}
+		var ledger []string
+		for _, r := range e.LedgerRows(t) {
+			ledger = append(ledger, r.String())
+		}
+		slices.Sort(ledger)
+		if !slices.Equal(ledger, s.ledger) {
+			t.Errorf("%s: ledger %v, want %v", s.name, ledger, s.ledger)
+		}
+	}
+	// A key twice in one write is refused, and aborts the transaction.
+	err := e.InTx(func(tx apply.Tx) error {
+		_, err := tx.WriteUpserts(e.Ctx, "sites", b.UID, []apply.UpsertRow{upsert("S3", "x", 1, 1, nil), upsert("S3", "y", 2, 2, nil)})
+		if !errors.Is(err, apply.ErrRowRejected) {
+			t.Errorf("a key twice in one write: %v, want a rejected row", err)
+		}
+		return err
+	})
+	if err == nil {
+		t.Error("a write that failed committed")
 	}
 }
 

@@ -93,3 +93,17 @@ func stored(v pipeline.Version, ord int64) pipeline.Version {
 func secondTime(what string) error {
 	return rejected("ON CONFLICT DO UPDATE command cannot affect row a second time (%s)", what)
 }
+
+// WriteUpserts upserts the target rows, then writes their ledger rows as
+// WriteLedger does: a target row is written even when its ledger row is refused,
+// as the store's one statement does (the caller rolls back).
+func (t *tx) WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []apply.UpsertRow) (map[string]bool, error) {
+	targets, ledger := make([]apply.TargetRow, len(rows)), make([]apply.LedgerRow, len(rows))
+	for i, r := range rows {
+		targets[i], ledger[i] = apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row}, r.LedgerRow
+	}
+	if err := t.WriteTarget(ctx, entity, targets, nil); err != nil {
+		return nil, err
+	}
+	return t.WriteLedger(ctx, entity, batch, ledger)
+}
