@@ -27,8 +27,9 @@ type Store interface {
 // Tx is one transaction: one operation per statement, deciding nothing.
 type Tx interface {
 	// LockLedger reads and locks the ledger rows of entity's keys (bk_hash), in key
-	// order; a key without a row is absent from the result.
-	LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error)
+	// order; a key without a row is absent from the result. It also says which of
+	// parents are applied, as ParentsPresent does, in the same round trip.
+	LockLedger(ctx context.Context, entity string, hashes []string, parents []Key) (map[string]pipeline.Applied, map[Key]bool, error)
 	// ParentsPresent says which keys are applied: in the ledger and not deleted.
 	ParentsPresent(ctx context.Context, keys []Key) (map[Key]bool, error)
 	// Park writes parked children, one row per child key; a version not newer

@@ -156,16 +156,24 @@ func (w *Work) apply(ctx context.Context, e *catalog.Entity, ds []pipeline.Deliv
 // only the target writes isolated (writeIsolated).
 func (w *Work) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, cands []pipeline.Candidate) (map[int]pipeline.Outcome, []pipeline.Failure, error) {
 	hashes := make([]string, len(cands))
+	parents := map[Key]bool{}
 	for i, c := range cands {
 		hashes[i] = c.Record.BKHash
+		if c.Record.Op == event.OpUpsert {
+			for _, p := range c.Record.Parents {
+				parents[Key{p.Entity, p.BKHash}] = true
+			}
+		}
 	}
-	applied, err := w.tx.LockLedger(ctx, e.Name, hashes)
+	// The parents of every upsert are looked up with the lock, in its round
+	// trip: those of upserts that turn out stale are looked up for nothing.
+	applied, present, err := w.tx.LockLedger(ctx, e.Name, hashes, SortedKeys(parents))
 	if err != nil {
 		return nil, nil, err
 	}
 	decisions := pipeline.Decide(cands, applied)
 	if len(e.Parents) > 0 {
-		if err := w.park(ctx, e, ds, decisions); err != nil {
+		if err := w.park(ctx, e, ds, decisions, present); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -209,25 +217,17 @@ func (w *Work) noteHigh(entity string, r normalize.Record) {
 }
 
 // park moves every upsert whose parent (any the catalog names, in catalog order)
-// is not applied into the queue, under its first missing parent; a version older
-// than the one already parked is stale.
-func (w *Work) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision) error {
+// is not applied (not in present) into the queue, under its first missing
+// parent; a version older than the one already parked is stale.
+func (w *Work) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision, present map[Key]bool) error {
 	var check []int
-	keys := map[Key]bool{}
 	for i, d := range decisions {
 		if d.Target && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
 			check = append(check, i)
-			for _, p := range d.Record.Parents {
-				keys[Key{p.Entity, p.BKHash}] = true
-			}
 		}
 	}
 	if len(check) == 0 {
 		return nil
-	}
-	present, err := w.tx.ParentsPresent(ctx, SortedKeys(keys))
-	if err != nil {
-		return err
 	}
 	var rows []ParkRow
 	var parked []int

@@ -32,17 +32,33 @@ LATERAL (SELECT * FROM bridge.synced_records r
          FOR UPDATE) r`
 
 // LockLedger reads and locks the ledger rows of entity's keys, in key order, so
-// that two replicas lock in the same order.
-func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error) {
+// that two replicas lock in the same order; which of parents are applied (as
+// ParentsPresent) comes in the same round trip.
+func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
 	applied := make(map[string]pipeline.Applied, len(hashes))
-	if len(hashes) == 0 {
-		return applied, nil
+	present := map[apply.Key]bool{}
+	var stmts []statement
+	var scans []func(pgx.Rows) error
+	if len(hashes) > 0 {
+		stmts = append(stmts, statement{lockLedgerSQL, []any{entity, slices.Sorted(slices.Values(hashes))}})
+		scans = append(scans, func(rows pgx.Rows) error { return scanApplied(rows, applied) })
 	}
-	rows, err := t.query(ctx, lockLedgerSQL, customPlan, entity, slices.Sorted(slices.Values(hashes)))
-	if err != nil {
-		return nil, classify(err)
+	if len(parents) > 0 {
+		entities, keys := keyArrays(parents)
+		stmts = append(stmts, statement{presentParentsSQL, []any{entities, keys}})
+		scans = append(scans, func(rows pgx.Rows) error { return scanKeys(rows, present) })
 	}
-	defer rows.Close()
+	if len(stmts) == 0 {
+		return applied, present, nil
+	}
+	if err := t.queryEach(ctx, stmts, scans...); err != nil {
+		return nil, nil, classify(err)
+	}
+	return applied, present, nil
+}
+
+// scanApplied reads the rows of lockLedgerSQL into applied.
+func scanApplied(rows pgx.Rows, applied map[string]pipeline.Applied) error {
 	for rows.Next() {
 		var (
 			hash, src string
@@ -51,14 +67,14 @@ func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (ma
 			deleted   bool
 		)
 		if err := rows.Scan(&hash, &ord, &src, &seq, &payload, &deleted); err != nil {
-			return nil, classify(err)
+			return err
 		}
 		applied[hash] = pipeline.Applied{
 			Version: pipeline.Version{Ord: ord, Source: event.SourceNamed(src), Seq: uint64(seq), Hash: payload},
 			Deleted: deleted,
 		}
 	}
-	return applied, classify(rows.Err())
+	return rows.Err()
 }
 
 // supersedesSQL is pipeline.Supersedes in SQL, for an ON CONFLICT guard: the
@@ -148,21 +164,20 @@ LATERAL (SELECT 1 FROM bridge.synced_records r
 // deleted). It takes no lock: a parent applied by another transaction at the same
 // moment is caught by the re-check after commit.
 func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
-	entities, hashes := keyArrays(keys)
-	rows, err := t.query(ctx, presentParentsSQL, customPlan, entities, hashes)
-	if err != nil {
-		return nil, classify(err)
-	}
-	defer rows.Close()
-	present := map[apply.Key]bool{}
+	_, present, err := t.LockLedger(ctx, "", nil, keys)
+	return present, err
+}
+
+// scanKeys reads rows of (entity, bk_hash) into set.
+func scanKeys(rows pgx.Rows, set map[apply.Key]bool) error {
 	for rows.Next() {
 		var k apply.Key
 		if err := rows.Scan(&k.Entity, &k.Hash); err != nil {
-			return nil, classify(err)
+			return err
 		}
-		present[k] = true
+		set[k] = true
 	}
-	return present, classify(rows.Err())
+	return rows.Err()
 }
 
 // keyArrays returns keys as the two arrays the statements take.

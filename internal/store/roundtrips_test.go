@@ -73,6 +73,7 @@ func TestRoundTripsOfASmallBatch(t *testing.T) {
 		c.Store.MaxConns = 1 // one connection: it has prepared the statements of the warm-up
 	})
 	f.applyParents()
+	f.apply("work_centers", nil, `{"entity":"work_centers","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","WORK_CENTER_NO":"WC1"}}`)
 	seq := uint64(100)
 	applyOne := func(entity, body string) []string {
 		t.Helper()
@@ -99,10 +100,15 @@ func TestRoundTripsOfASmallBatch(t *testing.T) {
 		// write (one statement); the savepoint's release with the children it
 		// releases; the counters with COMMIT.
 		{"a parent", "sites", func(v string) string { return siteEvent("upsert", "S9", "2026-01-01T00:00:0"+v+"Z", "site "+v) }, 4},
-		// The same, and the check of its parents.
+		// The same; the check of its parents goes with the ledger lock.
 		{"a child whose parents are there", "work_orders", func(v string) string {
 			return `{"entity":"work_orders","op":"upsert","rowversion":"2026-01-01T00:00:0` + v + `Z","data":{"ORDER_NO":"W1","CONTRACT":"S1","PART_NO":"P1","DESCRIPTION":"` + v + `"}}`
-		}, 5},
+		}, 4},
+		// A child without children: the ledger lock with the check of its
+		// parents; the write; the counters with COMMIT.
+		{"a child without children whose parents are there", "work_order_operations", func(v string) string {
+			return opEvent("W1", 10, "2026-01-01T00:00:0"+v+"Z", "op "+v)
+		}, 3},
 	} {
 		applyOne(tc.entity, tc.body("1")) // the connection prepares the statements
 		trips := applyOne(tc.entity, tc.body("2"))

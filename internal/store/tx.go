@@ -121,10 +121,16 @@ func (t *tx) laterExec(what, sql string, args ...any) {
 	t.later(pendingStmt{what: what, sql: sql, args: args})
 }
 
-// send sends the pending statements and, when sql is set, sql after them, in
-// one pipeline, and reads the pending statements' results. The caller reads
-// sql's result from the BatchResults returned and closes it.
-func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResults, error) {
+// statement is a statement to send, and its arguments.
+type statement struct {
+	sql  string
+	args []any
+}
+
+// send sends the pending statements and stmts after them, in one pipeline, and
+// reads the pending statements' results. The caller reads the results of stmts
+// from the BatchResults returned and closes it.
+func (t *tx) send(ctx context.Context, stmts ...statement) (pgx.BatchResults, error) {
 	if len(t.pending) > 0 && strings.HasPrefix(t.pending[0].sql, "ROLLBACK TO") {
 		// An aborted transaction runs nothing before it, not even the parsing
 		// of a statement new to the connection that a pipeline starts with.
@@ -133,7 +139,7 @@ func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResult
 		}
 		t.pending = t.pending[1:]
 	}
-	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.pending)+1)}
+	b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(t.pending)+len(stmts))}
 	pending := t.pending
 	t.pending = nil
 	t.sends++
@@ -143,8 +149,8 @@ func (t *tx) send(ctx context.Context, sql string, args ...any) (pgx.BatchResult
 			t.begun = true
 		}
 	}
-	if sql != "" {
-		b.Queue(sql, args...)
+	for _, st := range stmts {
+		b.Queue(st.sql, st.args...)
 	}
 	br := t.conn.SendBatch(ctx, b)
 	for _, p := range pending {
@@ -177,17 +183,10 @@ func (t *tx) query(ctx context.Context, sql string, args ...any) (pgx.Rows, erro
 		return t.conn.Query(ctx, sql, args...)
 	}
 	if len(args) > 0 && args[0] == customPlan {
-		// A pipeline runs in the connection's mode: the plan is made custom by
-		// the setting, for this statement only.
 		args = args[1:]
-		if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault {
-			t.pending = t.pending[:n-1] // still custom since the last lookup
-		} else {
-			t.later(pendingStmt{what: "plan mode", sql: "SET LOCAL plan_cache_mode = force_custom_plan", control: true})
-		}
-		defer t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true})
+		defer t.planCustom()()
 	}
-	br, err := t.send(ctx, sql, args...)
+	br, err := t.send(ctx, statement{sql, args})
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +198,42 @@ func (t *tx) query(ctx context.Context, sql string, args ...any) (pgx.Rows, erro
 	return &pipelinedRows{Rows: rows, br: br}, nil
 }
 
+// queryEach runs the lookups stmts after the pending statements, in one round
+// trip, each planned for the tables as they are now (customPlan), and hands the
+// rows of each to its scan, in order.
+func (t *tx) queryEach(ctx context.Context, stmts []statement, scans ...func(pgx.Rows) error) error {
+	defer t.planCustom()()
+	br, err := t.send(ctx, stmts...)
+	if err != nil {
+		return err
+	}
+	for _, scan := range scans {
+		rows, err := br.Query()
+		if err == nil {
+			err = scan(rows)
+			rows.Close()
+			err = cmp.Or(err, rows.Err())
+		}
+		if err != nil {
+			_ = br.Close() //nolint:errcheck // the query's error is the one to report
+			return err
+		}
+	}
+	return br.Close()
+}
+
+// planCustom makes the statements sent next in a pipeline planned afresh, for
+// the tables as they are now (a pipeline runs in the connection's mode, so the
+// setting does it), and returns what puts the default back after them.
+func (t *tx) planCustom() func() {
+	if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault {
+		t.pending = t.pending[:n-1] // still custom since the last lookup
+	} else {
+		t.later(pendingStmt{what: "plan mode", sql: "SET LOCAL plan_cache_mode = force_custom_plan", control: true})
+	}
+	return func() { t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true}) }
+}
+
 const planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
 
 // exec runs sql after the pending statements, in one round trip.
@@ -206,7 +241,7 @@ func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 	if len(t.pending) == 0 {
 		return t.conn.Exec(ctx, sql, args...)
 	}
-	br, err := t.send(ctx, sql, args...)
+	br, err := t.send(ctx, statement{sql, args})
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}

@@ -181,11 +181,18 @@ func ledgerSupersedes(t *testing.T, e *Env) {
 			if written, err = tx.WriteLedger(e.Ctx, "sites", b.UID, []apply.LedgerRow{s.row}); err != nil {
 				return err
 			}
-			if applied, err = tx.LockLedger(e.Ctx, "sites", append(s1, Hash("nowhere"))); err != nil {
+			parents := []apply.Key{{Entity: "sites", Hash: s1[0]}, {Entity: "sites", Hash: Hash("nowhere")}}
+			var alone map[apply.Key]bool
+			if alone, err = tx.ParentsPresent(e.Ctx, parents); err != nil {
 				return err
 			}
-			present, err = tx.ParentsPresent(e.Ctx, []apply.Key{{Entity: "sites", Hash: s1[0]}, {Entity: "sites", Hash: Hash("nowhere")}})
-			return err
+			if applied, present, err = tx.LockLedger(e.Ctx, "sites", append(s1, Hash("nowhere")), parents); err != nil {
+				return err
+			}
+			if !maps.Equal(alone, present) {
+				t.Errorf("%s: ParentsPresent %v, with LockLedger %v", s.name, alone, present)
+			}
+			return nil
 		})
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
@@ -220,7 +227,7 @@ func ledgerKeyTwice(t *testing.T, e *Env) {
 		if _, err := tx.WriteLedger(e.Ctx, "sites", b.UID, twice("S1")); !errors.Is(err, apply.ErrRowRejected) {
 			t.Errorf("a new key twice in one write: %v, want a rejected row", err)
 		}
-		if _, err := tx.LockLedger(e.Ctx, "sites", []string{Hash("S1")}); err == nil {
+		if _, _, err := tx.LockLedger(e.Ctx, "sites", []string{Hash("S1")}, nil); err == nil {
 			t.Error("a statement after a failed one succeeded; the transaction is aborted")
 		}
 		return nil

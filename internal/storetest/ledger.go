@@ -22,21 +22,23 @@ type ledgerRow struct {
 	Batch      uuid.UUID
 }
 
-// LockLedger reads the ledger rows of entity's keys; a key without a row is absent.
-func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string) (map[string]pipeline.Applied, error) {
+// LockLedger reads the ledger rows of entity's keys; a key without a row is
+// absent. Which of parents are applied comes with it.
+func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
 	applied := make(map[string]pipeline.Applied, len(hashes))
-	if len(hashes) == 0 {
-		return applied, nil // as the store: no statement
+	if len(hashes) == 0 && len(parents) == 0 {
+		return applied, map[apply.Key]bool{}, nil // as the store: no statement
 	}
 	if err := t.stmt(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, h := range hashes {
 		if r, ok := t.st.ledger[apply.Key{Entity: entity, Hash: h}]; ok {
 			applied[h] = pipeline.Applied{Version: r.Version, Deleted: r.Deleted}
 		}
 	}
-	return applied, nil
+	present, err := t.ParentsPresent(ctx, parents)
+	return applied, present, err
 }
 
 // ParentsPresent says which keys are applied: in the ledger and not deleted.
