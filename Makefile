@@ -70,7 +70,8 @@ vet:
 ## fuzz: run each fuzz target for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test ./internal/event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/event -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/event -run '^$$' -fuzz '^FuzzDecoderAgreesWithTheStandardLibrary$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/normalize -run '^$$' -fuzz FuzzNormalize -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/pipeline -run '^$$' -fuzz FuzzAppendRowJSON -fuzztime $(FUZZTIME)
 

@@ -20,9 +20,9 @@ package event
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"strings"
 )
 
@@ -53,6 +53,27 @@ type Event struct {
 	Repair bool
 }
 
+// errTrailing is a body with more after the event's object.
+var errTrailing = errors.New("trailing data after the event object")
+
+// decodeWire decodes a body in one pass, data included: events are decoded on
+// the hot path (a second pass over a raw "data" cost a third of the CPU). The
+// decoder is github.com/goccy/go-json, which accepts and decodes exactly as
+// encoding/json does (FuzzDecoderAgreesWithTheStandardLibrary) in about half the
+// time.
+func decodeWire(body []byte) (wire, error) {
+	var w wire
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&w); err != nil {
+		return wire{}, err
+	}
+	if dec.More() {
+		return wire{}, errTrailing
+	}
+	return w, nil
+}
+
 // ErrDecode marks every decoding failure.
 var ErrDecode = errors.New("decode")
 
@@ -74,12 +95,8 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 	if len(body) > MaxSize {
 		return fail("body of %d bytes exceeds the %d-byte limit", len(body), MaxSize)
 	}
-	// One decoder pass over the body, data included: events are decoded on the hot
-	// path, and a second pass over a raw "data" cost a third of the CPU.
-	var w wire
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&w); err != nil {
+	w, err := decodeWire(body)
+	if err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field == "data" {
 			return fail(`"data" must be a JSON object`)
@@ -91,9 +108,6 @@ func Decode(body []byte, subjectEntity string) (Event, error) {
 			return fail("field %q must not be %s", typeErr.Field, typeErr.Value)
 		}
 		return fail("malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return fail("malformed JSON: trailing data after the event object")
 	}
 	if w.Entity == nil || strings.TrimSpace(*w.Entity) == "" {
 		return fail(`missing "entity"`)
