@@ -132,3 +132,30 @@ func TestIsolation(t *testing.T) {
 		})
 	}
 }
+
+// An update whose ledger row loses at the write (another transaction committed a
+// newer version after the lock) is stale: its target row, written in the same
+// statement, is undone, and the rest of the batch is written.
+func TestAnUpdateOutrunAtTheWrite(t *testing.T) {
+	e, m := newEnv(t)
+	e.Apply(t, "sites", storetest.Site("S1", 1, "a"), storetest.Site("S2", 1, "a"), storetest.Site("S3", 1, "a"))
+	m.Outrun(storetest.Hash("S2"))
+	res := e.Apply(t, "sites", storetest.Site("S1", 2, "b"), storetest.Site("S2", 2, "b"), storetest.Site("S3", 2, "b"))
+	if want := []pipeline.Outcome{U, S, U}; !slices.Equal(res.Outcomes, want) {
+		t.Errorf("outcomes %v, want %v", res.Outcomes, want)
+	}
+	if got, want := e.TargetRows(t, "sites", "contract", "description"), []string{"S1|b", "S2|a", "S3|b"}; !slices.Equal(got, want) {
+		t.Errorf("target %v, want %v", got, want)
+	}
+	var ledger []string
+	for _, r := range e.LedgerRows(t) {
+		ledger = append(ledger, r.String())
+	}
+	slices.Sort(ledger)
+	if !slices.Equal(ledger, []string{`sites ["S1"] 2026-01-01T00:00:02Z realtime#4`, `sites ["S2"] 2026-01-01T00:00:01Z realtime#2`, `sites ["S3"] 2026-01-01T00:00:02Z realtime#6`}) {
+		t.Errorf("ledger %v", ledger)
+	}
+	if !res.Counts.Balanced() || res.Counts.Updated != 2 || res.Counts.Stale != 1 {
+		t.Errorf("counts %+v", res.Counts)
+	}
+}

@@ -53,9 +53,11 @@ type Tx interface {
 	// with what each target row holds once written (its verification hash), each
 	// ledger row only where it supersedes the row there (as WriteLedger). It
 	// returns the hashes whose ledger row it wrote. A target row is written even
-	// when its ledger row is not (another transaction committed a newer version
-	// of a new key first): the caller rolls the savepoint back and writes the
-	// rest again.
+	// when its ledger row is not: the caller rolls the savepoint back. The target
+	// rows are written first, so a key whose ledger row is not locked by the
+	// transaction (a new key) could meet another transaction's ledger-first
+	// write of the same key in the opposite order: the caller writes only keys
+	// it has locked this way.
 	WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []UpsertRow) (map[string]bool, error)
 	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
 	// rows of entity's target table. Each upsert's ledger row learns what the

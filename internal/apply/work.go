@@ -363,12 +363,18 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 	return failures, nil
 }
 
-// write writes the rows of decisions[idx]. An upsert goes with its ledger row
-// in one statement (WriteUpserts); the other ledger rows are written each where
-// it supersedes (in SQL), then the target rows (deletes, repair rewrites) of
-// those the ledger took. It returns the decisions whose ledger write lost to a
-// newer version, for the caller to mark once the write is through, or a
-// *lostRace when an upsert's ledger row lost after its target row was written.
+// write writes the rows of decisions[idx]. An update of a key the ledger has
+// goes with its ledger row in one statement (WriteUpserts): the key's ledger row
+// is locked (LockLedger), so nothing else can be waiting to write either row.
+// The other ledger rows, new keys among them, are written each where it
+// supersedes (in SQL) in one statement in key order, then the target rows of
+// those the ledger took: two transactions writing the same new keys meet first
+// on the ledger's key, in the same order, and cannot deadlock (the target first
+// for new keys could, with two column sets or a delete in either batch). It
+// returns the decisions whose ledger write lost to a newer version, for the
+// caller to mark once the write is through, or a *lostRace when an update's
+// ledger row lost after its target row was written (the SQL guard and the Go
+// decision disagreeing; the savepoint undoes it).
 func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, idx []int) (lost []int, err error) {
 	var (
 		upserts  []UpsertRow
@@ -379,7 +385,7 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 	for _, i := range idx {
 		d := decisions[i]
 		row := LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete}
-		if d.Target && !d.Rewrite && d.Record.Op == event.OpUpsert {
+		if d.Target && !d.Rewrite && d.Record.Op == event.OpUpsert && d.Outcome == pipeline.Updated {
 			upserts, upserted = append(upserts, UpsertRow{LedgerRow: row, Row: d.Row}), append(upserted, i)
 			continue
 		}
@@ -428,8 +434,7 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 }
 
 // lostRace says which upserts (indexes into the decisions) had their target rows
-// written but not their ledger rows: another transaction committed a newer
-// version of these new keys first.
+// written but not their ledger rows.
 type lostRace struct{ idx []int }
 
 func (l *lostRace) Error() string {

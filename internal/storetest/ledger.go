@@ -76,6 +76,10 @@ func (t *tx) WriteLedger(ctx context.Context, entity string, batch uuid.UUID, ro
 		if old, ok := t.st.ledger[k]; ok && !pipeline.Supersedes(v, old.Version) {
 			continue
 		}
+		if t.m.outrun[r.Record.BKHash] {
+			delete(t.m.outrun, r.Record.BKHash)
+			continue
+		}
 		t.st.ledger[k] = ledgerRow{Key: slices.Clone(r.Record.Key), RowVersion: r.Record.RowVersion.Text, Version: v,
 			Deleted: r.Deleted, Batch: batch}
 		accepted[r.Record.BKHash] = true

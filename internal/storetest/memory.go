@@ -53,9 +53,11 @@ type Memory struct {
 	mu          sync.Mutex
 	st          *state
 	checkpoints map[checkpointKey]event.RowVersion
-	// Faults injected by tests: rows a target rejects, children whose parking fails.
+	// Faults injected by tests: rows a target rejects, children whose parking
+	// fails, keys whose next ledger write another transaction wins.
 	rejects     []reject
 	breakParked map[string]error // by child key hash
+	outrun      map[string]bool  // by key hash
 }
 
 var (
@@ -69,7 +71,7 @@ var (
 // entities.
 func NewMemory(cat *catalog.Catalog) *Memory {
 	return &Memory{Now: time.Now, NewUID: func() uuid.UUID { return uuid.Must(uuid.NewV7()) }, cat: cat,
-		st: newState(), checkpoints: map[checkpointKey]event.RowVersion{}, breakParked: map[string]error{}}
+		st: newState(), checkpoints: map[checkpointKey]event.RowVersion{}, breakParked: map[string]error{}, outrun: map[string]bool{}}
 }
 
 // state is the tables.

@@ -356,4 +356,13 @@ func (m *Memory) FailParking(childHash string, err error) {
 	m.breakParked[childHash] = err
 }
 
+// Outrun makes the next ledger write of the key whose hash is keyHash lose, as
+// when another transaction committed a newer version of it between the lock and
+// the write; the write after that is as usual.
+func (m *Memory) Outrun(keyHash string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.outrun[keyHash] = true
+}
+
 var _ Backend = (*Memory)(nil)

@@ -1,0 +1,141 @@
+package store_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/event"
+	"github.com/syncflow/syncflow/internal/pipeline"
+)
+
+// applyManyAsync applies bodies of entity as one batch (stream sequences from
+// seq), counted in batch, and reports the result when the transaction ends.
+func (f *fixture) applyManyAsync(entity string, seq uint64, batch uuid.UUID, bodies ...string) <-chan error {
+	done := make(chan error, 1)
+	e, _ := f.cat.Entity(entity)
+	ds := make([]pipeline.Delivery, len(bodies))
+	for i, b := range bodies {
+		ds[i] = pipeline.Delivery{Subject: event.Realtime.Subject(entity), Source: event.Realtime, StreamSeq: seq + uint64(i), Data: []byte(b)}
+	}
+	go func() {
+		prepared := pipeline.Preparer{Catalog: f.cat}.Prepare(ds)
+		_, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: batch, Source: event.Realtime, Replica: "deadlock", Deliveries: ds, Prepared: prepared})
+		done <- err
+	}()
+	return done
+}
+
+// siteData is a sites event carrying the fields data holds.
+func siteData(op, rv, data string) string {
+	return fmt.Sprintf(`{"entity":"sites","op":%q,"rowversion":%q,"data":%s}`, op, rv, data)
+}
+
+// Two replicas writing the same new keys in one batch each, each batch holding
+// two sets of columns or an upsert and a delete, do not deadlock: a trigger
+// slows the first statement of each, so that both have written something
+// before either goes on. (With the target rows of new keys written before their
+// ledger rows, each waited for the other's first row: 40P01.)
+func TestNoDeadlockOnNewKeys(t *testing.T) {
+	f := newFixture(t)
+	// A slow insert (after the row is in: its index entries are taken) makes
+	// both transactions finish their first statement before either starts its
+	// second, as a loaded server would now and then.
+	if _, err := f.conn.Exec(f.ctx, `
+CREATE FUNCTION schedulehub.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.description = 'slow' OR NEW.company = 'slow' THEN PERFORM pg_sleep(0.5); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER slow AFTER INSERT ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow();`); err != nil {
+		t.Fatal(err)
+	}
+	const r1, r2 = "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"
+	for _, tc := range []struct {
+		name string
+		a, b []string
+	}{
+		// Different column sets: each replica's statements go by column list, so
+		// A writes S2 then S1, B writes S1 then S2.
+		{"upserts of other columns",
+			[]string{siteData("upsert", r1, `{"CONTRACT":"S1","DESCRIPTION":"a"}`), siteData("upsert", r1, `{"CONTRACT":"S2","COMPANY":"slow"}`)},
+			[]string{siteData("upsert", r2, `{"CONTRACT":"S1","COMPANY":"slow"}`), siteData("upsert", r2, `{"CONTRACT":"S2","DESCRIPTION":"b"}`)}},
+		// An upsert and a delete each: the upserts' statement first, then the
+		// deletes' ledger rows.
+		{"an upsert and a delete each",
+			[]string{siteData("upsert", r1, `{"CONTRACT":"S1","DESCRIPTION":"slow"}`), siteData("delete", r1, `{"CONTRACT":"S2"}`)},
+			[]string{siteData("delete", r2, `{"CONTRACT":"S1"}`), siteData("upsert", r2, `{"CONTRACT":"S2","DESCRIPTION":"slow"}`)}},
+	} {
+		f.truncate()
+		b1, b2 := testUID(), testUID()
+		if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime')`, b1, b2); err != nil {
+			t.Fatal(err)
+		}
+		doneA := f.applyManyAsync("sites", 100, b1, tc.a...)
+		doneB := f.applyManyAsync("sites", 200, b2, tc.b...)
+		for i, done := range []<-chan error{doneA, doneB} {
+			if err := <-done; err != nil {
+				t.Errorf("%s: replica %c: %v (kind %q)", tc.name, 'A'+i, err, apply.Kind(err))
+			}
+		}
+	}
+}
+
+// After a race on a key, whichever commits first, the ledger's target key and
+// hash are those of the target row as it stands.
+func TestARaceKeepsTheHash(t *testing.T) {
+	f := newFixture(t)
+	const r = "2026-01-01T00:00:10Z"
+	winner := raceVersion{event.Realtime, 5, siteData("upsert", r, `{"CONTRACT":"S1","DESCRIPTION":"change"}`)}
+	loser := raceVersion{event.Backfill, 900, siteData("upsert", r, `{"CONTRACT":"S1","COMPANY":"copy"}`)}
+	for _, order := range []string{"winner first", "winner second"} {
+		f.truncate()
+		first, second := winner, loser
+		if order == "winner second" {
+			first, second = loser, winner
+		}
+		f.race("sites", first, second)
+		got := f.rows(`SELECT r.stream_seq, r.target_key = ROW(t.contract)::text,
+			r.target_hash = int8send(hashtextextended(rtrim((t.*)::text, ',)'), 0))
+			FROM bridge.synced_records r, schedulehub.sites t`)
+		if got != "5|true|true" {
+			t.Errorf("%s: %q, want 5|true|true; target %s", order, got, f.rows(`SELECT * FROM schedulehub.sites`))
+		}
+	}
+}
+
+// A key the target has but the ledger does not (a target loaded before SyncFlow,
+// or after ForgetVersions): an upsert of it and a delete of it at the same time
+// must not deadlock: the key is new to the ledger in both, so both write its
+// ledger row before the target row.
+func TestNoDeadlockOnATargetRowWithoutLedgerRow(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `
+CREATE FUNCTION schedulehub.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.description = 'slow' THEN PERFORM pg_sleep(0.5); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_update BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_update();
+INSERT INTO schedulehub.sites (contract, description) VALUES ('S3', 'loaded');`); err != nil {
+		t.Fatal(err)
+	}
+	b1, b2 := testUID(), testUID()
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime')`, b1, b2); err != nil {
+		t.Fatal(err)
+	}
+	doneA := f.applyManyAsync("sites", 100, b1, siteData("upsert", "2026-01-01T00:00:01Z", `{"CONTRACT":"S3","DESCRIPTION":"slow"}`))
+	time.Sleep(200 * time.Millisecond) // A has reached its trigger (it sleeps there, holding what it wrote)
+	doneB := f.applyManyAsync("sites", 200, b2, siteData("delete", "2026-01-01T00:00:02Z", `{"CONTRACT":"S3"}`))
+	for i, done := range []<-chan error{doneA, doneB} {
+		if err := <-done; err != nil {
+			t.Errorf("replica %c: %v (kind %q)", 'A'+i, err, apply.Kind(err))
+		}
+	}
+	if got := f.rows(`SELECT count(*) FROM schedulehub.sites`) + "/" + f.rows(`SELECT deleted FROM bridge.synced_records`); got != "0/true" {
+		t.Errorf("target rows/ledger deleted: %s, want 0/true", got)
+	}
+}
