@@ -299,3 +299,21 @@ func TestUnmappedFieldsAreCounted(t *testing.T) {
 		t.Errorf("total for the metrics: %d", got)
 	}
 }
+
+// The unmapped fields of a row the target rejects are not counted: the row is
+// not written (its savepoint is rolled back), only the others are.
+func TestUnmappedFieldsOfARejectedRowAreNotCounted(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `ALTER TABLE schedulehub.sites ADD CONSTRAINT no_bad CHECK (description IS DISTINCT FROM 'bad')`); err != nil {
+		t.Fatal(err)
+	}
+	res := f.apply("sites", nil,
+		`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S1","DESCRIPTION":"main","REGION_CODE":"EU-N"}}`,
+		`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S2","DESCRIPTION":"bad","REGION_CODE":"EU-S"}}`)
+	if res.Counts.Inserted != 1 || res.Counts.Failed != 1 {
+		t.Fatalf("counts %+v, want one written and one rejected", res.Counts)
+	}
+	if got := f.st.UnmappedTotals()[[2]string{"sites", "REGION_CODE"}]; got != 1 {
+		t.Errorf("REGION_CODE counted %d times, want once (the row written)", got)
+	}
+}

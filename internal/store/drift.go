@@ -53,6 +53,7 @@ type unmappedNote struct {
 	entity, field string
 	value         any
 	at            time.Time
+	seen          [3]string
 }
 
 func newUnmappedNotes() *unmappedNotes { return &unmappedNotes{seen: map[[3]string]bool{}} }
@@ -63,7 +64,27 @@ func (u *unmappedNotes) note(entity, field, key string, value any, at time.Time)
 		return
 	}
 	u.seen[k] = true
-	u.notes = append(u.notes, unmappedNote{entity, field, value, at})
+	u.notes = append(u.notes, unmappedNote{entity, field, value, at, k})
+}
+
+// len is how many notes there are (none without notes).
+func (u *unmappedNotes) len() int {
+	if u == nil {
+		return 0
+	}
+	return len(u.notes)
+}
+
+// truncate forgets the notes after the first n: those of rows a rolled-back
+// savepoint undid.
+func (u *unmappedNotes) truncate(n int) {
+	if u == nil {
+		return
+	}
+	for _, x := range u.notes[n:] {
+		delete(u.seen, x.seen)
+	}
+	u.notes = u.notes[:n]
 }
 
 // merge counts a committed transaction's unmapped fields.

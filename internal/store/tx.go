@@ -307,11 +307,15 @@ func (t *tx) Savepoint(ctx context.Context, fn func() error) error {
 	t.savepoints++
 	name := "sf_" + strconv.Itoa(t.savepoints)
 	t.later(pendingStmt{what: "SAVEPOINT", sql: "SAVEPOINT " + name, control: true, savepoint: name})
-	mark, sends := len(t.pending)-1, t.sends
+	mark, sends, notes := len(t.pending)-1, t.sends, t.unmapped.len()
 	err := fn()
 	if err == nil && t.sends != sends && t.aborted() {
 		// A statement under the savepoint failed and fn went on regardless.
 		err = errors.New("a statement under the savepoint failed; it is rolled back")
+	}
+	if err != nil {
+		// The fields of rows the rollback undoes are not counted.
+		t.unmapped.truncate(notes)
 	}
 	if t.sends == sends {
 		// Nothing under the savepoint reached the server: what fn queued goes
