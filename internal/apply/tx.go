@@ -48,17 +48,16 @@ type Tx interface {
 	// WriteLedger writes ledger rows of entity, each only where it supersedes the
 	// row there (pipeline.Supersedes, in SQL); it returns the hashes it wrote.
 	WriteLedger(ctx context.Context, entity string, batch uuid.UUID, rows []LedgerRow) (map[string]bool, error)
-	// WriteUpserts upserts rows of entity's target table (merging, or replacing,
-	// as the catalog says) and, in the same statement, writes their ledger rows
-	// with what each target row holds once written (its verification hash), each
-	// ledger row only where it supersedes the row there (as WriteLedger). It
-	// returns the hashes whose ledger row it wrote. A target row is written even
-	// when its ledger row is not: the caller rolls the savepoint back. The target
-	// rows are written first, so a key whose ledger row is not locked by the
-	// transaction (a new key) could meet another transaction's ledger-first
-	// write of the same key in the opposite order: the caller writes only keys
-	// it has locked this way.
-	WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []UpsertRow) (map[string]bool, error)
+	// Write writes rows of entity: each target row (upserted, merging or
+	// replacing as the catalog says, or deleted) and each ledger row, the ledger
+	// row only where it supersedes the row there (as WriteLedger), with what its
+	// target row holds once written (its verification hash). It returns the
+	// hashes whose ledger rows it wrote. A target row is written even when its
+	// ledger row is not: the caller rolls the savepoint back. The target rows go
+	// first and the ledger rows after them, each in key order, in every
+	// transaction: two transactions writing the same keys, new or not, take
+	// their locks in the same order.
+	Write(ctx context.Context, entity string, batch uuid.UUID, rows []WriteRow) (map[string]bool, error)
 	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
 	// rows of entity's target table. Each upsert's ledger row learns what the
 	// target row holds once written (its verification hash).
@@ -104,11 +103,15 @@ type TargetRow struct {
 	Row    map[string]any
 }
 
-// UpsertRow is a mapped row to upsert into a target, with the ledger row of its
-// version.
-type UpsertRow struct {
+// WriteRow is one key's write: the ledger row of its version, and, when Target
+// is set, its target row: Row upserted, or deleted (LedgerRow.Deleted; Row holds
+// the key). Rewrite marks a repair rewrite: the target row is written and its
+// ledger row learns its hash, though the ledger keeps the version it holds.
+type WriteRow struct {
 	LedgerRow
-	Row map[string]any
+	Target  bool
+	Rewrite bool
+	Row     map[string]any
 }
 
 // LedgerRow is what the ledger keeps of one applied version.

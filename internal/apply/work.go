@@ -363,77 +363,42 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 	return failures, nil
 }
 
-// write writes the rows of decisions[idx]. An update of a key the ledger has
-// goes with its ledger row in one statement (WriteUpserts): the key's ledger row
-// is locked (LockLedger), so nothing else can be waiting to write either row.
-// The other ledger rows, new keys among them, are written each where it
-// supersedes (in SQL) in one statement in key order, then the target rows of
-// those the ledger took: two transactions writing the same new keys meet first
-// on the ledger's key, in the same order, and cannot deadlock (the target first
-// for new keys could, with two column sets or a delete in either batch). It
-// returns the decisions whose ledger write lost to a newer version, for the
-// caller to mark once the write is through, or a *lostRace when an update's
-// ledger row lost after its target row was written (the SQL guard and the Go
-// decision disagreeing; the savepoint undoes it).
+// write writes the rows of decisions[idx] in one Write: every target row first,
+// then every ledger row, each in key order, so that two transactions writing the
+// same keys, new or not, take their locks in one order and cannot deadlock. It
+// returns the decisions whose ledger write lost to a newer version without a
+// target row written (a delete is done only where its ledger row won), for the
+// caller to mark once the write is through, or a *lostRace when a ledger row
+// lost after its target row was upserted (another transaction committed the key
+// first; the savepoint undoes it).
 func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, idx []int) (lost []int, err error) {
-	var (
-		upserts  []UpsertRow
-		upserted []int
-		rows     []LedgerRow
-		rest     []int
-	)
-	for _, i := range idx {
+	rows := make([]WriteRow, len(idx))
+	for j, i := range idx {
 		d := decisions[i]
-		row := LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete}
-		if d.Target && !d.Rewrite && d.Record.Op == event.OpUpsert && d.Outcome == pipeline.Updated {
-			upserts, upserted = append(upserts, UpsertRow{LedgerRow: row, Row: d.Row}), append(upserted, i)
-			continue
-		}
-		rows, rest = append(rows, row), append(rest, i)
+		rows[j] = WriteRow{LedgerRow: LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete},
+			Target: d.Target, Rewrite: d.Rewrite, Row: d.Row}
 	}
-	if len(upserts) > 0 {
-		written, err := w.tx.WriteUpserts(ctx, e.Name, w.batch.UID, upserts)
-		if err != nil {
-			return nil, err
-		}
-		raced := &lostRace{}
-		for _, i := range upserted {
-			if !written[decisions[i].Record.BKHash] {
-				raced.idx = append(raced.idx, i)
-			}
-		}
-		if len(raced.idx) > 0 {
-			return nil, raced
-		}
-	}
-	if len(rows) == 0 {
-		return nil, nil
-	}
-	accepted, err := w.tx.WriteLedger(ctx, e.Name, w.batch.UID, rows)
+	written, err := w.tx.Write(ctx, e.Name, w.batch.UID, rows)
 	if err != nil {
 		return nil, err
 	}
-	var targets []TargetRow
-	var deletes []map[string]any
-	for _, i := range rest {
-		d := decisions[i]
-		switch {
-		case !accepted[d.Record.BKHash] && !d.Rewrite:
-			lost = append(lost, i)
-		case !d.Target:
-		case d.Record.Op == event.OpDelete:
-			deletes = append(deletes, d.Row)
+	raced := &lostRace{}
+	for _, i := range idx {
+		switch d := decisions[i]; {
+		case written[d.Record.BKHash] || d.Rewrite:
+		case d.Target && d.Record.Op == event.OpUpsert:
+			raced.idx = append(raced.idx, i)
 		default:
-			targets = append(targets, TargetRow{BKHash: d.Record.BKHash, Row: d.Row})
+			lost = append(lost, i)
 		}
 	}
-	if len(targets) == 0 && len(deletes) == 0 {
-		return lost, nil
+	if len(raced.idx) > 0 {
+		return nil, raced
 	}
-	return lost, w.tx.WriteTarget(ctx, e.Name, targets, deletes)
+	return lost, nil
 }
 
-// lostRace says which upserts (indexes into the decisions) had their target rows
+// lostRace says which decisions (indexes into them) had their target rows
 // written but not their ledger rows.
 type lostRace struct{ idx []int }
 

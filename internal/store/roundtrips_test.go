@@ -97,7 +97,7 @@ func TestRoundTripsOfASmallBatch(t *testing.T) {
 		want         int
 	}{
 		// BEGIN with the ledger lock; the savepoint with the target and ledger
-		// write (one statement); the savepoint's release with the children it
+		// statements; the savepoint's release with the children it
 		// releases; the counters with COMMIT.
 		{"a parent", "sites", func(v string) string { return siteEvent("upsert", "S9", "2026-01-01T00:00:0"+v+"Z", "site "+v) }, 4},
 		// The same; the check of its parents goes with the ledger lock.
@@ -108,6 +108,11 @@ func TestRoundTripsOfASmallBatch(t *testing.T) {
 		// parents; the write; the counters with COMMIT.
 		{"a child without children whose parents are there", "work_order_operations", func(v string) string {
 			return opEvent("W1", 10, "2026-01-01T00:00:0"+v+"Z", "op "+v)
+		}, 3},
+		// The same for a key new to the ledger: its target row goes first as
+		// well, in the write's one round trip.
+		{"a new child without children", "work_order_operations", func(v string) string {
+			return opEvent("W1", 20+int(v[0]-'0'), "2026-01-01T00:00:0"+v+"Z", "op "+v)
 		}, 3},
 	} {
 		applyOne(tc.entity, tc.body("1")) // the connection prepares the statements

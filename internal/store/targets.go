@@ -180,39 +180,98 @@ func (t *target) upsertSQL(cols []string) string {
 	})
 }
 
-// upsertLedgerSQL returns the multi-row upsert of one set of columns together
-// with the ledger rows of its rows: the target rows first (as upsertSQL), then
-// the ledger rows in key order, each with its target row's key and hash as
-// stored, where it supersedes the row there (as WriteLedger). The rows travel as
-// one JSON array ($1) beside the ledger's columns as arrays ($4-$10) in the same
-// order. A target row the table did not return (its trigger changed the key or
-// skipped the row) leaves the ledger row's hash as it was, as upsertSQL does.
-func (t *target) upsertLedgerSQL(cols []string) string {
-	return t.cached("ledger "+strings.Join(cols, ","), func() string {
-		fields := make([]string, len(cols))
-		for i, c := range cols {
-			fields[i] = "(p.r)." + pgx.Identifier{c}.Sanitize()
-		}
-		return `WITH p AS MATERIALIZED (
-    SELECT u.bk_hash, u.business_key, u.rowversion, u.ord, u.src, u.seq, u.hash,
-           jsonb_populate_record(NULL::` + t.ident + `, u.obj) AS r
-    FROM ROWS FROM (jsonb_array_elements($1::jsonb), unnest($4::text[]), unnest($5::text[]), unnest($6::text[]),
-                    unnest($7::bigint[]), unnest($8::text[]), unnest($9::bigint[]), unnest($10::bytea[]))
-        AS u (obj, bk_hash, business_key, rowversion, ord, src, seq, hash)),
-w AS (INSERT INTO ` + t.ident + ` AS t (` + quotedList(cols) + `) SELECT ` + strings.Join(fields, ", ") + ` FROM p ORDER BY p.bk_hash
-    ` + t.onConflict(cols) + `
-    RETURNING ` + t.keyExpr("t") + ` AS k, ` + t.hashExpr("t") + ` AS h)
-INSERT INTO bridge.synced_records AS r
+// plainUpsertSQL returns the multi-row upsert of one set of columns, rows in the
+// order of the JSON array ($1), and nothing else: the ledger rows follow in a
+// statement of their own (writeLedgerSQL).
+func (t *target) plainUpsertSQL(cols []string) string {
+	return t.cached("plain "+strings.Join(cols, ","), func() string {
+		list := quotedList(cols)
+		return "INSERT INTO " + t.ident + " AS t (" + list + ") SELECT " + list +
+			" FROM jsonb_populate_recordset(NULL::" + t.ident + ", $1::jsonb) " + t.onConflict(cols)
+	})
+}
+
+// writeLedgerSQL returns the ledger write of Write: the ledger rows in key order,
+// each where it supersedes the row there (as WriteLedger), each written target
+// row's key and hash read from the table as stored (after its defaults and
+// triggers) by the key its row carries ($11, null for a row whose target is not
+// upserted). A row the table does not have under that key (a trigger changed
+// the key or skipped the row) leaves the ledger row's key and hash as they were.
+func (t *target) writeLedgerSQL() string {
+	return t.cached("ledger", func() string {
+		return `INSERT INTO bridge.synced_records AS r
     (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream,
      stream_seq, payload_hash, deleted, batch_uid, target_hash, target_key)
-SELECT $2, p.bk_hash, p.business_key::jsonb, p.rowversion, p.ord, p.src, p.seq, p.hash, false, $3, w.h, w.k
-FROM p LEFT JOIN w ON w.k = ` + t.keyExpr("(p.r)") + `
-ORDER BY p.bk_hash
+SELECT $1, u.bk_hash, u.business_key::jsonb, u.rowversion, u.ord, u.src, u.seq, u.hash, u.deleted, $2, s.h, s.k
+FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], $10::bool[], $11::jsonb[])
+    AS u (bk_hash, business_key, rowversion, ord, src, seq, hash, deleted, tkey)
+` + t.storedLookup() + `
+ORDER BY u.bk_hash
 ` + ledgerUpdate + `,
     target_hash = coalesce(excluded.target_hash, r.target_hash), target_key = coalesce(excluded.target_key, r.target_key)
 WHERE ` + supersedesSQL("r") + `
 RETURNING bk_hash`
 	})
+}
+
+// rewriteHashSQL returns the update of the ledger rows of repair rewrites ($2,
+// with their target keys $3): they keep their version, and learn the key and
+// hash of the target row as stored, as writeLedgerSQL's rows do.
+func (t *target) rewriteHashSQL() string {
+	return t.cached("rewrite", func() string {
+		return `UPDATE bridge.synced_records AS r SET target_hash = s.h, target_key = s.k
+FROM unnest($2::text[], $3::jsonb[]) AS u (bk_hash, tkey)
+` + t.storedLookup() + `
+WHERE s.k IS NOT NULL AND r.entity_name = $1 AND r.bk_hash = u.bk_hash`
+	})
+}
+
+// lockSQL locks the rows whose keys are in $1 (a JSON array of objects of the key
+// columns), in the array's order: the rows of deletes, in Write's lock order.
+func (t *target) lockSQL() string {
+	return t.cached("lock", func() string {
+		return `SELECT 1 FROM ` + t.ident + ` AS t, jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e (obj, n),
+    jsonb_populate_record(NULL::` + t.ident + `, e.obj) AS x
+WHERE ` + t.keyMatch("t", "x") + `
+ORDER BY e.n
+FOR UPDATE OF t`
+	})
+}
+
+// deleteWonSQL removes (or, for soft delete, marks) the target rows of deletes
+// ($2, their target keys $3) whose ledger rows hold their versions ($4-$6): those
+// whose ledger write won.
+func (t *target) deleteWonSQL() string {
+	return t.cached("delete won", func() string {
+		from := ` unnest($2::text[], $3::jsonb[], $4::bigint[], $5::text[], $6::bigint[]) AS u (bk_hash, tkey, ord, src, seq),
+    jsonb_populate_record(NULL::` + t.ident + `, u.tkey) AS x, bridge.synced_records AS r
+WHERE ` + t.keyMatch("t", "x") + ` AND r.entity_name = $1 AND r.bk_hash = u.bk_hash AND r.deleted
+    AND r.rowversion_ord = u.ord AND r.source_stream = u.src AND r.stream_seq = u.seq`
+		if t.entity.Delete == catalog.DeleteSoft {
+			sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
+			return "UPDATE " + t.ident + " AS t SET " + sd + " = now() FROM" + from + " AND t." + sd + " IS NULL"
+		}
+		return "DELETE FROM " + t.ident + " AS t USING" + from
+	})
+}
+
+// keyMatch is the condition that rows a and b have the same key.
+func (t *target) keyMatch(a, b string) string {
+	conds := make([]string, len(t.key))
+	for i, k := range t.key {
+		q := pgx.Identifier{k}.Sanitize()
+		conds[i] = a + "." + q + " = " + b + "." + q
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// storedLookup joins each u.tkey (a JSON object of the key columns) with the key
+// and hash of the target row stored under it (s.k, s.h; null when none), one
+// lookup by key each.
+func (t *target) storedLookup() string {
+	return `LEFT JOIN LATERAL (SELECT ` + t.keyExpr("t") + ` AS k, ` + t.hashExpr("t") + ` AS h
+    FROM ` + t.ident + ` AS t, jsonb_populate_record(NULL::` + t.ident + `, u.tkey) AS x
+    WHERE ` + t.keyMatch("t", "x") + ` OFFSET 0) s ON true`
 }
 
 // cached returns the statement cached under sig, building it on first use.
@@ -342,46 +401,173 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 	return nil
 }
 
-// WriteUpserts upserts rows of entity's target table and writes their ledger
-// rows, in one statement per set of columns the rows carry (upsertLedgerSQL),
-// rows in key order. It returns the key hashes whose ledger rows it wrote.
-func (t *tx) WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []apply.UpsertRow) (map[string]bool, error) {
+// Write writes rows of entity in the one order every transaction takes its
+// locks in, whether the keys are new or not: first the target rows, all of them
+// in key order (one statement per run of rows in key order that carry the same
+// columns, or that are deletes, whose rows it locks), then the ledger rows in
+// key order, each with what its target row holds once written (writeLedgerSQL).
+// Two transactions writing the same keys meet on the first of them and cannot
+// deadlock. Deletes go last, only where the ledger row took the delete
+// (deleteWonSQL): a delete finds no row another transaction inserted and has not
+// committed, and does not wait for it; the ledger row does. The statements go
+// in one round trip. It returns the hashes whose ledger rows it wrote.
+func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
 	tg, err := t.s.target(entity)
 	if err != nil {
 		return nil, err
 	}
 	rows = slices.Clone(rows)
-	slices.SortFunc(rows, func(a, b apply.UpsertRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
-	targets := make([]apply.TargetRow, len(rows))
-	for i, r := range rows {
-		targets[i] = apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row}
-	}
-	groups, err := t.bySignature(tg, targets)
+	slices.SortStableFunc(rows, func(a, b apply.WriteRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
+	stmts, err := t.runs(tg, rows)
 	if err != nil {
 		return nil, err
 	}
-	written := make(map[string]bool, len(rows))
-	for _, g := range groups {
-		ledger := make([]apply.LedgerRow, len(g.rows))
-		for j, i := range g.rows {
-			ledger[j] = rows[i].LedgerRow
+	runs := len(stmts)
+	ledger := make([]apply.LedgerRow, len(rows))
+	tkeys := make([][]byte, len(rows))
+	var rewrites, deletes ledgerKeys
+	for i, r := range rows {
+		ledger[i] = r.LedgerRow
+		if !r.Target {
+			continue
 		}
-		a := ledgerArraysOf(ledger)
-		q, err := t.query(ctx, tg.upsertLedgerSQL(g.cols), g.body, entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads)
+		key, err := pipeline.AppendRowJSON(nil, r.Row, tg.key)
 		if err != nil {
-			t.s.reloadTargetAfter(ctx, tg, err)
-			return nil, classify(err)
+			return nil, err
 		}
-		won, err := pgx.CollectRows(q, pgx.RowTo[string])
-		if err != nil {
-			t.s.reloadTargetAfter(ctx, tg, err)
-			return nil, classify(err)
-		}
-		for _, h := range won {
-			written[h] = true
+		switch {
+		case r.Deleted:
+			deletes.add(r, key)
+		case r.Rewrite:
+			rewrites.add(r, key)
+			fallthrough
+		default:
+			tkeys[i] = key
 		}
 	}
+	a := ledgerArraysOf(ledger)
+	stmts = append(stmts, statement{tg.writeLedgerSQL(), []any{entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads, a.deleted, tkeys}})
+	if len(rewrites.hashes) > 0 {
+		stmts = append(stmts, statement{tg.rewriteHashSQL(), []any{entity, rewrites.hashes, rewrites.keys}})
+	}
+	if len(deletes.hashes) > 0 {
+		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
+	}
+	var br pgx.BatchResults
+	fail := func(err error) (map[string]bool, error) {
+		if br != nil {
+			_ = br.Close() //nolint:errcheck // the statement's error is the one to report
+		}
+		t.s.reloadTargetAfter(ctx, tg, err)
+		return nil, classify(err)
+	}
+	if br, err = t.send(ctx, stmts...); err != nil {
+		return fail(err)
+	}
+	for range runs {
+		if _, err := br.Exec(); err != nil {
+			return fail(err)
+		}
+	}
+	q, err := br.Query()
+	if err != nil {
+		return fail(err)
+	}
+	won, err := pgx.CollectRows(q, pgx.RowTo[string])
+	if err != nil {
+		return fail(err)
+	}
+	for range len(stmts) - runs - 1 {
+		if _, err := br.Exec(); err != nil {
+			return fail(err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fail(err)
+	}
+	written := make(map[string]bool, len(won))
+	for _, h := range won {
+		written[h] = true
+	}
 	return written, nil
+}
+
+// ledgerKeys are rows of a Write as arrays: their key hashes, their target keys
+// (JSON objects of the key columns) and their versions.
+type ledgerKeys struct {
+	hashes, srcs []string
+	keys         [][]byte
+	ords, seqs   []int64
+}
+
+func (k *ledgerKeys) add(r apply.WriteRow, key []byte) {
+	k.hashes, k.keys = append(k.hashes, r.Record.BKHash), append(k.keys, key)
+	k.ords, k.srcs, k.seqs = append(k.ords, r.Record.RowVersion.Ord), append(k.srcs, r.Version.Source.Name), append(k.seqs, int64(r.Version.Seq))
+}
+
+// runs cuts the target rows of rows (in key order) into runs of rows that carry
+// the same columns (upserted), or that are deletes (locked: deleteWonSQL deletes
+// them): one statement each.
+func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
+	var (
+		out  []statement
+		sig  string
+		cols []string
+		body []byte
+	)
+	flush := func() {
+		if body == nil {
+			return
+		}
+		body = append(body, ']')
+		sql := tg.lockSQL()
+		if sig != "delete" {
+			sql = tg.plainUpsertSQL(cols)
+		}
+		out = append(out, statement{sql, []any{body}})
+		body = nil
+	}
+	now := time.Now()
+	for _, r := range rows {
+		if !r.Target {
+			continue
+		}
+		next, nextCols := "delete", tg.key
+		if !r.Deleted {
+			nextCols = t.writableNoting(tg, r.Row, now)
+			next = "upsert " + strings.Join(nextCols, ",")
+		}
+		if next != sig {
+			flush()
+			sig, cols, body = next, nextCols, []byte{'['}
+		} else {
+			body = append(body, ',')
+		}
+		var err error
+		if body, err = pipeline.AppendRowJSON(body, r.Row, cols); err != nil {
+			return nil, err
+		}
+	}
+	flush()
+	return out, nil
+}
+
+// writableNoting returns the columns of tg that row carries, and notes the fields
+// no column takes for the drift counts: counted once the transaction commits,
+// never dropped in silence.
+func (t *tx) writableNoting(tg *target, row map[string]any, now time.Time) []string {
+	cols := tg.writable(row)
+	if len(cols) < len(row) {
+		if t.unmapped == nil {
+			t.unmapped = newUnmappedNotes()
+		}
+		for f, v := range row {
+			if !tg.columns[f] {
+				t.unmapped.note(tg.entity.Name, strings.ToUpper(f), tg.keyOf(row), v, now)
+			}
+		}
+	}
+	return cols
 }
 
 // signatureGroup is the rows that carry one set of columns, as the JSON array a
@@ -400,19 +586,7 @@ func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup,
 	now := time.Now()
 	for i, u := range rows {
 		row := u.Row
-		cols := tg.writable(row)
-		if len(cols) < len(row) {
-			// Fields no rule mapped and no column takes: counted once the
-			// transaction commits, never dropped in silence.
-			if t.unmapped == nil {
-				t.unmapped = newUnmappedNotes()
-			}
-			for f, v := range row {
-				if !tg.columns[f] {
-					t.unmapped.note(tg.entity.Name, strings.ToUpper(f), tg.keyOf(row), v, now)
-				}
-			}
-		}
+		cols := t.writableNoting(tg, row, now)
 		sig := strings.Join(cols, ",")
 		g := groups[sig]
 		if g == nil {

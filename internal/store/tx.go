@@ -26,10 +26,9 @@ import (
 // counters, the plan mode of a key lookup) are not sent on their own: they wait
 // in pending and go with the next statement that returns rows, or with COMMIT,
 // in one pipeline (a pgx batch: one write, one Sync, one round trip). A batch of
-// a few updates of an entity without children costs three round trips: BEGIN
-// with the ledger lock, the savepoint with the target and ledger write (one
-// statement, WriteUpserts), and the counters with COMMIT. One that inserts keys
-// writes the ledger first and the target after it: one more.
+// a few changes of an entity without children costs three round trips: BEGIN
+// with the ledger lock, the savepoint with the target and ledger statements
+// (Write), and the counters with COMMIT.
 //
 // PostgreSQL runs a pipeline in order and skips the rest of it after an error,
 // so a pending statement runs exactly where it was issued; its error comes back

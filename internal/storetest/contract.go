@@ -77,7 +77,7 @@ var contract = []struct {
 	{"dead letters/selection, due or chosen, bounded", selectDeadLetters},
 	{"batches/counts add up and close", countBatches},
 	{"targets/merge and replace, soft and hard deletes, rejected rows", targetWrites},
-	{"targets/an upsert with its ledger row: the ledger only where it supersedes", upsertsWithLedger},
+	{"targets/a write of target and ledger rows: the ledger only where it supersedes", writesWithLedger},
 	{"flow/a parking cascade three levels deep", flowCascade},
 	{"flow/a bounded release leaves the rest due for the sweeper", flowBoundedRelease},
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
@@ -809,37 +809,46 @@ func countBatches(t *testing.T, e *Env) {
 	}
 }
 
-func upsertsWithLedger(t *testing.T, e *Env) {
+func writesWithLedger(t *testing.T, e *Env) {
 	b := e.NewBatch(t, "sites")
-	upsert := func(key, desc string, ord int64, seq uint64, extra map[string]any) apply.UpsertRow {
+	upsert := func(key, desc string, ord int64, seq uint64, extra map[string]any) apply.WriteRow {
 		row := map[string]any{"contract": key, "description": desc}
 		maps.Copy(row, extra)
-		return apply.UpsertRow{LedgerRow: siteLedgerRow(key, ord, event.Realtime, seq, desc, false), Row: row}
+		return apply.WriteRow{LedgerRow: siteLedgerRow(key, ord, event.Realtime, seq, desc, false), Target: true, Row: row}
+	}
+	del := func(key string, ord int64, seq uint64) apply.WriteRow {
+		return apply.WriteRow{LedgerRow: siteLedgerRow(key, ord, event.Realtime, seq, "", true), Target: true, Row: map[string]any{"contract": key}}
+	}
+	ledgerOnly := func(key, desc string, ord int64, seq uint64) apply.WriteRow {
+		return apply.WriteRow{LedgerRow: siteLedgerRow(key, ord, event.Realtime, seq, desc, false)}
 	}
 	for _, s := range []struct {
 		name    string
-		rows    []apply.UpsertRow
+		rows    []apply.WriteRow
 		written []string
 		target  []string
 		ledger  []string
 	}{
-		{"new keys, two sets of columns", []apply.UpsertRow{upsert("S2", "b", 10, 2, map[string]any{"company": "c"}), upsert("S1", "a", 10, 1, nil)},
-			[]string{"S1", "S2"}, []string{"S1|a|NULL", "S2|b|c"}, []string{`sites ["S1"] 10 realtime#1`, `sites ["S2"] 10 realtime#2`}},
-		{"a newer version", []apply.UpsertRow{upsert("S1", "a2", 11, 3, nil)},
-			[]string{"S1"}, []string{"S1|a2|NULL", "S2|b|c"}, []string{`sites ["S1"] 11 realtime#3`, `sites ["S2"] 10 realtime#2`}},
+		{"new keys, two sets of columns", []apply.WriteRow{upsert("S2", "b", 10, 2, map[string]any{"company": "c"}), upsert("S1", "a", 10, 1, nil), upsert("S3", "x", 10, 3, map[string]any{"company": "c"})},
+			[]string{"S1", "S2", "S3"}, []string{"S1|a|NULL", "S2|b|c", "S3|x|c"},
+			[]string{`sites ["S1"] 10 realtime#1`, `sites ["S2"] 10 realtime#2`, `sites ["S3"] 10 realtime#3`}},
+		{"a newer version, a delete and a ledger row alone", []apply.WriteRow{upsert("S1", "a2", 11, 4, nil), del("S3", 11, 5), ledgerOnly("S2", "b", 11, 6)},
+			[]string{"S1", "S2", "S3"}, []string{"S1|a2|NULL", "S2|b|c"},
+			[]string{`sites ["S1"] 11 realtime#4`, `sites ["S2"] 11 realtime#6`, `sites ["S3"] 11 realtime#5 deleted`}},
 		// The caller rolls back a target row whose ledger row lost.
-		{"an older version: the target row is written, not the ledger row", []apply.UpsertRow{upsert("S2", "old", 9, 9, nil)},
-			nil, []string{"S1|a2|NULL", "S2|old|NULL"}, []string{`sites ["S1"] 11 realtime#3`, `sites ["S2"] 10 realtime#2`}},
+		{"an older version: the target row is written, not the ledger row", []apply.WriteRow{upsert("S2", "old", 9, 9, nil), ledgerOnly("S1", "a2", 9, 10)},
+			nil, []string{"S1|a2|NULL", "S2|old|NULL"},
+			[]string{`sites ["S1"] 11 realtime#4`, `sites ["S2"] 11 realtime#6`, `sites ["S3"] 11 realtime#5 deleted`}},
 	} {
 		var written map[string]bool
 		if err := e.InTx(func(tx apply.Tx) (err error) {
-			written, err = tx.WriteUpserts(e.Ctx, "sites", b.UID, s.rows)
+			written, err = tx.Write(e.Ctx, "sites", b.UID, s.rows)
 			return err
 		}); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		var got []string
-		for _, k := range []string{"S1", "S2"} {
+		for _, k := range []string{"S1", "S2", "S3"} {
 			if written[Hash(k)] {
 				got = append(got, k)
 			}
@@ -861,7 +870,7 @@ func upsertsWithLedger(t *testing.T, e *Env) {
 	}
 	// A key twice in one write is refused, and aborts the transaction.
 	err := e.InTx(func(tx apply.Tx) error {
-		_, err := tx.WriteUpserts(e.Ctx, "sites", b.UID, []apply.UpsertRow{upsert("S3", "x", 1, 1, nil), upsert("S3", "y", 2, 2, nil)})
+		_, err := tx.Write(e.Ctx, "sites", b.UID, []apply.WriteRow{upsert("S4", "x", 1, 1, nil), upsert("S4", "y", 2, 2, nil)})
 		if !errors.Is(err, apply.ErrRowRejected) {
 			t.Errorf("a key twice in one write: %v, want a rejected row", err)
 		}

@@ -100,15 +100,26 @@ func secondTime(what string) error {
 	return rejected("ON CONFLICT DO UPDATE command cannot affect row a second time (%s)", what)
 }
 
-// WriteUpserts upserts the target rows, then writes their ledger rows as
-// WriteLedger does: a target row is written even when its ledger row is refused,
-// as the store's one statement does (the caller rolls back).
-func (t *tx) WriteUpserts(ctx context.Context, entity string, batch uuid.UUID, rows []apply.UpsertRow) (map[string]bool, error) {
-	targets, ledger := make([]apply.TargetRow, len(rows)), make([]apply.LedgerRow, len(rows))
+// Write writes the target rows, then the ledger rows as WriteLedger does: a
+// target row is written even when its ledger row is refused, as the store's
+// statements do (the caller rolls back).
+func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
+	var (
+		targets []apply.TargetRow
+		deletes []map[string]any
+	)
+	ledger := make([]apply.LedgerRow, len(rows))
 	for i, r := range rows {
-		targets[i], ledger[i] = apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row}, r.LedgerRow
+		ledger[i] = r.LedgerRow
+		switch {
+		case !r.Target:
+		case r.Deleted:
+			deletes = append(deletes, r.Row)
+		default:
+			targets = append(targets, apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row})
+		}
 	}
-	if err := t.WriteTarget(ctx, entity, targets, nil); err != nil {
+	if err := t.WriteTarget(ctx, entity, targets, deletes); err != nil {
 		return nil, err
 	}
 	return t.WriteLedger(ctx, entity, batch, ledger)
