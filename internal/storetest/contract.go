@@ -839,6 +839,10 @@ func writesWithLedger(t *testing.T, e *Env) {
 		{"an older version: the target row is written, not the ledger row", []apply.WriteRow{upsert("S2", "old", 9, 9, nil), ledgerOnly("S1", "a2", 9, 10)},
 			nil, []string{"S1|a2|NULL", "S2|old|NULL"},
 			[]string{`sites ["S1"] 11 realtime#4`, `sites ["S2"] 11 realtime#6`, `sites ["S3"] 11 realtime#5 deleted`}},
+		// A delete is done only where its ledger row is written.
+		{"an older delete: neither row", []apply.WriteRow{del("S2", 8, 12)},
+			nil, []string{"S1|a2|NULL", "S2|old|NULL"},
+			[]string{`sites ["S1"] 11 realtime#4`, `sites ["S2"] 11 realtime#6`, `sites ["S3"] 11 realtime#5 deleted`}},
 	} {
 		var written map[string]bool
 		if err := e.InTx(func(tx apply.Tx) (err error) {

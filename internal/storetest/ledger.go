@@ -100,27 +100,31 @@ func secondTime(what string) error {
 	return rejected("ON CONFLICT DO UPDATE command cannot affect row a second time (%s)", what)
 }
 
-// Write writes the target rows, then the ledger rows as WriteLedger does: a
-// target row is written even when its ledger row is refused, as the store's
-// statements do (the caller rolls back).
+// Write upserts the target rows, then writes the ledger rows as WriteLedger
+// does, then deletes the target rows of the deletes whose ledger rows it wrote,
+// as the store's statements do: an upserted target row is written even when its
+// ledger row is refused (the caller rolls back), a delete is not.
 func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
-	var (
-		targets []apply.TargetRow
-		deletes []map[string]any
-	)
+	var targets []apply.TargetRow
 	ledger := make([]apply.LedgerRow, len(rows))
 	for i, r := range rows {
 		ledger[i] = r.LedgerRow
-		switch {
-		case !r.Target:
-		case r.Deleted:
-			deletes = append(deletes, r.Row)
-		default:
+		if r.Target && !r.Deleted {
 			targets = append(targets, apply.TargetRow{BKHash: r.Record.BKHash, Row: r.Row})
 		}
 	}
-	if err := t.WriteTarget(ctx, entity, targets, deletes); err != nil {
+	if err := t.WriteTarget(ctx, entity, targets, nil); err != nil {
 		return nil, err
 	}
-	return t.WriteLedger(ctx, entity, batch, ledger)
+	written, err := t.WriteLedger(ctx, entity, batch, ledger)
+	if err != nil {
+		return nil, err
+	}
+	var deletes []map[string]any
+	for _, r := range rows {
+		if r.Target && r.Deleted && written[r.Record.BKHash] {
+			deletes = append(deletes, r.Row)
+		}
+	}
+	return written, t.WriteTarget(ctx, entity, nil, deletes)
 }
