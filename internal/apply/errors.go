@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // The kinds of database errors. The store classifies every error it returns once,
@@ -39,6 +40,11 @@ var (
 	// again with the rules checked against the table as it is now, so that a
 	// value whose column is gone fails its record instead of vanishing.
 	ErrTargetChanged = errors.New("target table changed")
+	// ErrDeleteHeld: a conflict of one kind (errors.Is ErrConflict): the target
+	// row of a delete is held by another transaction that waits for the
+	// delete's ledger row (Tx.Write). The write is undone under its savepoint
+	// and tried again, which waits for the row in the one lock order.
+	ErrDeleteHeld = fmt.Errorf("the target rows of deletes are held by transactions waiting for their ledger rows: %w", ErrConflict)
 )
 
 // Kind names the kind of err for logs, metrics and /readyz: "row rejected",

@@ -26,10 +26,13 @@ type Store interface {
 
 // Tx is one transaction: one operation per statement, deciding nothing.
 type Tx interface {
-	// LockLedger reads and locks the ledger rows of entity's keys (bk_hash), in key
-	// order; a key without a row is absent from the result. It also says which of
-	// parents are applied, as ParentsPresent does, in the same round trip.
-	LockLedger(ctx context.Context, entity string, hashes []string, parents []Key) (map[string]pipeline.Applied, map[Key]bool, error)
+	// ReadLedger reads the ledger rows of entity's keys (bk_hash); a key without
+	// a row is absent from the result. It takes no lock: another transaction
+	// may write a newer version before this one writes, and Write's guards
+	// (the ledger's in SQL, the caller's rollback of a target row whose ledger
+	// row lost) keep the newer. It also says which of parents are applied, as
+	// ParentsPresent does, in the same round trip.
+	ReadLedger(ctx context.Context, entity string, hashes []string, parents []Key) (map[string]pipeline.Applied, map[Key]bool, error)
 	// ParentsPresent says which keys are applied: in the ledger and not deleted.
 	ParentsPresent(ctx context.Context, keys []Key) (map[Key]bool, error)
 	// Park writes parked children, one row per child key; a version not newer
@@ -52,8 +55,10 @@ type Tx interface {
 	// replacing as the catalog says, or deleted) and each ledger row, the ledger
 	// row only where it supersedes the row there (as WriteLedger), with what its
 	// target row holds once written (its verification hash). It returns the
-	// hashes whose ledger rows it wrote. A target row is written even when its
-	// ledger row is not: the caller rolls the savepoint back. The target rows go
+	// hashes whose ledger rows it wrote, and those of the repair rewrites
+	// (WriteRow.Rewrite) whose version the ledger still holds. A target row is
+	// written even when its ledger row is not (or a rewrite's version was
+	// overtaken): the caller rolls the savepoint back. The target rows go
 	// first and the ledger rows after them, each in key order, in every
 	// transaction: two transactions writing the same keys, new or not, take
 	// their locks in the same order.

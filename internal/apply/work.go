@@ -165,9 +165,9 @@ func (w *Work) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline
 			}
 		}
 	}
-	// The parents of every upsert are looked up with the lock, in its round
+	// The parents of every upsert are looked up with the ledger, in its round
 	// trip: those of upserts that turn out stale are looked up for nothing.
-	applied, present, err := w.tx.LockLedger(ctx, e.Name, hashes, SortedKeys(parents))
+	applied, present, err := w.tx.ReadLedger(ctx, e.Name, hashes, SortedKeys(parents))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -310,6 +310,7 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 		}
 	}
 	var failures []pipeline.Failure
+	held := 0
 	var run func(idx []int) error
 	run = func(idx []int) error {
 		if len(idx) == 0 {
@@ -320,6 +321,12 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 			lost, err = w.write(ctx, e, decisions, idx)
 			return err
 		})
+		if errors.Is(err, ErrDeleteHeld) && held < maxHeldRetries {
+			// The rollback let the holder go on; this time the write waits
+			// for the row in its turn.
+			held++
+			return run(idx)
+		}
 		if raced, ok := errors.AsType[*lostRace](err); ok {
 			// The savepoint undid the target rows of keys whose ledger rows
 			// lost; they are stale, and the rest is written again.
@@ -363,6 +370,10 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 	return failures, nil
 }
 
+// maxHeldRetries bounds the writes tried again in one transaction after
+// ErrDeleteHeld; then the error ends the transaction, held and retried.
+const maxHeldRetries = 3
+
 // write writes the rows of decisions[idx] in one Write: every target row first,
 // then every ledger row, each in key order, so that two transactions writing the
 // same keys, new or not, take their locks in one order and cannot deadlock. It
@@ -385,7 +396,7 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 	raced := &lostRace{}
 	for _, i := range idx {
 		switch d := decisions[i]; {
-		case written[d.Record.BKHash] || d.Rewrite:
+		case written[d.Record.BKHash]:
 		case d.Target && d.Record.Op == event.OpUpsert:
 			raced.idx = append(raced.idx, i)
 		default:

@@ -58,8 +58,9 @@ CREATE TRIGGER slow AFTER INSERT ON schedulehub.sites FOR EACH ROW EXECUTE FUNCT
 		name string
 		a, b []string
 	}{
-		// Different column sets: each replica's statements go by column list, so
-		// A writes S2 then S1, B writes S1 then S2.
+		// Different column sets: one statement per set, each would take its keys
+		// in an order of its own (A: S2 then S1, B: S1 then S2) were the
+		// statements not cut into runs in key order.
 		{"upserts of other columns",
 			[]string{siteData("upsert", r1, `{"CONTRACT":"S1","DESCRIPTION":"a"}`), siteData("upsert", r1, `{"CONTRACT":"S2","COMPANY":"slow"}`)},
 			[]string{siteData("upsert", r2, `{"CONTRACT":"S1","COMPANY":"slow"}`), siteData("upsert", r2, `{"CONTRACT":"S2","DESCRIPTION":"b"}`)}},
@@ -137,5 +138,129 @@ INSERT INTO schedulehub.sites (contract, description) VALUES ('S3', 'loaded');`)
 	}
 	if got := f.rows(`SELECT count(*) FROM schedulehub.sites`) + "/" + f.rows(`SELECT deleted FROM bridge.synced_records`); got != "0/true" {
 		t.Errorf("target rows/ledger deleted: %s, want 0/true", got)
+	}
+}
+
+// A key that becomes known between two transactions' reads of the ledger: C
+// inserts S1; B reads the ledger before C commits (S1 is new to it) and waits
+// for C's target row; C commits and B updates the target row (slowly); A reads
+// the ledger after C's commit (S1 is known to it). Were A to lock S1's ledger row
+// when it reads it, A would wait for B's target row while B waited for A's
+// ledger row: every transaction takes a key's target row first, and the
+// ledger's read locks nothing.
+func TestNoDeadlockWhenAKeyBecomesKnownInBetween(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `
+CREATE FUNCTION schedulehub.slow_b() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.description = 'slowB' THEN PERFORM pg_sleep(1.5); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_b BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_b();`); err != nil {
+		t.Fatal(err)
+	}
+	deadlocks := func() (n int64) {
+		t.Helper()
+		if _, err := f.conn.Exec(f.ctx, `SELECT pg_stat_clear_snapshot()`); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.conn.QueryRow(f.ctx, `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := deadlocks()
+	bC, bB, bA := testUID(), testUID(), testUID()
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, bC, bB, bA); err != nil {
+		t.Fatal(err)
+	}
+	hold, err := f.conn.Begin(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, bC); err != nil {
+		t.Fatal(err)
+	}
+	doneC := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "c")}, bC)
+	f.waitForLockWaits(1) // C wrote S1 and waits to count its batch
+	doneB := f.applyAsync("sites", raceVersion{event.Realtime, 2, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "slowB")}, bB)
+	f.waitForLockWaits(2) // B saw S1 as new and waits for C's target row
+	if err := hold.Commit(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-doneC; err != nil {
+		t.Fatalf("C: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond) // B is in its slow trigger, holding S1's target row
+	doneA := f.applyAsync("sites", raceVersion{event.Realtime, 3, siteEvent("upsert", "S1", "2026-01-01T00:00:03Z", "a")}, bA)
+	for i, done := range []<-chan error{doneB, doneA} {
+		if err := <-done; err != nil {
+			t.Errorf("replica %c: %v (kind %q)", "BA"[i], err, apply.Kind(err))
+		}
+	}
+	// The statistics are sent when a session goes idle: wait for them.
+	deadline := time.Now().Add(2 * time.Second)
+	for deadlocks() == before && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := deadlocks() - before; n != 0 {
+		t.Errorf("%d deadlocks in the test database", n)
+	}
+	if got := f.rows(`SELECT contract, description FROM schedulehub.sites`) + " " + f.rows(`SELECT stream_seq FROM bridge.synced_records`); got != "S1|a 3" {
+		t.Errorf("target and ledger: %q, want S1|a 3", got)
+	}
+}
+
+// A delete and an upsert of a key that a third transaction inserts at the same
+// time: X inserts S1; the delete A (S1 new to it, no row to lock yet) waits for
+// X's ledger row, the upsert Y for X's target row. X commits: A takes the ledger
+// row, Y the target row and waits for the ledger row. A's delete must not wait
+// for Y's target row then (each would wait for the other): it finds the row
+// held, undoes its write and writes again, waiting for the row in its turn. A
+// trigger slows A's tombstone so that Y holds the row by then.
+func TestNoDeadlockOnADeleteAfterAnInsertCommits(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `
+CREATE FUNCTION schedulehub.slow_y() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.description = 'slowY' THEN PERFORM pg_sleep(1.5); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_y BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_y();
+CREATE FUNCTION bridge.slow_tombstone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.deleted AND NOT OLD.deleted THEN PERFORM pg_sleep(0.3); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_tombstone BEFORE UPDATE ON bridge.synced_records FOR EACH ROW EXECUTE FUNCTION bridge.slow_tombstone();`); err != nil {
+		t.Fatal(err)
+	}
+	bX, bA, bY := testUID(), testUID(), testUID()
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, bX, bA, bY); err != nil {
+		t.Fatal(err)
+	}
+	hold, err := f.conn.Begin(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, bX); err != nil {
+		t.Fatal(err)
+	}
+	doneX := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "x")}, bX)
+	f.waitForLockWaits(1) // X wrote S1 and waits to count its batch
+	doneA := f.applyAsync("sites", raceVersion{event.Realtime, 3, siteEvent("delete", "S1", "2026-01-01T00:00:03Z", "")}, bA)
+	f.waitForLockWaits(2) // A waits for X's ledger row
+	doneY := f.applyAsync("sites", raceVersion{event.Realtime, 2, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "slowY")}, bY)
+	f.waitForLockWaits(3) // Y waits for X's target row
+	if err := hold.Commit(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, done := range []<-chan error{doneX, doneA, doneY} {
+		if err := <-done; err != nil {
+			t.Errorf("replica %c: %v (kind %q)", "XAY"[i], err, apply.Kind(err))
+		}
+	}
+	if got := f.rows(`SELECT count(*) FROM schedulehub.sites`) + " " + f.rows(`SELECT stream_seq, deleted FROM bridge.synced_records`); got != "0 3|true" {
+		t.Errorf("target rows and ledger: %q, want 0 3|true", got)
 	}
 }

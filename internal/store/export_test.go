@@ -15,7 +15,7 @@ const (
 	ParkedCountsSQL     = parkedCountsSQL
 	SweepDueSQL         = sweepDueSQL
 	DueDeadLettersSQL   = dueDeadLettersSQL
-	LockLedgerSQL       = lockLedgerSQL
+	ReadLedgerSQL       = readLedgerSQL
 	PresentParentsSQL   = presentParentsSQL
 	ReleaseSQL          = releaseSQL
 	AnyReleasableSQL    = anyReleasableSQL

@@ -16,31 +16,32 @@ import (
 // bridge.synced_records, the ledger: one row per (entity, key hash) with the
 // version applied, a hash of its mapped payload and a tombstone flag.
 
-// lockLedgerSQL looks each key up by the primary key, one lookup per key in
-// the order given: the lateral subquery with its row lock is a fence the planner
+// readLedgerSQL looks each key up by the primary key, one lookup per key in
+// the order given: OFFSET 0 makes the lateral subquery a fence the planner
 // cannot turn into a join. As a join, it was planned from the statistics, which
 // a young ledger lacks (autovacuum analyzes it a minute or more after it starts
 // growing): with a fresh ledger under load PostgreSQL hashed all the entity's
 // rows for every batch, hundreds of milliseconds each at 100,000 rows. (The
 // bk_hash = ANY ($2) form before it fell to a sequential scan under a generic
-// plan.) The keys come sorted, so that two replicas lock in the same order.
-const lockLedgerSQL = `
+// plan.) It takes no lock: Write takes every lock of a key, the target row's
+// first, and its guards decide.
+const readLedgerSQL = `
 SELECT r.bk_hash, r.rowversion_ord, r.source_stream, r.stream_seq, r.payload_hash, r.deleted
 FROM unnest($2::text[]) AS k (bk_hash),
 LATERAL (SELECT * FROM bridge.synced_records r
          WHERE r.entity_name = $1 AND r.bk_hash = k.bk_hash
-         FOR UPDATE) r`
+         OFFSET 0) r`
 
-// LockLedger reads and locks the ledger rows of entity's keys, in key order, so
-// that two replicas lock in the same order; which of parents are applied (as
-// ParentsPresent) comes in the same round trip.
-func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
+// ReadLedger reads the ledger rows of entity's keys, without locking them (the
+// versions read may be overtaken before the write; Write's guards catch that);
+// which of parents are applied (as ParentsPresent) comes in the same round trip.
+func (t *tx) ReadLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
 	applied := make(map[string]pipeline.Applied, len(hashes))
 	present := map[apply.Key]bool{}
 	var stmts []statement
 	var scans []func(pgx.Rows) error
 	if len(hashes) > 0 {
-		stmts = append(stmts, statement{lockLedgerSQL, []any{entity, slices.Sorted(slices.Values(hashes))}})
+		stmts = append(stmts, statement{readLedgerSQL, []any{entity, slices.Sorted(slices.Values(hashes))}})
 		scans = append(scans, func(rows pgx.Rows) error { return scanApplied(rows, applied) })
 	}
 	if len(parents) > 0 {
@@ -57,7 +58,7 @@ func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string, par
 	return applied, present, nil
 }
 
-// scanApplied reads the rows of lockLedgerSQL into applied.
+// scanApplied reads the rows of readLedgerSQL into applied.
 func scanApplied(rows pgx.Rows, applied map[string]pipeline.Applied) error {
 	for rows.Next() {
 		var (
@@ -152,7 +153,7 @@ func ledgerArraysOf(rows []apply.LedgerRow) ledgerArrays {
 }
 
 // presentParentsSQL looks each key up by the primary key (OFFSET 0 keeps the
-// lateral subquery a lookup per key, as in lockLedgerSQL).
+// lateral subquery a lookup per key, as in readLedgerSQL).
 const presentParentsSQL = `
 SELECT k.entity_name, k.bk_hash
 FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash),
@@ -164,7 +165,7 @@ LATERAL (SELECT 1 FROM bridge.synced_records r
 // deleted). It takes no lock: a parent applied by another transaction at the same
 // moment is caught by the re-check after commit.
 func (t *tx) ParentsPresent(ctx context.Context, keys []apply.Key) (map[apply.Key]bool, error) {
-	_, present, err := t.LockLedger(ctx, "", nil, keys)
+	_, present, err := t.ReadLedger(ctx, "", nil, keys)
 	return present, err
 }
 

@@ -108,7 +108,7 @@ func TestPlansAtScale(t *testing.T) {
 		{"parked children by entity (gauges)", store.ParkedCountsSQL, nil, []string{"ix_pending_children_entity"}},
 		{"due parked children (sweeper)", store.SweepDueSQL, []string{"500"}, []string{"ix_pending_children_retry", "Index Cond: (next_retry_at <= now())"}},
 		{"due dead letters (retry worker)", store.DueDeadLettersSQL, []string{"500", "4194304"}, []string{"ix_failed_records_retry", "Index Cond: (next_retry_at <= now())"}},
-		{"ledger rows of a batch (every batch)", store.LockLedgerSQL, []string{`'items'`, `ARRAY[md5('1') || md5('-1'), md5('6') || md5('-6')]`},
+		{"ledger rows of a batch (every batch)", store.ReadLedgerSQL, []string{`'items'`, `ARRAY[md5('1') || md5('-1'), md5('6') || md5('-6')]`},
 			[]string{"pk_synced_records"}},
 		{"children and orphans a parent releases (every parent batch)", store.ReleaseSQL, []string{keys, "1000", "4194304"},
 			[]string{"ix_pending_children_parent", "ix_failed_records_orphan_parent", "pk_synced_records"}},
@@ -218,7 +218,7 @@ func TestKeyLookupsOfAYoungLedger(t *testing.T) {
 			grow(1, 100000)
 		}
 		for _, tc := range []struct{ name, sql, args string }{
-			{"ledger rows of a batch", store.LockLedgerSQL, `'items', ` + keys},
+			{"ledger rows of a batch", store.ReadLedgerSQL, `'items', ` + keys},
 			{"parents present", store.PresentParentsSQL, `array_fill('items'::text, ARRAY[500]), ` + keys},
 		} {
 			exec(`PREPARE lookup AS ` + tc.sql)

@@ -216,13 +216,18 @@ RETURNING bk_hash`
 
 // rewriteHashSQL returns the update of the ledger rows of repair rewrites ($2,
 // with their target keys $3): they keep their version, and learn the key and
-// hash of the target row as stored, as writeLedgerSQL's rows do.
+// hash of the target row as stored, as writeLedgerSQL's rows do, where the
+// ledger still holds the version rewritten (its rowversion $4 and payload hash
+// $5, not deleted). It returns those keys' hashes: a rewrite whose version was
+// overtaken after the ledger was read wrote an old row, for the caller to undo.
 func (t *target) rewriteHashSQL() string {
 	return t.cached("rewrite", func() string {
-		return `UPDATE bridge.synced_records AS r SET target_hash = s.h, target_key = s.k
-FROM unnest($2::text[], $3::jsonb[]) AS u (bk_hash, tkey)
+		return `UPDATE bridge.synced_records AS r SET target_hash = coalesce(s.h, r.target_hash), target_key = coalesce(s.k, r.target_key)
+FROM unnest($2::text[], $3::jsonb[], $4::bigint[], $5::bytea[]) AS u (bk_hash, tkey, ord, hash)
 ` + t.storedLookup() + `
-WHERE s.k IS NOT NULL AND r.entity_name = $1 AND r.bk_hash = u.bk_hash`
+WHERE r.entity_name = $1 AND r.bk_hash = u.bk_hash
+    AND r.rowversion_ord = u.ord AND r.payload_hash = u.hash AND NOT r.deleted
+RETURNING r.bk_hash`
 	})
 }
 
@@ -240,18 +245,28 @@ FOR UPDATE OF t`
 
 // deleteWonSQL removes (or, for soft delete, marks) the target rows of deletes
 // ($2, their target keys $3) whose ledger rows hold their versions ($4-$6): those
-// whose ledger write won.
+// whose ledger write won. It locks them first, skipping a row another
+// transaction holds: that one took the row after this one's lockSQL (an insert
+// this one could not see then, since committed) and waits for the ledger row
+// this one holds. It returns the hashes of those rows, for the caller to undo
+// the write and wait for the row in the one lock order (apply.ErrDeleteHeld).
 func (t *target) deleteWonSQL() string {
 	return t.cached("delete won", func() string {
-		from := ` unnest($2::text[], $3::jsonb[], $4::bigint[], $5::text[], $6::bigint[]) AS u (bk_hash, tkey, ord, src, seq),
-    jsonb_populate_record(NULL::` + t.ident + `, u.tkey) AS x, bridge.synced_records AS r
-WHERE ` + t.keyMatch("t", "x") + ` AND r.entity_name = $1 AND r.bk_hash = u.bk_hash AND r.deleted
-    AND r.rowversion_ord = u.ord AND r.source_stream = u.src AND r.stream_seq = u.seq`
+		del := "DELETE FROM " + t.ident + " AS t USING l WHERE " + t.keyMatch("t", "(l.x)")
 		if t.entity.Delete == catalog.DeleteSoft {
 			sd := pgx.Identifier{t.entity.SoftDeleteColumn}.Sanitize()
-			return "UPDATE " + t.ident + " AS t SET " + sd + " = now() FROM" + from + " AND t." + sd + " IS NULL"
+			del = "UPDATE " + t.ident + " AS t SET " + sd + " = now() FROM l WHERE " + t.keyMatch("t", "(l.x)") + " AND t." + sd + " IS NULL"
 		}
-		return "DELETE FROM " + t.ident + " AS t USING" + from
+		return `WITH w AS (
+    SELECT u.bk_hash, x FROM unnest($2::text[], $3::jsonb[], $4::bigint[], $5::text[], $6::bigint[]) AS u (bk_hash, tkey, ord, src, seq),
+        jsonb_populate_record(NULL::` + t.ident + `, u.tkey) AS x, bridge.synced_records AS r
+    WHERE r.entity_name = $1 AND r.bk_hash = u.bk_hash AND r.deleted
+        AND r.rowversion_ord = u.ord AND r.source_stream = u.src AND r.stream_seq = u.seq),
+l AS (SELECT w.bk_hash, w.x FROM ` + t.ident + ` AS t, w WHERE ` + t.keyMatch("t", "(w.x)") + ` FOR UPDATE OF t SKIP LOCKED),
+d AS (` + del + `)
+SELECT w.bk_hash FROM w
+WHERE EXISTS (SELECT 1 FROM ` + t.ident + ` AS t WHERE ` + t.keyMatch("t", "(w.x)") + `)
+    AND w.bk_hash NOT IN (SELECT bk_hash FROM l)`
 	})
 }
 
@@ -410,7 +425,8 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 // deadlock. Deletes go last, only where the ledger row took the delete
 // (deleteWonSQL): a delete finds no row another transaction inserted and has not
 // committed, and does not wait for it; the ledger row does. The statements go
-// in one round trip. It returns the hashes whose ledger rows it wrote.
+// in one round trip. It returns the hashes whose ledger rows it wrote, and
+// those of the repair rewrites whose version the ledger still holds.
 func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
 	tg, err := t.s.target(entity)
 	if err != nil {
@@ -448,7 +464,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	a := ledgerArraysOf(ledger)
 	stmts = append(stmts, statement{tg.writeLedgerSQL(), []any{entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads, a.deleted, tkeys}})
 	if len(rewrites.hashes) > 0 {
-		stmts = append(stmts, statement{tg.rewriteHashSQL(), []any{entity, rewrites.hashes, rewrites.keys}})
+		stmts = append(stmts, statement{tg.rewriteHashSQL(), []any{entity, rewrites.hashes, rewrites.keys, rewrites.ords, rewrites.payloads}})
 	}
 	if len(deletes.hashes) > 0 {
 		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
@@ -477,9 +493,29 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	if err != nil {
 		return fail(err)
 	}
-	for range len(stmts) - runs - 1 {
-		if _, err := br.Exec(); err != nil {
+	if len(rewrites.hashes) > 0 {
+		q, err := br.Query()
+		if err != nil {
 			return fail(err)
+		}
+		kept, err := pgx.CollectRows(q, pgx.RowTo[string])
+		if err != nil {
+			return fail(err)
+		}
+		won = append(won, kept...)
+	}
+	if len(deletes.hashes) > 0 {
+		q, err := br.Query()
+		if err != nil {
+			return fail(err)
+		}
+		held, err := pgx.CollectRows(q, pgx.RowTo[string])
+		if err != nil {
+			return fail(err)
+		}
+		if len(held) > 0 {
+			_ = br.Close() //nolint:errcheck // the statements went through
+			return nil, fmt.Errorf("%w (%d of them)", apply.ErrDeleteHeld, len(held))
 		}
 	}
 	if err := br.Close(); err != nil {
@@ -495,13 +531,13 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 // ledgerKeys are rows of a Write as arrays: their key hashes, their target keys
 // (JSON objects of the key columns) and their versions.
 type ledgerKeys struct {
-	hashes, srcs []string
-	keys         [][]byte
-	ords, seqs   []int64
+	hashes, srcs   []string
+	keys, payloads [][]byte
+	ords, seqs     []int64
 }
 
 func (k *ledgerKeys) add(r apply.WriteRow, key []byte) {
-	k.hashes, k.keys = append(k.hashes, r.Record.BKHash), append(k.keys, key)
+	k.hashes, k.keys, k.payloads = append(k.hashes, r.Record.BKHash), append(k.keys, key), append(k.payloads, r.Version.Hash)
 	k.ords, k.srcs, k.seqs = append(k.ords, r.Record.RowVersion.Ord), append(k.srcs, r.Version.Source.Name), append(k.seqs, int64(r.Version.Seq))
 }
 

@@ -186,11 +186,11 @@ func ledgerSupersedes(t *testing.T, e *Env) {
 			if alone, err = tx.ParentsPresent(e.Ctx, parents); err != nil {
 				return err
 			}
-			if applied, present, err = tx.LockLedger(e.Ctx, "sites", append(s1, Hash("nowhere")), parents); err != nil {
+			if applied, present, err = tx.ReadLedger(e.Ctx, "sites", append(s1, Hash("nowhere")), parents); err != nil {
 				return err
 			}
 			if !maps.Equal(alone, present) {
-				t.Errorf("%s: ParentsPresent %v, with LockLedger %v", s.name, alone, present)
+				t.Errorf("%s: ParentsPresent %v, with ReadLedger %v", s.name, alone, present)
 			}
 			return nil
 		})
@@ -202,7 +202,7 @@ func ledgerSupersedes(t *testing.T, e *Env) {
 		}
 		got, ok := applied[s1[0]]
 		if !ok || len(applied) != 1 {
-			t.Fatalf("%s: LockLedger returned %v", s.name, applied)
+			t.Fatalf("%s: ReadLedger returned %v", s.name, applied)
 		}
 		if got.Version.Ord != want.Version.Ord || got.Version.Source.Name != want.Version.Source.Name || got.Version.Seq != want.Version.Seq ||
 			string(got.Version.Hash) != string(want.Version.Hash) || got.Deleted != want.Deleted {
@@ -227,7 +227,7 @@ func ledgerKeyTwice(t *testing.T, e *Env) {
 		if _, err := tx.WriteLedger(e.Ctx, "sites", b.UID, twice("S1")); !errors.Is(err, apply.ErrRowRejected) {
 			t.Errorf("a new key twice in one write: %v, want a rejected row", err)
 		}
-		if _, _, err := tx.LockLedger(e.Ctx, "sites", []string{Hash("S1")}, nil); err == nil {
+		if _, _, err := tx.ReadLedger(e.Ctx, "sites", []string{Hash("S1")}, nil); err == nil {
 			t.Error("a statement after a failed one succeeded; the transaction is aborted")
 		}
 		return nil

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"slices"
 
@@ -22,9 +23,9 @@ type ledgerRow struct {
 	Batch      uuid.UUID
 }
 
-// LockLedger reads the ledger rows of entity's keys; a key without a row is
+// ReadLedger reads the ledger rows of entity's keys; a key without a row is
 // absent. Which of parents are applied comes with it.
-func (t *tx) LockLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
+func (t *tx) ReadLedger(ctx context.Context, entity string, hashes []string, parents []apply.Key) (map[string]pipeline.Applied, map[apply.Key]bool, error) {
 	applied := make(map[string]pipeline.Applied, len(hashes))
 	if len(hashes) == 0 && len(parents) == 0 {
 		return applied, map[apply.Key]bool{}, nil // as the store: no statement
@@ -103,7 +104,8 @@ func secondTime(what string) error {
 // Write upserts the target rows, then writes the ledger rows as WriteLedger
 // does, then deletes the target rows of the deletes whose ledger rows it wrote,
 // as the store's statements do: an upserted target row is written even when its
-// ledger row is refused (the caller rolls back), a delete is not.
+// ledger row is refused (the caller rolls back), a delete is not; a repair
+// rewrite counts as written where the ledger still holds its version.
 func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
 	var targets []apply.TargetRow
 	ledger := make([]apply.LedgerRow, len(rows))
@@ -124,6 +126,11 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	for _, r := range rows {
 		if r.Target && r.Deleted && written[r.Record.BKHash] {
 			deletes = append(deletes, r.Row)
+		}
+		// A rewrite counts where the ledger still holds the version rewritten.
+		if old, ok := t.st.ledger[apply.Key{Entity: entity, Hash: r.Record.BKHash}]; r.Rewrite && ok && !old.Deleted &&
+			old.Version.Ord == r.Record.RowVersion.Ord && bytes.Equal(old.Version.Hash, r.Version.Hash) {
+			written[r.Record.BKHash] = true
 		}
 	}
 	return written, t.WriteTarget(ctx, entity, nil, deletes)
