@@ -170,24 +170,12 @@ CREATE TRIGGER slow_b BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FU
 		return n
 	}
 	before := deadlocks()
-	bC, bB, bA := testUID(), testUID(), testUID()
-	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, bC, bB, bA); err != nil {
-		t.Fatal(err)
-	}
-	hold, err := f.conn.Begin(f.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, bC); err != nil {
-		t.Fatal(err)
-	}
+	bC, bB, bA, release := f.threeBatchesFirstHeld()
 	doneC := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "c")}, bC)
 	f.waitForLockWaits(1) // C wrote S1 and waits to count its batch
 	doneB := f.applyAsync("sites", raceVersion{event.Realtime, 2, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "slowB")}, bB)
 	f.waitForLockWaits(2) // B saw S1 as new and waits for C's target row
-	if err := hold.Commit(f.ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if err := <-doneC; err != nil {
 		t.Fatalf("C: %v", err)
 	}
@@ -235,26 +223,14 @@ END $$;
 CREATE TRIGGER slow_tombstone BEFORE UPDATE ON bridge.synced_records FOR EACH ROW EXECUTE FUNCTION bridge.slow_tombstone();`); err != nil {
 		t.Fatal(err)
 	}
-	bX, bA, bY := testUID(), testUID(), testUID()
-	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, bX, bA, bY); err != nil {
-		t.Fatal(err)
-	}
-	hold, err := f.conn.Begin(f.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, bX); err != nil {
-		t.Fatal(err)
-	}
+	bX, bA, bY, release := f.threeBatchesFirstHeld()
 	doneX := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "x")}, bX)
 	f.waitForLockWaits(1) // X wrote S1 and waits to count its batch
 	doneA := f.applyAsync("sites", raceVersion{event.Realtime, 3, siteEvent("delete", "S1", "2026-01-01T00:00:03Z", "")}, bA)
 	f.waitForLockWaits(2) // A waits for X's ledger row
 	doneY := f.applyAsync("sites", raceVersion{event.Realtime, 2, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "slowY")}, bY)
 	f.waitForLockWaits(3) // Y waits for X's target row
-	if err := hold.Commit(f.ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	for i, done := range []<-chan error{doneX, doneA, doneY} {
 		if err := <-done; err != nil {
 			t.Errorf("replica %c: %v (kind %q)", "XAY"[i], err, apply.Kind(err))
@@ -262,5 +238,28 @@ CREATE TRIGGER slow_tombstone BEFORE UPDATE ON bridge.synced_records FOR EACH RO
 	}
 	if got := f.rows(`SELECT count(*) FROM schedulehub.sites`) + " " + f.rows(`SELECT stream_seq, deleted FROM bridge.synced_records`); got != "0 3|true" {
 		t.Errorf("target rows and ledger: %q, want 0 3|true", got)
+	}
+}
+
+// threeBatchesFirstHeld makes three batch rows of sites and locks the first
+// until release: the transaction that counts it waits there, holding the rows
+// it wrote.
+func (f *fixture) threeBatchesFirstHeld() (first, second, third uuid.UUID, release func()) {
+	f.t.Helper()
+	first, second, third = testUID(), testUID(), testUID()
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, first, second, third); err != nil {
+		f.t.Fatal(err)
+	}
+	hold, err := f.conn.Begin(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, first); err != nil {
+		f.t.Fatal(err)
+	}
+	return first, second, third, func() {
+		if err := hold.Commit(f.ctx); err != nil {
+			f.t.Fatal(err)
+		}
 	}
 }

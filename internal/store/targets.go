@@ -485,31 +485,26 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 			return fail(err)
 		}
 	}
-	q, err := br.Query()
-	if err != nil {
-		return fail(err)
+	hashes := func() ([]string, error) {
+		q, err := br.Query()
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(q, pgx.RowTo[string])
 	}
-	won, err := pgx.CollectRows(q, pgx.RowTo[string])
+	won, err := hashes()
 	if err != nil {
 		return fail(err)
 	}
 	if len(rewrites.hashes) > 0 {
-		q, err := br.Query()
-		if err != nil {
-			return fail(err)
-		}
-		kept, err := pgx.CollectRows(q, pgx.RowTo[string])
+		kept, err := hashes()
 		if err != nil {
 			return fail(err)
 		}
 		won = append(won, kept...)
 	}
 	if len(deletes.hashes) > 0 {
-		q, err := br.Query()
-		if err != nil {
-			return fail(err)
-		}
-		held, err := pgx.CollectRows(q, pgx.RowTo[string])
+		held, err := hashes()
 		if err != nil {
 			return fail(err)
 		}
