@@ -255,6 +255,10 @@ type Decision struct {
 	// Ledger is true when the ledger row is written (guarded by Supersedes in SQL).
 	Ledger bool
 	// Target is true when the target row is upserted (or deleted, for a delete).
+	// Every decision that writes the ledger writes the target too, an unchanged
+	// payload at a newer version included: applied is read without locks, and
+	// the target row, written first, is what a newer version committed in
+	// between meets (the store's one lock order; the ledger's guard decides).
 	Target bool
 	// Rewrite is set on a repair copy (normalize.Record.Repair) of the applied
 	// rowversion and payload: the target row is written again although the
@@ -293,13 +297,13 @@ func Decide(cands []Candidate, applied map[string]Applied) []Decision {
 				d.Outcome = Stale
 			}
 		case isDelete && a.Deleted:
-			d.Outcome, d.Ledger = Unchanged, true
+			d.Outcome, d.Ledger, d.Target = Unchanged, true, true
 		case isDelete:
 			d.Outcome, d.Ledger, d.Target = Deleted, true, true
 		case a.Deleted:
 			d.Outcome, d.Ledger, d.Target = Inserted, true, true
 		case string(c.PayloadHash) == string(a.Version.Hash):
-			d.Outcome, d.Ledger = Unchanged, true
+			d.Outcome, d.Ledger, d.Target = Unchanged, true, true
 		default:
 			d.Outcome, d.Ledger, d.Target = Updated, true, true
 		}

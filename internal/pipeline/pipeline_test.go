@@ -174,7 +174,7 @@ func TestDecide(t *testing.T) {
 		{"new key", site(5, "upsert", "S1", "2026-01-01T00:00:10Z", "x"), nil, Inserted, true, true},
 		{"new key deleted", site(5, "delete", "S1", "2026-01-01T00:00:10Z", ""), nil, Deleted, true, true},
 		{"redelivery", site(5, "upsert", "S1", "2026-01-01T00:00:10Z", "x"), live, Unchanged, false, false},
-		{"newer, same payload", site(9, "upsert", "S1", "2026-01-01T00:00:11Z", "x"), live, Unchanged, true, false},
+		{"newer, same payload", site(9, "upsert", "S1", "2026-01-01T00:00:11Z", "x"), live, Unchanged, true, true},
 		{"newer, new payload", site(9, "upsert", "S1", "2026-01-01T00:00:11Z", "y"), live, Updated, true, true},
 		{"same second, later seq", site(6, "upsert", "S1", "2026-01-01T00:00:10Z", "y"), live, Updated, true, true},
 		{"older", site(9, "upsert", "S1", "2026-01-01T00:00:09Z", "y"), live, Stale, false, false},
@@ -183,7 +183,7 @@ func TestDecide(t *testing.T) {
 		{"delete older", site(9, "delete", "S1", "2026-01-01T00:00:09Z", ""), live, Stale, false, false},
 		{"stale upsert after delete", site(9, "upsert", "S1", "2026-01-01T00:00:09Z", "x"), tomb, Stale, false, false},
 		{"newer upsert after delete", site(9, "upsert", "S1", "2026-01-01T00:00:11Z", "x"), tomb, Inserted, true, true},
-		{"delete after delete", site(9, "delete", "S1", "2026-01-01T00:00:11Z", ""), tomb, Unchanged, true, false},
+		{"delete after delete", site(9, "delete", "S1", "2026-01-01T00:00:11Z", ""), tomb, Unchanged, true, true},
 	}
 	for _, tt := range tests {
 		c := h(tt.d)
@@ -214,8 +214,8 @@ func TestDecide(t *testing.T) {
 	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "y"))}, copied)[0]; got.Outcome != Updated || !got.Target {
 		t.Errorf("realtime change tying a backfill copy: %s target=%v, want updated", got.Outcome, got.Target)
 	}
-	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "x"))}, copied)[0]; got.Outcome != Unchanged || !got.Ledger || got.Target {
-		t.Errorf("realtime event equal to the backfill copy: %s ledger=%v target=%v, want unchanged with the ledger noting realtime", got.Outcome, got.Ledger, got.Target)
+	if got := Decide([]Candidate{h(site(2, "upsert", "S1", "2026-01-01T00:00:10Z", "x"))}, copied)[0]; got.Outcome != Unchanged || !got.Ledger || !got.Target {
+		t.Errorf("realtime event equal to the backfill copy: %s ledger=%v target=%v, want unchanged with the ledger noting realtime (and the row written again)", got.Outcome, got.Ledger, got.Target)
 	}
 	if got := Decide([]Candidate{h(site(3, "delete", "S1", "2026-01-01T00:00:10Z", ""))}, copied)[0]; got.Outcome != Deleted || !got.Target {
 		t.Errorf("realtime delete carrying the last rowversion after a backfill copy: %s, want deleted", got.Outcome)
