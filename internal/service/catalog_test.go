@@ -65,7 +65,9 @@ func TestStoredCatalogThatDoesNotFitIsNotPutInForce(t *testing.T) {
 
 func (e *env) waitForLog(text string) {
 	e.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	// The consumers are looked at every 10 seconds: a loaded machine takes a
+	// while longer.
+	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(e.logs.String(), text) {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("no %q in the logs:\n%s", text, e.logs)

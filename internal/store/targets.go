@@ -77,6 +77,9 @@ func (s *Store) PrepareTargets(ctx context.Context, cat *catalog.Catalog) error 
 		}
 		loaded[e.Name] = t
 	}
+	if err := ctx.Err(); err != nil && len(errs) > 0 {
+		return fmt.Errorf("target tables: %w", err) // stopped, not a table to fix
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("target tables: %s", strings.Join(errs, "; "))
 	}
