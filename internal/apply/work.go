@@ -222,9 +222,9 @@ func (w *Work) noteHigh(entity string, r normalize.Record) {
 func (w *Work) park(ctx context.Context, e *catalog.Entity, ds []pipeline.Delivery, decisions []pipeline.Decision, present map[Key]bool) error {
 	var check []int
 	for i, d := range decisions {
-		// An unchanged payload at a newer version is the applied row again:
-		// written, not parked.
-		if d.Target && d.Outcome != pipeline.Unchanged && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
+		// An unchanged payload at a newer version is checked too: the version
+		// read may have been deleted since, and the parent with it.
+		if d.Target && d.Record.Op == event.OpUpsert && len(d.Record.Parents) > 0 {
 			check = append(check, i)
 		}
 	}

@@ -96,6 +96,11 @@ func (d *DeadLetters) Sweep(ctx context.Context, cat *catalog.Catalog, rules *ma
 		if err := d.wait(ctx, tx, plan.Wait); err != nil {
 			return err
 		}
+		// A parent committing meanwhile skips the rows this holds (in its
+		// release and in its re-check): they are re-checked after the commit.
+		for _, r := range plan.Wait {
+			w.Recheck(r.Parent)
+		}
 		if err := d.orphan(ctx, tx, w, batch, plan.Orphan); err != nil {
 			return err
 		}
