@@ -126,9 +126,10 @@ type Result struct {
 	Recheck func(ctx context.Context)
 }
 
-// ApplyBatch writes a prepared batch in one transaction: it locks the ledger rows of
+// ApplyBatch writes a prepared batch in one transaction: it reads the ledger rows of
 // the batch's keys, lets the pipeline decide, parks children whose parents are
-// missing, writes ledger and target set-based (isolating rows the target rejects),
+// missing, writes target and ledger set-based in one lock order, their guards
+// deciding against what committed since the read (isolating rows the target rejects),
 // applies the children the batch's parents release, records dead letters and counts
 // the batch. After the commit it hands the highest rowversions to the checkpointer
 // and re-checks parents and children. An error means nothing was committed; its

@@ -27,7 +27,7 @@ import (
 // in pending and go with the next statement that returns rows, or with COMMIT,
 // in one pipeline (a pgx batch: one write, one Sync, one round trip). A batch of
 // a few changes of an entity without children costs three round trips: BEGIN
-// with the ledger lock, the savepoint with the target and ledger statements
+// with the ledger read, the savepoint with the target and ledger statements
 // (Write), and the counters with COMMIT.
 //
 // PostgreSQL runs a pipeline in order and skips the rest of it after an error,
