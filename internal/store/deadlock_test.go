@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,15 +45,7 @@ func TestNoDeadlockOnNewKeys(t *testing.T) {
 	// A slow insert (after the row is in: its index entries are taken) makes
 	// both transactions finish their first statement before either starts its
 	// second, as a loaded server would now and then.
-	if _, err := f.conn.Exec(f.ctx, `
-CREATE FUNCTION schedulehub.slow() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.description = 'slow' OR NEW.company = 'slow' THEN PERFORM pg_sleep(0.5); END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER slow AFTER INSERT ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow();`); err != nil {
-		t.Fatal(err)
-	}
+	f.sleepWhen("schedulehub.slow", "AFTER INSERT ON schedulehub.sites", "NEW.description = 'slow' OR NEW.company = 'slow'", 0.5)
 	const r1, r2 = "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"
 	for _, tc := range []struct {
 		name string
@@ -114,14 +107,8 @@ func TestARaceKeepsTheHash(t *testing.T) {
 // ledger row before the target row.
 func TestNoDeadlockOnATargetRowWithoutLedgerRow(t *testing.T) {
 	f := newFixture(t)
-	if _, err := f.conn.Exec(f.ctx, `
-CREATE FUNCTION schedulehub.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.description = 'slow' THEN PERFORM pg_sleep(0.5); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER slow_update BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_update();
-INSERT INTO schedulehub.sites (contract, description) VALUES ('S3', 'loaded');`); err != nil {
+	f.sleepWhen("schedulehub.slow_update", "BEFORE UPDATE ON schedulehub.sites", "NEW.description = 'slow'", 0.5)
+	if _, err := f.conn.Exec(f.ctx, `INSERT INTO schedulehub.sites (contract, description) VALUES ('S3', 'loaded')`); err != nil {
 		t.Fatal(err)
 	}
 	b1, b2 := testUID(), testUID()
@@ -150,15 +137,7 @@ INSERT INTO schedulehub.sites (contract, description) VALUES ('S3', 'loaded');`)
 // ledger's read locks nothing.
 func TestNoDeadlockWhenAKeyBecomesKnownInBetween(t *testing.T) {
 	f := newFixture(t)
-	if _, err := f.conn.Exec(f.ctx, `
-CREATE FUNCTION schedulehub.slow_b() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.description = 'slowB' THEN PERFORM pg_sleep(1.5); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER slow_b BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_b();`); err != nil {
-		t.Fatal(err)
-	}
+	f.sleepWhen("schedulehub.slow_b", "BEFORE UPDATE ON schedulehub.sites", "NEW.description = 'slowB'", 1.5)
 	deadlocks := func() (n int64) {
 		t.Helper()
 		if _, err := f.conn.Exec(f.ctx, `SELECT pg_stat_clear_snapshot()`); err != nil {
@@ -170,7 +149,8 @@ CREATE TRIGGER slow_b BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FU
 		return n
 	}
 	before := deadlocks()
-	bC, bB, bA, release := f.threeBatchesFirstHeld()
+	batches, release := f.batchesFirstHeld("sites", 3)
+	bC, bB, bA := batches[0], batches[1], batches[2]
 	doneC := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "c")}, bC)
 	f.waitForLockWaits(1) // C wrote S1 and waits to count its batch
 	doneB := f.applyAsync("sites", raceVersion{event.Realtime, 2, siteEvent("upsert", "S1", "2026-01-01T00:00:02Z", "slowB")}, bB)
@@ -208,22 +188,10 @@ CREATE TRIGGER slow_b BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FU
 // trigger slows A's tombstone so that Y holds the row by then.
 func TestNoDeadlockOnADeleteAfterAnInsertCommits(t *testing.T) {
 	f := newFixture(t)
-	if _, err := f.conn.Exec(f.ctx, `
-CREATE FUNCTION schedulehub.slow_y() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.description = 'slowY' THEN PERFORM pg_sleep(1.5); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER slow_y BEFORE UPDATE ON schedulehub.sites FOR EACH ROW EXECUTE FUNCTION schedulehub.slow_y();
-CREATE FUNCTION bridge.slow_tombstone() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.deleted AND NOT OLD.deleted THEN PERFORM pg_sleep(0.3); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER slow_tombstone BEFORE UPDATE ON bridge.synced_records FOR EACH ROW EXECUTE FUNCTION bridge.slow_tombstone();`); err != nil {
-		t.Fatal(err)
-	}
-	bX, bA, bY, release := f.threeBatchesFirstHeld()
+	f.sleepWhen("schedulehub.slow_y", "BEFORE UPDATE ON schedulehub.sites", "NEW.description = 'slowY'", 1.5)
+	f.sleepWhen("bridge.slow_tombstone", "BEFORE UPDATE ON bridge.synced_records", "NEW.deleted AND NOT OLD.deleted", 0.3)
+	batches, release := f.batchesFirstHeld("sites", 3)
+	bX, bA, bY := batches[0], batches[1], batches[2]
 	doneX := f.applyAsync("sites", raceVersion{event.Realtime, 1, siteEvent("upsert", "S1", "2026-01-01T00:00:01Z", "x")}, bX)
 	f.waitForLockWaits(1) // X wrote S1 and waits to count its batch
 	doneA := f.applyAsync("sites", raceVersion{event.Realtime, 3, siteEvent("delete", "S1", "2026-01-01T00:00:03Z", "")}, bA)
@@ -241,25 +209,35 @@ CREATE TRIGGER slow_tombstone BEFORE UPDATE ON bridge.synced_records FOR EACH RO
 	}
 }
 
-// threeBatchesFirstHeld makes three batch rows of sites and locks the first
-// until release: the transaction that counts it waits there, holding the rows
-// it wrote.
-func (f *fixture) threeBatchesFirstHeld() (first, second, third uuid.UUID, release func()) {
+// batchesFirstHeld makes n batch rows of entity and locks the first until
+// release: the transaction that counts it waits there, holding the rows it
+// wrote.
+func (f *fixture) batchesFirstHeld(entity string, n int) (uids []uuid.UUID, release func()) {
 	f.t.Helper()
-	first, second, third = testUID(), testUID(), testUID()
-	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime'), ($3, 'sites', 'realtime')`, first, second, third); err != nil {
-		f.t.Fatal(err)
-	}
-	hold, err := f.conn.Begin(f.ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, first); err != nil {
-		f.t.Fatal(err)
-	}
-	return first, second, third, func() {
-		if err := hold.Commit(f.ctx); err != nil {
+	for range n {
+		uid := testUID()
+		if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, $2, 'realtime')`, uid, entity); err != nil {
 			f.t.Fatal(err)
 		}
+		uids = append(uids, uid)
+	}
+	return uids, f.holdRows(`SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, uids[0])
+}
+
+// sleepWhen makes a trigger (when: e.g. "BEFORE UPDATE ON schedulehub.sites")
+// sleep for seconds on each row for which cond (of NEW, and OLD on an update)
+// holds, so that a transaction holds what it wrote while another catches up.
+// fn names the trigger's function (schema-qualified) and the trigger.
+func (f *fixture) sleepWhen(fn, when, cond string, seconds float64) {
+	f.t.Helper()
+	name := fn[strings.LastIndex(fn, ".")+1:]
+	if _, err := f.conn.Exec(f.ctx, fmt.Sprintf(`
+CREATE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF %[3]s THEN PERFORM pg_sleep(%[4]g); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER %[2]s %[5]s FOR EACH ROW EXECUTE FUNCTION %[1]s();`, fn, name, cond, seconds, when)); err != nil {
+		f.t.Fatal(err)
 	}
 }

@@ -66,24 +66,13 @@ func (f *fixture) waitForLockWaits(n int) {
 // waits for the first; then both commit, first before second.
 func (f *fixture) race(entity string, first, second raceVersion) {
 	f.t.Helper()
-	b1, b2 := testUID(), testUID()
-	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, $3, 'realtime'), ($2, $3, 'realtime')`, b1, b2, entity); err != nil {
-		f.t.Fatal(err)
-	}
-	hold, err := f.conn.Begin(f.ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM bridge.sync_batches WHERE uid = $1 FOR UPDATE`, b1); err != nil {
-		f.t.Fatal(err)
-	}
+	batches, release := f.batchesFirstHeld(entity, 2)
+	b1, b2 := batches[0], batches[1]
 	done1 := f.applyAsync(entity, first, b1)
 	f.waitForLockWaits(1) // the first is done with the key and waits to count its batch
 	done2 := f.applyAsync(entity, second, b2)
 	f.waitForLockWaits(2) // the second waits for the first's key
-	if err := hold.Commit(f.ctx); err != nil {
-		f.t.Fatal(err)
-	}
+	release()
 	for _, done := range []<-chan error{done1, done2} {
 		if err := <-done; err != nil {
 			f.t.Fatal(err)

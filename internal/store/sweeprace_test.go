@@ -7,7 +7,6 @@ import (
 
 	"github.com/syncflow/syncflow/internal/deadletter"
 	"github.com/syncflow/syncflow/internal/event"
-	"github.com/syncflow/syncflow/internal/storetest"
 )
 
 func woOn(op, order, contract, rv, status string) string {
@@ -24,12 +23,7 @@ func woOn(op, order, contract, rv, status string) string {
 func TestAnUnchangedChildWhoseParentIsGoneIsParked(t *testing.T) {
 	f := newFixture(t)
 	const t0, t1, t15, t2, t3 = "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:01.5Z", "2026-01-01T00:00:02Z", "2026-01-01T00:00:03Z"
-	held := ""
-	for i := 0; held == ""; i++ {
-		if k := fmt.Sprintf("WO0-%d", i); storetest.Hash(k) < storetest.Hash("WO1") {
-			held = k
-		}
-	}
+	held := keyBefore("WO0", "WO1")
 	setup := func() {
 		f.truncate()
 		f.applyParents()
@@ -56,21 +50,13 @@ func TestAnUnchangedChildWhoseParentIsGoneIsParked(t *testing.T) {
 	if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'work_orders', 'realtime'), ($2, 'work_orders', 'realtime')`, bA, bB); err != nil {
 		t.Fatal(err)
 	}
-	hold, err := f.conn.Begin(f.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM schedulehub.work_orders WHERE order_no = $1 FOR UPDATE`, held); err != nil {
-		t.Fatal(err)
-	}
+	release := f.holdRows(`SELECT 1 FROM schedulehub.work_orders WHERE order_no = $1 FOR UPDATE`, held)
 	doneA := f.applyManyAsync("work_orders", 100, bA, woOn("upsert", held, "S1", t3, "y"), woOn("upsert", "WO1", "S2", t3, "open"))
 	f.waitForLockWaits(1)
 	if err := <-f.applyAsync("work_orders", raceVersion{event.Realtime, 50, woOn("delete", "WO1", "", t2, "")}, bB); err != nil {
 		t.Fatalf("B: %v", err)
 	}
-	if err := hold.Commit(f.ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if err := <-doneA; err != nil {
 		t.Fatalf("A: %v", err)
 	}
@@ -93,15 +79,10 @@ func TestAParentAppliedDuringASweepReleasesTheChild(t *testing.T) {
 	if res.Counts.Parked != 1 {
 		t.Fatalf("counts %+v", res.Counts)
 	}
-	if _, err := f.conn.Exec(f.ctx, `UPDATE bridge.pending_children SET next_retry_at = now() - interval '1 second';
-CREATE FUNCTION bridge.slow_wait() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.retry_count <> OLD.retry_count THEN PERFORM pg_sleep(1.5); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER slow_wait BEFORE UPDATE ON bridge.pending_children FOR EACH ROW EXECUTE FUNCTION bridge.slow_wait();`); err != nil {
+	if _, err := f.conn.Exec(f.ctx, `UPDATE bridge.pending_children SET next_retry_at = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
 	}
+	f.sleepWhen("bridge.slow_wait", "BEFORE UPDATE ON bridge.pending_children", "NEW.retry_count <> OLD.retry_count", 1.5)
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.dl.Sweep(f.ctx, f.cat, nil, "sweeper", deadletter.ParkedSelection{})

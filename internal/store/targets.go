@@ -605,11 +605,10 @@ func (t *tx) writableNoting(tg *target, row map[string]any, now time.Time) []str
 }
 
 // signatureGroup is the rows that carry one set of columns, as the JSON array a
-// statement takes, and their indexes in the rows given.
+// statement takes.
 type signatureGroup struct {
 	cols []string
 	body []byte
-	rows []int
 }
 
 // bySignature groups rows by the columns of the target they carry, in the order
@@ -618,7 +617,7 @@ type signatureGroup struct {
 func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup, error) {
 	groups := map[string]*signatureGroup{}
 	now := time.Now()
-	for i, u := range rows {
+	for _, u := range rows {
 		row := u.Row
 		cols := t.writableNoting(tg, row, now)
 		sig := strings.Join(cols, ",")
@@ -636,7 +635,6 @@ func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup,
 		// The row's object gets its bk_hash (hex: nothing to escape).
 		g.body = append(append(append(append(g.body[:len(g.body)-1], `,"`...), bkField...), `":"`...), u.BKHash...)
 		g.body = append(g.body, `"}`...)
-		g.rows = append(g.rows, i)
 	}
 	out := make([]*signatureGroup, 0, len(groups))
 	for _, sig := range slices.Sorted(maps.Keys(groups)) {

@@ -8,21 +8,31 @@ import (
 	"github.com/syncflow/syncflow/internal/storetest"
 )
 
-// holdSite locks a sites row in a transaction of the test's until release: a
-// batch that upserts it waits there, after it read the ledger and before it
-// writes any ledger row.
-func (f *fixture) holdSite(contract string) (release func()) {
+// holdRows locks the rows lock (a SELECT ... FOR UPDATE) selects, in a
+// transaction of the test's, until release: a batch that writes one of them
+// waits there, after it read the ledger and before it writes any ledger row.
+func (f *fixture) holdRows(lock string, args ...any) (release func()) {
 	f.t.Helper()
 	hold, err := f.conn.Begin(f.ctx)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if _, err := hold.Exec(f.ctx, `SELECT 1 FROM schedulehub.sites WHERE contract = $1 FOR UPDATE`, contract); err != nil {
+	if _, err := hold.Exec(f.ctx, lock, args...); err != nil {
 		f.t.Fatal(err)
 	}
 	return func() {
 		if err := hold.Commit(f.ctx); err != nil {
 			f.t.Fatal(err)
+		}
+	}
+}
+
+// keyBefore returns a key named prefix-N whose hash sorts before key's: a batch
+// writes it first, so that a batch held on it has taken nothing of key yet.
+func keyBefore(prefix, key string) string {
+	for i := 0; ; i++ {
+		if k := fmt.Sprintf("%s-%d", prefix, i); storetest.Hash(k) < storetest.Hash(key) {
+			return k
 		}
 	}
 }
@@ -62,12 +72,7 @@ func TestADecisionOnAnOvertakenReadWritesTheTarget(t *testing.T) {
 			raceVersion{event.Realtime, 50, siteEvent("delete", "S1", t2, "")},
 			"S1|P", "realtime|101|false"},
 	}
-	held := ""
-	for i := 0; held == ""; i++ {
-		if k := fmt.Sprintf("S0-%d", i); storetest.Hash(k) < storetest.Hash("S1") {
-			held = k
-		}
-	}
+	held := keyBefore("S0", "S1")
 	for _, tc := range cases {
 		f.truncate()
 		for _, s := range tc.setup {
@@ -78,7 +83,7 @@ func TestADecisionOnAnOvertakenReadWritesTheTarget(t *testing.T) {
 		if _, err := f.conn.Exec(f.ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, sync_type) VALUES ($1, 'sites', 'realtime'), ($2, 'sites', 'realtime')`, bA, bB); err != nil {
 			t.Fatal(err)
 		}
-		release := f.holdSite(held)
+		release := f.holdRows(`SELECT 1 FROM schedulehub.sites WHERE contract = $1 FOR UPDATE`, held)
 		doneA := f.applyManyAsync("sites", 100, bA, siteEvent("upsert", held, t3, "y"), tc.a)
 		f.waitForLockWaits(1) // A read the ledger and waits for the held key's target row
 		if err := <-f.applyAsync("sites", tc.b, bB); err != nil {
