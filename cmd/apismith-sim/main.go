@@ -171,7 +171,7 @@ func publish(ctx context.Context, args []string) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if _, err := js.PublishAsync(ev.Subject, ev.Body); err != nil {
+		if _, err := js.PublishAsync(ev.Subject, ev.Body, jetstream.WithStallWait(30*time.Second)); err != nil {
 			return err
 		}
 		if *rate > 0 {

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/backfill"
 	"github.com/syncflow/syncflow/internal/consumer"
@@ -121,7 +123,7 @@ func (b *bench) backfillRun() (backfillFigure, error) {
 			return fig, fmt.Errorf("backfill: %d of %d rows after 10 minutes", backfilled.Load(), b.cfg.backfillRows)
 		}
 		<-tick.C
-		if _, err := b.js.PublishAsync("apismith.cdc.sites", sites[i%len(sites)].body); err != nil {
+		if _, err := b.js.PublishAsync("apismith.cdc.sites", sites[i%len(sites)].body, jetstream.WithStallWait(stream.StallWait)); err != nil {
 			cancel()
 			return fig, err
 		}

@@ -391,7 +391,7 @@ func (b *bench) reset() error {
 // waits for every acknowledgement.
 func (b *bench) publish(events []benchEvent) error {
 	for _, ev := range events {
-		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body); err != nil {
+		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body, jetstream.WithStallWait(stream.StallWait)); err != nil {
 			return err
 		}
 	}
@@ -639,7 +639,7 @@ func (b *bench) latencyRun(rate int) (p50, p99 time.Duration, n int, err error) 
 	next := time.Now()
 	for i := 0; i < total; i++ {
 		ev := b.events[i%len(b.events)]
-		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body); err != nil {
+		if _, err := b.js.PublishAsync("apismith.cdc."+ev.entity, ev.body, jetstream.WithStallWait(stream.StallWait)); err != nil {
 			cancel()
 			return 0, 0, 0, err
 		}

@@ -468,7 +468,7 @@ func TestRealtimeKeepsPriorityDuringBackfill(t *testing.T) {
 	const backlog = 200_000
 	for i := range backlog {
 		body := fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"B%07d","DESCRIPTION":"backfill"}}`, i)
-		if _, err := e.js.PublishAsync("apismith.backfill.items", []byte(body)); err != nil {
+		if _, err := e.js.PublishAsync("apismith.backfill.items", []byte(body), jetstream.WithStallWait(stream.StallWait)); err != nil {
 			t.Fatal(err)
 		}
 	}
