@@ -45,17 +45,23 @@ func (w *Work) release(ctx context.Context, keys []Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	w.recheck = append(w.recheck, keys...)
 	items, more, err := w.tx.TakeReleased(ctx, keys, ReleaseLimit, ReleaseBytes)
 	if err != nil {
 		return err
 	}
+	return w.applyRelease(ctx, keys, items, more)
+}
+
+// applyRelease applies items, released for keys (more: the bounds left some
+// behind), and has keys re-checked after the commit.
+func (w *Work) applyRelease(ctx context.Context, keys []Key, items []Released, more bool) error {
+	w.recheck = append(w.recheck, keys...)
 	if more {
 		if err := w.tx.MarkDue(ctx, keys); err != nil {
 			return err
 		}
 	}
-	_, err = w.ApplyReleased(ctx, items)
+	_, err := w.ApplyReleased(ctx, items)
 	return err
 }
 

@@ -61,8 +61,10 @@ type Tx interface {
 	// overtaken): the caller rolls the savepoint back. The target rows go
 	// first and the ledger rows after them, each in key order, in every
 	// transaction: two transactions writing the same keys, new or not, take
-	// their locks in the same order.
-	Write(ctx context.Context, entity string, batch uuid.UUID, rows []WriteRow) (map[string]bool, error)
+	// their locks in the same order. With release, it then takes what
+	// TakeReleased would (in the same round trip, so a parent's small batch
+	// costs none more); a rollback of the savepoint puts it back.
+	Write(ctx context.Context, entity string, batch uuid.UUID, rows []WriteRow, release *ReleaseAfter) (Written, error)
 	// WriteTarget upserts (merges, or replaces, as the catalog says) and deletes
 	// rows of entity's target table. Each upsert's ledger row learns what the
 	// target row holds once written (its verification hash).
@@ -117,6 +119,22 @@ type WriteRow struct {
 	Target  bool
 	Rewrite bool
 	Row     map[string]any
+}
+
+// ReleaseAfter asks a Write to release, once its rows are written, the children
+// waiting for Parents within TakeReleased's bounds.
+type ReleaseAfter struct {
+	Parents         []Key
+	Limit, MaxBytes int
+}
+
+// Written is what a Write did: the hashes whose ledger rows it wrote (and the
+// repair rewrites whose version the ledger holds), and what it released, with
+// More saying the bounds left children behind.
+type Written struct {
+	Hashes   map[string]bool
+	Released []Released
+	More     bool
 }
 
 // LedgerRow is what the ledger keeps of one applied version.

@@ -177,7 +177,15 @@ func (w *Work) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline
 			return nil, nil, err
 		}
 	}
-	failures, err := w.writeIsolated(ctx, e, decisions)
+	// A parent's children are released in the write's round trip; should the
+	// write not go through at the first try, after it (release).
+	var release *ReleaseAfter
+	if len(w.cat.Children(e.Name)) > 0 {
+		if keys := upserted(e, decisions); len(keys) > 0 {
+			release = &ReleaseAfter{Parents: keys, Limit: ReleaseLimit, MaxBytes: ReleaseBytes}
+		}
+	}
+	failures, took, err := w.writeIsolated(ctx, e, decisions, release)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -191,18 +199,28 @@ func (w *Work) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline
 			w.inverted[e.Name]++
 		}
 	}
-	if len(w.cat.Children(e.Name)) > 0 {
-		var keys []Key
-		for _, d := range decisions {
-			if d.Ledger && d.Record.Op == event.OpUpsert {
-				keys = append(keys, Key{e.Name, d.Record.BKHash})
-			}
-		}
-		if err := w.release(ctx, keys); err != nil {
-			return nil, nil, err
-		}
+	switch {
+	case took != nil:
+		err = w.applyRelease(ctx, release.Parents, took.Released, took.More)
+	case release != nil:
+		err = w.release(ctx, upserted(e, decisions))
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	return outcomes, failures, nil
+}
+
+// upserted returns the keys of the upserts among decisions that write the
+// ledger: the parents whose children to release.
+func upserted(e *catalog.Entity, decisions []pipeline.Decision) []Key {
+	var keys []Key
+	for _, d := range decisions {
+		if d.Ledger && d.Record.Op == event.OpUpsert {
+			keys = append(keys, Key{e.Name, d.Record.BKHash})
+		}
+	}
+	return keys
 }
 
 func (w *Work) noteHigh(entity string, r normalize.Record) {
@@ -304,25 +322,35 @@ func (w *Work) ApplyDeliveries(ctx context.Context, ds []pipeline.Delivery, fail
 // and bisects, so that only the rows to blame become dead letters (stage write)
 // and the rest is written. Decisions are updated: a ledger write that lost a race
 // becomes stale, a rejected row failed.
-func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision) ([]pipeline.Failure, error) {
+//
+// The first write carries release (when set); took is what it released, nil
+// when it did not go through at once (the release was rolled back with it).
+func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, release *ReleaseAfter) (failures []pipeline.Failure, took *Written, err error) {
 	var writes []int
 	for i, d := range decisions {
 		if d.Ledger {
 			writes = append(writes, i)
 		}
 	}
-	var failures []pipeline.Failure
 	held := 0
 	var run func(idx []int) error
 	run = func(idx []int) error {
 		if len(idx) == 0 {
 			return nil
 		}
-		var lost []int
+		var (
+			lost    []int
+			written Written
+		)
+		rel := release
+		release = nil
 		err := w.tx.Savepoint(ctx, func() (err error) {
-			lost, err = w.write(ctx, e, decisions, idx)
+			written, lost, err = w.write(ctx, e, decisions, idx, rel)
 			return err
 		})
+		if err == nil && rel != nil {
+			took = &written
+		}
 		if errors.Is(err, ErrDeleteHeld) && held < maxHeldRetries {
 			// The rollback let the holder go on; this time the write waits
 			// for the row in its turn.
@@ -367,9 +395,9 @@ func (w *Work) writeIsolated(ctx context.Context, e *catalog.Entity, decisions [
 		return run(idx[mid:])
 	}
 	if err := run(writes); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return failures, nil
+	return failures, took, nil
 }
 
 // maxHeldRetries bounds the writes tried again in one transaction after
@@ -384,21 +412,21 @@ const maxHeldRetries = 3
 // caller to mark once the write is through, or a *lostRace when a ledger row
 // lost after its target row was upserted (another transaction committed the key
 // first; the savepoint undoes it).
-func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, idx []int) (lost []int, err error) {
+func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipeline.Decision, idx []int, release *ReleaseAfter) (written Written, lost []int, err error) {
 	rows := make([]WriteRow, len(idx))
 	for j, i := range idx {
 		d := decisions[i]
 		rows[j] = WriteRow{LedgerRow: LedgerRow{Record: d.Record, Version: d.Version, Deleted: d.Record.Op == event.OpDelete},
 			Target: d.Target, Rewrite: d.Rewrite, Row: d.Row}
 	}
-	written, err := w.tx.Write(ctx, e.Name, w.batch.UID, rows)
+	written, err = w.tx.Write(ctx, e.Name, w.batch.UID, rows, release)
 	if err != nil {
-		return nil, err
+		return written, nil, err
 	}
 	raced := &lostRace{}
 	for _, i := range idx {
 		switch d := decisions[i]; {
-		case written[d.Record.BKHash]:
+		case written.Hashes[d.Record.BKHash]:
 		case d.Target && d.Record.Op == event.OpUpsert:
 			raced.idx = append(raced.idx, i)
 		default:
@@ -406,9 +434,9 @@ func (w *Work) write(ctx context.Context, e *catalog.Entity, decisions []pipelin
 		}
 	}
 	if len(raced.idx) > 0 {
-		return nil, raced
+		return written, nil, raced
 	}
-	return lost, nil
+	return written, lost, nil
 }
 
 // lostRace says which decisions (indexes into them) had their target rows

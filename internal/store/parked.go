@@ -142,11 +142,20 @@ FROM orphans`
 
 // TakeReleased runs releaseSQL; more says the bounds left children behind.
 func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) (items []apply.Released, more bool, err error) {
-	entities, hashes := keyArrays(parents)
-	rows, err := t.query(ctx, releaseSQL, entities, hashes, limit, maxBytes)
+	rows, err := t.query(ctx, releaseSQL, releaseArgs(parents, limit, maxBytes)...)
 	if err != nil {
 		return nil, false, classify(err)
 	}
+	return readReleased(rows, limit)
+}
+
+func releaseArgs(parents []apply.Key, limit, maxBytes int) []any {
+	entities, hashes := keyArrays(parents)
+	return []any{entities, hashes, limit, maxBytes}
+}
+
+// readReleased reads and closes the rows of releaseSQL.
+func readReleased(rows pgx.Rows, limit int) (items []apply.Released, more bool, err error) {
 	defer rows.Close()
 	var parked, orphans, parkedLocked, orphansLocked int64
 	for rows.Next() {

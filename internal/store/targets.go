@@ -428,18 +428,19 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 // deadlock. Deletes go last, only where the ledger row took the delete
 // (deleteWonSQL): a delete finds no row another transaction inserted and has not
 // committed, and does not wait for it; the ledger row does. The statements go
-// in one round trip. It returns the hashes whose ledger rows it wrote, and
-// those of the repair rewrites whose version the ledger still holds.
-func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
+// in one round trip, with the release (releaseSQL) after them when asked for.
+// It returns the hashes whose ledger rows it wrote, and those of the repair
+// rewrites whose version the ledger still holds.
+func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow, release *apply.ReleaseAfter) (apply.Written, error) {
 	tg, err := t.s.target(entity)
 	if err != nil {
-		return nil, err
+		return apply.Written{}, err
 	}
 	rows = slices.Clone(rows)
 	slices.SortStableFunc(rows, func(a, b apply.WriteRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
 	stmts, err := t.runs(tg, rows)
 	if err != nil {
-		return nil, err
+		return apply.Written{}, err
 	}
 	runs := len(stmts)
 	ledger := make([]apply.LedgerRow, len(rows))
@@ -452,7 +453,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		}
 		key, err := pipeline.AppendRowJSON(nil, r.Row, tg.key)
 		if err != nil {
-			return nil, err
+			return apply.Written{}, err
 		}
 		switch {
 		case r.Deleted:
@@ -472,13 +473,16 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	if len(deletes.hashes) > 0 {
 		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
 	}
+	if release != nil {
+		stmts = append(stmts, statement{releaseSQL, releaseArgs(release.Parents, release.Limit, release.MaxBytes)})
+	}
 	var br pgx.BatchResults
-	fail := func(err error) (map[string]bool, error) {
+	fail := func(err error) (apply.Written, error) {
 		if br != nil {
 			_ = br.Close() //nolint:errcheck // the statement's error is the one to report
 		}
 		t.s.reloadTargetAfter(ctx, tg, err)
-		return nil, classify(err)
+		return apply.Written{}, classify(err)
 	}
 	if br, err = t.send(ctx, stmts...); err != nil {
 		return fail(err)
@@ -513,17 +517,27 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		}
 		if len(held) > 0 {
 			_ = br.Close() //nolint:errcheck // the statements went through
-			return nil, fmt.Errorf("%w (%d of them)", apply.ErrDeleteHeld, len(held))
+			return apply.Written{}, fmt.Errorf("%w (%d of them)", apply.ErrDeleteHeld, len(held))
+		}
+	}
+	var out apply.Written
+	if release != nil {
+		q, err := br.Query()
+		if err != nil {
+			return fail(err)
+		}
+		if out.Released, out.More, err = readReleased(q, release.Limit); err != nil {
+			return fail(err)
 		}
 	}
 	if err := br.Close(); err != nil {
 		return fail(err)
 	}
-	written := make(map[string]bool, len(won))
+	out.Hashes = make(map[string]bool, len(won))
 	for _, h := range won {
-		written[h] = true
+		out.Hashes[h] = true
 	}
-	return written, nil
+	return out, nil
 }
 
 // ledgerKeys are rows of a Write as arrays: their key hashes, their target keys

@@ -78,6 +78,7 @@ var contract = []struct {
 	{"batches/counts add up and close", countBatches},
 	{"targets/merge and replace, soft and hard deletes, rejected rows", targetWrites},
 	{"targets/a write of target and ledger rows: the ledger only where it supersedes", writesWithLedger},
+	{"targets/a write releases the children of the parents it wrote; a rollback puts them back", writeReleases},
 	{"flow/a parking cascade three levels deep", flowCascade},
 	{"flow/a bounded release leaves the rest due for the sweeper", flowBoundedRelease},
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
@@ -845,8 +846,9 @@ func writesWithLedger(t *testing.T, e *Env) {
 			[]string{`sites ["S1"] 11 realtime#4`, `sites ["S2"] 11 realtime#6`, `sites ["S3"] 11 realtime#5 deleted`}},
 	} {
 		var written map[string]bool
-		if err := e.InTx(func(tx apply.Tx) (err error) {
-			written, err = tx.Write(e.Ctx, "sites", b.UID, s.rows)
+		if err := e.InTx(func(tx apply.Tx) error {
+			w, err := tx.Write(e.Ctx, "sites", b.UID, s.rows, nil)
+			written = w.Hashes
 			return err
 		}); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
@@ -874,7 +876,7 @@ func writesWithLedger(t *testing.T, e *Env) {
 	}
 	// A key twice in one write is refused, and aborts the transaction.
 	err := e.InTx(func(tx apply.Tx) error {
-		_, err := tx.Write(e.Ctx, "sites", b.UID, []apply.WriteRow{upsert("S4", "x", 1, 1, nil), upsert("S4", "y", 2, 2, nil)})
+		_, err := tx.Write(e.Ctx, "sites", b.UID, []apply.WriteRow{upsert("S4", "x", 1, 1, nil), upsert("S4", "y", 2, 2, nil)}, nil)
 		if !errors.Is(err, apply.ErrRowRejected) {
 			t.Errorf("a key twice in one write: %v, want a rejected row", err)
 		}
@@ -882,6 +884,61 @@ func writesWithLedger(t *testing.T, e *Env) {
 	})
 	if err == nil {
 		t.Error("a write that failed committed")
+	}
+}
+
+func writeReleases(t *testing.T, e *Env) {
+	e.Apply(t, "sites", Site("S2", 1, ""))
+	b := e.NewBatch(t, "work_centers").UID
+	rows := []apply.ParkRow{e.parkRow(t, "work_centers", WorkCenter("S1", "WC1", 1, ""), "sites"),
+		e.parkRow(t, "work_centers", WorkCenter("S1", "WC2", 1, ""), "sites"),
+		e.parkRow(t, "work_centers", WorkCenter("S2", "WC3", 1, ""), "sites"),
+		e.parkRow(t, "work_centers", WorkCenter("S3", "WC4", 1, ""), "sites")}
+	if _, err := e.park(t, b, rows, 3); err != nil {
+		t.Fatal(err)
+	}
+	sites := e.NewBatch(t, "sites").UID
+	s1 := apply.WriteRow{LedgerRow: siteLedgerRow("S1", 10, event.Realtime, 1, "a", false), Target: true, Row: map[string]any{"contract": "S1", "description": "a"}}
+	// S1 is written here, S2 was before, S3 is not: what waits for S1 and S2
+	// is released, one child at most.
+	release := &apply.ReleaseAfter{Parents: []apply.Key{{Entity: "sites", Hash: Hash("S1")}, {Entity: "sites", Hash: Hash("S2")}, {Entity: "sites", Hash: Hash("S3")}},
+		Limit: 1, MaxBytes: 1 << 20}
+	write := func(fail bool) apply.Written {
+		t.Helper()
+		var w apply.Written
+		err := e.InTx(func(tx apply.Tx) error {
+			return tx.Savepoint(e.Ctx, func() (err error) {
+				if w, err = tx.Write(e.Ctx, "sites", sites, []apply.WriteRow{s1}, release); err == nil && fail {
+					err = errors.New("the caller gives up")
+				}
+				return err
+			})
+		})
+		if (err != nil) != fail {
+			t.Fatalf("write (failing %v): %v", fail, err)
+		}
+		return w
+	}
+	parked := func() string {
+		var got []string
+		for _, r := range e.ParkedRows(t) {
+			got = append(got, r.ChildKey[1])
+		}
+		slices.Sort(got)
+		return strings.Join(got, " ")
+	}
+	if w := write(true); len(w.Released) != 1 || !w.More || !w.Hashes[Hash("S1")] {
+		t.Errorf("the write that was rolled back: %+v, want S1 written and one child released, more left", w)
+	}
+	if got := parked(); got != "WC1 WC2 WC3 WC4" {
+		t.Errorf("after a rollback, parked: %s, want every child back", got)
+	}
+	w := write(false)
+	if len(w.Released) != 1 || !w.More || w.Released[0].Orphan || string(w.Released[0].Delivery.Data) != string(rows[0].Delivery.Data) {
+		t.Errorf("released %+v (more %v), want WC1 alone, and more left", w.Released, w.More)
+	}
+	if got := parked(); got != "WC2 WC3 WC4" {
+		t.Errorf("parked: %s, want WC2, WC3 and WC4 left", got)
 	}
 }
 

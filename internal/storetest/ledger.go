@@ -105,8 +105,18 @@ func secondTime(what string) error {
 // does, then deletes the target rows of the deletes whose ledger rows it wrote,
 // as the store's statements do: an upserted target row is written even when its
 // ledger row is refused (the caller rolls back), a delete is not; a repair
-// rewrite counts as written where the ledger still holds its version.
-func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
+// rewrite counts as written where the ledger still holds its version. The
+// release, when asked for, goes last, as TakeReleased.
+func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow, release *apply.ReleaseAfter) (apply.Written, error) {
+	written, err := t.write(ctx, entity, batch, rows)
+	if err != nil || release == nil {
+		return apply.Written{Hashes: written}, err
+	}
+	items, more, err := t.TakeReleased(ctx, release.Parents, release.Limit, release.MaxBytes)
+	return apply.Written{Hashes: written, Released: items, More: more}, err
+}
+
+func (t *tx) write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow) (map[string]bool, error) {
 	var targets []apply.TargetRow
 	ledger := make([]apply.LedgerRow, len(rows))
 	for i, r := range rows {
