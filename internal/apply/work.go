@@ -203,6 +203,11 @@ func (w *Work) applyEntity(ctx context.Context, e *catalog.Entity, ds []pipeline
 	case took != nil:
 		err = w.applyRelease(ctx, release.Parents, took.Released, took.More)
 	case release != nil:
+		// The first write's release held the children of all of these parents
+		// until its rollback: another transaction's re-check after its commit
+		// may have skipped them (SKIP LOCKED), a parent that lost the race to
+		// it included. This one re-checks them all after its own commit.
+		w.recheck = append(w.recheck, release.Parents...)
 		err = w.release(ctx, upserted(e, decisions))
 	}
 	if err != nil {
