@@ -10,16 +10,17 @@ func WithTracer(cfg Config, tr pgx.QueryTracer) Config {
 
 // The statements whose plans TestPlansAtScale pins.
 const (
-	LastBatchesSQL      = lastBatchesSQL
-	DeadLetterCountsSQL = deadLetterCountsSQL
-	ParkedCountsSQL     = parkedCountsSQL
-	SweepDueSQL         = sweepDueSQL
-	DueDeadLettersSQL   = dueDeadLettersSQL
-	ReadLedgerSQL       = readLedgerSQL
-	PresentParentsSQL   = presentParentsSQL
-	ReleaseSQL          = releaseSQL
-	AnyReleasableSQL    = anyReleasableSQL
-	AbandonBatchesSQL   = abandonBatchesSQL
+	LastBatchesSQL       = lastBatchesSQL
+	DeadLetterCountsSQL  = deadLetterCountsSQL
+	ParkedCountsSQL      = parkedCountsSQL
+	SweepDueSQL          = sweepDueSQL
+	DueDeadLettersSQL    = dueDeadLettersSQL
+	ReadLedgerSQL        = readLedgerSQL
+	PresentParentsSQL    = presentParentsSQL
+	ReleaseSQL           = releaseSQL
+	AnyReleasableSQL     = anyReleasableSQL
+	ReleasableOrphansSQL = releasableOrphansSQL
+	AbandonBatchesSQL    = abandonBatchesSQL
 )
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.

@@ -123,8 +123,7 @@ func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []ap
 func validSource(name string) bool { return name == event.Realtime.Name || name == event.Backfill.Name }
 
 // TakeReleased takes out of the queue, in uid order and within the bounds, the
-// children waiting for parents that are applied, and the unresolved orphan dead
-// letters that name them (the store's releaseSQL).
+// children waiting for parents that are applied (the store's releaseSQL).
 func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) ([]apply.Released, bool, error) {
 	if err := t.stmt(ctx); err != nil {
 		return nil, false, err
@@ -137,21 +136,12 @@ func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBy
 		delete(t.st.parked, p.Child)
 		items = append(items, apply.Released{UID: p.UID, Delivery: p.delivery()})
 	}
-	orphansLocked := first(t.st.failedBy(func(f failedRow) bool { return f.releasable(t.st) && want[*f.Parent] }), limit)
-	orphans := withinBytes(orphansLocked, maxBytes, func(f failedRow) int { return len(f.Raw) })
-	for _, f := range orphans {
-		items = append(items, apply.Released{Orphan: true, UID: f.UID, Delivery: f.delivery()})
-	}
 	// The store counts the rows locked from the rows it returns.
-	parkedLocked, orphanLocked := len(locked), len(orphansLocked)
+	parkedLocked := len(locked)
 	if len(chunk) == 0 {
 		parkedLocked = 0
 	}
-	if len(orphans) == 0 {
-		orphanLocked = 0
-	}
-	more := parkedLocked >= limit || len(chunk) < parkedLocked || orphanLocked >= limit || len(orphans) < orphanLocked
-	return items, more, nil
+	return items, parkedLocked >= limit || len(chunk) < parkedLocked, nil
 }
 
 // first returns at most limit of rows (LIMIT).
