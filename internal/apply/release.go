@@ -12,22 +12,17 @@ import (
 // Parents and children in concurrent transactions
 //
 // A parent's transaction releases, before it commits, the children it finds
-// waiting for it. A child's transaction parks the child when it does not find the
+// waiting for it, and the orphan dead letters (children that waited too long)
+// that name it. A child's transaction parks the child when it does not find the
 // parent; the sweeper orphans a child that waited too long. Two such transactions
 // running at once can miss each other: neither sees the other's uncommitted work.
-// So after each commit both re-check: the parent's transaction for children of
-// the parents it applied, the child's (or the sweeper's) for the parents its
-// children wait for. Whichever of the two commits last sees the other's work in
-// its re-check, so the child is released (in a transaction of its own, through
-// the pipeline, and counted in the batch's rows_released). Should the process die
-// between the commit and the re-check, the sweeper releases a parked child at its
-// next re-check.
-//
-// Orphan dead letters (children that waited too long) whose parent is applied
-// are released by the sweeper's round (every --dead-letter-interval), not by the
-// parent's transaction: looking for them in every parent batch cost more than
-// all the rest of the release (planning a statement over the partitions of
-// bridge.failed_records), for rows that are rare.
+// So after each commit both re-check: the parent's transaction for children and
+// orphans of the parents it applied, the child's (or the sweeper's) for the
+// parents its children wait for. Whichever of the two commits last sees the
+// other's work in its re-check, so the child is released (in a transaction of its
+// own, through the pipeline, and counted in the batch's rows_released). Should the
+// process die between the commit and the re-check, the sweeper releases a parked
+// child at its next re-check, and the parent's next change an orphan.
 //
 // # Bounded releases
 //

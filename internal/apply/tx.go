@@ -16,8 +16,8 @@ type Store interface {
 	// InTx runs fn in one transaction and commits when fn returns nil. Its error
 	// is classified (see the kinds in errors.go).
 	InTx(ctx context.Context, fn func(Tx) error) error
-	// AnyReleasable tells, cheaply, whether children wait for any of parents
-	// that are applied now.
+	// AnyReleasable tells, cheaply, whether children or orphan dead letters wait
+	// for any of parents that are applied now.
 	AnyReleasable(ctx context.Context, parents []Key) (bool, error)
 	// NoteCheckpoints hands the highest committed rowversion per source system of
 	// entity to the checkpointer.
@@ -40,10 +40,9 @@ type Tx interface {
 	// hashes it wrote.
 	Park(ctx context.Context, batch uuid.UUID, entity string, rows []ParkRow, firstRetry time.Duration, maxRetries int) (map[string]bool, error)
 	// TakeReleased takes out of the queue, in key order and within limit rows and
-	// maxBytes of events, the children waiting for parents that are applied;
-	// more says the bounds left children behind. Orphan dead letters are not
-	// taken: the sweeper's round releases those (deadletter.Tx's
-	// TakeReleasableOrphans).
+	// maxBytes of events, the children waiting for parents that are applied, and
+	// locks the unresolved orphan dead letters that name them; more says the
+	// bounds left children behind.
 	TakeReleased(ctx context.Context, parents []Key, limit, maxBytes int) (items []Released, more bool, err error)
 	// MarkDue makes the children waiting for parents due for the sweeper now.
 	MarkDue(ctx context.Context, parents []Key) error

@@ -20,6 +20,8 @@ const (
 	ReleaseSQL           = releaseSQL
 	AnyReleasableSQL     = anyReleasableSQL
 	ReleasableOrphansSQL = releasableOrphansSQL
+	ReleaseChildrenSQL   = releaseChildrenSQL
+	AnyOrphansSQL        = anyOrphansSQL
 	AbandonBatchesSQL    = abandonBatchesSQL
 )
 

@@ -474,7 +474,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
 	}
 	if release != nil {
-		stmts = append(stmts, statement{releaseSQL, releaseArgs(release.Parents, release.Limit, release.MaxBytes)})
+		stmts = append(stmts, statement{t.release(), releaseArgs(release.Parents, release.Limit, release.MaxBytes)})
 	}
 	var br pgx.BatchResults
 	fail := func(err error) (apply.Written, error) {

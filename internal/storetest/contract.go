@@ -84,7 +84,7 @@ var contract = []struct {
 	{"flow/a row the target rejects fails alone", flowTargetRejects},
 	{"flow/a row the bridge refuses while parking fails alone", flowParkingRefused},
 	{"flow/a released child the bridge refuses fails alone, and its parent commits", flowReleasedChildRefused},
-	{"flow/the sweeper waits, orphans, and releases the orphan once its parent is applied", flowSweepToOrphan},
+	{"flow/the sweeper waits, orphans, and the parent releases the orphan", flowSweepToOrphan},
 	{"flow/the sweeper releases what came unnoticed", flowSweepReleases},
 	{"flow/a retry fails again, then resolves", flowRetry},
 	{"flow/a retry isolates a record that fails in an unforeseen way", flowRetryIsolates},
@@ -579,14 +579,18 @@ func sweeperStatements(t *testing.T, e *Env) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if len(items) != 1 || items[0].Orphan || items[0].UID != uids["WC3"] {
-		t.Errorf("TakeReleased: %+v, want WC3's row alone (WC1's orphan is the sweeper's round's)", items)
+	if len(items) != 2 || items[0].Orphan || items[0].UID != uids["WC3"] || !items[1].Orphan || items[1].UID != dead[0].UID {
+		t.Errorf("TakeReleased: %+v, want WC3's row and WC1's orphan", items)
 	}
 	if rows := e.ParkedRows(t); len(rows) != 0 {
 		t.Errorf("parked %v", rows)
 	}
 	if dead := e.DeadLetterRows(t); len(dead) != 1 || dead[0].Resolved {
 		t.Errorf("a released orphan stays until the core resolves it: %v", dead)
+	}
+	// No child waits any more, the unresolved orphan still does.
+	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || !any {
+		t.Errorf("AnyReleasable with an orphan alone waiting: %v %v", any, err)
 	}
 }
 
@@ -1189,12 +1193,8 @@ func flowSweepToOrphan(t *testing.T, e *Env) {
 	if sweeps.Fetched != 3 || sweeps.Parked != 2 || sweeps.Failed != 1 {
 		t.Errorf("the sweeps counted %+v, want 3 fetched, 2 parked, 1 failed", sweeps)
 	}
-	// The parent's batch leaves the orphan to the sweeper's next round.
-	if res := e.Apply(t, "items", Item("P1", 1, "")); res.Counts.Released != 0 {
+	if res := e.Apply(t, "items", Item("P1", 1, "")); res.Counts.Released != 1 {
 		t.Fatalf("item: %+v", res.Counts)
-	}
-	if sw := e.Sweep(t, deadletter.ParkedSelection{}); sw.Released != 1 {
-		t.Fatalf("the sweep after the parent: %+v", sw)
 	}
 	if got := e.TargetRows(t, "work_orders", "order_no", "status"); !slices.Equal(got, []string{"WO1|waiting"}) {
 		t.Errorf("work orders %v", got)

@@ -220,8 +220,8 @@ func (s *state) present(k apply.Key) bool {
 	return ok && !r.Deleted
 }
 
-// AnyReleasable tells whether children wait for any of parents that are
-// applied now (apply.Store).
+// AnyReleasable tells whether children or orphans wait for any of parents that
+// are applied now (apply.Store).
 func (m *Memory) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
 	if err := ctxErr(ctx); err != nil {
 		return false, err
@@ -231,6 +231,11 @@ func (m *Memory) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, 
 	want := keySet(parents)
 	for _, p := range m.st.parked {
 		if want[p.Parent] && m.st.present(p.Parent) {
+			return true, nil
+		}
+	}
+	for _, f := range m.st.failed {
+		if f.releasable(m.st) && want[*f.Parent] {
 			return true, nil
 		}
 	}

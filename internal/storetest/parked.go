@@ -123,7 +123,8 @@ func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []ap
 func validSource(name string) bool { return name == event.Realtime.Name || name == event.Backfill.Name }
 
 // TakeReleased takes out of the queue, in uid order and within the bounds, the
-// children waiting for parents that are applied (the store's releaseSQL).
+// children waiting for parents that are applied, and the unresolved orphan dead
+// letters that name them (the store's releaseSQL).
 func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) ([]apply.Released, bool, error) {
 	if err := t.stmt(ctx); err != nil {
 		return nil, false, err
@@ -136,12 +137,21 @@ func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBy
 		delete(t.st.parked, p.Child)
 		items = append(items, apply.Released{UID: p.UID, Delivery: p.delivery()})
 	}
+	orphansLocked := first(t.st.failedBy(func(f failedRow) bool { return f.releasable(t.st) && want[*f.Parent] }), limit)
+	orphans := withinBytes(orphansLocked, maxBytes, func(f failedRow) int { return len(f.Raw) })
+	for _, f := range orphans {
+		items = append(items, apply.Released{Orphan: true, UID: f.UID, Delivery: f.delivery()})
+	}
 	// The store counts the rows locked from the rows it returns.
-	parkedLocked := len(locked)
+	parkedLocked, orphanLocked := len(locked), len(orphansLocked)
 	if len(chunk) == 0 {
 		parkedLocked = 0
 	}
-	return items, parkedLocked >= limit || len(chunk) < parkedLocked, nil
+	if len(orphans) == 0 {
+		orphanLocked = 0
+	}
+	more := parkedLocked >= limit || len(chunk) < parkedLocked || orphanLocked >= limit || len(orphans) < orphanLocked
+	return items, more, nil
 }
 
 // first returns at most limit of rows (LIMIT).
