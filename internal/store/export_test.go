@@ -17,13 +17,15 @@ const (
 	DueDeadLettersSQL    = dueDeadLettersSQL
 	ReadLedgerSQL        = readLedgerSQL
 	PresentParentsSQL    = presentParentsSQL
-	ReleaseSQL           = releaseSQL
+	ReleaseOrphansSQL    = releaseOrphansSQL
 	AnyReleasableSQL     = anyReleasableSQL
 	ReleasableOrphansSQL = releasableOrphansSQL
 	ReleaseChildrenSQL   = releaseChildrenSQL
-	AnyOrphansSQL        = anyOrphansSQL
 	AbandonBatchesSQL    = abandonBatchesSQL
 )
+
+// OrphansOfSQL is the statement that tells whether orphans of entities wait.
+var OrphansOfSQL = orphansOfSQL
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.
 var KeptReasonSQL = keptReasonSQL

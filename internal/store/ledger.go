@@ -43,13 +43,6 @@ func (t *tx) ReadLedger(ctx context.Context, entity string, hashes []string, par
 	if len(hashes) > 0 {
 		stmts = append(stmts, statement{readLedgerSQL, []any{entity, slices.Sorted(slices.Values(hashes))}})
 		scans = append(scans, func(rows pgx.Rows) error { return scanApplied(rows, applied) })
-		stmts = append(stmts, statement{anyOrphansSQL, nil})
-		scans = append(scans, func(rows pgx.Rows) error {
-			var some bool
-			_, err := pgx.ForEachRow(rows, []any{&some}, func() error { return nil })
-			t.noOrphans = !some
-			return err
-		})
 	}
 	if len(parents) > 0 {
 		entities, keys := keyArrays(parents)

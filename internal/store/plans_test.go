@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
 )
@@ -110,15 +111,16 @@ func TestPlansAtScale(t *testing.T) {
 		{"due dead letters (retry worker)", store.DueDeadLettersSQL, []string{"500", "4194304"}, []string{"ix_failed_records_retry", "Index Cond: (next_retry_at <= now())"}},
 		{"ledger rows of a batch (every batch)", store.ReadLedgerSQL, []string{`'items'`, `ARRAY[md5('1') || md5('-1'), md5('6') || md5('-6')]`},
 			[]string{"pk_synced_records"}},
-		{"children and orphans a parent releases (every parent batch)", store.ReleaseSQL, []string{keys, "1000", "4194304"},
-			[]string{"ix_pending_children_parent", "ix_failed_records_orphan_parent", "pk_synced_records"}},
+		{"orphans a parent releases (a parent batch, when orphans of its entity wait)", store.ReleaseOrphansSQL, []string{keys, "1000", "4194304"},
+			[]string{"ix_failed_records_orphan_parent", "pk_synced_records"}},
 		{"anything to release after a commit", store.AnyReleasableSQL, []string{keys},
 			[]string{"ix_pending_children_parent", "ix_failed_records_orphan_parent"}},
 		{"orphans whose parent is applied (the sweeper's round)", store.ReleasableOrphansSQL, []string{"1000", "4194304"},
 			[]string{"ix_failed_records_orphan_parent", "pk_synced_records"}},
-		{"children a parent releases when no orphan waits (every parent batch)", store.ReleaseChildrenSQL, []string{keys, "1000", "4194304"},
+		{"children a parent releases (every parent batch)", store.ReleaseChildrenSQL, []string{keys, "1000", "4194304"},
 			[]string{"ix_pending_children_parent", "pk_synced_records"}},
-		{"does any orphan wait (every batch's ledger read)", store.AnyOrphansSQL, nil, []string{"ix_failed_records_orphan_parent"}},
+		{"do orphans of the parents' entities wait (every parent batch)", store.OrphansOfSQL([]apply.Key{{Entity: "items"}, {Entity: "sites"}, {Entity: "items"}}), nil,
+			[]string{"ix_failed_records_orphan_parent"}},
 		{"a replica's running batches (start)", store.AbandonBatchesSQL, []string{`'r1'`}, []string{"ix_sync_batches_status"}},
 		{"may prune drop a month of dead letters", store.KeptReasonSQL["failed_records"], month,
 			nil}, // an index of its own month, whichever: no sequential scan

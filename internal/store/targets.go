@@ -474,7 +474,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
 	}
 	if release != nil {
-		stmts = append(stmts, statement{t.release(), releaseArgs(release.Parents, release.Limit, release.MaxBytes)})
+		stmts = append(stmts, releaseStatements(release.Parents, release.Limit, release.MaxBytes)...)
 	}
 	var br pgx.BatchResults
 	fail := func(err error) (apply.Written, error) {
@@ -520,18 +520,24 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 			return apply.Written{}, fmt.Errorf("%w (%d of them)", apply.ErrDeleteHeld, len(held))
 		}
 	}
-	var out apply.Written
+	var (
+		out     apply.Written
+		orphans bool
+	)
 	if release != nil {
-		q, err := br.Query()
-		if err != nil {
-			return fail(err)
-		}
-		if out.Released, out.More, err = readReleased(q, release.Limit); err != nil {
+		if out.Released, out.More, orphans, err = readRelease(br, release.Limit); err != nil {
 			return fail(err)
 		}
 	}
 	if err := br.Close(); err != nil {
 		return fail(err)
+	}
+	if orphans {
+		taken, more, err := t.takeOrphans(ctx, release.Parents, release.Limit, release.MaxBytes)
+		if err != nil {
+			return apply.Written{}, err
+		}
+		out.Released, out.More = append(out.Released, taken...), out.More || more
 	}
 	out.Hashes = make(map[string]bool, len(won))
 	for _, h := range won {

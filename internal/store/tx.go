@@ -51,10 +51,6 @@ type tx struct {
 	// unmapped holds the fields no column took, counted once per record, for
 	// the drift counts once the transaction commits.
 	unmapped *unmappedNotes
-	// noOrphans is set when the ledger read found no unresolved orphan dead
-	// letter at all: the releases of this transaction then look for parked
-	// children only (releaseChildrenSQL).
-	noOrphans bool
 }
 
 // pendingStmt is a statement waiting to go with the next one; control marks
