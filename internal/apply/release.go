@@ -22,7 +22,8 @@ import (
 // other's work in its re-check, so the child is released (in a transaction of its
 // own, through the pipeline, and counted in the batch's rows_released). Should the
 // process die between the commit and the re-check, the sweeper releases a parked
-// child at its next re-check, and the parent's next change an orphan.
+// child at its next re-check, and an orphan whose parent is applied in its next
+// round.
 //
 // # Bounded releases
 //
