@@ -164,6 +164,9 @@ released AS (
 // connection and set of entities: a scan of ix_failed_records_orphan_parent,
 // which holds nothing but unresolved orphans, stopped at its first row.
 func orphansOfSQL(parents []apply.Key) string {
+	if len(parents) == 0 {
+		return `SELECT false`
+	}
 	var names []string
 	for _, p := range parents {
 		names = append(names, "'"+strings.ReplaceAll(p.Entity, "'", "''")+"'")

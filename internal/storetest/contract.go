@@ -447,6 +447,19 @@ func releaseBounded(t *testing.T, e *Env) {
 	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, parents); err != nil || any {
 		t.Errorf("AnyReleasable %v %v, want false (the parents of the children left are missing or deleted)", any, err)
 	}
+	// No parents: nothing, and no error.
+	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, nil); err != nil || any {
+		t.Errorf("AnyReleasable of no parents: %v %v", any, err)
+	}
+	if err := e.InTx(func(tx apply.Tx) error {
+		items, more, err := tx.TakeReleased(e.Ctx, nil, 10, 1<<20)
+		if len(items) != 0 || more {
+			t.Errorf("TakeReleased of no parents: %v %v", items, more)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("TakeReleased of no parents: %v", err)
+	}
 }
 
 func sweeperStatements(t *testing.T, e *Env) {
