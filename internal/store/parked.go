@@ -138,8 +138,7 @@ SELECT true, uid, entity_name, raw_bytes, coalesce(source_stream, 'realtime'), c
 FROM orphans`
 )
 
-// releaseChildrenCTEs take the children: the part releaseSQL and
-// releaseChildrenSQL share.
+// releaseChildrenCTEs take the children (releaseChildrenSQL).
 const releaseChildrenCTEs = `
 WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),

@@ -428,7 +428,7 @@ func (t *tx) WriteTarget(ctx context.Context, entity string, upserts []apply.Tar
 // deadlock. Deletes go last, only where the ledger row took the delete
 // (deleteWonSQL): a delete finds no row another transaction inserted and has not
 // committed, and does not wait for it; the ledger row does. The statements go
-// in one round trip, with the release (releaseSQL) after them when asked for.
+// in one round trip, with the release (releaseStatements) after them when asked for.
 // It returns the hashes whose ledger rows it wrote, and those of the repair
 // rewrites whose version the ledger still holds.
 func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []apply.WriteRow, release *apply.ReleaseAfter) (apply.Written, error) {

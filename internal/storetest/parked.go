@@ -124,7 +124,7 @@ func validSource(name string) bool { return name == event.Realtime.Name || name 
 
 // TakeReleased takes out of the queue, in uid order and within the bounds, the
 // children waiting for parents that are applied, and the unresolved orphan dead
-// letters that name them (the store's releaseSQL).
+// letters that name them (the store's releaseChildrenSQL and releaseOrphansSQL).
 func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBytes int) ([]apply.Released, bool, error) {
 	if err := t.stmt(ctx); err != nil {
 		return nil, false, err
