@@ -533,11 +533,9 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		return fail(err)
 	}
 	if orphans {
-		taken, more, err := t.takeOrphans(ctx, release.Parents, release.Limit, release.MaxBytes)
-		if err != nil {
+		if out.Released, out.More, err = t.addOrphans(ctx, release.Parents, release.Limit, release.MaxBytes, out.Released, out.More); err != nil {
 			return apply.Written{}, err
 		}
-		out.Released, out.More = append(out.Released, taken...), out.More || more
 	}
 	out.Hashes = make(map[string]bool, len(won))
 	for _, h := range won {
