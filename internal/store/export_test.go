@@ -1,6 +1,10 @@
 package store
 
-import "github.com/jackc/pgx/v5"
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
 
 // WithTracer returns cfg with a tracer of every statement and pipeline.
 func WithTracer(cfg Config, tr pgx.QueryTracer) Config {
@@ -10,18 +14,19 @@ func WithTracer(cfg Config, tr pgx.QueryTracer) Config {
 
 // The statements whose plans TestPlansAtScale pins.
 const (
-	LastBatchesSQL       = lastBatchesSQL
-	DeadLetterCountsSQL  = deadLetterCountsSQL
-	ParkedCountsSQL      = parkedCountsSQL
-	SweepDueSQL          = sweepDueSQL
-	DueDeadLettersSQL    = dueDeadLettersSQL
-	ReadLedgerSQL        = readLedgerSQL
-	PresentParentsSQL    = presentParentsSQL
-	ReleaseOrphansSQL    = releaseOrphansSQL
-	AnyReleasableSQL     = anyReleasableSQL
-	ReleasableOrphansSQL = releasableOrphansSQL
-	ReleaseChildrenSQL   = releaseChildrenSQL
-	AbandonBatchesSQL    = abandonBatchesSQL
+	LastBatchesSQL           = lastBatchesSQL
+	DeadLetterCountsSQL      = deadLetterCountsSQL
+	ParkedCountsSQL          = parkedCountsSQL
+	SweepDueSQL              = sweepDueSQL
+	DueDeadLettersSQL        = dueDeadLettersSQL
+	ReadLedgerSQL            = readLedgerSQL
+	PresentParentsSQL        = presentParentsSQL
+	ReleaseOrphansSQL        = releaseOrphansSQL
+	AnyReleasableSQL         = anyReleasableSQL
+	ReleasableOrphansSQL     = releasableOrphansSQL
+	ReleaseChildrenSQL       = releaseChildrenSQL
+	AnyChildrenReleasableSQL = anyChildrenReleasableSQL
+	AbandonBatchesSQL        = abandonBatchesSQL
 )
 
 // OrphansOfSQL is the statement that tells whether orphans of entities wait.
@@ -29,3 +34,20 @@ var OrphansOfSQL = orphansOfSQL
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.
 var KeptReasonSQL = keptReasonSQL
+
+// PlanCounts sums, over the store's idle connections, how many times the
+// statements prepared there whose text contains part ran with a generic and
+// with a custom plan.
+func PlanCounts(ctx context.Context, s *Store, part string) (generic, custom int64, err error) {
+	for _, c := range s.pool.AcquireAllIdle(ctx) {
+		var g, cu int64
+		err = c.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+			FROM pg_prepared_statements WHERE strpos(statement, $1) > 0`, part).Scan(&g, &cu)
+		c.Release()
+		if err != nil {
+			return 0, 0, err
+		}
+		generic, custom = generic+g, custom+cu
+	}
+	return generic, custom, nil
+}

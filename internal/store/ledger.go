@@ -152,12 +152,17 @@ func ledgerArraysOf(rows []apply.LedgerRow) ledgerArrays {
 	return a
 }
 
-// presentParentsSQL looks each key up by the primary key (OFFSET 0 keeps the
-// lateral subquery a lookup per key, as in readLedgerSQL).
+// presentParentsSQL looks each key up by the primary key (appliedParent).
 const presentParentsSQL = `
 SELECT k.entity_name, k.bk_hash
-FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash),
-LATERAL (SELECT 1 FROM bridge.synced_records r
+FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash), ` + appliedParent
+
+// appliedParent keeps the parents k (entity_name, bk_hash) that are applied,
+// looking each up by the primary key: OFFSET 0 keeps the lateral subquery a
+// lookup per key, as in readLedgerSQL, whatever the statistics say of the
+// ledger, and whatever they said when a prepared statement's generic plan was
+// made.
+const appliedParent = `LATERAL (SELECT 1 FROM bridge.synced_records r
          WHERE r.entity_name = k.entity_name AND r.bk_hash = k.bk_hash AND NOT r.deleted
          OFFSET 0) r`
 

@@ -117,9 +117,8 @@ WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
 locked AS (
     SELECT p.uid, octet_length(p.child_raw) AS size
-    FROM bridge.pending_children p
-    JOIN k ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-    JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted
+    FROM k, ` + appliedParent + `, bridge.pending_children p
+    WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
     ORDER BY p.uid
     LIMIT $3
     FOR UPDATE OF p SKIP LOCKED),
@@ -137,10 +136,9 @@ WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
 orphans_locked AS (
     SELECT f.uid, octet_length(f.raw_bytes) AS size
-    FROM bridge.failed_records f
-    JOIN k ON f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
-    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
-    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+    FROM k, ` + appliedParent + `, bridge.failed_records f
+    WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+        AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
     ORDER BY f.uid
     LIMIT $3
     FOR UPDATE OF f SKIP LOCKED),
@@ -173,15 +171,22 @@ func orphansOfSQL(parents []apply.Key) string {
 }
 
 // releaseStatements are the statements of a release for parents: the
-// children's, then whether orphans wait (readRelease reads them).
+// children's, planned afresh for the tables as they are now (as the key
+// lookups are: a generic plan made while the queue and the ledger were young
+// scans them whole for every parent batch until the next ANALYZE), then
+// whether orphans wait (readRelease reads them).
 func releaseStatements(parents []apply.Key, limit, maxBytes int) []statement {
-	return []statement{{releaseChildrenSQL, releaseArgs(parents, limit, maxBytes)}, {orphansOfSQL(parents), nil}}
+	return []statement{{planModeCustom, nil}, {releaseChildrenSQL, releaseArgs(parents, limit, maxBytes)},
+		{planModeDefault, nil}, {orphansOfSQL(parents), nil}}
 }
 
 // readRelease reads the results of releaseStatements from br: the children
 // taken, and whether orphans wait (for addOrphans, once br is closed). It does
 // not close br.
 func readRelease(br pgx.BatchResults, limit int) (items []apply.Released, more, orphans bool, err error) {
+	if _, err := br.Exec(); err != nil {
+		return nil, false, false, classify(err)
+	}
 	q, err := br.Query()
 	if err != nil {
 		return nil, false, false, classify(err)
@@ -189,14 +194,18 @@ func readRelease(br pgx.BatchResults, limit int) (items []apply.Released, more, 
 	if items, more, err = readReleased(q, limit); err != nil {
 		return nil, false, false, err
 	}
+	if _, err := br.Exec(); err != nil {
+		return nil, false, false, classify(err)
+	}
 	err = br.QueryRow().Scan(&orphans)
 	return items, more, orphans, classify(err)
 }
 
 // addOrphans adds to a release's children (items, more) the orphans it found
-// waiting (readRelease's caller runs it once the pipeline is closed).
+// waiting (readRelease's caller runs it once the pipeline is closed), planned
+// afresh as the children's statement is.
 func (t *tx) addOrphans(ctx context.Context, parents []apply.Key, limit, maxBytes int, items []apply.Released, more bool) ([]apply.Released, bool, error) {
-	rows, err := t.query(ctx, releaseOrphansSQL, releaseArgs(parents, limit, maxBytes)...)
+	rows, err := t.query(ctx, releaseOrphansSQL, append([]any{customPlan}, releaseArgs(parents, limit, maxBytes)...)...)
 	if err != nil {
 		return nil, false, classify(err)
 	}
@@ -331,34 +340,42 @@ func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
 const (
 	anyReleasableSQL = anyChildrenReleasableSQL + `
 OR EXISTS (
-    SELECT 1 FROM bridge.failed_records f
-    JOIN k ON f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
-    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
-    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL)`
+    SELECT 1 FROM k, ` + appliedParent + `,
+    LATERAL (SELECT 1 FROM bridge.failed_records f
+             WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+                 AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+             LIMIT 1) f)`
 	anyChildrenReleasableSQL = `
 WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash))
 SELECT EXISTS (
-    SELECT 1 FROM bridge.pending_children p
-    JOIN k ON p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-    JOIN bridge.synced_records r ON r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted)`
+    SELECT 1 FROM k, ` + appliedParent + `,
+    LATERAL (SELECT 1 FROM bridge.pending_children p
+             WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+             LIMIT 1) p)`
 )
 
 // AnyReleasable tells whether children or orphans wait for any of parents that
 // are applied now (apply.Store). It asks whether any orphan waits at all and
-// whether children wait, in one round trip; only when orphans wait and no child
-// does, it asks again of orphans too (anyReleasableSQL), in a second.
+// whether children wait, in one round trip (a read-only transaction, so that
+// the children's question is planned afresh, as a release is); only when
+// orphans wait and no child does, it asks again of orphans too
+// (anyReleasableSQL), in a second. A failure leaves the connection inside the
+// transaction, and the pool closes it.
 func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
 	entities, hashes := keyArrays(parents)
 	var orphans, children bool
 	b := &pgx.Batch{}
+	b.Queue("BEGIN READ ONLY")
 	b.Queue(orphansOfSQL(parents)).QueryRow(func(r pgx.Row) error { return r.Scan(&orphans) })
+	b.Queue(planModeCustom)
 	b.Queue(anyChildrenReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&children) })
+	b.Queue("COMMIT")
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil || children || !orphans {
 		return children, classify(err)
 	}
 	var any bool
-	err := s.pool.QueryRow(ctx, anyReleasableSQL, entities, hashes).Scan(&any)
+	err := s.pool.QueryRow(ctx, anyReleasableSQL, customPlan, entities, hashes).Scan(&any)
 	return any, classify(err)
 }
 

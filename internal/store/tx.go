@@ -229,12 +229,15 @@ func (t *tx) planCustom() func() {
 	if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault {
 		t.pending = t.pending[:n-1] // still custom since the last lookup
 	} else {
-		t.later(pendingStmt{what: "plan mode", sql: "SET LOCAL plan_cache_mode = force_custom_plan", control: true})
+		t.later(pendingStmt{what: "plan mode", sql: planModeCustom, control: true})
 	}
 	return func() { t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true}) }
 }
 
-const planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
+const (
+	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
+	planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
+)
 
 // exec runs sql after the pending statements, in one round trip.
 func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
