@@ -244,12 +244,11 @@ func TestKeyLookupsOfAYoungLedger(t *testing.T) {
 // empty (or hold three rows and were analyzed then), as in the first seconds of
 // a new installation, and explained once each has grown to 20,000 rows with no
 // new statistics. Each still looks every parent up by key (the ledger's primary
-// key, the queue's and the orphans' parent indexes) in the plan the store runs
-// it with: a release planned afresh (store's planCustom), the re-check's
-// question as the generic plan its prepared statement settles on. The generic
-// plan of the join before made at that moment hashed the whole ledger, or the
-// whole queue, for every parent batch from then on: 15 to 30 ms a statement at
-// 5,000 events/s, the latency figure's p99 at 0.5 to 0.8 s.
+// key, the queue's and the orphans' parent indexes) planned afresh, as the
+// store runs it (TestReleasesArePlannedAfresh). The generic plan of the join
+// before, made at that moment, hashed the whole ledger or the whole queue for
+// every parent batch from then on: 15 to 30 ms a statement at 5,000 events/s,
+// the latency figure's p99 at 0.5 to 0.8 s.
 func TestReleasesOfYoungTables(t *testing.T) {
 	conn, exec := planDatabase(t, "youngrelease")
 	grow := func(from, to int) {
