@@ -51,3 +51,14 @@ func PlanCounts(ctx context.Context, s *Store, part string) (generic, custom int
 	}
 	return generic, custom, nil
 }
+
+// TargetStatements returns the statements of entity's target that look rows
+// up by key: the ledger write (with each target row's hash), the lock of the
+// rows of deletes, the deletes, and the ledger update of repair rewrites.
+func TargetStatements(s *Store, entity string) (ledger, lock, deleteWon, rewrite string, err error) {
+	t, err := s.target(entity)
+	if err != nil {
+		return "", "", "", "", err
+	}
+	return t.writeLedgerSQL(), t.lockSQL(), t.deleteWonSQL(), t.rewriteHashSQL(), nil
+}

@@ -176,8 +176,7 @@ func orphansOfSQL(parents []apply.Key) string {
 // scans them whole for every parent batch until the next ANALYZE), then
 // whether orphans wait (readRelease reads them).
 func releaseStatements(parents []apply.Key, limit, maxBytes int) []statement {
-	return []statement{{planModeCustom, nil}, {releaseChildrenSQL, releaseArgs(parents, limit, maxBytes)},
-		{planModeDefault, nil}, {orphansOfSQL(parents), nil}}
+	return append(customPlanned(statement{releaseChildrenSQL, releaseArgs(parents, limit, maxBytes)}), statement{orphansOfSQL(parents), nil})
 }
 
 // readRelease reads the results of releaseStatements from br: the children

@@ -305,26 +305,90 @@ func TestReleasesOfYoungTables(t *testing.T) {
 	}
 }
 
-// The store runs a release and the re-check's question planned afresh every
-// time, never with the generic plan PostgreSQL would settle on after five
-// executions: made while the tables were empty, as here, that plan kept
-// hashing the whole ledger for every parent batch once it had grown (see
-// TestReleasesOfYoungTables).
-func TestReleasesArePlannedAfresh(t *testing.T) {
+// The store runs every statement that finds rows by key through a join or a
+// lateral lookup planned afresh every time, never with the generic plan
+// PostgreSQL would settle on after five executions: made while the tables were
+// empty or small, as here, that plan kept scanning them whole once they had
+// grown (TestReleasesOfYoungTables, TestTargetLookupsOfYoungTables).
+func TestKeyLookupsArePlannedAfresh(t *testing.T) {
 	f := newFixture(t)
-	for i := range 12 {
-		f.apply("items", nil, fmt.Sprintf(`{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P%d"}}`, i))
+	item := func(op string, i int, rv string) string {
+		return fmt.Sprintf(`{"entity":"items","op":%q,"rowversion":%q,"data":{"PART_NO":"P%d"}}`, op, rv, i)
 	}
-	for _, st := range []struct{ name, part string }{
-		{"the children's release", "DELETE FROM bridge.pending_children p USING chunk"},
-		{"the re-check's question", "AS k (entity_name, bk_hash))\nSELECT EXISTS ("},
+	for i := range 12 {
+		f.apply("items", nil, item("upsert", i, "20260101000000"))
+	}
+	for i := range 12 {
+		f.apply("items", nil, item("delete", i, "20260102000000"))
+	}
+	for _, st := range []struct {
+		name, part string
+		runs       int64
+	}{
+		{"the children's release", "DELETE FROM bridge.pending_children p USING chunk", 12},
+		{"the re-check's question", "AS k (entity_name, bk_hash))\nSELECT EXISTS (", 12},
+		{"the ledger write", "INSERT INTO bridge.synced_records AS r", 24},
+		{"the lock of the target rows of deletes", "jsonb_array_elements($1::jsonb) WITH ORDINALITY", 12},
+		{"the deletes", "SELECT u.bk_hash, x FROM unnest(", 12},
 	} {
 		generic, custom, err := store.PlanCounts(f.ctx, f.st, st.part)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if generic > 0 || custom < 12 {
-			t.Errorf("%s: %d runs with a generic plan, %d planned afresh; want none and 12", st.name, generic, custom)
+		if generic > 0 || custom < st.runs {
+			t.Errorf("%s: %d runs with a generic plan, %d planned afresh; want none and %d", st.name, generic, custom, st.runs)
+		}
+	}
+}
+
+// The statements of a batch that find rows by key through a join or a lateral
+// lookup (the ledger write reading each target row's hash, the lock and the
+// deletes of the rows of deletes, the ledger update of repair rewrites), in a
+// young installation, as TestReleasesOfYoungTables: prepared while the target
+// and the ledger are empty or were analyzed at three rows, explained once they
+// hold 20,000. Each looks every key up by an index. As generic plans, made at
+// that moment, each scanned the target (or hashed the ledger) for every key.
+func TestTargetLookupsOfYoungTables(t *testing.T) {
+	f := newFixture(t)
+	ledger, lock, del, rewrite, err := store.TargetStatements(f.st, "items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := f.conn.Exec(f.ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	grow := func(from, to int) {
+		exec(fmt.Sprintf(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq, deleted)
+			SELECT 'items', md5(i::text), '["k"]', 'x', i, 'realtime', i, true FROM generate_series(%d, %d) i`, from, to))
+		exec(fmt.Sprintf(`INSERT INTO schedulehub.items (part_no, description) SELECT 'P' || i, 'x' FROM generate_series(%d, %d) i`, from, to))
+	}
+	keys := `'[{"part_no":"P1"},{"part_no":"P2"}]'`
+	for _, stats := range []string{"never analyzed", "analyzed at 3 rows"} {
+		for _, tc := range []struct{ name, sql, args string }{
+			{"ledger write", ledger, `'items', gen_random_uuid(), ARRAY[md5('1')], ARRAY['["P1"]'], ARRAY['x'], ARRAY[5::bigint], ARRAY['realtime'], ARRAY[5::bigint], ARRAY['\x00'::bytea], ARRAY[false], ARRAY['{"part_no":"P1"}'::jsonb]`},
+			{"lock of deletes", lock, keys},
+			{"deletes", del, `'items', ARRAY[md5('1')], ARRAY['{"part_no":"P1"}'::jsonb], ARRAY[1::bigint], ARRAY['realtime'], ARRAY[1::bigint]`},
+			{"rewrites", rewrite, `'items', ARRAY[md5('1')], ARRAY['{"part_no":"P1"}'::jsonb], ARRAY[1::bigint], ARRAY['\x00'::bytea]`},
+		} {
+			exec(`TRUNCATE bridge.synced_records, schedulehub.items CASCADE`)
+			if stats != "never analyzed" {
+				grow(1, 3)
+				exec(`ANALYZE bridge.synced_records, schedulehub.items`)
+			}
+			exec(`SET plan_cache_mode = force_custom_plan`) // as the store runs them
+			exec(`PREPARE s AS ` + tc.sql)
+			testenv.Rows(t, f.conn, `EXPLAIN EXECUTE s (`+tc.args+`)`)
+			grow(4, 20000)
+			plan := testenv.Rows(t, f.conn, `EXPLAIN EXECUTE s (`+tc.args+`)`)
+			exec(`DEALLOCATE s`)
+			exec(`RESET plan_cache_mode`)
+			if regexp.MustCompile(`Hash Join|Seq Scan on (synced_records|items)`).MatchString(plan) ||
+				!regexp.MustCompile(`Index (Only )?Scan using (pk_synced_records|items_pkey)`).MatchString(plan) {
+				t.Errorf("%s, %s: not a lookup by key:\n%s", tc.name, stats, plan)
+			}
 		}
 	}
 }

@@ -466,13 +466,14 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 		}
 	}
 	a := ledgerArraysOf(ledger)
-	stmts = append(stmts, statement{tg.writeLedgerSQL(), []any{entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads, a.deleted, tkeys}})
+	lookups := []statement{{tg.writeLedgerSQL(), []any{entity, batch, a.hashes, a.keys, a.versions, a.ords, a.srcs, a.seqs, a.payloads, a.deleted, tkeys}}}
 	if len(rewrites.hashes) > 0 {
-		stmts = append(stmts, statement{tg.rewriteHashSQL(), []any{entity, rewrites.hashes, rewrites.keys, rewrites.ords, rewrites.payloads}})
+		lookups = append(lookups, statement{tg.rewriteHashSQL(), []any{entity, rewrites.hashes, rewrites.keys, rewrites.ords, rewrites.payloads}})
 	}
 	if len(deletes.hashes) > 0 {
-		stmts = append(stmts, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
+		lookups = append(lookups, statement{tg.deleteWonSQL(), []any{entity, deletes.hashes, deletes.keys, deletes.ords, deletes.srcs, deletes.seqs}})
 	}
+	stmts = append(stmts, customPlanned(lookups...)...)
 	if release != nil {
 		stmts = append(stmts, releaseStatements(release.Parents, release.Limit, release.MaxBytes)...)
 	}
@@ -487,7 +488,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	if br, err = t.send(ctx, stmts...); err != nil {
 		return fail(err)
 	}
-	for range runs {
+	for range runs + 1 { // and the plan mode of the lookups
 		if _, err := br.Exec(); err != nil {
 			return fail(err)
 		}
@@ -519,6 +520,9 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 			_ = br.Close() //nolint:errcheck // the statements went through
 			return apply.Written{}, fmt.Errorf("%w (%d of them)", apply.ErrDeleteHeld, len(held))
 		}
+	}
+	if _, err := br.Exec(); err != nil { // the plan mode back
+		return fail(err)
 	}
 	var (
 		out     apply.Written
@@ -572,11 +576,11 @@ func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
 			return
 		}
 		body = append(body, ']')
-		sql := tg.lockSQL()
-		if sig != "delete" {
-			sql = tg.plainUpsertSQL(cols)
+		if sig == "delete" {
+			out = append(out, customPlanned(statement{tg.lockSQL(), []any{body}})...)
+		} else {
+			out = append(out, statement{tg.plainUpsertSQL(cols), []any{body}})
 		}
-		out = append(out, statement{sql, []any{body}})
 		body = nil
 	}
 	now := time.Now()

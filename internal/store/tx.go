@@ -234,6 +234,18 @@ func (t *tx) planCustom() func() {
 	return func() { t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true}) }
 }
 
+// customPlanned returns stmts between the plan modes that have PostgreSQL plan
+// them afresh, for the tables as they are now, in a pipeline (its reader skips
+// the two results of the plan modes). A statement that finds rows by key
+// through a join or a lateral lookup is sent so: the generic plan a prepared
+// statement settles on after five executions is made once, for the tables as
+// large as they were then, and a young installation's tables (empty, or
+// analyzed while they held a few rows) had it scan them whole, for every key,
+// until the next ANALYZE.
+func customPlanned(stmts ...statement) []statement {
+	return append(append([]statement{{planModeCustom, nil}}, stmts...), statement{planModeDefault, nil})
+}
+
 const (
 	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
 	planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
