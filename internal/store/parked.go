@@ -297,13 +297,15 @@ func scanReleased(rows pgx.Rows) (it apply.Released, locked int64, err error) {
 // It reads the unresolved orphans through ix_failed_records_orphan_parent,
 // which holds nothing else, in no particular order (ordered by uid, its plan
 // at scale walked every dead letter of every month): SKIP LOCKED waits for
-// nothing, and what the bounds leave is for the next round.
+// nothing, and what the bounds leave is for the next round. Each orphan's
+// parent is looked up by the ledger's primary key (orphanParentApplied), and
+// the statement is planned afresh, as a release is: as a join, a generic plan
+// made while the tables were young scanned the ledger for every orphan.
 const releasableOrphansSQL = `
 WITH locked AS (
     SELECT f.uid, octet_length(f.raw_bytes) AS size
     FROM bridge.failed_records f
-    JOIN bridge.synced_records r ON r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted
-    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+    WHERE f.stage_failed = 'orphan' AND f.resolved_at IS NULL AND ` + orphanParentApplied + `
     LIMIT $1
     FOR UPDATE OF f SKIP LOCKED)
 SELECT true, f.uid, f.entity_name, f.raw_bytes, coalesce(f.source_stream, 'realtime'), coalesce(f.stream, ''),
@@ -314,7 +316,7 @@ WHERE f.uid IN (SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - siz
 // TakeReleasableOrphans locks the orphan dead letters whose parent is applied,
 // within the bounds; more says the bounds left some behind.
 func (t *tx) TakeReleasableOrphans(ctx context.Context, limit, maxBytes int) (items []apply.Released, more bool, err error) {
-	rows, err := t.query(ctx, releasableOrphansSQL, limit, maxBytes)
+	rows, err := t.query(ctx, releasableOrphansSQL, customPlan, limit, maxBytes)
 	if err != nil {
 		return nil, false, classify(err)
 	}
