@@ -26,6 +26,7 @@ const (
 	ReleasableOrphansSQL     = releasableOrphansSQL
 	ReleaseChildrenSQL       = releaseChildrenSQL
 	AnyChildrenReleasableSQL = anyChildrenReleasableSQL
+	ParkedChildrenSQL        = parkedChildrenSQL
 	AbandonBatchesSQL        = abandonBatchesSQL
 )
 
@@ -62,3 +63,13 @@ func TargetStatements(s *Store, entity string) (ledger, lock, deleteWon, rewrite
 	}
 	return t.writeLedgerSQL(), t.lockSQL(), t.deleteWonSQL(), t.rewriteHashSQL(), nil
 }
+
+// Setting returns the value of a setting in a session of the store's pool.
+func Setting(ctx context.Context, s *Store, name string) (string, error) {
+	var v string
+	err := s.pool.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&v)
+	return v, err
+}
+
+// NewConns counts the connections the store's pool has opened.
+func NewConns(s *Store) int64 { return s.pool.Stat().NewConnsCount() }

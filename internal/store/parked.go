@@ -335,6 +335,13 @@ func (t *tx) TakeReleasableOrphans(ctx context.Context, limit, maxBytes int) (it
 	return items, locked >= int64(limit) || int64(len(items)) < locked, nil
 }
 
+// markDueSQL and parkedChildrenSQL find rows of the queue by key through a
+// join; both are planned afresh (customPlan), as a release is: the generic plan
+// of markDueSQL made on a young queue hashed the whole queue. (With statistics
+// of a queue analyzed at a few rows, a plan made afresh may still read the
+// children due later through ix_pending_children_retry, until the next
+// ANALYZE; it runs only when a release was cut short by its bounds.)
+//
 // markDueSQL makes the children a bounded release left behind due for the
 // sweeper now, should the process die before its re-checks release them.
 const markDueSQL = `
@@ -345,7 +352,7 @@ WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash AND p.nex
 // MarkDue makes the children waiting for parents due for the sweeper now.
 func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
 	entities, hashes := keyArrays(parents)
-	_, err := t.exec(ctx, markDueSQL, entities, hashes)
+	_, err := t.exec(ctx, markDueSQL, customPlan, entities, hashes)
 	return classify(err)
 }
 
@@ -371,8 +378,9 @@ SELECT EXISTS (
 // whether children wait, in one round trip (a read-only transaction, so that
 // the children's question is planned afresh, as a release is); only when
 // orphans wait and no child does, it asks again of orphans too
-// (anyReleasableSQL), in a second. A failure leaves the connection inside the
-// transaction, and the pool closes it.
+// (anyReleasableSQL), in a second. A failure rolls the transaction back, so
+// that the connection goes back to the pool fit for use (one given back inside
+// a transaction is closed by the pool).
 func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
 	entities, hashes := keyArrays(parents)
 	var orphans, children bool
@@ -382,11 +390,24 @@ func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, e
 	b.Queue(planModeCustom)
 	b.Queue(anyChildrenReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&children) })
 	b.Queue("COMMIT")
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil || children || !orphans {
-		return children, classify(err)
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false, classify(err)
+	}
+	defer c.Release()
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
+		if c.Conn().PgConn().TxStatus() != 'I' && !c.Conn().IsClosed() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = c.Exec(rctx, "ROLLBACK") //nolint:errcheck // the pool closes a connection left in a transaction
+		}
+		return false, classify(err)
+	}
+	if children || !orphans {
+		return children, nil
 	}
 	var any bool
-	err := s.pool.QueryRow(ctx, anyReleasableSQL, customPlan, entities, hashes).Scan(&any)
+	err = c.QueryRow(ctx, anyReleasableSQL, customPlan, entities, hashes).Scan(&any)
 	return any, classify(err)
 }
 
@@ -465,7 +486,7 @@ func (t *tx) ParkedChildren(ctx context.Context, children []apply.Key) ([]deadle
 		return nil, nil
 	}
 	entities, hashes := keyArrays(children)
-	q, err := t.query(ctx, parkedChildrenSQL, entities, hashes)
+	q, err := t.query(ctx, parkedChildrenSQL, customPlan, entities, hashes)
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -256,6 +256,10 @@ func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 	if len(t.pending) == 0 {
 		return t.conn.Exec(ctx, sql, args...)
 	}
+	if len(args) > 0 && args[0] == customPlan {
+		args = args[1:]
+		defer t.planCustom()()
+	}
 	br, err := t.send(ctx, statement{sql, args})
 	if err != nil {
 		return pgconn.CommandTag{}, err
