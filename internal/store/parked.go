@@ -117,9 +117,8 @@ WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
 locked AS (
     SELECT p.uid, octet_length(p.child_raw) AS size
-    FROM k, bridge.pending_children p
+    FROM k, ` + appliedParent + `, bridge.pending_children p
     WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-        AND ` + childParentApplied + `
     ORDER BY p.uid
     LIMIT $3
     FOR UPDATE OF p SKIP LOCKED),
@@ -137,9 +136,9 @@ WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
 orphans_locked AS (
     SELECT f.uid, octet_length(f.raw_bytes) AS size
-    FROM k, bridge.failed_records f
+    FROM k, ` + appliedParent + `, bridge.failed_records f
     WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
-        AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL AND ` + orphanParentApplied + `
+        AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
     ORDER BY f.uid
     LIMIT $3
     FOR UPDATE OF f SKIP LOCKED),
@@ -153,18 +152,16 @@ SELECT true, uid, entity_name, raw_bytes, coalesce(source_stream, 'realtime'), c
 FROM orphans`
 )
 
-// childParentApplied and orphanParentApplied are the condition that the parent
-// a parked child (p) or an orphan (f) names is applied. It is asked of the rows
-// found for the parents, not of every parent: most parents of a batch have
-// nothing waiting, and their ledger rows need no lookup. OFFSET 0 keeps it a
-// lookup by the ledger's primary key for each row, never a join the statistics
-// could turn into a scan.
-const (
-	childParentApplied = `EXISTS (SELECT 1 FROM bridge.synced_records r
-            WHERE r.entity_name = p.parent_entity AND r.bk_hash = p.parent_bk_hash AND NOT r.deleted OFFSET 0)`
-	orphanParentApplied = `EXISTS (SELECT 1 FROM bridge.synced_records r
+// orphanParentApplied is the condition that the parent an orphan (f) names is
+// applied, looked up by the ledger's primary key for each orphan (OFFSET 0
+// keeps it a lookup, never a join the statistics could turn into a scan). It
+// serves the sweeper's round, which has no parents to start from. The releases
+// start from their parents (appliedParent): asked of each child found instead,
+// it put a cost on every row of the queue, and with the 19,000 parents of a
+// mass release's re-check PostgreSQL chose to read the whole queue in uid order
+// and scan the parents again for each row (28 s, then the statement timeout).
+const orphanParentApplied = `EXISTS (SELECT 1 FROM bridge.synced_records r
             WHERE r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted OFFSET 0)`
-)
 
 // orphansOfSQL tells whether any unresolved orphan dead letter waits for a
 // parent of one of entities. It takes no parameter (the names are literals;
@@ -362,15 +359,19 @@ func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
 const (
 	anyReleasableSQL = anyChildrenReleasableSQL + `
 OR EXISTS (
-    SELECT 1 FROM k, bridge.failed_records f
-    WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
-        AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL AND ` + orphanParentApplied + `)`
+    SELECT 1 FROM k, ` + appliedParent + `,
+    LATERAL (SELECT 1 FROM bridge.failed_records f
+             WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+                 AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+             LIMIT 1) f)`
 	anyChildrenReleasableSQL = `
 WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash))
 SELECT EXISTS (
-    SELECT 1 FROM k, bridge.pending_children p
-    WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash AND ` + childParentApplied + `)`
+    SELECT 1 FROM k, ` + appliedParent + `,
+    LATERAL (SELECT 1 FROM bridge.pending_children p
+             WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+             LIMIT 1) p)`
 )
 
 // AnyReleasable tells whether children or orphans wait for any of parents that
