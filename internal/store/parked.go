@@ -376,24 +376,38 @@ SELECT EXISTS (
 
 // AnyReleasable tells whether children or orphans wait for any of parents that
 // are applied now (apply.Store). It asks whether any orphan waits at all and
-// whether children wait, in one round trip (a read-only transaction, so that
-// the children's question is planned afresh, as a release is); only when
-// orphans wait and no child does, it asks again of orphans too
-// (anyReleasableSQL), in a second. A failure rolls the transaction back, so
-// that the connection goes back to the pool fit for use (one given back inside
-// a transaction is closed by the pool).
+// whether children wait, in one round trip; only when orphans wait and no child
+// does, it asks again of orphans too (anyReleasableSQL), in a second.
 func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
 	entities, hashes := keyArrays(parents)
 	var orphans, children bool
 	b := &pgx.Batch{}
-	b.Queue("BEGIN READ ONLY")
 	b.Queue(orphansOfSQL(parents)).QueryRow(func(r pgx.Row) error { return r.Scan(&orphans) })
-	b.Queue(planModeCustom)
 	b.Queue(anyChildrenReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&children) })
-	b.Queue("COMMIT")
+	if err := s.askByKey(ctx, b); err != nil || children || !orphans {
+		return children, err
+	}
+	var any bool
+	b = &pgx.Batch{}
+	b.Queue(anyReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&any) })
+	err := s.askByKey(ctx, b)
+	return any, err
+}
+
+// askByKey sends the questions of b in a read-only transaction of one round
+// trip, each planned afresh, as a release is, and with no sequential scan:
+// each looks parents up by key, and where the queue's statistics say most
+// children wait for one parent (a mass release), a plan made for them scanned
+// the whole queue for each of the other parents of a re-check. A failure rolls
+// the transaction back, so that the connection goes back to the pool fit for
+// use (one given back inside a transaction is closed by the pool).
+func (s *Store) askByKey(ctx context.Context, b *pgx.Batch) error {
+	qs := append([]*pgx.QueuedQuery{{SQL: "BEGIN READ ONLY"}, {SQL: planModeCustom}, {SQL: "SET LOCAL enable_seqscan = off"}},
+		b.QueuedQueries...)
+	b.QueuedQueries = append(qs, &pgx.QueuedQuery{SQL: "COMMIT"})
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return false, classify(err)
+		return classify(err)
 	}
 	defer c.Release()
 	if err := c.SendBatch(ctx, b).Close(); err != nil {
@@ -402,14 +416,9 @@ func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, e
 			defer cancel()
 			_, _ = c.Exec(rctx, "ROLLBACK") //nolint:errcheck // the pool closes a connection left in a transaction
 		}
-		return false, classify(err)
+		return classify(err)
 	}
-	if children || !orphans {
-		return children, nil
-	}
-	var any bool
-	err = c.QueryRow(ctx, anyReleasableSQL, customPlan, entities, hashes).Scan(&any)
-	return any, classify(err)
+	return nil
 }
 
 // The sweep reads what it decides on without the events (they are moved by SQL
