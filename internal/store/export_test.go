@@ -40,12 +40,16 @@ var KeptReasonSQL = keptReasonSQL
 // statements prepared there whose text contains part ran with a generic and
 // with a custom plan.
 func PlanCounts(ctx context.Context, s *Store, part string) (generic, custom int64, err error) {
-	for _, c := range s.pool.AcquireAllIdle(ctx) {
+	conns := s.pool.AcquireAllIdle(ctx)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for _, c := range conns {
 		var g, cu int64
-		err = c.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
-			FROM pg_prepared_statements WHERE strpos(statement, $1) > 0`, part).Scan(&g, &cu)
-		c.Release()
-		if err != nil {
+		if err := c.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+			FROM pg_prepared_statements WHERE strpos(statement, $1) > 0`, part).Scan(&g, &cu); err != nil {
 			return 0, 0, err
 		}
 		generic, custom = generic+g, custom+cu
