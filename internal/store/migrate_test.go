@@ -72,6 +72,14 @@ func TestMigrations(t *testing.T) {
 				t.Errorf("index %s missing; have %v", ix, indexes)
 			}
 		}
+		// A ledger write sets every column but the key: an index on any of
+		// them would make each rewrite of a key a non-HOT update, a new entry in
+		// every index (migration 0007).
+		if cols := query(`SELECT DISTINCT a.attname::text FROM pg_index i
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+			WHERE i.indrelid = 'bridge.synced_records'::regclass`); !slices.Equal(cols, []string{"bk_hash", "entity_name"}) {
+			t.Errorf("the ledger's indexes cover %v, want only its key (bk_hash, entity_name)", cols)
+		}
 		// The retry index is partial on unresolved records.
 		def := query(`SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_failed_records_retry'`)
 		if len(def) != 1 || !strings.Contains(def[0], "(next_retry_at) WHERE (resolved_at IS NULL)") {
