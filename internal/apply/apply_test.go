@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -299,5 +300,53 @@ func TestBoundedRelease(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// askCounter counts the parents each re-check question asks of.
+type askCounter struct {
+	apply.Store
+	asked []int
+}
+
+func (c *askCounter) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Key, error) {
+	c.asked = append(c.asked, len(parents))
+	return c.Store.Releasable(ctx, parents)
+}
+
+// The re-checks of a mass release ask, each round, of the parents of what the
+// round before applied and of the parents still waited for: a key with nothing
+// waiting drops out, whatever the number of rounds.
+func TestRecheckAsksOfWaitingParentsOnly(t *testing.T) {
+	e, _ := newEnv(t)
+	n := 4*apply.ReleaseLimit + 1
+	children := make([]string, n)
+	for i := range children {
+		children[i] = storetest.WorkCenter("S1", fmt.Sprintf("WC%05d", i), 1, "")
+	}
+	e.Apply(t, "work_centers", children...)
+	counter := &askCounter{Store: e.ApplyStore()}
+	a, err := apply.NewApplier(counter, e.Config.Stamp(apply.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ApplyWith(a, "sites", e.Deliveries("sites", storetest.Site("S1", 1, ""))); err != nil {
+		t.Fatal(err)
+	}
+	if left := e.ParkedRows(t); len(left) != 0 {
+		t.Fatalf("%d left parked", len(left))
+	}
+	if got := len(e.TargetRows(t, "work_centers", "work_center_no")); got != n {
+		t.Fatalf("%d work centers applied, want %d", got, n)
+	}
+	// Rounds: the site and the 1,000 work centers of its own release; then,
+	// four times, the site and the work centers the round before released.
+	if len(counter.asked) != 5 {
+		t.Errorf("%d questions, want 5: %v", len(counter.asked), counter.asked)
+	}
+	for i, k := range counter.asked {
+		if k > apply.ReleaseLimit+1 {
+			t.Errorf("question %d asked of %d parents, want at most %d: %v", i, k, apply.ReleaseLimit+1, counter.asked)
+		}
 	}
 }

@@ -123,14 +123,19 @@ func (a *Applier) recheckAfterCommit(ctx context.Context, w *Work) {
 
 // releaseReady releases, in a transaction of its own counted in the batch of w,
 // what is releasable for keys, and returns the keys to re-check next (none when
-// nothing was released).
+// nothing was released): the parents of what it applied, and, when the bounds
+// left children behind, the parents it released for. A key with nothing waiting
+// drops out: a child parked for it after the question re-checks its parent
+// after its own commit. (Re-checking every key of the rounds before, the
+// re-checks of a mass release of 30,000 children in rounds of 1,000 asked of
+// 450,000 keys.)
 func (a *Applier) releaseReady(ctx context.Context, w *Work, keys []Key) ([]Key, error) {
 	set := map[Key]bool{}
 	for _, k := range keys {
 		set[k] = true
 	}
-	keys = SortedKeys(set)
-	if any, err := a.Store.AnyReleasable(ctx, keys); err != nil || !any {
+	keys, err := a.Store.Releasable(ctx, SortedKeys(set))
+	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
 	var (
@@ -138,7 +143,7 @@ func (a *Applier) releaseReady(ctx context.Context, w *Work, keys []Key) ([]Key,
 		items []Released
 		more  bool
 	)
-	err := a.Store.InTx(ctx, func(tx Tx) (err error) {
+	err = a.Store.InTx(ctx, func(tx Tx) (err error) {
 		rw = a.Work(tx, w.batch, w.cat, w.rules)
 		if items, more, err = tx.TakeReleased(ctx, keys, ReleaseLimit, ReleaseBytes); err != nil {
 			return err

@@ -16,9 +16,9 @@ type Store interface {
 	// InTx runs fn in one transaction and commits when fn returns nil. Its error
 	// is classified (see the kinds in errors.go).
 	InTx(ctx context.Context, fn func(Tx) error) error
-	// AnyReleasable tells, cheaply, whether children or orphan dead letters wait
-	// for any of parents that are applied now.
-	AnyReleasable(ctx context.Context, parents []Key) (bool, error)
+	// Releasable returns, cheaply, which of parents are applied now and have
+	// children or orphan dead letters waiting for them, in parents' order.
+	Releasable(ctx context.Context, parents []Key) ([]Key, error)
 	// NoteCheckpoints hands the highest committed rowversion per source system of
 	// entity to the checkpointer.
 	NoteCheckpoints(entity string, batch uuid.UUID, highs map[string]event.RowVersion)

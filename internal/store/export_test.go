@@ -14,24 +14,27 @@ func WithTracer(cfg Config, tr pgx.QueryTracer) Config {
 
 // The statements whose plans TestPlansAtScale pins.
 const (
-	LastBatchesSQL           = lastBatchesSQL
-	DeadLetterCountsSQL      = deadLetterCountsSQL
-	ParkedCountsSQL          = parkedCountsSQL
-	SweepDueSQL              = sweepDueSQL
-	DueDeadLettersSQL        = dueDeadLettersSQL
-	ReadLedgerSQL            = readLedgerSQL
-	PresentParentsSQL        = presentParentsSQL
-	ReleaseOrphansSQL        = releaseOrphansSQL
-	AnyReleasableSQL         = anyReleasableSQL
-	ReleasableOrphansSQL     = releasableOrphansSQL
-	ReleaseChildrenSQL       = releaseChildrenSQL
-	AnyChildrenReleasableSQL = anyChildrenReleasableSQL
-	ParkedChildrenSQL        = parkedChildrenSQL
-	AbandonBatchesSQL        = abandonBatchesSQL
+	LastBatchesSQL             = lastBatchesSQL
+	DeadLetterCountsSQL        = deadLetterCountsSQL
+	ParkedCountsSQL            = parkedCountsSQL
+	SweepDueSQL                = sweepDueSQL
+	DueDeadLettersSQL          = dueDeadLettersSQL
+	ReadLedgerSQL              = readLedgerSQL
+	PresentParentsSQL          = presentParentsSQL
+	ReleaseOrphansSQL          = releaseOrphansSQL
+	ReleasableOrphanParentsSQL = releasableOrphanParentsSQL
+	ReleasableOrphansSQL       = releasableOrphansSQL
+	ReleaseChildrenSQL         = releaseChildrenSQL
+	ReleasableChildrenSQL      = releasableChildrenSQL
+	ParkedChildrenSQL          = parkedChildrenSQL
+	AbandonBatchesSQL          = abandonBatchesSQL
 )
 
 // OrphansOfSQL is the statement that tells whether orphans of entities wait.
 var OrphansOfSQL = orphansOfSQL
+
+// AskSettings are the settings of the re-check's questions.
+var AskSettings = askSettings
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.
 var KeptReasonSQL = keptReasonSQL

@@ -15,7 +15,7 @@ import (
 )
 
 // hookStore is the store as an applier sees it, with a hook after the first
-// ledger read of entity and one before each AnyReleasable.
+// ledger read of entity and one before each Releasable.
 type hookStore struct {
 	st           *store.Store
 	entity       string
@@ -27,13 +27,13 @@ func (h *hookStore) InTx(ctx context.Context, fn func(apply.Tx) error) error {
 	return h.st.InTx(ctx, func(tx apply.Tx) error { return fn(&hookTx{Tx: tx, h: h}) })
 }
 
-func (h *hookStore) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
+func (h *hookStore) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Key, error) {
 	if h.beforeAnyRel != nil {
 		if err := h.beforeAnyRel(); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	return h.st.AnyReleasable(ctx, parents)
+	return h.st.Releasable(ctx, parents)
 }
 
 func (h *hookStore) NoteCheckpoints(entity string, batch uuid.UUID, highs map[string]event.RowVersion) {

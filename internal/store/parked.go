@@ -353,58 +353,80 @@ func (t *tx) MarkDue(ctx context.Context, parents []apply.Key) error {
 	return classify(err)
 }
 
-// anyReleasableSQL tells, cheaply, whether a re-check after commit has anything
-// to release; anyChildrenReleasableSQL the same of parked children alone, for
-// when no orphan waits at all (see releaseChildrenSQL).
+// releasableChildrenSQL returns the parents of $1, $2 that children wait for
+// and that are applied now; releasableOrphanParentsSQL the same of orphan dead
+// letters. Each key is looked up in the queue first, stopped at its first
+// child, and only a parent something waits for in the ledger: after a commit
+// most parents have nothing waiting (askByKey keeps the order written).
 const (
-	anyReleasableSQL = anyChildrenReleasableSQL + `
-OR EXISTS (
-    SELECT 1 FROM k, ` + appliedParent + `,
-    LATERAL (SELECT 1 FROM bridge.failed_records f
-             WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
-                 AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
-             LIMIT 1) f)`
-	anyChildrenReleasableSQL = `
-WITH k AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash))
-SELECT EXISTS (
-    SELECT 1 FROM k, ` + appliedParent + `,
-    LATERAL (SELECT 1 FROM bridge.pending_children p
-             WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-             LIMIT 1) p)`
+	releasableChildrenSQL = `
+SELECT k.entity_name, k.bk_hash
+FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+CROSS JOIN LATERAL (SELECT 1 FROM bridge.pending_children p
+         WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+         LIMIT 1) p
+CROSS JOIN ` + appliedParent
+	releasableOrphanParentsSQL = `
+SELECT k.entity_name, k.bk_hash
+FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)
+CROSS JOIN LATERAL (SELECT 1 FROM bridge.failed_records f
+         WHERE f.parent_entity = k.entity_name AND f.parent_bk_hash = k.bk_hash
+             AND f.stage_failed = 'orphan' AND f.resolved_at IS NULL
+         LIMIT 1) f
+CROSS JOIN ` + appliedParent
 )
 
-// AnyReleasable tells whether children or orphans wait for any of parents that
-// are applied now (apply.Store). It asks whether any orphan waits at all and
-// whether children wait, in one round trip; only when orphans wait and no child
-// does, it asks again of orphans too (anyReleasableSQL), in a second.
-func (s *Store) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
+// Releasable returns which of parents are applied now and have children or
+// orphans waiting (apply.Store), in parents' order. It asks whether any orphan
+// waits at all and which parents children wait for, in one round trip; only when
+// orphans wait, it asks which parents they wait for, in a second.
+func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Key, error) {
+	if len(parents) == 0 {
+		return nil, nil
+	}
 	entities, hashes := keyArrays(parents)
-	var orphans, children bool
+	found := map[apply.Key]bool{}
+	var orphans bool
 	b := &pgx.Batch{}
 	b.Queue(orphansOfSQL(parents)).QueryRow(func(r pgx.Row) error { return r.Scan(&orphans) })
-	b.Queue(anyChildrenReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&children) })
-	if err := s.askByKey(ctx, b); err != nil || children || !orphans {
-		return children, err
+	b.Queue(releasableChildrenSQL, entities, hashes).Query(func(rows pgx.Rows) error { return scanKeys(rows, found) })
+	if err := s.askByKey(ctx, b); err != nil {
+		return nil, err
 	}
-	var any bool
-	b = &pgx.Batch{}
-	b.Queue(anyReleasableSQL, entities, hashes).QueryRow(func(r pgx.Row) error { return r.Scan(&any) })
-	err := s.askByKey(ctx, b)
-	return any, err
+	if orphans {
+		b = &pgx.Batch{}
+		b.Queue(releasableOrphanParentsSQL, entities, hashes).Query(func(rows pgx.Rows) error { return scanKeys(rows, found) })
+		if err := s.askByKey(ctx, b); err != nil {
+			return nil, err
+		}
+	}
+	var ready []apply.Key
+	for _, k := range parents {
+		if found[k] {
+			ready = append(ready, k)
+			delete(found, k)
+		}
+	}
+	return ready, nil
 }
 
+// askSettings are the settings of askByKey's transactions.
+var askSettings = []string{planModeCustom, "SET LOCAL enable_seqscan = off", "SET LOCAL join_collapse_limit = 1"}
+
 // askByKey sends the questions of b in a read-only transaction of one round
-// trip, each planned afresh, as a release is, and with no sequential scan:
-// each looks parents up by key, and where the queue's statistics say most
-// children wait for one parent (a mass release), a plan made for them scanned
-// the whole queue for each of the other parents of a re-check. A failure rolls
+// trip, each planned afresh, as a release is, with no sequential scan, and
+// with its joins in the order written: each looks parents up by key, and where
+// the queue's statistics say most children wait for one parent (a mass
+// release), a plan made for them scanned the whole queue for each of the other
+// parents of a re-check. A failure rolls
 // the transaction back, so that the connection goes back to the pool fit for
 // use (one given back inside a transaction is closed by the pool).
 func (s *Store) askByKey(ctx context.Context, b *pgx.Batch) error {
-	qs := append([]*pgx.QueuedQuery{{SQL: "BEGIN READ ONLY"}, {SQL: planModeCustom}, {SQL: "SET LOCAL enable_seqscan = off"}},
-		b.QueuedQueries...)
-	b.QueuedQueries = append(qs, &pgx.QueuedQuery{SQL: "COMMIT"})
+	qs := []*pgx.QueuedQuery{{SQL: "BEGIN READ ONLY"}}
+	for _, set := range askSettings {
+		qs = append(qs, &pgx.QueuedQuery{SQL: set})
+	}
+	b.QueuedQueries = append(append(qs, b.QueuedQueries...), &pgx.QueuedQuery{SQL: "COMMIT"})
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return classify(err)

@@ -113,8 +113,10 @@ func TestPlansAtScale(t *testing.T) {
 			[]string{"pk_synced_records"}},
 		{"orphans a parent releases (a parent batch, when orphans of its entity wait)", store.ReleaseOrphansSQL, []string{keys, "1000", "4194304"},
 			[]string{"ix_failed_records_orphan_parent", "pk_synced_records"}},
-		{"anything to release after a commit", store.AnyReleasableSQL, []string{keys},
-			[]string{"ix_pending_children_parent", "ix_failed_records_orphan_parent"}},
+		{"parents children wait for, after a commit", store.ReleasableChildrenSQL, []string{keys},
+			[]string{"ix_pending_children_parent", "pk_synced_records"}},
+		{"parents orphans wait for, after a commit", store.ReleasableOrphanParentsSQL, []string{keys},
+			[]string{"ix_failed_records_orphan_parent", "pk_synced_records"}},
 		{"orphans whose parent is applied (the sweeper's round)", store.ReleasableOrphansSQL, []string{"1000", "4194304"},
 			[]string{"ix_failed_records_orphan_parent", "pk_synced_records"}},
 		{"children a parent releases (every parent batch)", store.ReleaseChildrenSQL, []string{keys, "1000", "4194304"},
@@ -285,8 +287,8 @@ func TestReleasesOfYoungTables(t *testing.T) {
 		}{
 			{"children a parent releases", store.ReleaseChildrenSQL, keys + `, 1000, 4194304`, "force_custom_plan", false},
 			{"orphans a parent releases", store.ReleaseOrphansSQL, keys + `, 1000, 4194304`, "force_custom_plan", false},
-			{"children to release after a commit", store.AnyChildrenReleasableSQL, keys, "force_custom_plan", false},
-			{"anything to release after a commit", store.AnyReleasableSQL, keys, "force_custom_plan", false},
+			{"parents children wait for, after a commit", store.ReleasableChildrenSQL, keys, "force_custom_plan", false},
+			{"parents orphans wait for, after a commit", store.ReleasableOrphanParentsSQL, keys, "force_custom_plan", false},
 			{"orphans whose parent is applied (the sweeper's round)", store.ReleasableOrphansSQL, `1000, 4194304`, "force_custom_plan", true},
 			{"the parked rows of children", store.ParkedChildrenSQL, `'{work_orders,work_orders}'::text[], ARRAY[md5('1'), md5('2')]`, "force_custom_plan", false},
 		} {
@@ -339,7 +341,7 @@ func TestKeyLookupsArePlannedAfresh(t *testing.T) {
 		runs       int64
 	}{
 		{"the children's release", "DELETE FROM bridge.pending_children p USING chunk", 12},
-		{"the re-check's question", "AS k (entity_name, bk_hash))\nSELECT EXISTS (", 12},
+		{"the re-check's question", "CROSS JOIN LATERAL (SELECT 1 FROM bridge.pending_children p", 12},
 		{"the ledger write", "INSERT INTO bridge.synced_records AS r", 24},
 		{"the lock of the target rows of deletes", "jsonb_array_elements($1::jsonb) WITH ORDINALITY", 12},
 		{"the deletes", "SELECT u.bk_hash, x FROM unnest(", 12},
@@ -426,7 +428,7 @@ func TestAFailedRecheckKeepsItsConnection(t *testing.T) {
 		c.Store.MaxConns = 1
 	})
 	parents := []apply.Key{{Entity: "items", Hash: "h1"}}
-	if _, err := f.st.AnyReleasable(f.ctx, parents); err != nil {
+	if _, err := f.st.Releasable(f.ctx, parents); err != nil {
 		t.Fatal(err)
 	}
 	opened := store.NewConns(f.st)
@@ -437,14 +439,14 @@ func TestAFailedRecheckKeepsItsConnection(t *testing.T) {
 	if _, err := hold.Exec(f.ctx, `LOCK TABLE bridge.pending_children IN ACCESS EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.AnyReleasable(f.ctx, parents); err == nil {
+	if _, err := f.st.Releasable(f.ctx, parents); err == nil {
 		t.Fatal("the question did not fail while the queue was locked")
 	}
 	if err := hold.Rollback(f.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if any, err := f.st.AnyReleasable(f.ctx, parents); err != nil || any {
-		t.Fatalf("after the lock: %v, %v", any, err)
+	if ready, err := f.st.Releasable(f.ctx, parents); err != nil || len(ready) != 0 {
+		t.Fatalf("after the lock: %v, %v", ready, err)
 	}
 	if n := store.NewConns(f.st); n != opened {
 		t.Fatalf("the pool opened %d connections for the failed question, want none", n-opened)
@@ -472,26 +474,37 @@ func TestTheReleaseOfManyParents(t *testing.T) {
 	exec(`ANALYZE bridge.synced_records, bridge.pending_children`)
 	keys := `array_fill('work_centers'::text, ARRAY[19000]) || '{sites}'::text[],
 		ARRAY(SELECT md5(i::text) FROM generate_series(1, 19000) i) || ARRAY[md5('site')]`
-	exec(`SET plan_cache_mode = force_custom_plan`)
-	for _, tc := range []struct{ name, sql, args, seqscan string }{
-		{"children a parent releases", store.ReleaseChildrenSQL, keys + `, 1000, 4194304`, "on"},
-		// The re-check asks with enable_seqscan off (store's askByKey): with it
+	for _, tc := range []struct {
+		name, sql, args string
+		settings        []string
+	}{
+		{"children a parent releases", store.ReleaseChildrenSQL, keys + `, 1000, 4194304`, []string{"SET LOCAL plan_cache_mode = force_custom_plan"}},
+		// The re-check asks with askByKey's settings: with sequential scans
 		// on, the plan made for these statistics (every child waits for the
 		// site) scanned the whole queue for each of the 19,000 other parents.
-		{"children to release after a commit", store.AnyChildrenReleasableSQL, keys, "off"},
+		{"parents children wait for, after a commit", store.ReleasableChildrenSQL, keys, store.AskSettings},
 	} {
-		exec(`SET enable_seqscan = ` + tc.seqscan)
 		// EXECUTE takes no subquery: the arrays are built first.
 		var entities, hashes []string
 		if err := conn.QueryRow(context.Background(), `SELECT `+keys).Scan(&entities, &hashes); err != nil {
 			t.Fatal(err)
 		}
 		args := `'{` + strings.Join(entities, ",") + `}'::text[], '{` + strings.Join(hashes, ",") + `}'::text[]` + strings.TrimPrefix(tc.args, keys)
+		exec(`BEGIN`)
+		for _, set := range tc.settings {
+			exec(set)
+		}
 		exec(`PREPARE many AS ` + tc.sql)
 		plan := testenv.Rows(t, conn, `EXPLAIN EXECUTE many (`+args+`)`)
 		exec(`DEALLOCATE many`)
+		exec(`ROLLBACK`)
 		if !strings.Contains(plan, "ix_pending_children_parent") || regexp.MustCompile(`Scan using pending_children_pkey on pending_children p `).MatchString(plan) {
 			t.Errorf("%s: not the children of each parent by the parents' index:\n%s", tc.name, plan)
+		}
+		// The question asks the queue first, the ledger only of the parents
+		// something waits for (the order written, kept by join_collapse_limit).
+		if tc.sql == store.ReleasableChildrenSQL && strings.Index(plan, "ix_pending_children_parent") > strings.Index(plan, "pk_synced_records") {
+			t.Errorf("%s: the ledger asked before the queue:\n%s", tc.name, plan)
 		}
 	}
 }

@@ -399,6 +399,13 @@ func releaseBounded(t *testing.T, e *Env) {
 		t.Fatal(err)
 	}
 	parents := []apply.Key{{Entity: "sites", Hash: Hash("S1")}, {Entity: "sites", Hash: Hash("S2")}, {Entity: "sites", Hash: Hash("S3")}}
+	// Children wait for all three; only S1 is applied (S2 missing, S3 deleted).
+	// A parent nothing waits for (S4, applied) is not releasable either.
+	e.Apply(t, "sites", Site("S4", 1, ""))
+	withS4 := append(slices.Clone(parents), apply.Key{Entity: "sites", Hash: Hash("S4")})
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, withS4); err != nil || !slices.Equal(ready, parents[:1]) {
+		t.Errorf("Releasable %v %v, want S1 alone", ready, err)
+	}
 	take := func(limit, maxBytes int) ([]apply.Released, bool) {
 		t.Helper()
 		var items []apply.Released
@@ -444,12 +451,12 @@ func releaseBounded(t *testing.T, e *Env) {
 	if got := strings.Join(due, ", "); got != "[S2 WC5] due true, [S3 WC6] due false" {
 		t.Errorf("parked: %s", got)
 	}
-	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, parents); err != nil || any {
-		t.Errorf("AnyReleasable %v %v, want false (the parents of the children left are missing or deleted)", any, err)
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, withS4); err != nil || len(ready) != 0 {
+		t.Errorf("Releasable %v %v, want none (the parents of the children left are missing or deleted)", ready, err)
 	}
 	// No parents: nothing, and no error.
-	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, nil); err != nil || any {
-		t.Errorf("AnyReleasable of no parents: %v %v", any, err)
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, nil); err != nil || len(ready) != 0 {
+		t.Errorf("Releasable of no parents: %v %v", ready, err)
 	}
 	if err := e.InTx(func(tx apply.Tx) error {
 		items, more, err := tx.TakeReleased(e.Ctx, nil, 10, 1<<20)
@@ -571,12 +578,12 @@ func sweeperStatements(t *testing.T, e *Env) {
 		t.Errorf("orphans of a missing parent: %+v %v", items, more)
 	}
 	s1 := []apply.Key{{Entity: "sites", Hash: Hash("S1")}}
-	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || any {
-		t.Errorf("AnyReleasable before the parent: %v %v", any, err)
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, s1); err != nil || len(ready) != 0 {
+		t.Errorf("Releasable before the parent: %v %v", ready, err)
 	}
 	e.Unnoticed(t, "sites", Site("S1", 1, ""))
-	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || !any {
-		t.Errorf("AnyReleasable after the parent: %v %v", any, err)
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, s1); err != nil || !slices.Equal(ready, s1) {
+		t.Errorf("Releasable after the parent: %v %v", ready, err)
 	}
 	if items, more := orphans(10); len(items) != 1 || more || !items[0].Orphan || items[0].UID != dead[0].UID || string(items[0].Delivery.Data) != bodies[0] ||
 		items[0].Delivery.StreamSeq != 1 {
@@ -602,8 +609,8 @@ func sweeperStatements(t *testing.T, e *Env) {
 		t.Errorf("a released orphan stays until the core resolves it: %v", dead)
 	}
 	// No child waits any more, the unresolved orphan still does.
-	if any, err := e.ApplyStore().AnyReleasable(e.Ctx, s1); err != nil || !any {
-		t.Errorf("AnyReleasable with an orphan alone waiting: %v %v", any, err)
+	if ready, err := e.ApplyStore().Releasable(e.Ctx, s1); err != nil || !slices.Equal(ready, s1) {
+		t.Errorf("Releasable with an orphan alone waiting: %v %v", ready, err)
 	}
 }
 

@@ -207,8 +207,8 @@ func (e *Env) Committed(t testing.TB) pipeline.Counts {
 // to the sweeper.
 type NoRecheck struct{ apply.Store }
 
-// AnyReleasable finds nothing.
-func (NoRecheck) AnyReleasable(context.Context, []apply.Key) (bool, error) { return false, nil }
+// Releasable finds nothing.
+func (NoRecheck) Releasable(context.Context, []apply.Key) ([]apply.Key, error) { return nil, nil }
 
 // Hash returns the key hash of key values (event.HashKey).
 func Hash(values ...string) string { return event.HashKey(values) }

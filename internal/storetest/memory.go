@@ -220,26 +220,33 @@ func (s *state) present(k apply.Key) bool {
 	return ok && !r.Deleted
 }
 
-// AnyReleasable tells whether children or orphans wait for any of parents that
-// are applied now (apply.Store).
-func (m *Memory) AnyReleasable(ctx context.Context, parents []apply.Key) (bool, error) {
+// Releasable returns which of parents are applied now and have children or
+// orphans waiting (apply.Store), in parents' order.
+func (m *Memory) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Key, error) {
 	if err := ctxErr(ctx); err != nil {
-		return false, err
+		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	want := keySet(parents)
+	waited := map[apply.Key]bool{}
 	for _, p := range m.st.parked {
-		if want[p.Parent] && m.st.present(p.Parent) {
-			return true, nil
+		if m.st.present(p.Parent) {
+			waited[p.Parent] = true
 		}
 	}
 	for _, f := range m.st.failed {
-		if f.releasable(m.st) && want[*f.Parent] {
-			return true, nil
+		if f.releasable(m.st) {
+			waited[*f.Parent] = true
 		}
 	}
-	return false, nil
+	var ready []apply.Key
+	for _, k := range parents {
+		if waited[k] {
+			ready = append(ready, k)
+			delete(waited, k)
+		}
+	}
+	return ready, nil
 }
 
 type checkpointKey struct{ entity, source string }
