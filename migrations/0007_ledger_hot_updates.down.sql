@@ -1,1 +1,2 @@
-CREATE INDEX IF NOT EXISTS ix_synced_records_batch ON bridge.synced_records (batch_uid);
+-- One statement: CONCURRENTLY cannot run in a transaction (see the up file).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_synced_records_batch ON bridge.synced_records (batch_uid);

@@ -5,4 +5,8 @@
 -- an update of an existing key could never be heap-only (HOT) and wrote a new
 -- entry into both indexes. Without it, a key written again on a page with room
 -- (fillfactor 85, 0006) touches no index.
-DROP INDEX IF EXISTS bridge.ix_synced_records_batch;
+--
+-- CONCURRENTLY: the drop waits for the transactions that use the ledger (a
+-- verify can read it for minutes) without stopping the writers meanwhile. It
+-- cannot run in a transaction, so this file holds this one statement.
+DROP INDEX CONCURRENTLY IF EXISTS bridge.ix_synced_records_batch;

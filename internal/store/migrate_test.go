@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -166,5 +167,82 @@ func testDefaultsAndTriggers(t *testing.T, ctx context.Context, conn *pgx.Conn) 
 	}
 	if _, err := conn.Exec(ctx, `DELETE FROM bridge.background_sync_schedule`); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Migration 0007 drops the ledger's batch index while a long reader (a verify)
+// holds the ledger, without stopping the writers: a plain DROP INDEX would
+// queue for its exclusive lock behind the reader, and every ledger write would
+// queue behind it.
+func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, drop, err := testenv.NewDatabase(ctx, "migrate0007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	m, err := store.NewMigrator(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Up(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Down(1); err != nil {
+		t.Fatal(err)
+	}
+	connect := func() *pgx.Conn {
+		t.Helper()
+		c, err := pgx.Connect(ctx, db.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(ctx) })
+		return c
+	}
+	reader, writer, watcher := connect(), connect(), connect()
+	long, err := reader.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := long.Exec(ctx, `SELECT count(*) FROM bridge.synced_records`); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan error, 1)
+	go func() { up <- m.Up() }()
+	// The drop is waiting for the reader.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting bool
+		if err := watcher.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE '%DROP INDEX%' AND wait_event_type = 'Lock')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the migration never waited for the reader")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := writer.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Exec(ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
+		VALUES ('items', md5('1'), '["1"]', 'x', 1, 'realtime', 1)`); err != nil {
+		t.Errorf("a ledger write while the migration waits: %v", err)
+	}
+	if err := long.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-up; err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	var left bool
+	if err := watcher.QueryRow(ctx, `SELECT to_regclass('bridge.ix_synced_records_batch') IS NOT NULL`).Scan(&left); err != nil || left {
+		t.Errorf("the index is still there (%v)", err)
 	}
 }
