@@ -2,7 +2,9 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -106,18 +108,39 @@ func (w *Work) ApplyReleased(ctx context.Context, items []Released) (pipeline.Co
 // orphans waiting for any of keys whose parent is applied now, and repeats for
 // what that applies and parks, and for what the bounds left behind, as long as it
 // makes progress. A failure is logged, not returned: the transaction it follows
-// has committed, and the sweeper will find the children.
+// has committed, and the sweeper will find the children; the children of the
+// round that failed are made due for it now (markDueAfter).
 func (a *Applier) recheckAfterCommit(ctx context.Context, w *Work) {
 	keys := w.recheck
 	for round := 0; len(keys) > 0 && round < 1000; round++ {
 		next, err := a.releaseReady(ctx, w, keys)
 		if err != nil {
-			if ctx.Err() == nil {
+			if !errors.Is(ctx.Err(), context.Canceled) { // not a shutdown: a failure, or the re-check's time ran out
 				a.cfg.Logger.Warn("re-checking parked children after a commit failed; the sweeper will release them", "err", err)
 			}
+			a.markDueAfter(ctx, keys)
 			return
 		}
 		keys = next
+	}
+}
+
+// markDueAfter makes the children waiting for those of keys that are applied
+// due for the sweeper now, after a re-check round for keys failed: a round that
+// failed after it had taken children leaves them parked, and a release that ran
+// beside it skipped them, locked. Children of a parent still missing keep their
+// time (a re-check of theirs counts towards their orphaning). Best effort, with
+// a few seconds of its own (the re-check's context may be what ran out); the
+// sweeper finds them at their next re-check otherwise.
+func (a *Applier) markDueAfter(ctx context.Context, keys []Key) {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	ready, err := a.Store.Releasable(mctx, keys)
+	if err == nil && len(ready) > 0 {
+		err = a.Store.InTx(mctx, func(tx Tx) error { return tx.MarkDue(mctx, ready) })
+	}
+	if err != nil {
+		a.cfg.Logger.Warn("marking parked children due after a failed re-check failed; the sweeper will find them at their next re-check", "err", err)
 	}
 }
 

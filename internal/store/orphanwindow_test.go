@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -116,5 +117,53 @@ func TestAnOrphanMadeAfterTheLedgerReadGoesWithItsParent(t *testing.T) {
 				t.Errorf("work orders %q, want WO1|window", got)
 			}
 		})
+	}
+}
+
+// Item P1 is applied and commits between the ledger read of the batch that
+// parks WO1 and that batch's write, so WO1 parks with its parent applied; the
+// re-check after the batch's commit, which would release it, fails. WO1 is then
+// due for the sweeper now, not in the hour of its first wait, and the sweep
+// releases it.
+func TestAFailedRecheckLeavesItsChildrenDue(t *testing.T) {
+	f := newFixture(t, func(c *fixtureConfig) {
+		c.DeadLetters.Park = deadletter.Backoff{FirstRetry: time.Hour, MaxDelay: time.Hour, MaxRetries: 3}
+	})
+	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
+	h := &hookStore{st: f.st, entity: "work_orders"}
+	h.afterRead = func() {
+		f.apply("items", nil, `{"entity":"items","op":"upsert","rowversion":"20260101000000","data":{"PART_NO":"P1"}}`)
+	}
+	failed := false
+	h.beforeAnyRel = func() error {
+		if failed {
+			return nil
+		}
+		failed = true
+		return errors.New("the connection was lost")
+	}
+	ap, err := apply.NewApplier(h, deadletter.Config{Park: deadletter.Backoff{FirstRetry: time.Hour, MaxDelay: time.Hour, MaxRetries: 3}}.Stamp(apply.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := f.cat.Entity("work_orders")
+	ds := []pipeline.Delivery{{Subject: "apismith.cdc.work_orders", Source: event.Realtime, StreamSeq: 900, Data: []byte(woEvent("WO1", "2026-01-01T00:00:01Z", "window"))}}
+	res, err := ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, BatchUID: f.batch, Source: event.Realtime, Replica: "hook",
+		Deliveries: ds, Prepared: pipeline.Preparer{Catalog: f.cat}.Prepare(ds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Counts.Parked != 1 || !failed {
+		t.Fatalf("the batch: %+v (re-check failed: %v); want WO1 parked", res.Counts, failed)
+	}
+	if got := f.rows(`SELECT child_entity, next_retry_at <= now() FROM bridge.pending_children`); got != "work_orders|true" {
+		t.Errorf("parked after the failed re-check: %q, want WO1 due now", got)
+	}
+	sw, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{})
+	if err != nil || sw.Released != 1 {
+		t.Errorf("the sweep: %+v %v, want WO1 released", sw, err)
+	}
+	if got := f.rows(`SELECT order_no, status FROM schedulehub.work_orders`); got != "WO1|window" {
+		t.Errorf("work orders %q, want WO1|window", got)
 	}
 }
