@@ -418,9 +418,9 @@ var askSettings = []string{planModeCustom, "SET LOCAL enable_seqscan = off", "SE
 // with its joins in the order written: each looks parents up by key, and where
 // the queue's statistics say most children wait for one parent (a mass
 // release), a plan made for them scanned the whole queue for each of the other
-// parents of a re-check. A failure rolls
-// the transaction back, so that the connection goes back to the pool fit for
-// use (one given back inside a transaction is closed by the pool).
+// parents of a re-check. A failure rolls the transaction back, so that the
+// connection goes back to the pool fit for use (one given back inside a
+// transaction is closed by the pool).
 func (s *Store) askByKey(ctx context.Context, b *pgx.Batch) error {
 	qs := []*pgx.QueuedQuery{{SQL: "BEGIN READ ONLY"}}
 	for _, set := range askSettings {
