@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
@@ -569,18 +570,23 @@ func TestMigrateAndPruneCommands(t *testing.T) {
 		}
 		return out, 0
 	}
+	latest, err := store.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, below := fmt.Sprintf("schema version: %d", latest), fmt.Sprintf("schema version: %d", latest-1)
 	steps := []struct {
 		args []string
 		want string
 	}{
 		{[]string{"migrate", "version"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 6"},
-		{[]string{"migrate", "up"}, "schema version: 6"},
-		{[]string{"migrate", "down", "1", "--yes"}, "schema version: 5"},
-		{[]string{"migrate", "force", "5"}, "schema version: 5"},
-		{[]string{"migrate", "up"}, "schema version: 6"},
+		{[]string{"migrate", "up"}, top},
+		{[]string{"migrate", "up"}, top},
+		{[]string{"migrate", "down", "1", "--yes"}, below},
+		{[]string{"migrate", "force", fmt.Sprint(latest - 1)}, below},
+		{[]string{"migrate", "up"}, top},
 		{[]string{"migrate", "down", "--yes"}, "schema version: none"},
-		{[]string{"migrate", "up"}, "schema version: 6"},
+		{[]string{"migrate", "up"}, top},
 	}
 	for _, s := range steps {
 		if out, code := run(s.args...); code != 0 || !strings.Contains(out, s.want) {
