@@ -473,6 +473,19 @@ func (w *Work) flushDeadLetters(ctx context.Context) error {
 	return w.tx.AddDeadLetters(ctx, batch, w.cat.SourceSystem, w.dead)
 }
 
+// KeysIn returns the keys of keys that are in set, in keys' order, each once.
+func KeysIn(keys []Key, set map[Key]bool) []Key {
+	var out []Key
+	seen := map[Key]bool{}
+	for _, k := range keys {
+		if set[k] && !seen[k] {
+			out = append(out, k)
+			seen[k] = true
+		}
+	}
+	return out
+}
+
 // SortedKeys returns the set's keys in (entity, hash) order: statements that lock
 // rows by key take them in the same order in every transaction.
 func SortedKeys(set map[Key]bool) []Key {

@@ -23,10 +23,11 @@ var wantIndexes = []string{
 	"uq_pending_children_child", "pk_synced_records", "ix_verifications_entity_started",
 }
 
-func TestMigrations(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	db, drop, err := testenv.NewDatabase(ctx, "migrate")
+// newMigrator returns a database of its own (dropped after the test) and a
+// migrator on it.
+func newMigrator(t *testing.T, prefix string) (testenv.Database, *store.Migrator) {
+	t.Helper()
+	db, drop, err := testenv.NewDatabase(context.Background(), prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +36,14 @@ func TestMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
+	return db, m
+}
+
+func TestMigrations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, m := newMigrator(t, "migrate")
 	conn, err := pgx.Connect(ctx, db.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -177,16 +185,7 @@ func testDefaultsAndTriggers(t *testing.T, ctx context.Context, conn *pgx.Conn) 
 func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db, drop, err := testenv.NewDatabase(ctx, "migrate0007")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(drop)
-	m, err := store.NewMigrator(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	db, m := newMigrator(t, "migrate0007")
 	if err := m.Up(); err != nil {
 		t.Fatal(err)
 	}

@@ -400,14 +400,7 @@ func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Ke
 			return nil, err
 		}
 	}
-	var ready []apply.Key
-	for _, k := range parents {
-		if found[k] {
-			ready = append(ready, k)
-			delete(found, k)
-		}
-	}
-	return ready, nil
+	return apply.KeysIn(parents, found), nil
 }
 
 // askSettings are the settings of askByKey's transactions.

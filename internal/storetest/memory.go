@@ -239,14 +239,7 @@ func (m *Memory) Releasable(ctx context.Context, parents []apply.Key) ([]apply.K
 			waited[*f.Parent] = true
 		}
 	}
-	var ready []apply.Key
-	for _, k := range parents {
-		if waited[k] {
-			ready = append(ready, k)
-			delete(waited, k)
-		}
-	}
-	return ready, nil
+	return apply.KeysIn(parents, waited), nil
 }
 
 type checkpointKey struct{ entity, source string }
