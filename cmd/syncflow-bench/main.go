@@ -53,6 +53,7 @@ type config struct {
 	batch           int
 	backfillRows    int64
 	ledgerKeys      int64
+	orphans, months int // unresolved orphans waiting for parents that never come, over this many months of partitions
 	verifyRows      int64
 	history, commit string
 }
@@ -74,6 +75,8 @@ func main() {
 	flag.StringVar(&cfg.skip, "skip", "", "comma-separated figures to skip: syncflow,single,naive,ceiling,latency,backfill,memory,verify")
 	flag.IntVar(&cfg.batch, "batch", 500, "SyncFlow's --batch-size")
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
+	flag.IntVar(&cfg.orphans, "orphans", 0, "dead letter this many orphan operations, waiting for work orders that never come, before each SyncFlow run")
+	flag.IntVar(&cfg.months, "months", 36, "months of dead-letter partitions the -orphans are spread over")
 	flag.Int64Var(&cfg.verifyRows, "verify-rows", 1_000_000, "items of the verify figure (1,000 of them drifted)")
 	flag.Int64Var(&cfg.ledgerKeys, "ledger-keys", 0, "fill the ledger with this many other keys first (a ledger larger than PostgreSQL's buffers)")
 	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
@@ -379,12 +382,40 @@ func (b *bench) reset() error {
 		schedulehub.sites, schedulehub.items, schedulehub.work_orders, schedulehub.work_centers, schedulehub.work_order_operations, public.bare CASCADE`); err != nil {
 		return err
 	}
+	if err := b.waitingOrphans(); err != nil {
+		return err
+	}
 	for name := range b.defs.Streams {
 		if err := b.js.DeleteStream(b.ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return err
 		}
 	}
 	return stream.Apply(b.ctx, b.js, b.defs)
+}
+
+// waitingOrphans dead letters cfg.orphans orphan operations whose work orders
+// never come, one a month back from now over cfg.months months of partitions
+// (as a site that has run for years keeps them), due for their next retry only
+// tomorrow: a parent batch of work orders then has orphans of its entity to
+// look for.
+func (b *bench) waitingOrphans() error {
+	if b.cfg.orphans == 0 {
+		return nil
+	}
+	_, err := b.pool.Exec(b.ctx, `SELECT bridge.ensure_month_partitions('failed_records', now() - make_interval(months => $1), $1 + 3)`, b.cfg.months)
+	if err != nil {
+		return err
+	}
+	_, err = b.pool.Exec(b.ctx, `INSERT INTO bridge.failed_records (uid, entity_name, stream, stream_seq, raw_bytes, stage_failed, error_message,
+			parent_entity, parent_bk_hash, next_retry_at, created_at)
+		SELECT (left(bridge.uuid_floor(at)::text, 13) || '-7' || substr(gen_random_uuid()::text, 16))::uuid, 'work_order_operations',
+		       'APISMITH_CDC', i, '\x7b7d', 'orphan', 'parent work_orders not applied', 'work_orders', 'never-' || i, now() + interval '1 day', at
+		FROM generate_series(1, $1::int) i, LATERAL (SELECT now() - make_interval(months => i % $2)) m (at)`, b.cfg.orphans, b.cfg.months)
+	if err != nil {
+		return err
+	}
+	_, err = b.pool.Exec(b.ctx, `ANALYZE bridge.failed_records`)
+	return err
 }
 
 // publish puts events on the realtime stream, async with bounded in-flight, and
@@ -511,9 +542,10 @@ func (b *bench) verify() error {
 			}
 		}
 	}
-	var failed int
-	if err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM bridge.failed_records`).Scan(&failed); err != nil || failed != 0 {
-		return fmt.Errorf("verify: %d dead letters (%v)", failed, err)
+	var failed, waiting int
+	if err := b.pool.QueryRow(b.ctx, `SELECT count(*), count(*) FILTER (WHERE stage_failed = 'orphan' AND resolved_at IS NULL AND parent_bk_hash LIKE 'never-%')
+		FROM bridge.failed_records`).Scan(&failed, &waiting); err != nil || failed != b.cfg.orphans || waiting != b.cfg.orphans {
+		return fmt.Errorf("verify: %d dead letters, %d of them the waiting orphans, want %d (%v)", failed, waiting, b.cfg.orphans, err)
 	}
 	return nil
 }
