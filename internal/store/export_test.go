@@ -30,8 +30,12 @@ const (
 	AbandonBatchesSQL          = abandonBatchesSQL
 )
 
-// OrphansOfSQL is the statement that tells whether orphans of entities wait.
+// OrphansOfSQL is the statement that lists the parents orphans of entities
+// wait for, at most OrphansListed + 1 of them.
 var OrphansOfSQL = orphansOfSQL
+
+// OrphansListed is how many orphans OrphansOfSQL lists at most.
+const OrphansListed = orphansListed
 
 // AskSettings are the settings of the re-check's questions.
 var AskSettings = askSettings

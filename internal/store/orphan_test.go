@@ -19,11 +19,11 @@ import (
 
 // orphanFixture parks work order WO1 under its missing item P1 (the site is there),
 // one re-check away from becoming an orphan and due now.
-func orphanFixture(t *testing.T, body string) *fixture {
+func orphanFixture(t *testing.T, body string, tune ...func(*fixtureConfig)) *fixture {
 	t.Helper()
-	f := newFixture(t, func(c *fixtureConfig) {
+	f := newFixture(t, append([]func(*fixtureConfig){func(c *fixtureConfig) {
 		c.DeadLetters.Park = deadletter.Backoff{FirstRetry: time.Hour, MaxDelay: time.Hour, MaxRetries: 3}
-	})
+	}}, tune...)...)
 	f.apply("sites", nil, siteEvent("upsert", "S1", "2026-01-01T00:00:00Z", "site"))
 	f.applyAt("work_orders", []uint64{500}, body)
 	if _, err := f.conn.Exec(f.ctx, `UPDATE bridge.pending_children SET retry_count = 2, next_retry_at = now() - interval '1s'`); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -105,12 +106,14 @@ func parkablePayload(body []byte) *string {
 // short.
 //
 // releaseOrphansSQL locks, the same way, the unresolved orphan dead letters
-// that name the parents. A release runs it only when orphansOfSQL, sent right
-// after releaseChildrenSQL, says orphans of the parents' entities wait: most of
-// the time none does, and planning it (a join over every month's partition of
-// bridge.failed_records, planned afresh for each call's keys) cost more than
-// the rest of the release (1.0 ms of planning against 0.15 ms of running for
-// the two in one statement; the children alone: 0.34 ms).
+// that name the parents. A release runs it only for the parents that
+// orphansOfSQL, sent right after releaseChildrenSQL, lists as awaited: most of
+// the time no orphan waits, and when some do, they wait for parents other than
+// the batch's. Planning it (a join over every month's partition of
+// bridge.failed_records, planned afresh for each call's keys) costs more than
+// the rest of the release: 1.0 ms of planning against 0.15 ms of running on a
+// young schema, 8 ms over 40 monthly partitions, for every parent batch of an
+// entity whose orphans wait.
 const (
 	releaseChildrenSQL = `
 WITH k AS (
@@ -163,58 +166,97 @@ FROM orphans`
 const orphanParentApplied = `EXISTS (SELECT 1 FROM bridge.synced_records r
             WHERE r.entity_name = f.parent_entity AND r.bk_hash = f.parent_bk_hash AND NOT r.deleted OFFSET 0)`
 
-// orphansOfSQL tells whether any unresolved orphan dead letter waits for a
-// parent of one of entities. It takes no parameter (the names are literals;
-// catalog entity names are identifiers), so PostgreSQL plans it once per
-// connection and set of entities: a scan of ix_failed_records_orphan_parent,
-// which holds nothing but unresolved orphans, stopped at its first row.
+// orphansListed is how many unresolved orphans orphansOfSQL lists at most.
+// When more wait, every parent of a release is asked by key.
+const orphansListed = 1000
+
+// orphansOfSQL lists the parents that unresolved orphan dead letters of
+// parents' entities wait for, at most orphansListed + 1 of them (one per
+// orphan, in no particular order). It takes no parameter (the names are
+// literals; catalog entity names are identifiers), so PostgreSQL plans it once
+// per connection and set of entities: a scan of ix_failed_records_orphan_parent
+// in each month, which holds nothing but unresolved orphans. Read in Go
+// (orphansWaiting), it costs what the orphans number, where asking each parent
+// by key costs a probe of every month for each of them.
 func orphansOfSQL(parents []apply.Key) string {
 	if len(parents) == 0 {
-		return `SELECT false`
+		return `SELECT '', '' WHERE false`
 	}
 	var names []string
 	for _, p := range parents {
 		names = append(names, "'"+strings.ReplaceAll(p.Entity, "'", "''")+"'")
 	}
 	slices.Sort(names)
-	return `SELECT EXISTS (SELECT 1 FROM bridge.failed_records WHERE stage_failed = 'orphan' AND resolved_at IS NULL AND parent_entity IN (` +
-		strings.Join(slices.Compact(names), ", ") + `))`
+	return `SELECT parent_entity, parent_bk_hash FROM bridge.failed_records
+WHERE stage_failed = 'orphan' AND resolved_at IS NULL AND parent_entity IN (` + strings.Join(slices.Compact(names), ", ") + `)
+LIMIT ` + strconv.Itoa(orphansListed+1)
+}
+
+// orphansWaiting reads the rows of orphansOfSQL and returns which of parents
+// orphans wait for, in parents' order: all of them when the list was cut short.
+func orphansWaiting(rows pgx.Rows, parents []apply.Key) ([]apply.Key, error) {
+	awaited := map[apply.Key]bool{}
+	n := 0
+	for rows.Next() {
+		var k apply.Key
+		if err := rows.Scan(&k.Entity, &k.Hash); err != nil {
+			return nil, err
+		}
+		awaited[k] = true
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if n > orphansListed {
+		return parents, nil
+	}
+	return apply.KeysIn(parents, awaited), nil
 }
 
 // releaseStatements are the statements of a release for parents: the
 // children's, planned afresh for the tables as they are now (as the key
 // lookups are: a generic plan made while the queue and the ledger were young
-// scans them whole for every parent batch until the next ANALYZE), then
-// whether orphans wait (readRelease reads them).
+// scans them whole for every parent batch until the next ANALYZE), then which
+// parents orphans wait for (readRelease reads them).
 func releaseStatements(parents []apply.Key, limit, maxBytes int) []statement {
 	return append(customPlanned(statement{releaseChildrenSQL, releaseArgs(parents, limit, maxBytes)}), statement{orphansOfSQL(parents), nil})
 }
 
-// readRelease reads the results of releaseStatements from br: the children
-// taken, and whether orphans wait (for addOrphans, once br is closed). It does
-// not close br.
-func readRelease(br pgx.BatchResults, limit int) (items []apply.Released, more, orphans bool, err error) {
+// readRelease reads the results of releaseStatements for parents from br: the
+// children taken, and which of parents orphans wait for (for addOrphans, once
+// br is closed). It does not close br.
+func readRelease(br pgx.BatchResults, parents []apply.Key, limit int) (items []apply.Released, more bool, awaited []apply.Key, err error) {
 	if _, err := br.Exec(); err != nil {
-		return nil, false, false, classify(err)
+		return nil, false, nil, classify(err)
 	}
 	q, err := br.Query()
 	if err != nil {
-		return nil, false, false, classify(err)
+		return nil, false, nil, classify(err)
 	}
 	if items, more, err = readReleased(q, limit); err != nil {
-		return nil, false, false, err
+		return nil, false, nil, err
 	}
 	if _, err := br.Exec(); err != nil {
-		return nil, false, false, classify(err)
+		return nil, false, nil, classify(err)
 	}
-	err = br.QueryRow().Scan(&orphans)
-	return items, more, orphans, classify(err)
+	q, err = br.Query()
+	if err != nil {
+		return nil, false, nil, classify(err)
+	}
+	awaited, err = orphansWaiting(q, parents)
+	q.Close()
+	return items, more, awaited, classify(err)
 }
 
-// addOrphans adds to a release's children (items, more) the orphans it found
-// waiting (readRelease's caller runs it once the pipeline is closed), planned
-// afresh as the children's statement is.
+// addOrphans adds to a release's children (items, more) the orphans waiting
+// for parents (readRelease's caller runs it once the pipeline is closed, for
+// the parents orphans wait for, when there are any), planned afresh as the
+// children's statement is.
 func (t *tx) addOrphans(ctx context.Context, parents []apply.Key, limit, maxBytes int, items []apply.Released, more bool) ([]apply.Released, bool, error) {
+	if len(parents) == 0 {
+		return items, more, nil
+	}
 	rows, err := t.query(ctx, releaseOrphansSQL, append([]any{customPlan}, releaseArgs(parents, limit, maxBytes)...)...)
 	if err != nil {
 		return nil, false, classify(err)
@@ -230,14 +272,14 @@ func (t *tx) TakeReleased(ctx context.Context, parents []apply.Key, limit, maxBy
 	if err != nil {
 		return nil, false, classify(err)
 	}
-	items, more, orphans, err := readRelease(br, limit)
+	items, more, awaited, err := readRelease(br, parents, limit)
 	if cerr := br.Close(); err == nil {
 		err = classify(cerr)
 	}
-	if err != nil || !orphans {
-		return items, more, err
+	if err != nil {
+		return nil, false, err
 	}
-	return t.addOrphans(ctx, parents, limit, maxBytes, items, more)
+	return t.addOrphans(ctx, awaited, limit, maxBytes, items, more)
 }
 
 func releaseArgs(parents []apply.Key, limit, maxBytes int) []any {
@@ -377,23 +419,25 @@ CROSS JOIN ` + appliedParent
 )
 
 // Releasable returns which of parents are applied now and have children or
-// orphans waiting (apply.Store), in parents' order. It asks whether any orphan
-// waits at all and which parents children wait for, in one round trip; only when
-// orphans wait, it asks which parents they wait for, in a second.
+// orphans waiting (apply.Store), in parents' order. It asks which parents
+// orphans wait for and which of parents children wait for, in one round trip;
+// only when orphans wait for some of parents, it asks whether those are
+// applied, in a second.
 func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Key, error) {
 	if len(parents) == 0 {
 		return nil, nil
 	}
 	entities, hashes := keyArrays(parents)
 	found := map[apply.Key]bool{}
-	var orphans bool
+	var awaited []apply.Key
 	b := &pgx.Batch{}
-	b.Queue(orphansOfSQL(parents)).QueryRow(func(r pgx.Row) error { return r.Scan(&orphans) })
+	b.Queue(orphansOfSQL(parents)).Query(func(rows pgx.Rows) (err error) { awaited, err = orphansWaiting(rows, parents); return err })
 	b.Queue(releasableChildrenSQL, entities, hashes).Query(func(rows pgx.Rows) error { return scanKeys(rows, found) })
 	if err := s.askByKey(ctx, b); err != nil {
 		return nil, err
 	}
-	if orphans {
+	if len(awaited) > 0 {
+		entities, hashes := keyArrays(awaited)
 		b = &pgx.Batch{}
 		b.Queue(releasableOrphanParentsSQL, entities, hashes).Query(func(rows pgx.Rows) error { return scanKeys(rows, found) })
 		if err := s.askByKey(ctx, b); err != nil {

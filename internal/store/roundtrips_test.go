@@ -16,24 +16,40 @@ import (
 
 // roundTrips counts what the store sends: a statement on its own, a pipeline
 // (a pgx batch, however many statements it holds), or the preparation of new
-// statements, each one round trip; trips names them.
+// statements, each one round trip; trips names them. sent holds the whole
+// text of each statement sent.
 type roundTrips struct {
 	mu    sync.Mutex
 	trips []string
+	sent  []string
 }
 
-func (r *roundTrips) add(s string) {
+func (r *roundTrips) add(s string, sqls ...string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.trips = append(r.trips, s)
+	r.sent = append(r.sent, sqls...)
 }
 
 func (r *roundTrips) take() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.trips
-	r.trips = nil
+	r.trips, r.sent = nil, nil
 	return t
+}
+
+// times returns how many of the statements sent since the last take hold part.
+func (r *roundTrips) times(part string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.sent {
+		if strings.Contains(s, part) {
+			n++
+		}
+	}
+	return n
 }
 
 func firstWords(sql string) string {
@@ -42,16 +58,16 @@ func firstWords(sql string) string {
 }
 
 func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	r.add(firstWords(d.SQL))
+	r.add(firstWords(d.SQL), d.SQL)
 	return ctx
 }
 func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
-	var qs []string
+	var qs, sqls []string
 	for _, q := range d.Batch.QueuedQueries {
-		qs = append(qs, firstWords(q.SQL))
+		qs, sqls = append(qs, firstWords(q.SQL)), append(sqls, q.SQL)
 	}
-	r.add("[" + strings.Join(qs, " | ") + "]")
+	r.add("["+strings.Join(qs, " | ")+"]", sqls...)
 	return ctx
 }
 func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}

@@ -526,18 +526,18 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	}
 	var (
 		out     apply.Written
-		orphans bool
+		awaited []apply.Key
 	)
 	if release != nil {
-		if out.Released, out.More, orphans, err = readRelease(br, release.Limit); err != nil {
+		if out.Released, out.More, awaited, err = readRelease(br, release.Parents, release.Limit); err != nil {
 			return fail(err)
 		}
 	}
 	if err := br.Close(); err != nil {
 		return fail(err)
 	}
-	if orphans {
-		if out.Released, out.More, err = t.addOrphans(ctx, release.Parents, release.Limit, release.MaxBytes, out.Released, out.More); err != nil {
+	if len(awaited) > 0 {
+		if out.Released, out.More, err = t.addOrphans(ctx, awaited, release.Limit, release.MaxBytes, out.Released, out.More); err != nil {
 			return apply.Written{}, err
 		}
 	}
