@@ -119,3 +119,42 @@ func TestOrphansBeyondTheList(t *testing.T) {
 		}
 	}
 }
+
+// The list holds each awaited parent once: a thousand orphans of one missing
+// item (the operations of a work order that never came) do not cut it short,
+// and the batch of another item still asks nothing by key.
+func TestManyOrphansOfOneMissingParent(t *testing.T) {
+	trace := &roundTrips{}
+	f := orphanFixture(t, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting"), func(c *fixtureConfig) {
+		c.Store = store.WithTracer(c.Store, trace)
+	})
+	same := make([]string, store.OrphansListed+1)
+	for i := range same {
+		same[i] = "-never-the-same"
+	}
+	f.orphansOf(same...)
+	trace.take()
+	if res := f.apply("items", nil, itemEvent("P7")); res.Counts.Released != 0 {
+		t.Fatalf("another item released %+v", res.Counts)
+	}
+	if n := trace.times(store.ReleaseOrphansSQL); n != 0 {
+		t.Errorf("the batch of an item no orphan waits for ran the release of orphans %d times", n)
+	}
+	if n := trace.times(store.ReleasableOrphanParentsSQL); n != 0 {
+		t.Errorf("its re-check asked for orphans by key %d times", n)
+	}
+}
+
+// An unresolved orphan without a parent hash (only an operator's hand edit
+// makes one) names no parent: the batches of its parent entity go on.
+func TestAnOrphanWithoutAParentHash(t *testing.T) {
+	f := orphanFixture(t, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting"))
+	f.orphansOf("-never-1")
+	if _, err := f.conn.Exec(f.ctx, `UPDATE bridge.failed_records SET parent_bk_hash = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	f.apply("items", nil, itemEvent("P7")) // fails the test on an error
+	if got := f.rows(`SELECT part_no FROM schedulehub.items`); got != "P7" {
+		t.Fatalf("items %q, want P7", got)
+	}
+}

@@ -171,13 +171,23 @@ const orphanParentApplied = `EXISTS (SELECT 1 FROM bridge.synced_records r
 const orphansListed = 1000
 
 // orphansOfSQL lists the parents that unresolved orphan dead letters of
-// parents' entities wait for, at most orphansListed + 1 of them (one per
-// orphan, in no particular order). It takes no parameter (the names are
-// literals; catalog entity names are identifiers), so PostgreSQL plans it once
-// per connection and set of entities: a scan of ix_failed_records_orphan_parent
-// in each month, which holds nothing but unresolved orphans. Read in Go
-// (orphansWaiting), it costs what the orphans number, where asking each parent
-// by key costs a probe of every month for each of them.
+// parents' entities wait for, each once, at most orphansListed + 1 of them: a
+// thousand orphans of one parent that never came are one line. It takes no
+// parameter (the names are literals; catalog entity names are identifiers), so
+// PostgreSQL plans it once per connection and set of entities: index-only
+// scans of ix_failed_records_orphan_parent, which holds nothing but unresolved
+// orphans, merged in key order and stopped at the limit. Read in Go
+// (orphansWaiting), it costs what the awaited parents number, where asking
+// each parent by key costs a probe of every month for each of them. An orphan
+// without a parent hash (only a hand edit makes one) names no parent.
+//
+// An orphan committed after this statement and before the parent's commit is
+// left to the re-check after the commit, as one committed after the check by
+// entity was before: should the parent be deleted before that re-check, the
+// orphan waits for it, as the orphan of any deleted parent does. (While other
+// orphans of the entity waited, the release by key ran a round trip later and
+// caught some of those; a lock on the parent's key shared by the sweeper's
+// orphaning and the parent's write would close the window.)
 func orphansOfSQL(parents []apply.Key) string {
 	if len(parents) == 0 {
 		return `SELECT '', '' WHERE false`
@@ -187,8 +197,8 @@ func orphansOfSQL(parents []apply.Key) string {
 		names = append(names, "'"+strings.ReplaceAll(p.Entity, "'", "''")+"'")
 	}
 	slices.Sort(names)
-	return `SELECT parent_entity, parent_bk_hash FROM bridge.failed_records
-WHERE stage_failed = 'orphan' AND resolved_at IS NULL AND parent_entity IN (` + strings.Join(slices.Compact(names), ", ") + `)
+	return `SELECT DISTINCT parent_entity, parent_bk_hash FROM bridge.failed_records
+WHERE stage_failed = 'orphan' AND resolved_at IS NULL AND parent_bk_hash IS NOT NULL AND parent_entity IN (` + strings.Join(slices.Compact(names), ", ") + `)
 LIMIT ` + strconv.Itoa(orphansListed+1)
 }
 
