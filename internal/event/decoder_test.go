@@ -8,12 +8,13 @@ import (
 )
 
 // stdDecode is the wire decoding with the standard library's decoder, the
-// reference the decoder in use must agree with.
+// reference the decoder in use must agree with: one JSON value, with nothing
+// but white space after it.
 func stdDecode(body []byte) (wire, bool) {
 	var w wire
 	dec := stdjson.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	if err := dec.Decode(&w); err != nil || dec.More() {
+	if err := dec.Decode(&w); err != nil || len(bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n")) > 0 {
 		return wire{}, false
 	}
 	return w, true
@@ -29,7 +30,7 @@ func FuzzDecoderAgreesWithTheStandardLibrary(f *testing.F) {
 		`{"ENTITY":"sites","Op":"delete","rowversion":42,"data":{"CONTRACT":"S1","N":[1,{"a":null}]},"repair":true}`,
 		`{"entity":"a","entity":"b","op":"upsert","rowversion":1,"data":{"K":"x","K":"y"}}`,
 		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":"\xff\u00e9\ud800x"}} `,
-		`{"entity":"s","op":"upsert","rowversion":1,"data":{}} {}`,
+		`{"entity":"s","op":"upsert","rowversion":1,"data":{}} {}`, `{"entity":"s","op":"upsert","rowversion":1,"data":{}}]`, `{} }`,
 		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":1e400}}`,
 		`{"entity":`, `null`, `{}`, "\x00\xff", `{"data":{"\u0000":"\ud800"}}`, `{"data":[]}`, `{"repair":"yes"}`,
 		`{"entity":"s","unknown":{"deep":[1,2,{"x":"y"}]},"op":"upsert","rowversion":{"a":1},"data":{"K":-0.0}}`,

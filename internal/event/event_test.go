@@ -36,6 +36,8 @@ func TestDecode(t *testing.T) {
 		{name: "malformed", body: `{"entity":`, wantErr: "malformed JSON"},
 		{name: "not an object", body: `[1,2]`, wantErr: "malformed JSON"},
 		{name: "trailing data", body: `{"entity":"a","op":"upsert","rowversion":1,"data":{}} {}`, wantErr: "trailing data"},
+		{name: "trailing bracket", body: `{"entity":"a","op":"upsert","rowversion":1,"data":{}}]`, wantErr: "trailing data"},
+		{name: "trailing garbage", body: `{"entity":"a","op":"upsert","rowversion":1,"data":{}} x`, wantErr: "trailing data"},
 		{name: "no entity", body: `{"op":"upsert","rowversion":1,"data":{}}`, wantErr: `missing "entity"`},
 		{name: "subject mismatch", subject: "items", body: `{"entity":"sites","op":"upsert","rowversion":1,"data":{}}`, wantErr: `does not match the subject's entity "items"`},
 		{name: "bad op", body: `{"entity":"sites","op":"merge","rowversion":1,"data":{}}`, wantErr: `op "merge"`},
