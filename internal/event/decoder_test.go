@@ -4,6 +4,7 @@ import (
 	"bytes"
 	stdjson "encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -39,20 +40,50 @@ func FuzzDecoderAgreesWithTheStandardLibrary(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		want, stdOK := stdDecode(body)
-		got, err := decodeWire(body)
-		ok := err == nil
-		if ok != stdOK {
-			t.Fatalf("%q: accepted %v (%v), the standard library %v", body, ok, err, stdOK)
+		// decodeWire unmarshals the bodies of up to unmarshalAtMost bytes and
+		// gives larger ones to decodeStream: both must agree.
+		for name, decode := range map[string]func([]byte) (wire, error){"decodeWire": decodeWire, "decodeStream": decodeStream} {
+			got, err := decode(body)
+			ok := err == nil
+			if ok != stdOK {
+				t.Fatalf("%s %q: accepted %v (%v), the standard library %v", name, body, ok, err, stdOK)
+			}
+			if !ok {
+				continue
+			}
+			if string(got.RowVersion) != string(want.RowVersion) {
+				t.Fatalf("%s %q: rowversion %q, the standard library %q", name, body, got.RowVersion, want.RowVersion)
+			}
+			got.RowVersion = nil
+			if w := want; !reflect.DeepEqual(got, wire{Entity: w.Entity, Op: w.Op, SourceSystem: w.SourceSystem, Data: w.Data, Repair: w.Repair}) {
+				t.Fatalf("%s %q: decoded %#v, the standard library %#v", name, body, got, want)
+			}
 		}
-		if !ok {
-			return
+	})
+}
+
+// A body larger than unmarshalAtMost is decoded by the Decoder, with the same
+// values and the same refusals as the standard library's.
+func TestLargeBodiesDecodeAsSmallOnes(t *testing.T) {
+	field := `"` + strings.Repeat("x", unmarshalAtMost) + `"`
+	for _, body := range []string{
+		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":` + field + `,"N":1.50}}`,
+		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":` + field + `}} {}`,
+		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":` + field + `}}]`,
+		`{"entity":"s","op":"upsert","rowversion":1,"data":[` + field + `]}`,
+		`{"entity":"s","op":"upsert","rowversion":1,"data":{"K":` + field,
+	} {
+		if len(body) <= unmarshalAtMost {
+			t.Fatalf("a body of %d bytes is not large", len(body))
 		}
-		if string(got.RowVersion) != string(want.RowVersion) {
-			t.Fatalf("%q: rowversion %q, the standard library %q", body, got.RowVersion, want.RowVersion)
+		want, stdOK := stdDecode([]byte(body))
+		got, err := decodeWire([]byte(body))
+		if ok := err == nil; ok != stdOK {
+			t.Fatalf("%.80q...: accepted %v (%v), the standard library %v", body, ok, err, stdOK)
 		}
 		got.RowVersion, want.RowVersion = nil, nil
 		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("%q: decoded %#v, the standard library %#v", body, got, want)
+			t.Fatalf("%.80q...: decoded differently from the standard library", body)
 		}
-	})
+	}
 }
