@@ -69,23 +69,26 @@ func decodeWire(body []byte) (wire, error) {
 		return decodeStream(body)
 	}
 	var w wire
-	if err := json.UnmarshalWithOption(body, &w, useNumber); err == nil {
+	uerr := json.UnmarshalWithOption(body, &w, useNumber)
+	if uerr == nil {
 		return w, nil
 	}
 	if _, err := decodeStream(body); err != nil {
 		return wire{}, err
 	}
 	// The two agree (FuzzDecoderAgreesWithTheStandardLibrary); should they not,
-	// the body is refused.
-	return wire{}, errors.New("refused by one JSON decoder, accepted by another")
+	// the body is refused with Unmarshal's reason.
+	return wire{}, uerr
 }
 
 // unmarshalAtMost is the largest body decodeWire unmarshals. Unmarshal copies
 // its input into a buffer that its pooled decoding contexts keep for their
-// next call, so bodies near MaxSize would leave a buffer of a MiB in each;
-// with a backlog of 1 MiB events they raised the peak RSS by 12 MiB. A
-// Decoder's buffer is garbage once it returns.
-const unmarshalAtMost = 64 << 10
+// next call, with the capacity of their working lists (up to ten times the
+// body for a body of many tiny values), so bodies near MaxSize would leave a
+// MiB or more in each: with a backlog of 1 MiB events they raised the peak RSS
+// by 12 MiB. A Decoder's buffers are garbage once it returns. Change events
+// are a few KiB.
+const unmarshalAtMost = 16 << 10
 
 // decodeStream decodes a body with a Decoder: the first value, and an error if
 // anything but white space follows.
@@ -103,20 +106,30 @@ func decodeStream(body []byte) (wire, error) {
 }
 
 // useNumber has Unmarshal decode numbers as json.Number, as a Decoder's
-// UseNumber does: the option as UseNumber sets it, read off a Decoder, since
-// Unmarshal has none of its own.
+// UseNumber does: the flag UseNumber adds to a Decoder's options, read off
+// two Decoders, since Unmarshal has no such option of its own. It is checked
+// once, at start: Unmarshal with it must decode 1.50 as the text "1.50".
 var useNumber = func() json.DecodeOptionFunc {
-	dec := json.NewDecoder(strings.NewReader("0"))
-	dec.UseNumber()
-	var set json.DecodeOption
+	flags := func(useNumber bool) json.DecodeOption {
+		dec := json.NewDecoder(strings.NewReader("0"))
+		if useNumber {
+			dec.UseNumber()
+		}
+		var set json.DecodeOption
+		var v any
+		if err := dec.DecodeWithOption(&v, func(o *json.DecodeOption) { set.Flags = o.Flags }); err != nil {
+			panic(err)
+		}
+		return set
+	}
+	with, without := flags(true), flags(false)
+	added := with.Flags &^ without.Flags
+	opt := func(o *json.DecodeOption) { o.Flags |= added }
 	var v any
-	if err := dec.DecodeWithOption(&v, func(o *json.DecodeOption) { set.Flags = o.Flags }); err != nil {
-		panic(err)
+	if err := json.UnmarshalWithOption([]byte("1.50"), &v, opt); err != nil || v != json.Number("1.50") {
+		panic(fmt.Sprintf("event: numbers do not decode as text: 1.50 is %#v (%v)", v, err))
 	}
-	if _, ok := v.(json.Number); !ok {
-		panic(fmt.Sprintf("event: UseNumber decodes 0 as %T", v))
-	}
-	return func(o *json.DecodeOption) { o.Flags |= set.Flags }
+	return opt
 }()
 
 // ErrDecode marks every decoding failure.
