@@ -245,3 +245,86 @@ func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
 		t.Errorf("the index is still there (%v)", err)
 	}
 }
+
+// An outage in the middle of migration 0007 (its session killed while the
+// concurrent index drop waits for a long reader) leaves version 7 dirty, and
+// maybe the index invalid. The advice `migrate up` then gives (force the
+// version before, run up again) brings the schema to 7, clean, without the
+// index.
+func TestAnInterruptedIndexDropIsRecovered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, m := newMigrator(t, "migrate0007cut")
+	if err := m.Up(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Down(1); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close(ctx)
+	watcher, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close(ctx)
+	long, err := reader.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := long.Exec(ctx, `SELECT count(*) FROM bridge.synced_records`); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan error, 1)
+	go func() { up <- m.Up() }()
+	var killed bool
+	for deadline := time.Now().Add(10 * time.Second); !killed; time.Sleep(20 * time.Millisecond) {
+		if err := watcher.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE '%DROP INDEX%' AND wait_event_type = 'Lock'`).Scan(&killed); err != nil {
+			t.Fatal(err)
+		}
+		if !killed && time.Now().After(deadline) {
+			t.Fatal("the migration never waited for the reader")
+		}
+	}
+	if err := <-up; err == nil {
+		t.Fatal("up succeeded with its session killed")
+	}
+	if err := long.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	m2, err := store.NewMigrator(db.URL) // the operator's next command
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	v, dirty, _, err := m2.Version()
+	if err != nil || v != 7 || !dirty {
+		t.Fatalf("after the outage: version %d, dirty %v (%v), want 7 and dirty", v, dirty, err)
+	}
+	err = m2.Up()
+	if err == nil || !strings.Contains(err.Error(), "syncflow migrate force 6") {
+		t.Fatalf("up on the dirty schema: %v, want the advice to force 6", err)
+	}
+	if err := m2.Force(6); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Up(); err != nil {
+		t.Fatalf("up after force 6: %v", err)
+	}
+	latest, err := store.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, dirty, _, err = m2.Version(); err != nil || v != latest || dirty {
+		t.Fatalf("after the advice: version %d, dirty %v (%v), want %d and clean", v, dirty, err, latest)
+	}
+	var left bool
+	if err := watcher.QueryRow(ctx, `SELECT to_regclass('bridge.ix_synced_records_batch') IS NOT NULL`).Scan(&left); err != nil || left {
+		t.Errorf("the index is still there (%v)", err)
+	}
+}
