@@ -63,26 +63,41 @@ type ParentRef struct {
 // published, when known, is when a realtime event was stored, which tells the two
 // instants of a wall clock repeated by a DST fall-back apart (see
 // event.ParseRowVersion).
+//
+// It takes ev.Data over: when every field name is upper case already (as the
+// ERP sends them), the record's fields are ev.Data itself, with the values
+// normalized in place, which spares a map per event on the hot path.
 func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, published time.Time) (Record, error) {
 	fail := func(format string, args ...any) (Record, error) {
 		return Record{}, fmt.Errorf("%w: "+format, append([]any{ErrNormalize}, args...)...)
 	}
-	rec := Record{Entity: e.Name, Op: ev.Op, SourceSystem: ev.SourceSystem, Fields: make(map[string]any, len(ev.Data)), Repair: ev.Repair}
+	rec := Record{Entity: e.Name, Op: ev.Op, SourceSystem: ev.SourceSystem, Repair: ev.Repair}
 	if rec.SourceSystem == "" {
 		rec.SourceSystem = defaultSource
 	}
-	for name, v := range ev.Data {
-		up := strings.ToUpper(strings.TrimSpace(name))
-		if up == "" {
-			return fail("data has a field with an empty name")
+	if len(ev.Data) > 0 && canonicalNames(ev.Data) {
+		for name, v := range ev.Data {
+			if err := checkNumbers(v); err != nil {
+				return fail("field %s: %v", name, err)
+			}
+			ev.Data[name] = Value(v)
 		}
-		if _, dup := rec.Fields[up]; dup {
-			return fail("data has field %q more than once (names are case-insensitive)", up)
+		rec.Fields = ev.Data
+	} else {
+		rec.Fields = make(map[string]any, len(ev.Data))
+		for name, v := range ev.Data {
+			up := strings.ToUpper(strings.TrimSpace(name))
+			if up == "" {
+				return fail("data has a field with an empty name")
+			}
+			if _, dup := rec.Fields[up]; dup {
+				return fail("data has field %q more than once (names are case-insensitive)", up)
+			}
+			if err := checkNumbers(v); err != nil {
+				return fail("field %s: %v", up, err)
+			}
+			rec.Fields[up] = Value(v)
 		}
-		if err := checkNumbers(v); err != nil {
-			return fail("field %s: %v", up, err)
-		}
-		rec.Fields[up] = Value(v)
 	}
 	rv, err := event.ParseRowVersion(ev.RowVersion, e.RowVersion, e.TimeZone, published)
 	if err != nil {
@@ -115,6 +130,17 @@ func Normalize(ev event.Event, e *catalog.Entity, defaultSource string, publishe
 		}
 	}
 	return rec, nil
+}
+
+// canonicalNames tells whether every field name of data is as Normalize
+// writes it: not empty, upper case, without surrounding space.
+func canonicalNames(data map[string]any) bool {
+	for name := range data {
+		if name == "" || strings.ToUpper(strings.TrimSpace(name)) != name {
+			return false
+		}
+	}
+	return true
 }
 
 // checkNumbers applies event.CheckNumber to every number in v, nested ones too:

@@ -64,6 +64,22 @@ func TestNormalize(t *testing.T) {
 					t.Errorf("record = %+v", r)
 				}
 			}},
+		{name: "names upper case already (the fields are the event's map): strings trimmed, empty to NULL", entity: "work_orders",
+			body: `{"entity":"work_orders","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"ORDER_NO":" WO-1 ","CONTRACT":"S1","NOTE":"   ","QTY":5}}`,
+			check: func(t *testing.T, r Record) {
+				if len(r.Fields) != 4 || r.Fields["ORDER_NO"] != "WO-1" || r.Fields["CONTRACT"] != "S1" || r.Fields["QTY"] != json.Number("5") {
+					t.Errorf("fields = %v", r.Fields)
+				}
+				if v, ok := r.Fields["NOTE"]; !ok || v != nil {
+					t.Errorf("NOTE = %#v, want present and nil", v)
+				}
+				if len(r.Key) != 1 || r.Key[0] != "WO-1" || len(r.Parents) != 1 {
+					t.Errorf("key %v, parents %+v", r.Key, r.Parents)
+				}
+			}},
+		{name: "a name with space around it is not upper case already", entity: "sites",
+			body:    `{"entity":"sites","op":"upsert","rowversion":"2026-11-26T10:15:03Z","data":{"CONTRACT":"S1"," CONTRACT":"S2"}}`,
+			wantErr: "more than once"},
 		{name: "composite key in catalog order, number rowversion", entity: "ops",
 			body: `{"entity":"ops","op":"delete","rowversion":7,"source_system":"ifs2","data":{"OPERATION_NO":10,"ORDER_NO":"WO-1"}}`,
 			check: func(t *testing.T, r Record) {
