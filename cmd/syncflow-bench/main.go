@@ -53,7 +53,8 @@ type config struct {
 	batch           int
 	backfillRows    int64
 	ledgerKeys      int64
-	orphans, months int // unresolved orphans waiting for parents that never come, over this many months of partitions
+	orphans, months int  // unresolved orphans waiting for parents that never come, over this many months of partitions
+	noParkingKey    bool // drop the foreign key of parked children to their batch, to measure what it costs
 	verifyRows      int64
 	history, commit string
 }
@@ -77,6 +78,7 @@ func main() {
 	flag.Int64Var(&cfg.backfillRows, "backfill-rows", 100_000, "rows of the backfill figure")
 	flag.IntVar(&cfg.orphans, "orphans", 0, "dead letter this many orphan operations, waiting for work orders that never come, before each SyncFlow run")
 	flag.IntVar(&cfg.months, "months", 36, "months of dead-letter partitions the -orphans are spread over")
+	flag.BoolVar(&cfg.noParkingKey, "without-parking-key", false, "drop pending_children's foreign key to sync_batches first, to measure what its checks cost (the schema's design requires the key)")
 	flag.Int64Var(&cfg.verifyRows, "verify-rows", 1_000_000, "items of the verify figure (1,000 of them drifted)")
 	flag.Int64Var(&cfg.ledgerKeys, "ledger-keys", 0, "fill the ledger with this many other keys first (a ledger larger than PostgreSQL's buffers)")
 	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
@@ -160,6 +162,12 @@ func run(cfg config) error {
 	}
 	if b.defs, err = stream.LoadDefinitions(streams.FS, b.cat); err != nil {
 		return err
+	}
+	if cfg.noParkingKey {
+		if _, err := b.pool.Exec(ctx, `ALTER TABLE bridge.pending_children DROP CONSTRAINT pending_children_batch_uid_fkey`); err != nil {
+			return err
+		}
+		fmt.Println("pending_children's foreign key to sync_batches dropped (-without-parking-key): not SyncFlow's schema")
 	}
 	if cfg.ledgerKeys > 0 {
 		began := time.Now()
