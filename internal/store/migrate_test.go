@@ -178,21 +178,30 @@ func testDefaultsAndTriggers(t *testing.T, ctx context.Context, conn *pgx.Conn) 
 	}
 }
 
-// Migration 0007 drops the ledger's batch index while a long reader (a verify)
-// holds the ledger, without stopping the writers: a plain DROP INDEX would
-// queue for its exclusive lock behind the reader, and every ledger write would
-// queue behind it.
-func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
-	t.Parallel()
+// heldIndexDrop is migration 0007 under way in a database of its own, its
+// concurrent index drop waiting for a long reader of the ledger.
+type heldIndexDrop struct {
+	db      testenv.Database
+	reader  pgx.Tx     // the long reader, holding the ledger
+	watcher *pgx.Conn  // a connection to look on with
+	up      chan error // where the migration's Up reports
+	connect func() *pgx.Conn
+}
+
+// holdIndexDrop migrates a database of its own (prefix) to version 6, opens a
+// reader of the ledger, and starts migration 0007, whose drop then waits.
+func holdIndexDrop(t *testing.T, prefix string) *heldIndexDrop {
+	t.Helper()
 	ctx := context.Background()
-	db, m := newMigrator(t, "migrate0007")
+	db, m := newMigrator(t, prefix)
 	if err := m.Up(); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Down(1); err != nil {
 		t.Fatal(err)
 	}
-	connect := func() *pgx.Conn {
+	h := &heldIndexDrop{db: db, up: make(chan error, 1)}
+	h.connect = func() *pgx.Conn {
 		t.Helper()
 		c, err := pgx.Connect(ctx, db.URL)
 		if err != nil {
@@ -201,32 +210,57 @@ func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
 		t.Cleanup(func() { c.Close(ctx) })
 		return c
 	}
-	reader, writer, watcher := connect(), connect(), connect()
-	long, err := reader.Begin(ctx)
+	h.watcher = h.connect()
+	reader, err := h.connect().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := long.Exec(ctx, `SELECT count(*) FROM bridge.synced_records`); err != nil {
+	if _, err := reader.Exec(ctx, `SELECT count(*) FROM bridge.synced_records`); err != nil {
 		t.Fatal(err)
 	}
-	up := make(chan error, 1)
-	go func() { up <- m.Up() }()
-	// The drop is waiting for the reader.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var waiting bool
-		if err := watcher.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = current_database() AND query LIKE '%DROP INDEX%' AND wait_event_type = 'Lock')`).Scan(&waiting); err != nil {
+	h.reader = reader
+	go func() { h.up <- m.Up() }()
+	return h
+}
+
+// onWaitingDrop polls until what, run over the sessions whose DROP INDEX
+// waits for a lock, is true for one of them.
+func (h *heldIndexDrop) onWaitingDrop(t *testing.T, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var done bool
+		if err := h.watcher.QueryRow(context.Background(), `SELECT coalesce(bool_or(`+what+`), false) FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE '%DROP INDEX%' AND wait_event_type = 'Lock'`).Scan(&done); err != nil {
 			t.Fatal(err)
 		}
-		if waiting {
-			break
+		if done {
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the migration never waited for the reader")
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// indexGone fails t when the ledger's batch index is still there.
+func (h *heldIndexDrop) indexGone(t *testing.T) {
+	t.Helper()
+	var left bool
+	if err := h.watcher.QueryRow(context.Background(), `SELECT to_regclass('bridge.ix_synced_records_batch') IS NOT NULL`).Scan(&left); err != nil || left {
+		t.Errorf("the index is still there (%v)", err)
+	}
+}
+
+// Migration 0007 drops the ledger's batch index while a long reader (a verify)
+// holds the ledger, without stopping the writers: a plain DROP INDEX would
+// queue for its exclusive lock behind the reader, and every ledger write would
+// queue behind it.
+func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := holdIndexDrop(t, "migrate0007")
+	h.onWaitingDrop(t, "true")
+	writer := h.connect()
 	if _, err := writer.Exec(ctx, `SET lock_timeout = '2s'`); err != nil {
 		t.Fatal(err)
 	}
@@ -234,16 +268,13 @@ func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
 		VALUES ('items', md5('1'), '["1"]', 'x', 1, 'realtime', 1)`); err != nil {
 		t.Errorf("a ledger write while the migration waits: %v", err)
 	}
-	if err := long.Rollback(ctx); err != nil {
+	if err := h.reader.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-up; err != nil {
+	if err := <-h.up; err != nil {
 		t.Fatalf("up: %v", err)
 	}
-	var left bool
-	if err := watcher.QueryRow(ctx, `SELECT to_regclass('bridge.ix_synced_records_batch') IS NOT NULL`).Scan(&left); err != nil || left {
-		t.Errorf("the index is still there (%v)", err)
-	}
+	h.indexGone(t)
 }
 
 // An outage in the middle of migration 0007 (its session killed while the
@@ -254,50 +285,16 @@ func TestTheLedgerIndexDropLetsWritersOn(t *testing.T) {
 func TestAnInterruptedIndexDropIsRecovered(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db, m := newMigrator(t, "migrate0007cut")
-	if err := m.Up(); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Down(1); err != nil {
-		t.Fatal(err)
-	}
-	reader, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close(ctx)
-	watcher, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Close(ctx)
-	long, err := reader.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := long.Exec(ctx, `SELECT count(*) FROM bridge.synced_records`); err != nil {
-		t.Fatal(err)
-	}
-	up := make(chan error, 1)
-	go func() { up <- m.Up() }()
-	var killed bool
-	for deadline := time.Now().Add(10 * time.Second); !killed; time.Sleep(20 * time.Millisecond) {
-		if err := watcher.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity
-			WHERE datname = current_database() AND query LIKE '%DROP INDEX%' AND wait_event_type = 'Lock'`).Scan(&killed); err != nil {
-			t.Fatal(err)
-		}
-		if !killed && time.Now().After(deadline) {
-			t.Fatal("the migration never waited for the reader")
-		}
-	}
-	if err := <-up; err == nil {
+	h := holdIndexDrop(t, "migrate0007cut")
+	h.onWaitingDrop(t, "pg_terminate_backend(pid)")
+	if err := <-h.up; err == nil {
 		t.Fatal("up succeeded with its session killed")
 	}
-	if err := long.Rollback(ctx); err != nil {
+	if err := h.reader.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
 
-	m2, err := store.NewMigrator(db.URL) // the operator's next command
+	m2, err := store.NewMigrator(h.db.URL) // the operator's next command
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,8 +320,5 @@ func TestAnInterruptedIndexDropIsRecovered(t *testing.T) {
 	if v, dirty, _, err = m2.Version(); err != nil || v != latest || dirty {
 		t.Fatalf("after the advice: version %d, dirty %v (%v), want %d and clean", v, dirty, err, latest)
 	}
-	var left bool
-	if err := watcher.QueryRow(ctx, `SELECT to_regclass('bridge.ix_synced_records_batch') IS NOT NULL`).Scan(&left); err != nil || left {
-		t.Errorf("the index is still there (%v)", err)
-	}
+	h.indexGone(t)
 }
