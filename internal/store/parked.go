@@ -206,19 +206,10 @@ LIMIT ` + strconv.Itoa(orphansListed+1)
 // orphans wait for, in parents' order: all of them when the list was cut short.
 func orphansWaiting(rows pgx.Rows, parents []apply.Key) ([]apply.Key, error) {
 	awaited := map[apply.Key]bool{}
-	n := 0
-	for rows.Next() {
-		var k apply.Key
-		if err := rows.Scan(&k.Entity, &k.Hash); err != nil {
-			return nil, err
-		}
-		awaited[k] = true
-		n++
-	}
-	if err := rows.Err(); err != nil {
+	if err := scanKeys(rows, awaited); err != nil {
 		return nil, err
 	}
-	if n > orphansListed {
+	if len(awaited) > orphansListed {
 		return parents, nil
 	}
 	return apply.KeysIn(parents, awaited), nil
