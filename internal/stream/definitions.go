@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/catalog"
@@ -293,7 +294,11 @@ func (p Plan) Carry(ctx context.Context, js jetstream.JetStream, defs Definition
 		switch {
 		case c.Action == Unchanged:
 		case c.Consumer == "" && (c.Action == Create || c.Action == Update):
-			s, err := js.CreateOrUpdateStream(ctx, configs[c.Stream])
+			var s jetstream.Stream
+			err := retryBusy(ctx, func() (err error) {
+				s, err = js.CreateOrUpdateStream(ctx, configs[c.Stream])
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("stream %s: %w%s", c.Stream, err, replicaHint(err))
 			}
@@ -364,20 +369,52 @@ const errCodeConsumerReplicasExceedsStream jetstream.ErrorCode = 10126
 // scaled up takes its new servers a moment later: until then the server refuses
 // a consumer with the new replica count, so that is tried again for a while.
 func createOrUpdateConsumer(ctx context.Context, js jetstream.JetStream, stream string, cc jetstream.ConsumerConfig) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	return retryBusy(ctx, func() error {
 		_, err := js.CreateOrUpdateConsumer(ctx, stream, cc)
 		var apiErr *jetstream.APIError
-		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeConsumerReplicasExceedsStream || time.Now().After(deadline) {
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeConsumerReplicasExceedsStream {
+			return errBusy{err}
+		}
+		return err
+	})
+}
+
+// busyFor bounds how long a JetStream request that found the cluster busy is
+// tried again.
+const busyFor = 30 * time.Second
+
+// retryBusy runs create until it succeeds, fails for a reason that another try
+// would not change, or has been busy for busyFor. Busy is an answer that did
+// not come within the request's timeout (a cluster electing leaders, or a
+// loaded machine, takes longer than nats.go's five seconds to place a new
+// stream), or an error create wraps in errBusy. Every create here is a
+// create-or-update of the same configuration, so a try that timed out after
+// the server had carried it out is harmless to repeat.
+func retryBusy(ctx context.Context, create func() error) error {
+	deadline := time.Now().Add(busyFor)
+	for {
+		err := create()
+		var busy errBusy
+		if errors.As(err, &busy) {
+			err = busy.err
+		} else if !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) || ctx.Err() != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return err
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
+
+// errBusy marks an error that another try may not get.
+type errBusy struct{ err error }
+
+func (e errBusy) Error() string { return e.err.Error() }
 
 func replicaHint(err error) string {
 	if strings.Contains(strings.ToLower(err.Error()), "replicas > 1 not supported") {

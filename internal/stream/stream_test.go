@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/syncflow/syncflow/internal/catalog"
@@ -116,6 +119,76 @@ func TestApplyIsIdempotent(t *testing.T) {
 				t.Errorf("%s filter = %s", cc.Durable, got)
 			}
 		}
+	}
+}
+
+// A busy cluster answers a create later than the client waits (five seconds by
+// default): apply tries again instead of failing. Here every first create of a
+// stream or consumer is carried out by the server but its answer is lost, the
+// worst case, since the retry then finds the thing it was creating.
+func TestApplyRidesOutUnansweredCreates(t *testing.T) {
+	_, defs := shipped(t)
+	srv := testenv.NATS(t)
+	connect := func() *nats.Conn {
+		nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	// The client's API requests go through a relay that drops answers.
+	relay := connect()
+	var mu sync.Mutex
+	answered := map[string]bool{}
+	dropped := 0
+	sub, err := relay.Subscribe("RELAY.API.>", func(m *nats.Msg) {
+		api := strings.TrimPrefix(m.Subject, "RELAY.API.")
+		resp, err := relay.Request("$JS.API."+api, m.Data, 5*time.Second)
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(api, "STREAM.CREATE.") || strings.HasPrefix(api, "CONSUMER.CREATE.") {
+			mu.Lock()
+			first := !answered[api]
+			answered[api] = true
+			if first {
+				dropped++
+			}
+			mu.Unlock()
+			if first {
+				return
+			}
+		}
+		_ = m.Respond(resp.Data)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	js, err := jetstream.NewWithAPIPrefix(connect(), "RELAY.API", jetstream.WithDefaultTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := stream.Apply(ctx, js, defs); err != nil {
+		t.Fatalf("apply with every first create unanswered: %v", err)
+	}
+	consumers := 0
+	for _, cs := range defs.Consumers {
+		consumers += len(cs)
+	}
+	// The streams, the advisory stream, their consumers and the advisory consumer.
+	if want := len(defs.Streams) + 1 + consumers + 1; dropped != want {
+		t.Errorf("%d answers dropped, want one per stream and consumer (%d)", dropped, want)
+	}
+	direct, _ := jetstream.New(connect())
+	plan, err := stream.PlanChanges(ctx, direct, defs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) == 0 || plan.Count(stream.Unchanged) != len(plan) {
+		t.Errorf("after apply, the plan changes something: %+v", plan)
 	}
 }
 

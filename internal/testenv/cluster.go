@@ -122,22 +122,34 @@ func (c *Cluster) Start(i int) {
 	c.waitForLeader()
 }
 
-// waitForLeader waits until the cluster has a JetStream meta leader.
+// waitForLeader waits until the cluster has a JetStream meta leader and every
+// running server has caught up with it.
 func (c *Cluster) waitForLeader() {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		c.mu.Lock()
-		for _, s := range c.servers {
-			if s != nil && s.JetStreamIsLeader() {
-				c.mu.Unlock()
-				return
-			}
+		if c.ready() {
+			return
 		}
-		c.mu.Unlock()
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatal("the JetStream cluster elected no meta leader within 30s")
+	c.t.Fatal("the JetStream cluster elected no meta leader, or its servers did not catch up with it, within 30s")
+}
+
+func (c *Cluster) ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	leader := false
+	for _, s := range c.servers {
+		if s == nil {
+			continue
+		}
+		if !s.JetStreamIsCurrent() {
+			return false
+		}
+		leader = leader || s.JetStreamIsLeader()
+	}
+	return leader
 }
 
 func freePort(t testing.TB) int {
