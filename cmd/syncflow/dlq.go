@@ -115,7 +115,7 @@ func (d *dlqFilter) build(ctx context.Context, st *store.Store, cat *catalog.Cat
 				return sf, err
 			}
 			if len(have) == 0 {
-				return sf, fmt.Errorf("%w: entity %q is not in the catalog and has no dead letters (the catalog's entities: %s)", errNotFound, d.entity, strings.Join(cat.Names(), ", "))
+				return sf, fmt.Errorf("%w: %s; no dead letter has it either", errNotFound, cat.Unknown(d.entity))
 			}
 		}
 	}

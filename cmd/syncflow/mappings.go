@@ -152,7 +152,7 @@ func importMappings(ctx context.Context, st *store.Store, defs definitions, file
 			r.Transformation = "none"
 		}
 		if _, ok := cat.Entity(r.Entity); !ok {
-			problems = append(problems, fmt.Sprintf("rule %d: entity %q is not in the catalog", i+1, r.Entity))
+			problems = append(problems, fmt.Sprintf("rule %d: %s", i+1, cat.Unknown(r.Entity)))
 		}
 	}
 	// The rules as they will be after the import must form a valid set.

@@ -77,7 +77,7 @@ func (w *workbench) Close() { w.st.Close() }
 // knownEntity refuses a name that is not a catalog entity: exit code 3.
 func knownEntity(cat *catalog.Catalog, name string) error {
 	if _, ok := cat.Entity(name); !ok {
-		return fmt.Errorf("%w: entity %q is not in the catalog (its entities: %s)", errNotFound, name, strings.Join(cat.Names(), ", "))
+		return fmt.Errorf("%w: %s", errNotFound, cat.Unknown(name))
 	}
 	return nil
 }

@@ -84,7 +84,7 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	defer wb.Close()
 	e, ok := wb.cat.Entity(entity)
 	if !ok {
-		return fmt.Errorf("%w: entity %q is not in the catalog", errNotFound, entity)
+		return fmt.Errorf("%w: %s", errNotFound, wb.cat.Unknown(entity))
 	}
 	n.cfg.Name, n.cfg.Logger = "syncflow-replay", log
 	nc, err := stream.Connect(n.cfg)

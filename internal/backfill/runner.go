@@ -129,7 +129,7 @@ func (r *Runner) run(ctx context.Context, s Schedule) (res Result, err error) {
 	res.Entity = s.Entity
 	e, ok := r.Catalog.Entity(s.Entity)
 	if !ok {
-		return res, fmt.Errorf("entity %q is not in the catalog (disable or fix its schedule)", s.Entity)
+		return res, fmt.Errorf("%s: disable or fix its schedule", r.Catalog.Unknown(s.Entity))
 	}
 	w, err := windowOf(s)
 	if err != nil {

@@ -224,7 +224,7 @@ func (v Verifier) Verify(ctx context.Context, entity string, opt VerifyOptions) 
 	v = v.withDefaults()
 	e, ok := v.Catalog.Entity(entity)
 	if !ok {
-		return res, fmt.Errorf("entity %q is not in the catalog (syncflow catalog show lists them)", entity)
+		return res, errors.New(v.Catalog.Unknown(entity))
 	}
 	if opt.Repair && !opt.DryRun && v.Publisher == nil {
 		return res, errors.New("verify: repairing needs a publisher")

@@ -111,6 +111,16 @@ func (c *Catalog) Entity(name string) (*Entity, bool) {
 	return e, ok
 }
 
+// Unknown explains that name is not an entity of the catalog: the entity it is
+// nearest to, when one is near (a typo, a singular), and the entities there are.
+func (c *Catalog) Unknown(name string) string {
+	msg := fmt.Sprintf("entity %q is not in the catalog", name)
+	if near := Closest(name, c.order); near != "" {
+		msg += fmt.Sprintf(" (did you mean %s?)", near)
+	}
+	return msg + "; its entities: " + strings.Join(c.order, ", ")
+}
+
 // Names returns the entity names, every parent before its children.
 func (c *Catalog) Names() []string { return slices.Clone(c.order) }
 

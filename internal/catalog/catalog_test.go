@@ -11,7 +11,9 @@ import (
 	"github.com/syncflow/syncflow/streams"
 )
 
-func TestShippedCatalog(t *testing.T) {
+// shippedCatalog parses the built-in catalog.
+func shippedCatalog(t *testing.T) *Catalog {
+	t.Helper()
 	data, err := fs.ReadFile(streams.FS, streams.CatalogFile)
 	if err != nil {
 		t.Fatal(err)
@@ -20,6 +22,11 @@ func TestShippedCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestShippedCatalog(t *testing.T) {
+	c := shippedCatalog(t)
 	want := []string{"items", "sites", "work_centers", "work_orders", "work_order_operations"}
 	if got := c.Names(); !slices.Equal(got, want) {
 		t.Errorf("Names() = %v, want parents first: %v", got, want)
@@ -184,5 +191,22 @@ func TestParseShapeErrors(t *testing.T) {
 	}
 	if w, _ := c.Entity("work_centers"); w.Upsert != UpsertMerge {
 		t.Errorf("default upsert: %q", w.Upsert)
+	}
+}
+
+// A name that is not an entity is explained with the entity it is nearest to,
+// when one is near, and the list of entities.
+func TestUnknownEntity(t *testing.T) {
+	cat := shippedCatalog(t)
+	for name, want := range map[string]string{
+		"site":       `entity "site" is not in the catalog (did you mean sites?); its entities: items, sites, work_centers, work_orders, work_order_operations`,
+		"Items":      `entity "Items" is not in the catalog (did you mean items?); its entities: `,
+		"work_order": `(did you mean work_orders?)`,
+		"plants":     `entity "plants" is not in the catalog; its entities: items,`,
+		"":           `entity "" is not in the catalog; its entities: items,`,
+	} {
+		if got := cat.Unknown(name); !strings.Contains(got, want) {
+			t.Errorf("Unknown(%q) = %s, want it to hold %s", name, got, want)
+		}
 	}
 }

@@ -115,7 +115,7 @@ func walkShape(n *yaml.Node, s *shape, where string, errs *[]error) {
 			switch {
 			case !ok:
 				msg := fmt.Sprintf("catalog line %d: %sunknown setting %s", k.Line, where, k.Value)
-				if near := closest(k.Value, slices.Collect(maps.Keys(s.keys))); near != "" {
+				if near := Closest(k.Value, slices.Collect(maps.Keys(s.keys))); near != "" {
 					msg += " (did you mean " + near + "?)"
 				}
 				*errs = append(*errs, errors.New(msg+"; the settings here are "+strings.Join(slices.Sorted(maps.Keys(s.keys)), ", ")))
@@ -129,8 +129,10 @@ func walkShape(n *yaml.Node, s *shape, where string, errs *[]error) {
 	}
 }
 
-// closest returns the candidate nearest to s, if one is near enough to be a typo.
-func closest(s string, candidates []string) string {
+// Closest returns the candidate nearest to s by edit distance, the first in
+// sorted order among equals, or "" when none is within a third of its length
+// (at least two edits): a typo, not another word.
+func Closest(s string, candidates []string) string {
 	best, bestD := "", max(2, len(s)/3)+1
 	for _, c := range slices.Sorted(slices.Values(candidates)) {
 		if d := editDistance(s, c); d < bestD {
