@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/sim"
 	"github.com/syncflow/syncflow/internal/testenv"
 )
@@ -23,7 +22,7 @@ func target(t *testing.T, erp *sim.ERP) (string, *pgx.Conn) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db, drop, err := testenv.NewDatabase(ctx, "apismith_sim")
+	db, drop, err := testenv.NewTargetDatabase(ctx, "apismith_sim")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,9 +32,6 @@ func target(t *testing.T, erp *sim.ERP) (string, *pgx.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, deploy.ScheduleHubSQL); err != nil {
-		t.Fatal(err)
-	}
 	for i := range int64(10) {
 		r := erp.Snapshot("items", i)
 		if _, err := conn.Exec(ctx, `INSERT INTO schedulehub.items (part_no, description) VALUES ($1, $2)`, r.Data["PART_NO"], r.Data["DESCRIPTION"]); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/testenv"
 	"github.com/syncflow/syncflow/streams"
 )
@@ -189,6 +190,12 @@ func TestRunRefusesBadStart(t *testing.T) {
 		t.Errorf("run against an unmigrated database: %v\n%s", err, out)
 	}
 
+	missing := strings.Replace(db.URL, db.Name, "syncflow_no_such_database", 1)
+	out, err = syncflow(t, []string{"SYNCFLOW_DATABASE_URL=" + missing, "SYNCFLOW_NATS_URL=" + srv.ClientURL()}, "run")
+	if err == nil || !strings.Contains(out, "/syncflow_no_such_database?sslmode=disable does not exist: create it (createdb, or make db)") {
+		t.Errorf("run against a database that does not exist: %v\n%s", err, out)
+	}
+
 	bad := filepath.Join(t.TempDir(), "catalog.yaml")
 	os.WriteFile(bad, []byte("entities:\n  work_orders:\n    key: [ORDER_NO]\n    parents: [{entity: plants, fields: [CONTRACT]}]\n    target: {table: schedulehub.work_orders, key: [order_no]}\n"), 0o644)
 	out, err = syncflow(t, []string{"SYNCFLOW_DATABASE_URL=" + dbURL}, "run", "--catalog", bad)
@@ -203,6 +210,37 @@ func TestRunRefusesBadStart(t *testing.T) {
 	out, err = syncflow(t, nil, "migrate", "sideways", "--database-url", dbURL)
 	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "use up, down, version or force") {
 		t.Errorf("unknown migrate action: %v\n%s", err, out)
+	}
+}
+
+// run --migrate --apply-streams says what each did: on a new database and
+// server, the versions it migrated through and the streams and consumers it
+// created (three streams, ten consumers of the five entities, the advisories'
+// one); on the next start, that nothing changed.
+func TestRunSaysWhatItMigratedAndApplied(t *testing.T) {
+	ctx := context.Background()
+	db, drop, err := testenv.NewTargetDatabase(ctx, "e2e_fresh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	srv := testenv.NATS(t)
+	env := []string{"SYNCFLOW_DATABASE_URL=" + db.URL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
+	latest, err := store.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]string{
+		{fmt.Sprintf(`"msg":"bridge schema migrated","from":0,"to":%d`, latest), `"msg":"streams and consumers applied","created":14,"updated":0,"unchanged":0`},
+		{fmt.Sprintf(`"msg":"bridge schema up to date","version":%d`, latest), `"msg":"streams and consumers applied","created":0,"updated":0,"unchanged":14`},
+	} {
+		logs := service(t, env, "--migrate", "--apply-streams", "--replica", fmt.Sprintf("fresh%d", i+1))
+		waitForLog(t, logs, "syncflow running")
+		for _, w := range want {
+			if !strings.Contains(logs.String(), w) {
+				t.Errorf("start %d: want %s in\n%s", i+1, w, logs.String())
+			}
+		}
 	}
 }
 

@@ -315,19 +315,39 @@ func (s *Service) claim(ctx context.Context) error {
 	return nil
 }
 
+// migrate applies the pending bridge migrations and logs the versions.
+func (s *Service) migrate() error {
+	m, err := store.NewMigrator(s.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	from, _, _, err := m.Version()
+	if err != nil {
+		return fmt.Errorf("migrate up: %w", err)
+	}
+	if err := m.Up(); err != nil {
+		return fmt.Errorf("migrate up: %w", err)
+	}
+	to, _, _, err := m.Version()
+	if err != nil {
+		return fmt.Errorf("migrate up: %w", err)
+	}
+	if to != from {
+		s.log.Info("bridge schema migrated", "from", from, "to", to)
+	} else {
+		s.log.Info("bridge schema up to date", "version", to)
+	}
+	return nil
+}
+
 // openStore migrates when asked, opens the pool, checks the schema and the target
 // tables, and closes the batches a previous run of this replica left running.
 func (s *Service) openStore(ctx context.Context) error {
 	cfg := s.cfg
 	if cfg.Migrate {
-		m, err := store.NewMigrator(cfg.DatabaseURL)
-		if err != nil {
+		if err := s.migrate(); err != nil {
 			return err
-		}
-		err = m.Up()
-		m.Close()
-		if err != nil {
-			return fmt.Errorf("migrate up: %w", err)
 		}
 	}
 	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.MaxConns, StatementTimeout: cfg.StatementTimeout,
@@ -409,9 +429,17 @@ func (s *Service) connect(ctx context.Context) error {
 	}
 	s.nats = conn
 	s.onClose(conn.Close)
-	if s.cfg.ApplyStreams {
-		return stream.Apply(ctx, conn.JS, s.cfg.Streams)
+	if !s.cfg.ApplyStreams {
+		return nil
 	}
+	plan, err := stream.PlanChanges(ctx, conn.JS, s.cfg.Streams, false)
+	if err != nil {
+		return err
+	}
+	if err := plan.Carry(ctx, conn.JS, s.cfg.Streams); err != nil {
+		return err
+	}
+	s.log.Info("streams and consumers applied", "created", plan.Count(stream.Create), "updated", plan.Count(stream.Update), "unchanged", plan.Count(stream.Unchanged))
 	return nil
 }
 

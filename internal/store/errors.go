@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/syncflow/syncflow/internal/apply"
+	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Every error the store returns is classified here, once, into the kinds of
@@ -93,6 +95,33 @@ func sqlstateKind(code string) error {
 		strings.HasPrefix(code, "57P"), strings.HasPrefix(code, "58"),
 		code == "25006", code == "25P03", code == "3D000", code == "55000":
 		return apply.ErrUnavailable
+	}
+	return nil
+}
+
+// notConnected says why a connection to the database at url could not be
+// made, with what to do when PostgreSQL said why (refused). err is redacted
+// and kept (errors.Is still sees its kind).
+func notConnected(url string, err error) error {
+	if r := refused(url, err); r != nil {
+		return r
+	}
+	return fmt.Errorf("database %s is not reachable: %w", RedactURL(url), redact.Error(err))
+}
+
+// refused is the error, with what to do, of a connection PostgreSQL refused
+// because the database does not exist or the credentials are wrong, and nil
+// for any other err.
+func refused(url string, err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return nil
+	}
+	switch pgErr.Code {
+	case "3D000": // invalid_catalog_name
+		return fmt.Errorf("database %s does not exist: create it (createdb, or make db) and apply the migrations (syncflow migrate up): %w", RedactURL(url), redact.Error(err))
+	case "28P01", "28000": // invalid_password, invalid_authorization_specification
+		return fmt.Errorf("database %s refuses the credentials: check the user and password of the URL: %w", RedactURL(url), redact.Error(err))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,4 +129,36 @@ func TestClassify(t *testing.T) {
 
 func pgErr(code string) error {
 	return fmt.Errorf("statement: %w", &pgconn.PgError{Code: code, Message: "simulated"})
+}
+
+// A connection PostgreSQL refuses says what to do, keeps its kind, and never
+// prints the password: the database does not exist, or the role does not.
+func TestRefusedConnectionsSayWhatToDo(t *testing.T) {
+	ctx := context.Background()
+	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	with := func(user, db string) string {
+		u, err := url.Parse(admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User, u.Path = url.UserPassword(user, "s3cret-pw"), "/"+db
+		return u.String()
+	}
+	owner, _ := url.Parse(admin)
+	for _, tc := range []struct{ url, want string }{
+		{with(owner.User.Username(), "syncflow_no_such_database"), "does not exist: create it (createdb, or make db) and apply the migrations (syncflow migrate up)"},
+		{with("syncflow_no_such_role", "postgres"), "refuses the credentials: check the user and password of the URL"},
+	} {
+		_, openErr := Open(ctx, Config{URL: tc.url})
+		_, migErr := NewMigrator(tc.url)
+		_, leaseErr := AcquireLease(ctx, tc.url, "test", "test", 0)
+		for what, err := range map[string]error{"Open": openErr, "NewMigrator": migErr, "Lease": leaseErr} {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret-pw") {
+				t.Errorf("%s(%s) = %v, want it to say %q without the password", what, RedactURL(tc.url), err, tc.want)
+			}
+		}
+		if !errors.Is(openErr, apply.ErrUnavailable) {
+			t.Errorf("Open's error lost its kind: %v", openErr)
+		}
+	}
 }

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Lease is a process's exclusive claim on its replica name: a session advisory
@@ -136,7 +134,7 @@ func (l *Lease) acquire(ctx context.Context) error {
 	cfg.RuntimeParams["application_name"] = l.tag
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("database %s is not reachable: %w", RedactURL(l.url), redact.Error(err))
+		return notConnected(l.url, err)
 	}
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, l.key).Scan(&ok); err != nil {

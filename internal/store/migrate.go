@@ -10,13 +10,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/golang-migrate/migrate/v4"
 	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5" // registers pgx5://
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/migrations"
 )
 
@@ -33,6 +33,15 @@ func NewMigrator(dbURL string) (*Migrator, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A connection first, for the error of a database that refuses it: the
+	// driver's own attempt says less and, failing, leaves its pool open.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, notConnected(dbURL, err)
+	}
+	_ = conn.Close(ctx)
 	m, err := migrate.NewWithSourceInstance("iofs", src, u)
 	if err != nil {
 		return nil, fmt.Errorf("migrate: %v", redactErr(err, dbURL))
@@ -143,7 +152,7 @@ func BridgeContents(ctx context.Context, dbURL string) ([]TableRows, error) {
 	}
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
-		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(dbURL), redact.Error(err))
+		return nil, notConnected(dbURL, err)
 	}
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

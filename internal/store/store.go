@@ -19,8 +19,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/syncflow/syncflow/internal/redact"
 )
 
 // Store holds the connection pool and what the store learned about the targets.
@@ -110,7 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s is not reachable: %w", RedactURL(cfg.URL), redact.Error(classify(err)))
+		return nil, notConnected(cfg.URL, classify(err))
 	}
 	return &Store{pool: pool, targets: newTargets(), checkpoints: newCheckpoints(), drift: newDrift(), NewUID: newUID}, nil
 }

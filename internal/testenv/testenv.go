@@ -85,6 +85,25 @@ func NewMigratedDatabase(ctx context.Context, prefix string) (Database, func(), 
 	return db, drop, nil
 }
 
+// NewTargetDatabase creates a database with the demo target's tables
+// (deploy/schedulehub.sql) and no bridge schema; drop removes it.
+func NewTargetDatabase(ctx context.Context, prefix string) (Database, func(), error) {
+	db, drop, err := NewDatabase(ctx, prefix)
+	if err != nil {
+		return db, nil, err
+	}
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err == nil {
+		_, err = conn.Exec(ctx, deploy.ScheduleHubSQL)
+		conn.Close(ctx)
+	}
+	if err != nil {
+		drop()
+		return db, nil, err
+	}
+	return db, drop, nil
+}
+
 // Migrate applies the bridge migrations and the demo target to dbURL.
 func Migrate(ctx context.Context, dbURL string) error {
 	m, err := store.NewMigrator(dbURL)
