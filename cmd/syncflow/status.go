@@ -261,8 +261,8 @@ func statusWide(out []entityStatus) error {
 		checkpoint, cpAge := checkpointOf(e)
 		last := "-"
 		if b := e.LastBatch; b != nil {
-			last = fmt.Sprintf("%s %s %s ago: %d in, %d ins, %d upd, %d unch, %d stale, %d del, %d parked, %d failed",
-				b.SyncType, b.Status, ago(b.StartedAt), b.Fetched, b.Inserted, b.Updated, b.Unchanged, b.Stale, b.Deleted, b.Parked, b.Failed)
+			last = fmt.Sprintf("%s %s %s ago: %d in, %d ins, %d upd, %d unch, %d stale, %d del, %d parked, %d released, %d failed",
+				b.SyncType, b.Status, ago(b.StartedAt), b.Fetched, b.Inserted, b.Updated, b.Unchanged, b.Stale, b.Deleted, b.Parked, b.Released, b.Failed)
 		}
 		pending := "-"
 		if e.Lag != nil {
