@@ -88,10 +88,10 @@ func BenchmarkRowJSON(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var buf []byte
+	var enc pipeline.SortedRowJSON
 	b.ReportAllocs()
 	for b.Loop() {
-		if buf, err = pipeline.AppendRowJSON(buf[:0], row, nil); err != nil {
+		if _, err = enc.Encode(row); err != nil {
 			b.Fatal(err)
 		}
 	}

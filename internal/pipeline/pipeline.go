@@ -156,9 +156,9 @@ type Preparer struct {
 func (p Preparer) Prepare(ds []Delivery) Prepared {
 	var out Prepared
 	byKey := make(map[string]int, len(ds))
-	var scratch []byte // each row's JSON for its payload hash, one buffer for the batch
+	var enc SortedRowJSON // each row's JSON for its payload hash, one buffer for the batch
 	for i, d := range ds {
-		c, f := p.one(i, d, &scratch)
+		c, f := p.one(i, d, &enc)
 		if f != nil {
 			out.Failures = append(out.Failures, *f)
 			if f.Stage != StageDecode && f.Stage != StageNormalization {
@@ -191,7 +191,7 @@ func (p Preparer) Prepare(ds []Delivery) Prepared {
 	return out
 }
 
-func (p Preparer) one(i int, d Delivery, scratch *[]byte) (Candidate, *Failure) {
+func (p Preparer) one(i int, d Delivery, enc *SortedRowJSON) (Candidate, *Failure) {
 	subjectEntity := event.SubjectEntity(d.Subject)
 	if subjectEntity == "" {
 		return Candidate{}, &Failure{Index: i, Stage: StageDecode,
@@ -232,11 +232,10 @@ func (p Preparer) one(i int, d Delivery, scratch *[]byte) (Candidate, *Failure) 
 	}
 	c := Candidate{Index: i, Record: rec, Row: row, Version: Version{Ord: rec.RowVersion.Ord, Source: d.Source, Seq: d.StreamSeq}}
 	if !isDelete {
-		body, err := AppendRowJSON((*scratch)[:0], row, nil) // keys sorted: a stable payload hash
+		body, err := enc.Encode(row) // keys sorted: a stable payload hash
 		if err != nil {
 			return fail(fmt.Errorf("%w: %v", mapping.ErrMapping, err))
 		}
-		*scratch = body
 		sum := sha256.Sum256(body)
 		c.PayloadHash = sum[:]
 		c.Version.Hash = c.PayloadHash

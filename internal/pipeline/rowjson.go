@@ -23,17 +23,66 @@ func AppendRowJSON(buf []byte, row map[string]any, cols []string) ([]byte, error
 	}
 	buf = append(buf, '{')
 	for i, k := range cols {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = appendString(buf, k)
-		buf = append(buf, ':')
 		var err error
-		if buf, err = appendValue(buf, row[k]); err != nil {
+		if buf, err = appendMember(buf, i, k, row[k]); err != nil {
 			return nil, err
 		}
 	}
 	return append(buf, '}'), nil
+}
+
+// appendMember appends the i-th member of an object, k: v.
+func appendMember(buf []byte, i int, k string, v any) ([]byte, error) {
+	if i > 0 {
+		buf = append(buf, ',')
+	}
+	buf = appendString(buf, k)
+	buf = append(buf, ':')
+	return appendValue(buf, v)
+}
+
+// SortedRowJSON writes what AppendRowJSON writes with cols nil (the keys
+// sorted), into a buffer of its own that it reuses, and keeps the sorted keys of
+// the last row: the rows of one entity nearly always have the same fields, and
+// sorting them was a third of the encoding. Not safe for concurrent use.
+type SortedRowJSON struct {
+	buf  []byte
+	keys []string
+}
+
+// Encode returns row's JSON, valid until the next call.
+func (s *SortedRowJSON) Encode(row map[string]any) ([]byte, error) {
+	if len(row) == len(s.keys) {
+		// Every one of the last row's keys, as many as row has, is in row: the
+		// same keys, in the same sorted order.
+		buf := append(s.buf[:0], '{')
+		for i, k := range s.keys {
+			v, ok := row[k]
+			if !ok {
+				buf = nil
+				break
+			}
+			var err error
+			if buf, err = appendMember(buf, i, k, v); err != nil {
+				return nil, err
+			}
+		}
+		if buf != nil {
+			s.buf = append(buf, '}')
+			return s.buf, nil
+		}
+	}
+	s.keys = s.keys[:0]
+	for k := range row {
+		s.keys = append(s.keys, k)
+	}
+	slices.Sort(s.keys)
+	buf, err := AppendRowJSON(s.buf[:0], row, s.keys)
+	if err != nil {
+		return nil, err
+	}
+	s.buf = buf
+	return buf, nil
 }
 
 func appendValue(buf []byte, v any) ([]byte, error) {
@@ -67,6 +116,14 @@ func appendValue(buf []byte, v any) ([]byte, error) {
 
 const hex = "0123456789abcdef"
 
+// jsonSafe holds the ASCII bytes appendString copies as they are.
+var jsonSafe = func() (safe [utf8.RuneSelf]bool) {
+	for b := byte(0x20); b < utf8.RuneSelf; b++ {
+		safe[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return safe
+}()
+
 // appendString writes s as encoding/json does (HTML-safe escaping included, so the
 // bytes, and therefore payload hashes, match).
 func appendString(buf []byte, s string) []byte {
@@ -75,7 +132,7 @@ func appendString(buf []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if jsonSafe[b] {
 				i++
 				continue
 			}
