@@ -271,7 +271,7 @@ func setupDLQList(f *flags) runFunc {
 			if err := printJSON(list); err != nil {
 				return err
 			}
-		} else if err := dlqTable(list); err != nil {
+		} else if err := dlqTable(list, cat); err != nil {
 			return err
 		}
 		if len(list) > 0 {
@@ -281,7 +281,7 @@ func setupDLQList(f *flags) runFunc {
 	}
 }
 
-func dlqTable(list []store.DeadLetterInfo) error {
+func dlqTable(list []store.DeadLetterInfo, cat *catalog.Catalog) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "UID\tENTITY\tSTAGE\tAGE\tRETRIES\tSTATE\tERROR")
 	for _, d := range list {
@@ -292,7 +292,7 @@ func dlqTable(list []store.DeadLetterInfo) error {
 		case d.NextRetryAt != nil:
 			state = "retry in " + time.Until(*d.NextRetryAt).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.UID, d.Entity, d.Stage, ago(d.CreatedAt), retries(d.Stage, d.RetryCount, d.MaxRetries), state, clip(d.Error, 90))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.UID, d.Entity, d.Stage, ago(d.CreatedAt), retries(d, cat), state, clip(d.Error, 90))
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(tw, "(no dead letters match)")
@@ -379,16 +379,18 @@ func setupDLQGroups(f *flags) runFunc {
 func setupDLQShow(f *flags) runFunc {
 	var (
 		c      common
+		defs   definitions
 		asJSON bool
 	)
 	c.register(f)
+	defs.register(f)
 	f.BoolVar(&asJSON, "json", false, "JSON for scripts")
 	return func(ctx context.Context, args []string) error {
 		uids, err := parseUIDs(args)
 		if err != nil {
 			return err
 		}
-		st, err := store.Open(ctx, store.Config{URL: c.databaseURL, MaxConns: 2})
+		st, cat, err := openStore(ctx, c, defs)
 		if err != nil {
 			return err
 		}
@@ -402,11 +404,11 @@ func setupDLQShow(f *flags) runFunc {
 		if asJSON {
 			return printJSON(d)
 		}
-		return dlqShow(d)
+		return dlqShow(d, cat)
 	}
 }
 
-func dlqShow(d store.DeadLetterInfo) error {
+func dlqShow(d store.DeadLetterInfo, cat *catalog.Catalog) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "uid\t%s\n", d.UID)
 	fmt.Fprintf(w, "entity\t%s\n", d.Entity)
@@ -415,7 +417,7 @@ func dlqShow(d store.DeadLetterInfo) error {
 	fmt.Fprintf(w, "fingerprint\t%s\n", d.Fingerprint)
 	fmt.Fprintf(w, "message\t%s seq %d (%s)\n", d.Stream, d.StreamSeq, d.Subject)
 	fmt.Fprintf(w, "created\t%s (%s ago)\n", d.CreatedAt.UTC().Format(time.RFC3339), ago(d.CreatedAt))
-	fmt.Fprintf(w, "retries\t%s\n", retries(d.Stage, d.RetryCount, d.MaxRetries))
+	fmt.Fprintf(w, "retries\t%s\n", retries(d, cat))
 	if d.NextRetryAt != nil {
 		fmt.Fprintf(w, "next retry\t%s\n", d.NextRetryAt.UTC().Format(time.RFC3339))
 	}
@@ -545,7 +547,7 @@ func setupDLQAction(f *flags, verb string) runFunc {
 			if err != nil {
 				return err
 			}
-			if err := dlqTable(list); err != nil {
+			if err := dlqTable(list, cat); err != nil {
 				return err
 			}
 			if n > int64(len(list)) {
@@ -667,14 +669,14 @@ func retryDeadLetters(ctx context.Context, c common, defs definitions, st *store
 }
 
 // retries shows the retries of a dead letter: of how many automatic ones, or that
-// its stage is retried by hand (but for a message of an entity the catalog did
-// not have, retried when the catalog gains it).
-func retries(stage string, count, max int) string {
-	if !pipeline.Stage(stage).Retried() {
-		if pipeline.Stage(stage) == pipeline.StageDecode {
-			return fmt.Sprintf("%d (by hand; an unknown entity's when it joins the catalog)", count)
+// its stage is retried by hand (but for a message of an entity the catalog
+// does not have, retried when the catalog gains it).
+func retries(d store.DeadLetterInfo, cat *catalog.Catalog) string {
+	if !pipeline.Stage(d.Stage).Retried() {
+		if _, known := cat.Entity(d.Entity); !known && pipeline.Stage(d.Stage) == pipeline.StageDecode {
+			return fmt.Sprintf("%d (by hand, or when its entity joins the catalog)", d.RetryCount)
 		}
-		return fmt.Sprintf("%d (by hand only)", count)
+		return fmt.Sprintf("%d (by hand only)", d.RetryCount)
 	}
-	return fmt.Sprintf("%d of %d", count, max)
+	return fmt.Sprintf("%d of %d", d.RetryCount, d.MaxRetries)
 }

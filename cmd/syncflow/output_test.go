@@ -59,3 +59,24 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// The retries of a dead letter no automatic retry takes say how it is retried:
+// by hand, or also when its entity joins the catalog, for the message of a
+// subject no catalog entity owns, not for a malformed message of one it does.
+func TestDeadLetterRetriesSayHow(t *testing.T) {
+	w := newWorld(t)
+	logs := service(t, w.env, "--fetch-wait", "100ms")
+	w.publish("items", `{"entity":"items","op":"upsert",`)
+	w.publish("suppliers", `{"entity":"suppliers","op":"upsert","rowversion":"2026-11-26T08:00:00Z","data":{"ID":"X"}}`)
+	eventually(t, w.conn, `SELECT count(*) FROM bridge.failed_records`, "2", logs)
+	out, code := w.cli("dlq", "list")
+	items := regexp.MustCompile(`(?m)^\S+\s+items\s+decode\s.*\(by hand only\)`)
+	suppliers := regexp.MustCompile(`(?m)^\S+\s+suppliers\s+decode\s.*\(by hand, or when its entity joins the catalog\)`)
+	if code != 0 || !items.MatchString(out) || !suppliers.MatchString(out) {
+		t.Errorf("dlq list (%d):\n%s", code, out)
+	}
+	uid := w.query(`SELECT uid::text FROM bridge.failed_records WHERE entity_name = 'items'`)
+	if out, code := w.cli("dlq", "show", uid); code != 0 || !strings.Contains(out, "0 (by hand only)") {
+		t.Errorf("dlq show %s (%d):\n%s", uid, code, out)
+	}
+}
