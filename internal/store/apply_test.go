@@ -95,6 +95,16 @@ func (f *fixture) truncate() {
 // apply runs bodies through the pipeline and the store as one batch of entity.
 func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) apply.Result {
 	f.t.Helper()
+	res, err := f.tryApply(entity, rules, bodies...)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res
+}
+
+// tryApply is apply that returns the batch's error instead of failing t.
+func (f *fixture) tryApply(entity string, rules *mapping.Set, bodies ...string) (apply.Result, error) {
+	f.t.Helper()
 	ds := make([]pipeline.Delivery, len(bodies))
 	for i, b := range bodies {
 		f.seq++
@@ -104,13 +114,10 @@ func (f *fixture) apply(entity string, rules *mapping.Set, bodies ...string) app
 	prepared := pipeline.Preparer{Catalog: f.cat, Rules: rules}.Prepare(ds)
 	res, err := f.ap.ApplyBatch(f.ctx, apply.Batch{Entity: e, Catalog: f.cat, Rules: rules, BatchUID: f.batch, NewBatch: f.fresh, Source: event.Realtime, Replica: "test", Deliveries: ds, Prepared: prepared})
 	if err != nil {
-		f.t.Fatal(err)
+		return res, err
 	}
 	f.fresh = false
-	if err := f.st.FlushCheckpoints(f.ctx); err != nil {
-		f.t.Fatal(err)
-	}
-	return res
+	return res, f.st.FlushCheckpoints(f.ctx)
 }
 
 func (f *fixture) rows(sql string) string {

@@ -1,9 +1,13 @@
 package store_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/deadletter"
@@ -156,5 +160,60 @@ func TestAnOrphanWithoutAParentHash(t *testing.T) {
 	f.apply("items", nil, itemEvent("P7")) // fails the test on an error
 	if got := f.rows(`SELECT part_no FROM schedulehub.items`); got != "P7" {
 		t.Fatalf("items %q, want P7", got)
+	}
+}
+
+// The orphan list, a statement of a parent's write, failing (here its table is
+// locked past the lock timeout) fails the whole batch: nothing of it is
+// written, the orphan still waits, and the same batch written again once the
+// table is free writes the parent and releases the orphan.
+func TestAFailedOrphanListLeavesNothingHalfWritten(t *testing.T) {
+	trace := &roundTrips{}
+	f := orphanFixture(t, woEvent("WO1", "2026-01-01T00:00:01Z", "waiting"), func(c *fixtureConfig) {
+		c.Store.LockTimeout = 200 * time.Millisecond
+		c.Store = store.WithTracer(c.Store, trace)
+	})
+	if res, err := f.dl.Sweep(f.ctx, f.cat, nil, "test", deadletter.ParkedSelection{}); err != nil || res.Orphaned != 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	locker, err := pgx.Connect(f.ctx, f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(f.ctx)
+	tx, err := locker.Begin(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(f.ctx, `LOCK TABLE bridge.failed_records IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	trace.take()
+	if _, err := f.tryApply("items", nil, itemEvent("P1")); !errors.Is(err, apply.ErrConflict) {
+		t.Fatalf("the parent's batch with its orphans' table locked: %v, want a lock timeout (a conflict)", err)
+	}
+	if trace.times("stage_failed = 'orphan'") == 0 {
+		t.Fatal("the batch failed before it asked for orphans")
+	}
+	if err := tx.Rollback(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`SELECT count(*) FROM schedulehub.items`, `SELECT count(*) FROM schedulehub.work_orders`,
+		`SELECT count(*) FROM bridge.synced_records WHERE entity_name IN ('items', 'work_orders')`} {
+		if got := f.rows(q); got != "0" {
+			t.Errorf("%s after the failed batch: %s", q, got)
+		}
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.failed_records WHERE stage_failed = 'orphan' AND resolved_at IS NULL`); got != "1" {
+		t.Errorf("unresolved orphans after the failed batch: %s", got)
+	}
+	if res := f.apply("items", nil, itemEvent("P1")); res.Counts.Inserted != 1 || res.Counts.Released != 1 {
+		t.Fatalf("the batch again: %+v", res.Counts)
+	}
+	if got := f.rows(`SELECT order_no, status FROM schedulehub.work_orders`); got != "WO1|waiting" {
+		t.Errorf("target %q", got)
+	}
+	if got := f.rows(`SELECT count(*) FROM bridge.failed_records WHERE resolved_at IS NULL`); got != "0" {
+		t.Errorf("unresolved dead letters: %s", got)
 	}
 }
