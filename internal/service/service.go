@@ -330,12 +330,13 @@ func (s *Service) migrate() error {
 		return fmt.Errorf("migrate up: %w", err)
 	}
 	to, _, _, err := m.Version()
-	if err != nil {
-		return fmt.Errorf("migrate up: %w", err)
-	}
-	if to != from {
+	switch {
+	case err != nil:
+		// Migrated: only the log line lacks its version.
+		s.log.Warn("bridge schema migrated; reading its version again failed", "from", from, "err", err)
+	case to != from:
 		s.log.Info("bridge schema migrated", "from", from, "to", to)
-	} else {
+	default:
 		s.log.Info("bridge schema up to date", "version", to)
 	}
 	return nil

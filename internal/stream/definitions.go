@@ -394,10 +394,15 @@ func retryBusy(ctx context.Context, create func() error) error {
 	deadline := time.Now().Add(busyFor)
 	for {
 		err := create()
+		if err != nil && ctx.Err() != nil {
+			// Stopped (a shutdown, a caller's deadline): say so, not what the
+			// try that was cut short says.
+			return fmt.Errorf("%w (last try: %v)", ctx.Err(), err)
+		}
 		var busy errBusy
 		if errors.As(err, &busy) {
 			err = busy.err
-		} else if !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) || ctx.Err() != nil {
+		} else if !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
 			return err
 		}
 		if time.Now().After(deadline) {
@@ -405,7 +410,7 @@ func retryBusy(ctx context.Context, create func() error) error {
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return fmt.Errorf("%w (last try: %v)", ctx.Err(), err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -34,7 +35,12 @@ func shipped(t *testing.T) (*catalog.Catalog, stream.Definitions) {
 // freshJetStream is a JetStream client of an embedded server of the test's own.
 func freshJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	srv := testenv.NATS(t)
+	return freshJetStreamOf(t, testenv.NATS(t))
+}
+
+// freshJetStreamOf is a JetStream client of srv.
+func freshJetStreamOf(t *testing.T, srv *stream.Embedded) jetstream.JetStream {
+	t.Helper()
 	nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
 	if err != nil {
 		t.Fatal(err)
@@ -122,13 +128,12 @@ func TestApplyIsIdempotent(t *testing.T) {
 	}
 }
 
-// A busy cluster answers a create later than the client waits (five seconds by
-// default): apply tries again instead of failing. Here every first create of a
-// stream or consumer is carried out by the server but its answer is lost, the
-// worst case, since the retry then finds the thing it was creating.
-func TestApplyRidesOutUnansweredCreates(t *testing.T) {
-	_, defs := shipped(t)
-	srv := testenv.NATS(t)
+// relayedJetStream is a JetStream client of srv whose API requests go through
+// answer, which gets each request's API subject (STREAM.CREATE.X, ...) and a
+// function that sends it on to the server, and returns the reply to give, or
+// nil to give none.
+func relayedJetStream(t *testing.T, srv *stream.Embedded, answer func(api string, send func() []byte) []byte) jetstream.JetStream {
+	t.Helper()
 	connect := func() *nats.Conn {
 		nc, err := stream.Connect(stream.Config{URL: srv.ClientURL()})
 		if err != nil {
@@ -137,30 +142,19 @@ func TestApplyRidesOutUnansweredCreates(t *testing.T) {
 		t.Cleanup(nc.Close)
 		return nc
 	}
-	// The client's API requests go through a relay that drops answers.
 	relay := connect()
-	var mu sync.Mutex
-	answered := map[string]bool{}
-	dropped := 0
 	sub, err := relay.Subscribe("RELAY.API.>", func(m *nats.Msg) {
 		api := strings.TrimPrefix(m.Subject, "RELAY.API.")
-		resp, err := relay.Request("$JS.API."+api, m.Data, 5*time.Second)
-		if err != nil {
-			return
-		}
-		if strings.HasPrefix(api, "STREAM.CREATE.") || strings.HasPrefix(api, "CONSUMER.CREATE.") {
-			mu.Lock()
-			first := !answered[api]
-			answered[api] = true
-			if first {
-				dropped++
+		send := func() []byte {
+			resp, err := relay.Request("$JS.API."+api, m.Data, 5*time.Second)
+			if err != nil {
+				return nil
 			}
-			mu.Unlock()
-			if first {
-				return
-			}
+			return resp.Data
 		}
-		_ = m.Respond(resp.Data)
+		if reply := answer(api, send); reply != nil {
+			_ = m.Respond(reply)
+		}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +164,32 @@ func TestApplyRidesOutUnansweredCreates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// A busy cluster answers a create later than the client waits (five seconds by
+// default): apply tries again instead of failing. Here every first create of a
+// stream or consumer is carried out by the server but its answer is lost, the
+// worst case, since the retry then finds the thing it was creating.
+func TestApplyRidesOutUnansweredCreates(t *testing.T) {
+	_, defs := shipped(t)
+	srv := testenv.NATS(t)
+	var mu sync.Mutex
+	answered := map[string]bool{}
+	dropped := 0
+	js := relayedJetStream(t, srv, func(api string, send func() []byte) []byte {
+		reply := send()
+		if strings.HasPrefix(api, "STREAM.CREATE.") || strings.HasPrefix(api, "CONSUMER.CREATE.") {
+			mu.Lock()
+			defer mu.Unlock()
+			if !answered[api] {
+				answered[api] = true
+				dropped++
+				return nil
+			}
+		}
+		return reply
+	})
 	ctx := context.Background()
 	if err := stream.Apply(ctx, js, defs); err != nil {
 		t.Fatalf("apply with every first create unanswered: %v", err)
@@ -182,13 +202,42 @@ func TestApplyRidesOutUnansweredCreates(t *testing.T) {
 	if want := len(defs.Streams) + 1 + consumers + 1; dropped != want {
 		t.Errorf("%d answers dropped, want one per stream and consumer (%d)", dropped, want)
 	}
-	direct, _ := jetstream.New(connect())
-	plan, err := stream.PlanChanges(ctx, direct, defs, true)
+	plan, err := stream.PlanChanges(ctx, freshJetStreamOf(t, srv), defs, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(plan) == 0 || plan.Count(stream.Unchanged) != len(plan) {
 		t.Errorf("after apply, the plan changes something: %+v", plan)
+	}
+}
+
+// Stopped while it tries a create again (the service's shutdown during
+// `run --apply-streams`), apply says it was stopped, which the service takes
+// for a clean stop, not for the last try's error: with a consumer the server
+// refuses for now (a stream being scaled up) and with one it never answers.
+func TestApplyStoppedWhileTryingAgain(t *testing.T) {
+	_, defs := shipped(t)
+	for _, mode := range []string{"refused for now", "never answered"} {
+		t.Run(mode, func(t *testing.T) {
+			js := relayedJetStream(t, testenv.NATS(t), func(api string, send func() []byte) []byte {
+				if !strings.HasPrefix(api, "CONSUMER.CREATE.") {
+					return send()
+				}
+				if mode == "refused for now" {
+					return []byte(`{"type":"io.nats.jetstream.api.v1.consumer_create_response","error":{"code":400,"err_code":10126,"description":"consumer replicas exceeds stream"}}`)
+				}
+				return nil
+			})
+			for i := range 3 {
+				ctx, cancel := context.WithCancel(context.Background())
+				time.AfterFunc(400*time.Millisecond+time.Duration(i)*37*time.Millisecond, cancel)
+				err := stream.Apply(ctx, js, defs)
+				cancel()
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("try %d: apply stopped: %v, want context.Canceled", i, err)
+				}
+			}
+		})
 	}
 }
 
