@@ -2,7 +2,9 @@
 
 GO            ?= go
 BIN           := bin/syncflow
-ADMIN_URL     ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
+# make db creates the database through ADMIN_URL; empty: the database postgres
+# of DATABASE_URL's server.
+ADMIN_URL     ?=
 
 # One database and one NATS for every target: DATABASE_URL / NATS_URL when you
 # give them (make run DATABASE_URL=...), else SYNCFLOW_DATABASE_URL /
@@ -117,7 +119,7 @@ partition-scale:
 ## ledger-size: the bytes per ledger row and index entry, on a million rows in a
 ## scratch database.
 ledger-size:
-	psql "$(ADMIN_URL)" -q -f docs/ledger-size.sql
+	psql "$(or $(ADMIN_URL),postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)" -q -f docs/ledger-size.sql
 
 clean:
 	rm -rf bin data

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ADMIN_URL=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+ADMIN_URL=${ADMIN_URL:-} # empty: the database postgres of the demo database's server
 DB_URL=${DEMO_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/syncflow_demo?sslmode=disable}
 NATS_URL=${DEMO_NATS_URL:-nats://127.0.0.1:14222}
 SIM_ADDR=${DEMO_SIM_ADDR:-127.0.0.1:18080}

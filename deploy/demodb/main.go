@@ -1,6 +1,7 @@
 // Command demodb prepares a database for `make run` and `make demo`: it creates
 // the database of $DATABASE_URL when it is missing (connecting to $ADMIN_URL to
-// do so) and applies the demo ScheduleHub target (deploy/schedulehub.sql).
+// do so: by default the database postgres of the same server) and applies the
+// demo ScheduleHub target (deploy/schedulehub.sql).
 //
 // It reads the URLs from the environment, not the command line, and prints
 // errors through the redaction every SyncFlow command uses: `make run
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/syncflow/syncflow/deploy"
 	"github.com/syncflow/syncflow/internal/redact"
@@ -37,13 +39,11 @@ func main() {
 }
 
 func run(dbURL, adminURL string, fresh bool) error {
-	if dbURL == "" || adminURL == "" {
-		return errors.New("set DATABASE_URL (the database to prepare) and ADMIN_URL (a database of the same server, to create it from)")
+	if dbURL == "" {
+		return errors.New("set DATABASE_URL (the database to prepare) and, if its server has no database postgres to create it from, ADMIN_URL (a database of the same server)")
 	}
-	for _, u := range []string{dbURL, adminURL} {
-		if err := store.CheckURL(u); err != nil {
-			return err
-		}
+	if err := store.CheckURL(dbURL); err != nil {
+		return err
 	}
 	parsed, err := url.Parse(dbURL)
 	if err != nil {
@@ -52,6 +52,17 @@ func run(dbURL, adminURL string, fresh bool) error {
 	name := strings.TrimPrefix(parsed.Path, "/")
 	if name == "" {
 		return fmt.Errorf("DATABASE_URL %s names no database", redact.String(dbURL))
+	}
+	if adminURL == "" {
+		admin := *parsed
+		admin.Path = "/postgres"
+		adminURL = admin.String()
+	}
+	if err := store.CheckURL(adminURL); err != nil {
+		return err
+	}
+	if a, d := server(adminURL), server(dbURL); a != d {
+		return fmt.Errorf("ADMIN_URL is on %s and DATABASE_URL on %s: the database would be created on the wrong server (give an ADMIN_URL of the same server, or none)", a, d)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -89,4 +100,14 @@ func run(dbURL, adminURL string, fresh bool) error {
 	}
 	fmt.Printf("database %s has the demo ScheduleHub tables\n", name)
 	return nil
+}
+
+// server is the host and port a database URL connects to, as the driver reads
+// them (the defaults and the environment included).
+func server(dbURL string) string {
+	cfg, err := pgconn.ParseConfig(dbURL)
+	if err != nil {
+		return "an unreadable URL"
+	}
+	return fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
 }
