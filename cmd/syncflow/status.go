@@ -256,7 +256,7 @@ func roundDuration(d time.Duration) string {
 func statusWide(out []entityStatus) error {
 	now := time.Now()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD LETTERS\tPARKED\tBACKFILL")
+	fmt.Fprintln(tw, "ENTITY\tCHECKPOINT\tAGE\tLAST BATCH\tPENDING\tDEAD LETTERS\tPARKED\tBACKFILL\tVERIFIED")
 	for _, e := range out {
 		checkpoint, cpAge := checkpointOf(e)
 		last := "-"
@@ -311,7 +311,7 @@ func statusWide(out []entityStatus) error {
 				backfill += " next " + sc.NextRun.Sub(now).Round(time.Minute).String()
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, parked, backfill)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, parked, backfill, e.LastVerification)
 	}
 	return tw.Flush()
 }

@@ -123,8 +123,10 @@ func TestVerifyCommand(t *testing.T) {
 	if got := w.query(`SELECT description FROM schedulehub.items WHERE part_no = 'P00000010'`); got != "items 10 rev 1" {
 		t.Errorf("a repaired target row holds %q", got)
 	}
-	if out, _ := w.cli("status"); !strings.Contains(out, "VERIFIED") || !strings.Contains(out, "ok 0s ago") {
-		t.Errorf("status does not show the verification:\n%s", out)
+	for _, args := range [][]string{{"status"}, {"status", "--wide"}} {
+		if out, _ := w.cli(args...); !strings.Contains(out, "VERIFIED") || !strings.Contains(out, "ok 0s ago") {
+			t.Errorf("%v does not show the verification:\n%s", args, out)
+		}
 	}
 
 	for _, bad := range [][]string{
