@@ -113,18 +113,24 @@ var (
 	schemeRE = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://`)
 	// kvRE finds key=value secrets (a DSN, a URL query, a log line).
 	// An unquoted value runs to white space or the & of a URL query: a password
-	// may hold , ; or a quote.
-	kvRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s&]+)`)
+	// may hold , ; or a quote. A backslash escapes the next character, quoted or
+	// not, as in a DSN (password='it\'s' or password=two\ words).
+	kvRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|(?:\\.|[^\s&])+)`)
 	// kvDSNRE reads the values of a key/value DSN the process was given, as libpq
 	// does: an unquoted value runs to white space, & included.
-	kvDSNRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('[^']*'|"[^"]*"|\S+)`)
+	kvDSNRE = regexp.MustCompile(`(?i)\b((?:ssl)?password|passwd|pwd|token|auth_token|secret|nkey|jwt)(\s*[=:]\s*)('(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|(?:\\.|\S)+)`)
+	// escapeRE is a backslash escape in a DSN value.
+	escapeRE = regexp.MustCompile(`\\(.)`)
 )
 
 func urlSecrets(raw string) []string {
 	var out []string
 	for _, re := range []*regexp.Regexp{kvRE, kvDSNRE} {
 		for _, m := range re.FindAllStringSubmatch(raw, -1) {
-			out = append(out, withPieces(strings.Trim(m[3], `'"`))...)
+			v := strings.Trim(m[3], `'"`)
+			// As written, and as the driver reads it (escapes undone).
+			out = append(out, withPieces(v)...)
+			out = append(out, withPieces(escapeRE.ReplaceAllString(v, "$1"))...)
 		}
 	}
 	i := strings.Index(raw, "://")

@@ -29,6 +29,11 @@ func TestString(t *testing.T) {
 		{"DSN password with a comma", "host=127.0.0.1 user=bob password=Longsecret,Tail99 dbname=x", "Tail99", []string{"user=bob", "dbname=x"}},
 		{"DSN password with a semicolon", "host=127.0.0.1 password=Longsecret;Tail99", "Tail99", []string{"host=127.0.0.1"}},
 		{"DSN password with a quote", "host=127.0.0.1 password=Longsecret'Tail99 user=bob", "Tail99", []string{"user=bob"}},
+		{"DSN quoted password with escaped quotes", `host=127.0.0.1 password='abc\'def ghi\'jkl' dbname=x`, "ghi", []string{"host=127.0.0.1", "dbname=x"}},
+		{"DSN password with escaped spaces", `host=127.0.0.1 password=Top\ Secret\ Words user=bob`, "Secret", []string{"user=bob"}},
+		{"DSN password with escaped spaces, the last words", `host=127.0.0.1 password=Top\ Secret\ Words user=bob`, "Words", []string{"user=bob"}},
+		{"DSN password ending in a backslash", `password=abc\ dbname=x`, "abc", nil},
+		{"DSN quoted password never closed", `host=db password='abc def`, "def", []string{"host=db"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := redact.String(tc.in)
@@ -50,13 +55,15 @@ func TestString(t *testing.T) {
 func TestAddURLTakesWholeSecrets(t *testing.T) {
 	redact.AddURL("nats://natsu:Longsecret,Tail99@127.0.0.1:16399")
 	redact.AddURL("host=127.0.0.1 user=bob password=Amp3rsand&Tail77")
+	redact.AddURL(`host=127.0.0.1 user=bob password='Quo\'tedEsc4pe spaced'`)
 	for _, msg := range []string{
 		"the NATS URL nats://natsu:Longsecret does not parse",
 		"stray Tail99@127.0.0.1:16399",
 		"database host=127.0.0.1 password=Amp3rsand&Tail77 is not reachable",
+		"authentication failed for the password Quo'tedEsc4pe spaced",
 	} {
 		got := redact.String(msg)
-		for _, secret := range []string{"Longsecret", "Tail99", "Amp3rsand", "Tail77"} {
+		for _, secret := range []string{"Longsecret", "Tail99", "Amp3rsand", "Tail77", "Quo'tedEsc4pe", "tedEsc4pe"} {
 			if strings.Contains(got, secret) {
 				t.Errorf("%q -> %q still holds %q", msg, got, secret)
 			}
