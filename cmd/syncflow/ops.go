@@ -93,7 +93,11 @@ func knownStage(name string) error {
 		for i, s := range stages {
 			names[i] = string(s)
 		}
-		return fmt.Errorf("%w: %q is not a stage (the stages: %s)", errNotFound, name, strings.Join(names, ", "))
+		hint := ""
+		if near := catalog.Closest(name, names); near != "" {
+			hint = fmt.Sprintf(" (did you mean %s?)", near)
+		}
+		return fmt.Errorf("%w: %q is not a stage%s; the stages: %s", errNotFound, name, hint, strings.Join(names, ", "))
 	}
 	return nil
 }
@@ -172,9 +176,9 @@ func ago(t time.Time) string {
 	case d < time.Minute:
 		return d.String()
 	case d < time.Hour:
-		return d.Round(time.Minute).String()
+		return fmt.Sprintf("%dm", int(d.Round(time.Minute).Minutes()))
 	case d < 48*time.Hour:
-		return d.Round(time.Hour).String()
+		return fmt.Sprintf("%dh", int(d.Round(time.Hour).Hours()))
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }

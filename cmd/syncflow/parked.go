@@ -221,6 +221,10 @@ func setupParkedAction(f *flags, expire bool) runFunc {
 			what = "all"
 		}
 		if n == 0 {
+			if dryRun {
+				fmt.Printf("would %s 0 parked children: none matches (%s)\n(dry run: nothing was changed)\n", verb, what)
+				return nil
+			}
 			fmt.Printf("re-checked 0 parked children: none matches (%s)\n", what)
 			return nil
 		}

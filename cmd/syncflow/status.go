@@ -247,7 +247,7 @@ func roundDuration(d time.Duration) string {
 		return "now"
 	}
 	if d < time.Hour {
-		return d.Round(time.Minute).String()
+		return fmt.Sprintf("%dm", int(d.Round(time.Minute).Minutes()))
 	}
 	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 }
@@ -308,7 +308,7 @@ func statusWide(out []entityStatus) error {
 			case sc.Completed != nil && sc.TotalRows != nil:
 				backfill += " (complete)"
 			case sc.NextRun != nil:
-				backfill += " next " + sc.NextRun.Sub(now).Round(time.Minute).String()
+				backfill += " next " + roundDuration(sc.NextRun.Sub(now))
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Entity, checkpoint, cpAge, last, pending, dead, parked, backfill, e.LastVerification)
