@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -288,6 +289,13 @@ func TestReplay(t *testing.T) {
 	}
 	if out, code := w.cli("replay", "--entity", "items"); code != 2 {
 		t.Errorf("replay without a range (%d): %s", code, out)
+	}
+	// Past the stream's end: nothing, and where the stream ends.
+	for _, dry := range []string{"--dry-run", ""} {
+		args := slices.DeleteFunc([]string{"replay", "--entity", "items", "--from-seq", "5000", dry}, func(a string) bool { return a == "" })
+		if out, code := w.cli(args...); code != 0 || !regexp.MustCompile(`replay(ed)? 0 items events from APISMITH_CDC.*\(--from-seq 5000 is past the stream's last sequence, \d+\)`).MatchString(out) {
+			t.Errorf("%v (%d): %s", args, code, out)
+		}
 	}
 	if out, code := w.cli("replay", "--entity", "suppliers", "--since", "1h"); code != 3 {
 		t.Errorf("replay of an unknown entity (%d): %s", code, out)

@@ -125,8 +125,8 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 		if toSeq > 0 {
 			from += fmt.Sprintf(" to sequence %d", toSeq)
 		}
-		fmt.Printf("would replay %d %s events from %s (%s): each is applied again only where its mapped row differs from what the ledger says was applied (a row edited or deleted in the target by hand is not written again)\n(dry run: nothing was changed)\n",
-			count, entity, source.Stream, from)
+		fmt.Printf("would replay %d %s events from %s (%s)%s: each is applied again only where its mapped row differs from what the ledger says was applied (a row edited or deleted in the target by hand is not written again)\n(dry run: nothing was changed)\n",
+			count, entity, source.Stream, from, pastTheEnd(ctx, js, source.Stream, fromSeq, int(count)))
 		return nil
 	}
 	fetcher, err := stream.NewFetcher(ctx, js, source, name)
@@ -152,9 +152,28 @@ func replay(ctx context.Context, c common, n natsFlags, defs definitions, entity
 	if err := cmp.Or(runErr, ctx.Err()); err != nil {
 		return fmt.Errorf("after %d replayed: %w", total.Fetched, err)
 	}
-	fmt.Printf("replayed %d %s events from %s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
-		total.Fetched, entity, source.Stream, total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
+	fmt.Printf("replayed %d %s events from %s%s: %d inserted, %d updated, %d unchanged, %d stale, %d deleted, %d parked, %d failed\n",
+		total.Fetched, entity, source.Stream, pastTheEnd(ctx, js, source.Stream, fromSeq, int(total.Fetched)),
+		total.Inserted, total.Updated, total.Unchanged, total.Stale, total.Deleted, total.Parked, total.Failed)
 	return nil
+}
+
+// pastTheEnd says where the stream ends when a replay from a sequence found
+// nothing: a --from-seq past the last one (a typo, or another stream's
+// numbers) is told apart from a range of no events of the entity.
+func pastTheEnd(ctx context.Context, js jetstream.JetStream, name string, fromSeq uint64, found int) string {
+	if fromSeq == 0 || found > 0 {
+		return ""
+	}
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return ""
+	}
+	info, err := s.Info(ctx)
+	if err != nil || fromSeq <= info.State.LastSeq {
+		return ""
+	}
+	return fmt.Sprintf(" (--from-seq %d is past the stream's last sequence, %d)", fromSeq, info.State.LastSeq)
 }
 
 // replayWriter writes the replay's batches and closes its sync_batches row.
