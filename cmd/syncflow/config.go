@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/syncflow/syncflow/internal/catalog"
+	"github.com/syncflow/syncflow/internal/memlimit"
 	"github.com/syncflow/syncflow/internal/redact"
 	"github.com/syncflow/syncflow/internal/store"
 	"github.com/syncflow/syncflow/internal/stream"
@@ -102,6 +103,24 @@ func (d *durationValue) Set(s string) error {
 }
 
 func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+// size registers a size flag (44MiB, 1GiB, 0) holding bytes.
+func (f *flags) size(p *int64, name string, def int64, usage string) {
+	f.env[name] = envName(name)
+	*p = def
+	f.Var((*sizeValue)(p), name, usage+" ($"+envName(name)+")")
+}
+
+// sizeValue is a size in bytes, written as GOMEMLIMIT writes it.
+type sizeValue int64
+
+func (v *sizeValue) Set(s string) error {
+	n, err := memlimit.ParseSize(s)
+	*v = sizeValue(n)
+	return err
+}
+
+func (v *sizeValue) String() string { return memlimit.FormatSize(int64(*v)) }
 
 func (f *flags) int(p *int, name string, def int, usage string) {
 	f.env[name] = envName(name)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"runtime/pprof"
 	"time"
 
+	"github.com/syncflow/syncflow/internal/memlimit"
 	"github.com/syncflow/syncflow/internal/service"
 	"github.com/syncflow/syncflow/streams"
 )
@@ -34,6 +36,7 @@ func setupRun(f *flags) runFunc {
 		cfg        service.Config
 		maxConns   int
 		cpuProfile string
+		memLimit   int64
 	)
 	c.register(f)
 	n.register(f)
@@ -72,6 +75,7 @@ func setupRun(f *flags) runFunc {
 	f.string(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9464", "where to serve /metrics, /healthz and /readyz (empty: nowhere)")
 	f.duration(&cfg.StatsInterval, "stats-interval", 15*time.Second, "how often gauges (dead letters, parked, lag, backfill) are refreshed")
 	f.int(&maxConns, "max-conns", 8, "most database connections")
+	f.size(&memLimit, "memory-limit", defaultMemoryLimit, "soft limit of the memory the Go runtime holds (not the binary's pages), kept while the live heap is small and raised when it stays large; 0: none (GOMEMLIMIT in the environment wins)")
 	f.string(&cpuProfile, "cpu-profile", "", "diagnostics: write a CPU profile (pprof) of the whole run to this file")
 	f.duration(&cfg.LeaseWait, "lease-wait", 5*time.Second, "at start, how long to wait for the replica name while another process holds it (one that was just killed lets go)")
 	return func(ctx context.Context, _ []string) error {
@@ -96,6 +100,7 @@ func setupRun(f *flags) runFunc {
 		if cfg.BuiltInCatalog, err = fs.ReadFile(streams.FS, streams.CatalogFile); err != nil {
 			return err
 		}
+		limitMemory(ctx, memLimit, os.Getenv("GOMEMLIMIT"), log)
 		cfg.DatabaseURL, cfg.MaxConns, cfg.Logger = c.databaseURL, int32(maxConns), log
 		n.cfg.Name, n.cfg.Logger = "syncflow-"+cc.Replica, log
 		cfg.NATS = n.cfg
@@ -104,6 +109,24 @@ func setupRun(f *flags) runFunc {
 			return nil // stopped by a signal while starting: a clean stop
 		}
 		return err
+	}
+}
+
+// defaultMemoryLimit is run's --memory-limit: with it, a backlog of every
+// entity at once peaks at about 64 MiB of RSS, the binary's pages included
+// (docs/benchmarks.md).
+const defaultMemoryLimit = 44 << 20
+
+// limitMemory keeps the runtime's soft memory limit at limit (raised while the
+// live heap stays large: package memlimit) until ctx ends. A GOMEMLIMIT in the
+// environment is the operator's, and the runtime keeps it; a limit of 0 leaves
+// the runtime's default.
+func limitMemory(ctx context.Context, limit int64, env string, log *slog.Logger) {
+	switch {
+	case env != "":
+		log.Info("memory limit: GOMEMLIMIT from the environment, --memory-limit not applied", "GOMEMLIMIT", env)
+	case limit > 0:
+		go memlimit.Run(ctx, memlimit.Config{Floor: limit, Logger: log})
 	}
 }
 

@@ -51,6 +51,7 @@ var rules = map[string]struct {
 	"internal/backfill":  {may: [][]string{{"internal/event", "internal/catalog", "internal/redact", "internal/backfill"}}, forbidden: slices.DeleteFunc(slices.Clone(forbiddenInCore), func(s string) bool { return s == "net/http" })},
 	"internal/store":     {may: [][]string{core, embedded, {"internal/store"}}},
 	"internal/stream":    {may: [][]string{core, {"internal/stream"}}},
+	"internal/memlimit":  {may: [][]string{{"internal/memlimit"}}, forbidden: forbiddenInCore},
 	"internal/telemetry": {may: [][]string{{"internal/telemetry", "internal/redact"}}, forbidden: []string{"github.com/jackc/", "github.com/nats-io/"}},
 	"internal/consumer":  {may: [][]string{core, adapters, embedded, {"internal/consumer", "internal/telemetry"}}},
 	"internal/service":   {may: [][]string{core, adapters, embedded, {"internal/consumer", "internal/service", "internal/telemetry"}}},

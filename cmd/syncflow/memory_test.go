@@ -1,0 +1,61 @@
+package main_test
+
+import (
+	"io"
+	"net/http"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/syncflow/syncflow/internal/testenv"
+)
+
+// TestRunLimitsItsMemory reads the runtime's soft memory limit off a running
+// service's /metrics: --memory-limit's default, a value given, 0 for none, and
+// a GOMEMLIMIT in the environment, which wins over the flag.
+func TestRunLimitsItsMemory(t *testing.T) {
+	srv := testenv.NATS(t)
+	env := []string{"SYNCFLOW_DATABASE_URL=" + dbURL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
+	if out, err := syncflow(t, env, "streams", "apply"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	addr := regexp.MustCompile(`"msg":"serving /metrics, /healthz and /readyz","addr":"([^"]+)"`)
+	for i, c := range []struct {
+		env  []string
+		args []string
+		want string
+		log  string
+	}{
+		{want: "4.6137344e+07"}, // 44MiB
+		{args: []string{"--memory-limit", "1GiB"}, want: "1.073741824e+09"},
+		{args: []string{"--memory-limit", "0"}, want: "9.223372036854776e+18"}, // the runtime's default: none
+		{env: []string{"GOMEMLIMIT=100MiB"}, args: []string{"--memory-limit", "1GiB"}, want: "1.048576e+08", log: `"msg":"memory limit: GOMEMLIMIT from the environment, --memory-limit not applied","GOMEMLIMIT":"100MiB"`},
+	} {
+		logs := service(t, append(append(env, c.env...), "SYNCFLOW_REPLICA=memory"+string(rune('a'+i))), c.args...)
+		waitForLog(t, logs, "syncflow running")
+		m := addr.FindStringSubmatch(logs.String())
+		if m == nil {
+			t.Fatalf("case %d: no metrics address in\n%s", i, logs)
+		}
+		resp, err := http.Get("http://" + m[1] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := "go_gc_gomemlimit_bytes " + c.want + "\n"
+		if !strings.Contains(string(body), want) {
+			got := regexp.MustCompile(`(?m)^go_gc_gomemlimit_bytes .*`).FindString(string(body))
+			t.Errorf("case %d (%v %v): want %q, got %q", i, c.env, c.args, want, got)
+		}
+		if c.log != "" && !strings.Contains(logs.String(), c.log) {
+			t.Errorf("case %d: want %s in\n%s", i, c.log, logs)
+		}
+	}
+
+	out, err := syncflow(t, nil, "run", "--memory-limit", "44M")
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "not a size: use e.g. 44MiB, 512MiB or 1GiB (0: no limit)") {
+		t.Errorf("--memory-limit 44M: %v\n%s", err, out)
+	}
+}
