@@ -116,6 +116,9 @@ type sizeValue int64
 
 func (v *sizeValue) Set(s string) error {
 	n, err := memlimit.ParseSize(s)
+	if err == nil && n > 0 && n < 1<<20 {
+		return fmt.Errorf("%d bytes is less than 1MiB: write a unit, e.g. %dMiB (0: no limit)", n, n)
+	}
 	*v = sizeValue(n)
 	return err
 }

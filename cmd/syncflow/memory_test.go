@@ -27,10 +27,12 @@ func TestRunLimitsItsMemory(t *testing.T) {
 		want string
 		log  string
 	}{
-		{want: "4.6137344e+07"}, // 44MiB
+		{want: "4.6137344e+07", log: `"msg":"memory limit","floor":"44MiB"`}, // 44MiB
 		{args: []string{"--memory-limit", "1GiB"}, want: "1.073741824e+09"},
-		{args: []string{"--memory-limit", "0"}, want: "9.223372036854776e+18"}, // the runtime's default: none
-		{env: []string{"GOMEMLIMIT=100MiB"}, args: []string{"--memory-limit", "1GiB"}, want: "1.048576e+08", log: `"msg":"memory limit: GOMEMLIMIT from the environment, --memory-limit not applied","GOMEMLIMIT":"100MiB"`},
+		{args: []string{"--memory-limit", "0"}, want: "9.223372036854776e+18", log: `"msg":"memory limit: none (--memory-limit 0)"`}, // the runtime's default: none
+		{env: []string{"GOMEMLIMIT=100MiB"}, args: []string{"--memory-limit", "1GiB"}, want: "1.048576e+08", log: `"msg":"memory limit: GOMEMLIMIT from the environment, kept as it is; --memory-limit not applied","GOMEMLIMIT":"100MiB"`},
+		// GOMEMLIMIT=0 is a limit of nothing, not no limit: a warning says so.
+		{env: []string{"GOMEMLIMIT=0"}, want: "0", log: `"level":"WARN","msg":"memory limit: GOMEMLIMIT from the environment is very low, and the collector will run nearly all the time; GOMEMLIMIT=off is no limit, and without GOMEMLIMIT --memory-limit applies","GOMEMLIMIT":"0","limit":"0B"`},
 	} {
 		logs := service(t, append(append(env, c.env...), "SYNCFLOW_REPLICA=memory"+string(rune('a'+i))), c.args...)
 		waitForLog(t, logs, "syncflow running")
@@ -54,8 +56,13 @@ func TestRunLimitsItsMemory(t *testing.T) {
 		}
 	}
 
-	out, err := syncflow(t, nil, "run", "--memory-limit", "44M")
-	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, "not a size: use e.g. 44MiB, 512MiB or 1GiB (0: no limit)") {
-		t.Errorf("--memory-limit 44M: %v\n%s", err, out)
+	for arg, want := range map[string]string{
+		"44M": "not a size: use e.g. 44MiB, 512MiB or 1GiB (0: no limit)",
+		"512": "512 bytes is less than 1MiB: write a unit, e.g. 512MiB (0: no limit)",
+	} {
+		out, err := syncflow(t, nil, "run", "--memory-limit", arg)
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 || !strings.Contains(out, want) {
+			t.Errorf("--memory-limit %s: %v\n%s", arg, err, out)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"time"
 
@@ -118,17 +119,31 @@ func setupRun(f *flags) runFunc {
 const defaultMemoryLimit = 44 << 20
 
 // limitMemory keeps the runtime's soft memory limit at limit (raised while the
-// live heap stays large: package memlimit) until ctx ends. A GOMEMLIMIT in the
-// environment is the operator's, and the runtime keeps it; a limit of 0 leaves
-// the runtime's default.
+// live heap stays large: package memlimit) until ctx ends, and says at start
+// which limit is in force. A GOMEMLIMIT in the environment is the operator's,
+// and the runtime keeps it as it is (not raised); a limit of 0 leaves the
+// runtime's default.
 func limitMemory(ctx context.Context, limit int64, env string, log *slog.Logger) {
 	switch {
 	case env != "":
-		log.Info("memory limit: GOMEMLIMIT from the environment, --memory-limit not applied", "GOMEMLIMIT", env)
+		inForce := debug.SetMemoryLimit(-1)
+		if inForce < lowMemoryLimit {
+			log.Warn("memory limit: GOMEMLIMIT from the environment is very low, and the collector will run nearly all the time; GOMEMLIMIT=off is no limit, and without GOMEMLIMIT --memory-limit applies",
+				"GOMEMLIMIT", env, "limit", memlimit.FormatSize(inForce))
+			return
+		}
+		log.Info("memory limit: GOMEMLIMIT from the environment, kept as it is; --memory-limit not applied", "GOMEMLIMIT", env)
 	case limit > 0:
+		log.Info("memory limit", "floor", memlimit.FormatSize(limit))
 		go memlimit.Run(ctx, memlimit.Config{Floor: limit, Logger: log})
+	default:
+		log.Info("memory limit: none (--memory-limit 0)")
 	}
 }
+
+// lowMemoryLimit is the limit below which a GOMEMLIMIT gets a warning: below
+// the live heap of a service at rest.
+const lowMemoryLimit = 16 << 20
 
 // startCPUProfile writes a CPU profile to path until stop (nothing when path is
 // empty).

@@ -40,8 +40,8 @@ type Config struct {
 	// Window is how long the live heap must stay large before the limit is
 	// raised for it (default 2s).
 	Window time.Duration
-	// Logger gets a line when the limit is raised above the floor or comes back
-	// to it (nil: none).
+	// Logger gets a line (at debug level) when the limit leaves the floor and
+	// when it comes back to it (nil: none).
 	Logger *slog.Logger
 }
 
@@ -79,8 +79,12 @@ func Run(ctx context.Context, cfg Config) {
 		limit := Limit(cfg.Floor, smallest(samples), other)
 		if limit != set {
 			debug.SetMemoryLimit(limit)
-			if cfg.Logger != nil && (limit > cfg.Floor || set > cfg.Floor) {
-				cfg.Logger.Debug("memory limit", "limit", FormatSize(limit), "live_heap", FormatSize(live), "floor", FormatSize(cfg.Floor))
+			if cfg.Logger != nil && set != 0 && (limit == cfg.Floor) != (set == cfg.Floor) {
+				if limit > cfg.Floor {
+					cfg.Logger.Debug("memory limit raised above the floor for the live heap", "limit", mib(limit), "live_heap", mib(live))
+				} else {
+					cfg.Logger.Debug("memory limit back at the floor", "limit", mib(limit))
+				}
 			}
 			set = limit
 		}
@@ -153,6 +157,9 @@ func ParseSize(s string) (int64, error) {
 	}
 	return n << shift, nil
 }
+
+// mib writes n in MiB with one decimal, for the logs.
+func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + "MiB" }
 
 // FormatSize writes n in the largest unit of ParseSize that divides it.
 func FormatSize(n int64) string {
