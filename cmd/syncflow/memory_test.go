@@ -3,6 +3,7 @@ package main_test
 import (
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -15,6 +16,11 @@ import (
 // service's /metrics: --memory-limit's default, a value given, 0 for none, and
 // a GOMEMLIMIT in the environment, which wins over the flag.
 func TestRunLimitsItsMemory(t *testing.T) {
+	// The limits of the environment the tests run in are not the cases'.
+	for _, name := range []string{"GOMEMLIMIT", "SYNCFLOW_MEMORY_LIMIT"} {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
 	srv := testenv.NATS(t)
 	env := []string{"SYNCFLOW_DATABASE_URL=" + dbURL, "SYNCFLOW_NATS_URL=" + srv.ClientURL(), "SYNCFLOW_LOG_FORMAT=json"}
 	if out, err := syncflow(t, env, "streams", "apply"); err != nil {

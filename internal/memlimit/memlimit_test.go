@@ -21,7 +21,7 @@ func TestLimit(t *testing.T) {
 		{0, 10 * mib, 2 * mib, 17 * mib},        // no floor
 		{44 * mib, 0, 0, 44 * mib},              // before the first collection
 	} {
-		if got := memlimit.Limit(c.floor, c.live, c.other); got != c.want {
+		if got := memlimit.Limit(c.floor, c.live, c.other, 100); got != c.want {
 			t.Errorf("Limit(%d, %d, %d) = %d, want %d", c.floor, c.live, c.other, got, c.want)
 		}
 	}
@@ -74,6 +74,37 @@ func TestRunFollowsTheLiveHeap(t *testing.T) {
 	if before != math.MaxInt64 {
 		t.Logf("the test process started with a limit of %s", memlimit.FormatSize(before))
 	}
+}
+
+// TestRunRaisesTheLimitForAChurningHeap holds 256 MiB live against a floor of
+// 64 MiB while allocating garbage, and never forces a collection: the
+// runtime's own collections must show the governor what it needs, and the
+// churn must go on at a pace (the collector not running all the time).
+func TestRunRaisesTheLimitForAChurningHeap(t *testing.T) {
+	before := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(before)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go memlimit.Run(ctx, memlimit.Config{Floor: 64 * mib})
+
+	big := make([][]byte, 256)
+	for i := range big {
+		big[i] = make([]byte, mib)
+		big[i][0] = 1
+	}
+	var sink []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for debug.SetMemoryLimit(-1) < 384*mib {
+		if time.Now().After(deadline) {
+			t.Fatalf("the limit stayed at %s with 256MiB live", memlimit.FormatSize(debug.SetMemoryLimit(-1)))
+		}
+		for range 1000 {
+			sink = make([]byte, 4096)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	runtime.KeepAlive(big)
+	_ = sink
 }
 
 func TestSizes(t *testing.T) {
