@@ -14,11 +14,12 @@
 // time, up to the half of the CPU the runtime allows it. Two rules raise the
 // limit for that:
 //
-//   - the live heap: the limit is at least the smallest live heap of a recent
-//     window plus half of what GOGC lets it grow by (GOGC=100: half the live
-//     heap), plus the runtime's memory outside the heap. A live heap that
-//     stays large gets that room within the window; a swing does not move
-//     the limit.
+//   - the live heap: the limit is at least the live heap that three quarters
+//     of a recent window's readings were at or above (its lower quartile),
+//     plus half of what GOGC lets it grow by (GOGC=100: half the live heap),
+//     plus the runtime's memory outside the heap. A live heap that is large
+//     most of the time gets that room within the window, even when it dips
+//     between batches; a swing up does not move the limit.
 //   - the collector's pace: when the collections of the last few readings
 //     came after less than a tenth of the live heap was allocated each (as
 //     if GOGC were below 10; with no limit, GOGC=100, they come after about
@@ -36,6 +37,7 @@ import (
 	"math"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,9 +73,10 @@ type Reading struct {
 	Allocs, Cycles int64
 }
 
-// Limit is the limit for a floor, the smallest live heap of the window, the
-// runtime's memory outside the heap and the GOGC in force: the floor, or room
-// for the live heap to grow by half of what GOGC allows, when that needs more.
+// Limit is the limit for a floor, the live heap of the window (its lower
+// quartile), the runtime's memory outside the heap and the GOGC in force: the
+// floor, or room for the live heap to grow by half of what GOGC allows, when
+// that needs more.
 func Limit(floor, live, other, gogc int64) int64 {
 	if gogc < 0 {
 		gogc = 100 // off: the limit is then the only trigger; give it the default's room
@@ -95,6 +98,7 @@ const (
 type policy struct {
 	floor      int64
 	lives      []int64                 // the live heaps of the window, a ring
+	sorted     []int64                 // lives sorted, for lowerQuartile
 	pace       [smoothing + 1][2]int64 // allocations and collections
 	n          int
 	raised     int64 // a raise for the collector's pace, and how many readings it lasts
@@ -104,7 +108,8 @@ type policy struct {
 func newPolicy(floor int64, window int) *policy {
 	// The window starts as if the live heap had been empty: it must be large
 	// for a whole window before the limit is raised for it.
-	return &policy{floor: floor, lives: make([]int64, max(1, window))}
+	n := max(1, window)
+	return &policy{floor: floor, lives: make([]int64, n), sorted: make([]int64, 0, n)}
 }
 
 // next takes one reading and returns the limit, and whether the collector's
@@ -121,7 +126,7 @@ func (p *policy) next(r Reading) (limit int64, thrashing bool) {
 			p.raised, p.raisedLeft = max(p.raised, r.Held+r.Held/2), len(p.lives)
 		}
 	}
-	limit = Limit(p.floor, smallest(p.lives), r.Other, r.GOGC)
+	limit = Limit(p.floor, lowerQuartile(p.lives, p.sorted), r.Other, r.GOGC)
 	if p.raisedLeft > 0 {
 		p.raisedLeft--
 		limit = max(limit, p.raised)
@@ -131,12 +136,11 @@ func (p *policy) next(r Reading) (limit int64, thrashing bool) {
 	return limit, thrashing
 }
 
-func smallest(s []int64) int64 {
-	out := int64(math.MaxInt64)
-	for _, v := range s {
-		out = min(out, v)
-	}
-	return out
+// lowerQuartile is the value a quarter of s is below, sorted in buf.
+func lowerQuartile(s, buf []int64) int64 {
+	buf = append(buf[:0], s...)
+	slices.Sort(buf)
+	return buf[len(buf)/4]
 }
 
 // Run sets the runtime's soft memory limit every cfg.Every until ctx ends, and
@@ -217,7 +221,7 @@ func (r *reader) read() Reading {
 	}
 	total, objects, unused, free, released := u(1), u(2), u(3), u(4), u(5)
 	gogc := u(6)
-	if gogc > math.MaxInt32 {
+	if r.s[6].Value.Kind() == metrics.KindUint64 && r.s[6].Value.Uint64() > math.MaxInt32 {
 		gogc = -1 // off
 	}
 	return Reading{

@@ -78,14 +78,16 @@ func TestRunFollowsTheLiveHeap(t *testing.T) {
 
 // TestRunRaisesTheLimitForAChurningHeap holds 256 MiB live against a floor of
 // 64 MiB while allocating garbage, and never forces a collection: the
-// runtime's own collections must show the governor what it needs, and the
-// churn must go on at a pace (the collector not running all the time).
+// runtime's own collections must show the governor what it needs, well before
+// the live heap's rule could (its window is 5 s): the collector's pace.
 func TestRunRaisesTheLimitForAChurningHeap(t *testing.T) {
 	before := debug.SetMemoryLimit(-1)
 	defer debug.SetMemoryLimit(before)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go memlimit.Run(ctx, memlimit.Config{Floor: 64 * mib})
+	// A long window: the live heap's rule waits 5 s, so a raise sooner is the
+	// collector's pace.
+	go memlimit.Run(ctx, memlimit.Config{Floor: 64 * mib, Window: 5 * time.Second})
 
 	big := make([][]byte, 256)
 	for i := range big {
@@ -93,7 +95,7 @@ func TestRunRaisesTheLimitForAChurningHeap(t *testing.T) {
 		big[i][0] = 1
 	}
 	var sink []byte
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(3500 * time.Millisecond)
 	for debug.SetMemoryLimit(-1) < 384*mib {
 		if time.Now().After(deadline) {
 			t.Fatalf("the limit stayed at %s with 256MiB live", memlimit.FormatSize(debug.SetMemoryLimit(-1)))

@@ -27,21 +27,49 @@ func TestPolicyKeepsTheFloorThroughSwings(t *testing.T) {
 	}
 }
 
+// TestPolicyRaisesForALiveHeapThatDipsBetweenBatches: a live heap of 35 MiB
+// that drops to nothing for one reading in eight (a batch done, the next not
+// begun) is large most of the time, and gets its room.
+func TestPolicyRaisesForALiveHeapThatDipsBetweenBatches(t *testing.T) {
+	p, proc := newPolicy(44*mib, 20), &process{}
+	var limit int64
+	for n := range 100 {
+		live := int64(35 * mib)
+		if n%8 == 7 {
+			live = 0
+		}
+		limit, _ = p.next(proc.reading(live, 8*mib, 60*mib, 0.15))
+	}
+	if limit != 60*mib+mib/2 {
+		t.Fatalf("a live heap of 35 MiB with a dip in every eighth reading: limit %.1f MiB, want 60.5 (35 + 17.5 + 8)", float64(limit)/mib)
+	}
+}
+
 func TestPolicyRaisesForALiveHeapThatStays(t *testing.T) {
 	p, proc := newPolicy(44*mib, 20), &process{}
 	for range 10 {
 		p.next(proc.reading(10*mib, 8*mib, 30*mib, 1))
 	}
-	for n := 10; n < 29; n++ {
+	// The lower quartile of 20 readings is the sixth smallest: the raise comes
+	// once 15 of the window's readings are of the large heap.
+	for n := 10; n < 24; n++ {
 		if limit, _ := p.next(proc.reading(40*mib, 8*mib, 60*mib, 0.5)); limit != 44*mib {
-			t.Fatalf("reading %d, %d readings into a large heap: limit %d MiB, want the floor until the window has passed", n, n-9, limit/mib)
+			t.Fatalf("reading %d, %d readings into a large heap: limit %d MiB, want the floor until most of the window is large", n, n-9, limit/mib)
 		}
 	}
 	if limit, _ := p.next(proc.reading(40*mib, 8*mib, 60*mib, 0.5)); limit != 68*mib {
-		t.Fatalf("a window into a live heap of 40 MiB: limit %d MiB, want 68 (40 + 20 + 8)", limit/mib)
+		t.Fatalf("15 readings into a live heap of 40 MiB: limit %d MiB, want 68 (40 + 20 + 8)", limit/mib)
 	}
-	if limit, _ := p.next(proc.reading(12*mib, 8*mib, 60*mib, 1)); limit != 44*mib {
-		t.Fatalf("the large heap gone: limit %d MiB, want the floor", limit/mib)
+	// Gone: the limit comes down once more than a quarter of the window is small
+	// (the five small readings before the large heap are still in it).
+	for n := 1; n <= 6; n++ {
+		want := int64(68 * mib)
+		if n == 6 {
+			want = 44 * mib
+		}
+		if limit, _ := p.next(proc.reading(12*mib, 8*mib, 60*mib, 1)); limit != want {
+			t.Fatalf("%d readings after the large heap: limit %d MiB, want %d", n, limit/mib, want/mib)
+		}
 	}
 }
 
