@@ -107,7 +107,7 @@ type policy struct {
 
 func newPolicy(floor int64, window int) *policy {
 	// The window starts as if the live heap had been empty: it must be large
-	// for a whole window before the limit is raised for it.
+	// for three quarters of a window before the limit is raised for it.
 	n := max(1, window)
 	return &policy{floor: floor, lives: make([]int64, n), sorted: make([]int64, 0, n)}
 }
