@@ -51,9 +51,10 @@ type Config struct {
 	Floor int64
 	// Every is how often the runtime's figures are read (default 100ms).
 	Every time.Duration
-	// Window is how long the live heap must stay large before the limit is
-	// raised for it, and how long a raise for the collector's pace lasts
-	// (default 2s).
+	// Window is the span of readings the live heap's rule takes its lower
+	// quartile of (the live heap must be large for three quarters of it before
+	// the limit is raised for it), and how long a raise for the collector's
+	// pace lasts (default 2s).
 	Window time.Duration
 	// Logger gets a line when the collector's pace raises the limit (at most
 	// one a minute, at info level: the floor may be too low for this
