@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -147,7 +148,12 @@ func (s *Store) target(entity string) (*target, error) {
 func (t *target) keyOf(row map[string]any) string {
 	var b strings.Builder
 	for _, k := range t.key {
-		fmt.Fprint(&b, row[k], "\x1f")
+		if v, ok := row[k].(string); ok {
+			b.WriteString(v)
+		} else {
+			fmt.Fprint(&b, row[k])
+		}
+		b.WriteByte('\x1f')
 	}
 	return b.String()
 }
@@ -436,8 +442,7 @@ func (t *tx) Write(ctx context.Context, entity string, batch uuid.UUID, rows []a
 	if err != nil {
 		return apply.Written{}, err
 	}
-	rows = slices.Clone(rows)
-	slices.SortStableFunc(rows, func(a, b apply.WriteRow) int { return strings.Compare(a.Record.BKHash, b.Record.BKHash) })
+	rows = inKeyOrder(rows)
 	stmts, err := t.runs(tg, rows)
 	if err != nil {
 		return apply.Written{}, err
@@ -566,10 +571,11 @@ func (k *ledgerKeys) add(r apply.WriteRow, key []byte) {
 // them): one statement each.
 func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
 	var (
-		out  []statement
-		sig  string
-		cols []string
-		body []byte
+		out   []statement
+		sig   string
+		cols  []string
+		body  []byte
+		shape *rowShape
 	)
 	flush := func() {
 		if body == nil {
@@ -590,8 +596,8 @@ func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
 		}
 		next, nextCols := "delete", tg.key
 		if !r.Deleted {
-			nextCols = t.writableNoting(tg, r.Row, now)
-			next = "upsert " + strings.Join(nextCols, ",")
+			shape = t.shapeNoting(tg, r.Row, shape, now)
+			next, nextCols = shape.sig, shape.cols
 		}
 		if next != sig {
 			flush()
@@ -608,22 +614,83 @@ func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
 	return out, nil
 }
 
-// writableNoting returns the columns of tg that row carries, and notes the fields
-// no column takes for the drift counts: counted once the transaction commits,
-// never dropped in silence.
-func (t *tx) writableNoting(tg *target, row map[string]any, now time.Time) []string {
-	cols := tg.writable(row)
-	if len(cols) < len(row) {
-		if t.unmapped == nil {
-			t.unmapped = newUnmappedNotes()
+// inKeyOrder returns a copy of rows sorted by bk_hash, the rows of one hash in
+// the order given. It sorts the rows' positions and then copies each row once:
+// a row is a large value of strings and maps, and sorting the rows themselves
+// (a stable sort moves each many times) cost a tenth of a drain's CPU, most of
+// it in the collector's write barriers.
+func inKeyOrder(rows []apply.WriteRow) []apply.WriteRow {
+	order := make([]int32, len(rows))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		if c := strings.Compare(rows[a].Record.BKHash, rows[b].Record.BKHash); c != 0 {
+			return c
 		}
-		for f, v := range row {
+		return cmp.Compare(a, b)
+	})
+	out := make([]apply.WriteRow, len(rows))
+	for i, j := range order {
+		out[i] = rows[j]
+	}
+	return out
+}
+
+// rowShape is the fields a row carries: the target's columns, sorted, and the
+// fields no column takes, with the signature of the statement that writes such
+// rows. The rows of an entity nearly always carry the same fields, so a shape
+// is worked out once and used again for every next row that fits it.
+type rowShape struct {
+	cols     []string
+	unmapped []string // the fields no column takes, as the row names them
+	upper    []string // the same, upper case, as the drift counts name them
+	sig      string
+}
+
+// fits says whether row carries exactly the fields of s.
+func (s *rowShape) fits(row map[string]any) bool {
+	if s == nil || len(row) != len(s.cols)+len(s.unmapped) {
+		return false
+	}
+	for _, f := range s.cols {
+		if _, ok := row[f]; !ok {
+			return false
+		}
+	}
+	for _, f := range s.unmapped {
+		if _, ok := row[f]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// shapeNoting returns the shape of row (last, when row fits it), and notes the
+// fields no column takes for the drift counts: counted once the transaction
+// commits, never dropped in silence.
+func (t *tx) shapeNoting(tg *target, row map[string]any, last *rowShape, now time.Time) *rowShape {
+	shape := last
+	if !last.fits(row) {
+		cols := tg.writable(row)
+		shape = &rowShape{cols: cols, sig: "upsert " + strings.Join(cols, ",")}
+		for f := range row {
 			if !tg.columns[f] {
-				t.unmapped.note(tg.entity.Name, strings.ToUpper(f), tg.keyOf(row), v, now)
+				shape.unmapped = append(shape.unmapped, f)
+				shape.upper = append(shape.upper, strings.ToUpper(f))
 			}
 		}
 	}
-	return cols
+	if len(shape.unmapped) > 0 {
+		if t.unmapped == nil {
+			t.unmapped = newUnmappedNotes()
+		}
+		key := tg.keyOf(row)
+		for i, f := range shape.unmapped {
+			t.unmapped.note(tg.entity.Name, shape.upper[i], key, row[f], now)
+		}
+	}
+	return shape
 }
 
 // signatureGroup is the rows that carry one set of columns, as the JSON array a
@@ -639,19 +706,19 @@ type signatureGroup struct {
 func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup, error) {
 	groups := map[string]*signatureGroup{}
 	now := time.Now()
+	var shape *rowShape
 	for _, u := range rows {
 		row := u.Row
-		cols := t.writableNoting(tg, row, now)
-		sig := strings.Join(cols, ",")
-		g := groups[sig]
+		shape = t.shapeNoting(tg, row, shape, now)
+		g := groups[shape.sig]
 		if g == nil {
-			g = &signatureGroup{cols: cols, body: append(make([]byte, 0, 1024*len(rows)), '[')}
-			groups[sig] = g
+			g = &signatureGroup{cols: shape.cols, body: append(make([]byte, 0, 1024*len(rows)), '[')}
+			groups[shape.sig] = g
 		} else {
 			g.body = append(g.body, ',')
 		}
 		var err error
-		if g.body, err = pipeline.AppendRowJSON(g.body, row, cols); err != nil {
+		if g.body, err = pipeline.AppendRowJSON(g.body, row, shape.cols); err != nil {
 			return nil, err
 		}
 		// The row's object gets its bk_hash (hex: nothing to escape).
