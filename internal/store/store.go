@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -101,6 +102,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if d > 0 {
 			pc.ConnConfig.RuntimeParams[name] = strconv.FormatInt(max(d.Milliseconds(), 1), 10)
 		}
+	}
+	pc.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		m := conn.TypeMap()
+		m.TryWrapEncodePlanFuncs = append([]pgtype.TryWrapEncodePlanFunc{sizedArrays}, m.TryWrapEncodePlanFuncs...)
+		return nil
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
