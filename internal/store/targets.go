@@ -144,20 +144,6 @@ func (s *Store) target(entity string) (*target, error) {
 	return t, nil
 }
 
-// keyOf is the row's key, as text.
-func (t *target) keyOf(row map[string]any) string {
-	var b strings.Builder
-	for _, k := range t.key {
-		if v, ok := row[k].(string); ok {
-			b.WriteString(v)
-		} else {
-			fmt.Fprint(&b, row[k])
-		}
-		b.WriteByte('\x1f')
-	}
-	return b.String()
-}
-
 // writable returns the row's fields that are columns of the target, sorted.
 func (t *target) writable(row map[string]any) []string {
 	cols := make([]string, 0, len(row))
@@ -596,7 +582,7 @@ func (t *tx) runs(tg *target, rows []apply.WriteRow) ([]statement, error) {
 		}
 		next, nextCols := "delete", tg.key
 		if !r.Deleted {
-			shape = t.shapeNoting(tg, r.Row, shape, now)
+			shape = t.shapeNoting(tg, r.Row, r.Record.BKHash, shape, now)
 			next, nextCols = shape.sig, shape.cols
 		}
 		if next != sig {
@@ -667,9 +653,9 @@ func (s *rowShape) fits(row map[string]any) bool {
 }
 
 // shapeNoting returns the shape of row (last, when row fits it), and notes the
-// fields no column takes for the drift counts: counted once the transaction
-// commits, never dropped in silence.
-func (t *tx) shapeNoting(tg *target, row map[string]any, last *rowShape, now time.Time) *rowShape {
+// fields no column takes for the drift counts, once per record (bkHash):
+// counted once the transaction commits, never dropped in silence.
+func (t *tx) shapeNoting(tg *target, row map[string]any, bkHash string, last *rowShape, now time.Time) *rowShape {
 	shape := last
 	if !last.fits(row) {
 		cols := tg.writable(row)
@@ -685,9 +671,8 @@ func (t *tx) shapeNoting(tg *target, row map[string]any, last *rowShape, now tim
 		if t.unmapped == nil {
 			t.unmapped = newUnmappedNotes()
 		}
-		key := tg.keyOf(row)
 		for i, f := range shape.unmapped {
-			t.unmapped.note(tg.entity.Name, shape.upper[i], key, row[f], now)
+			t.unmapped.note(tg.entity.Name, shape.upper[i], bkHash, row[f], now)
 		}
 	}
 	return shape
@@ -709,7 +694,7 @@ func (t *tx) bySignature(tg *target, rows []apply.TargetRow) ([]*signatureGroup,
 	var shape *rowShape
 	for _, u := range rows {
 		row := u.Row
-		shape = t.shapeNoting(tg, row, shape, now)
+		shape = t.shapeNoting(tg, row, u.BKHash, shape, now)
 		g := groups[shape.sig]
 		if g == nil {
 			g = &signatureGroup{cols: shape.cols, body: append(make([]byte, 0, 1024*len(rows)), '[')}
