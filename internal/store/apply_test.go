@@ -17,6 +17,7 @@ import (
 	"github.com/syncflow/syncflow/internal/mapping"
 	"github.com/syncflow/syncflow/internal/pipeline"
 	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/storetest"
 	"github.com/syncflow/syncflow/internal/testenv"
 )
 
@@ -304,6 +305,46 @@ func TestUnmappedFieldsAreCounted(t *testing.T) {
 	}
 	if got := f.st.UnmappedTotals()[[2]string{"sites", "REGION_CODE"}]; got != 2 {
 		t.Errorf("total for the metrics: %d", got)
+	}
+}
+
+// A batch around a rejected row is written again in parts (bisection), and the
+// unmapped fields of each record written count once, under the record's own
+// hash: four records, one rejected, three counts.
+func TestUnmappedFieldsCountEachRecordOnceThroughBisection(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.conn.Exec(f.ctx, `ALTER TABLE schedulehub.sites ADD CONSTRAINT no_bad CHECK (description IS DISTINCT FROM 'bad')`); err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for i, desc := range []string{"main", "north", "bad", "south"} {
+		bodies = append(bodies, fmt.Sprintf(`{"entity":"sites","op":"upsert","rowversion":"2026-01-01T00:00:00Z","data":{"CONTRACT":"S%d","DESCRIPTION":%q,"REGION_CODE":"EU-%d"}}`, i, desc, i))
+	}
+	res := f.apply("sites", nil, bodies...)
+	if res.Counts.Inserted != 3 || res.Counts.Failed != 1 {
+		t.Fatalf("counts %+v, want three written and one rejected", res.Counts)
+	}
+	if got := f.st.UnmappedTotals()[[2]string{"sites", "REGION_CODE"}]; got != 3 {
+		t.Errorf("REGION_CODE counted %d times, want 3 (the records written)", got)
+	}
+}
+
+// Rows written to a target without their ledger rows (no bk_hash to tell them
+// apart) count once each too, by their target key.
+func TestUnmappedFieldsOfTargetRowsWithoutHashCountOncePerRow(t *testing.T) {
+	f := newFixture(t)
+	rows := []map[string]any{
+		{"contract": "S1", "description": "a", "region_code": "EU-N"},
+		{"contract": "S2", "description": "b", "region_code": "EU-S"},
+		{"contract": "S3", "description": "c", "region_code": "EU-W"},
+	}
+	if err := f.st.InTx(f.ctx, func(tx apply.Tx) error {
+		return tx.WriteTarget(f.ctx, "sites", storetest.TargetRows(rows), nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.st.UnmappedTotals()[[2]string{"sites", "REGION_CODE"}]; got != 3 {
+		t.Errorf("REGION_CODE counted %d times for 3 rows", got)
 	}
 }
 

@@ -144,6 +144,20 @@ func (s *Store) target(entity string) (*target, error) {
 	return t, nil
 }
 
+// keyOf is the row's key, as text.
+func (t *target) keyOf(row map[string]any) string {
+	var b strings.Builder
+	for _, k := range t.key {
+		if v, ok := row[k].(string); ok {
+			b.WriteString(v)
+		} else {
+			fmt.Fprint(&b, row[k])
+		}
+		b.WriteByte('\x1f')
+	}
+	return b.String()
+}
+
 // writable returns the row's fields that are columns of the target, sorted.
 func (t *target) writable(row map[string]any) []string {
 	cols := make([]string, 0, len(row))
@@ -653,8 +667,9 @@ func (s *rowShape) fits(row map[string]any) bool {
 }
 
 // shapeNoting returns the shape of row (last, when row fits it), and notes the
-// fields no column takes for the drift counts, once per record (bkHash):
-// counted once the transaction commits, never dropped in silence.
+// fields no column takes for the drift counts, once per record (its bkHash, or
+// its target key for a row written without one): counted once the transaction
+// commits, never dropped in silence.
 func (t *tx) shapeNoting(tg *target, row map[string]any, bkHash string, last *rowShape, now time.Time) *rowShape {
 	shape := last
 	if !last.fits(row) {
@@ -671,8 +686,12 @@ func (t *tx) shapeNoting(tg *target, row map[string]any, bkHash string, last *ro
 		if t.unmapped == nil {
 			t.unmapped = newUnmappedNotes()
 		}
+		record := bkHash
+		if record == "" {
+			record = tg.keyOf(row)
+		}
 		for i, f := range shape.unmapped {
-			t.unmapped.note(tg.entity.Name, shape.upper[i], bkHash, row[f], now)
+			t.unmapped.note(tg.entity.Name, shape.upper[i], record, row[f], now)
 		}
 	}
 	return shape
