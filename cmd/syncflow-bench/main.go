@@ -53,8 +53,9 @@ type config struct {
 	batch           int
 	backfillRows    int64
 	ledgerKeys      int64
-	orphans, months int  // unresolved orphans waiting for parents that never come, over this many months of partitions
-	noParkingKey    bool // drop the foreign key of parked children to their batch, to measure what it costs
+	orphans, months int    // unresolved orphans waiting for parents that never come, over this many months of partitions
+	noParkingKey    bool   // drop the foreign key of parked children to their batch, to measure what it costs
+	keyCollation    string // give the ledger's, the parked children's and the dead letters' keys this collation, to measure what collation costs
 	verifyRows      int64
 	history, commit string
 }
@@ -79,6 +80,7 @@ func main() {
 	flag.IntVar(&cfg.orphans, "orphans", 0, "dead letter this many orphan operations, waiting for work orders that never come, before each SyncFlow run")
 	flag.IntVar(&cfg.months, "months", 36, "months of dead-letter partitions the -orphans are spread over")
 	flag.BoolVar(&cfg.noParkingKey, "without-parking-key", false, "drop pending_children's foreign key to sync_batches first, to measure what its checks cost (the schema's design requires the key)")
+	flag.StringVar(&cfg.keyCollation, "key-collation", "", `give the key columns of the ledger, the parked children and the dead letters this collation first (e.g. C, or en-US-x-icu for an English database), to measure what comparing keys costs (SyncFlow's schema takes the database's)`)
 	flag.Int64Var(&cfg.verifyRows, "verify-rows", 1_000_000, "items of the verify figure (1,000 of them drifted)")
 	flag.Int64Var(&cfg.ledgerKeys, "ledger-keys", 0, "fill the ledger with this many other keys first (a ledger larger than PostgreSQL's buffers)")
 	partitions := flag.Int("partitions", 0, "only the partition figure: load this many batches and as many dead letters over a year, prune a month")
@@ -168,6 +170,23 @@ func run(cfg config) error {
 			return err
 		}
 		fmt.Println("pending_children's foreign key to sync_batches dropped (-without-parking-key): not SyncFlow's schema")
+	}
+	if cfg.keyCollation != "" {
+		coll := pgx.Identifier{cfg.keyCollation}.Sanitize()
+		for table, cols := range map[string][]string{
+			"synced_records":   {"entity_name", "bk_hash"},
+			"pending_children": {"child_entity", "child_bk_hash", "parent_entity", "parent_bk_hash"},
+			"failed_records":   {"entity_name", "bk_hash", "parent_entity", "parent_bk_hash"},
+		} {
+			alter := make([]string, len(cols))
+			for i, c := range cols {
+				alter[i] = "ALTER COLUMN " + c + " TYPE text COLLATE " + coll
+			}
+			if _, err := b.pool.Exec(ctx, "ALTER TABLE bridge."+table+" "+strings.Join(alter, ", ")); err != nil {
+				return fmt.Errorf("-key-collation: %w", err)
+			}
+		}
+		fmt.Printf("the key columns of the ledger, the parked children and the dead letters collate as %s (-key-collation): not SyncFlow's schema\n", coll)
 	}
 	if cfg.ledgerKeys > 0 {
 		began := time.Now()
