@@ -2,10 +2,8 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -49,7 +47,7 @@ func TestSizedArraysEncodeAsTheDriverDoes(t *testing.T) {
 // what they send as the same arrays.
 func TestSizedArraysRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	admin := adminURL()
 	s, err := Open(ctx, Config{URL: admin, MaxConns: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -1,12 +1,10 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +21,7 @@ import (
 // two sessions racing).
 func TestClassify(t *testing.T) {
 	ctx := context.Background()
-	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable") // as testenv.AdminURL, which imports this package
+	admin := adminURL()
 	withDB := func(name string) string {
 		u, err := url.Parse(admin)
 		if err != nil {
@@ -135,7 +133,7 @@ func pgErr(code string) error {
 // prints the password: the database does not exist, or the role does not.
 func TestRefusedConnectionsSayWhatToDo(t *testing.T) {
 	ctx := context.Background()
-	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	admin := adminURL()
 	with := func(user, db string) string {
 		u, err := url.Parse(admin)
 		if err != nil {

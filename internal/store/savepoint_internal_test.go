@@ -1,11 +1,9 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 )
@@ -21,7 +19,7 @@ func TestASavepointNeverMadeIsNeverRolledBackTo(t *testing.T) {
 	ctx := context.Background()
 	// A table of its own in the server's postgres database (testenv, which
 	// gives a test a database, imports this package).
-	admin := cmp.Or(os.Getenv("SYNCFLOW_TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	admin := adminURL()
 	s, err := Open(ctx, Config{URL: admin, MaxConns: 2})
 	if err != nil {
 		t.Fatal(err)
