@@ -529,11 +529,15 @@ func (b *syncBuffer) String() string {
 
 func TestParkedReleaseAndExpireByHand(t *testing.T) {
 	w := newWorld(t)
-	logs := service(t, w.env, "--fetch-wait", "50ms", "--park-first-retry", "10m")
+	logs, stop := stoppable(t, w.env, "--fetch-wait", "50ms", "--park-first-retry", "10m")
 	w.publish("work_orders", workOrder("WO1", "P1"))
 	w.publish("work_orders", workOrder("WO2", "P2"))
 	eventually(t, w.conn, `SELECT count(*) FROM bridge.pending_children`, "2", logs)
 	uid1 := w.query(`SELECT p.uid::text FROM bridge.pending_children p WHERE p.child_payload->'data'->>'ORDER_NO' = 'WO1'`)
+	// The service stops first: the re-check that follows the parking commit runs
+	// beside the ack, and would release WO1 itself should the parents below land
+	// before it ran. A clean stop waits for it.
+	stop()
 	// The parents arrive by hand, past SyncFlow: only a re-check releases WO1.
 	if _, err := w.conn.Exec(w.ctx, `INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
 		VALUES ('sites', encode(sha256('2:S1'::bytea), 'hex'), '["S1"]', 'x', 1, 'realtime', 1),
