@@ -226,13 +226,31 @@ func (t *tx) queryEach(ctx context.Context, stmts []statement, scans ...func(pgx
 // the tables as they are now (a pipeline runs in the connection's mode, so the
 // setting does it), and returns what puts the default back after them.
 func (t *tx) planCustom() func() {
-	if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault {
+	if n := len(t.pending); n > 0 && t.pending[n-1].sql == planModeDefault && t.pending[n-1].what == backFromCustom.what {
 		t.pending = t.pending[:n-1] // still custom since the last lookup
 	} else {
 		t.later(pendingStmt{what: "plan mode", sql: planModeCustom, control: true})
 	}
-	return func() { t.later(pendingStmt{what: "plan mode", sql: planModeDefault, control: true}) }
+	return func() { t.later(backFromCustom) }
 }
+
+// planGeneric makes the statements sent next in a pipeline run their generic
+// plans, and returns what puts the default back after them. It is for a
+// statement whose rows' foreign keys point into a partitioned table: PostgreSQL
+// checks each row's key with a statement it caches per connection, and in the
+// default mode it plans that check afresh for every row (to a plan that prunes
+// the other partitions, since the generic plan, which prunes them when it runs,
+// looks dearer), 0.1 to 0.2 ms a row. The generic plan is made once. The
+// checks run when the statement ends (the keys are not deferrable), so they
+// run in this mode.
+func (t *tx) planGeneric() func() {
+	t.later(pendingStmt{what: "plan mode", sql: planModeGeneric, control: true})
+	return func() { t.later(pendingStmt{what: "plan mode (generic)", sql: planModeDefault, control: true}) }
+}
+
+// backFromCustom puts the default plan mode back after statements planned
+// afresh (planCustom).
+var backFromCustom = pendingStmt{what: "plan mode", sql: planModeDefault, control: true}
 
 // customPlanned returns stmts between the plan modes that have PostgreSQL plan
 // them afresh, for the tables as they are now, in a pipeline (its reader skips
@@ -248,6 +266,7 @@ func customPlanned(stmts ...statement) []statement {
 
 const (
 	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
+	planModeGeneric = "SET LOCAL plan_cache_mode = force_generic_plan"
 	planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
 )
 
