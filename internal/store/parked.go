@@ -452,7 +452,7 @@ func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Ke
 }
 
 // askSettings are the settings of askByKey's transactions.
-var askSettings = []string{planModeCustom, "SET LOCAL enable_seqscan = off", "SET LOCAL join_collapse_limit = 1"}
+var askSettings = []string{planModeCustom, noSeqScan, "SET LOCAL join_collapse_limit = 1"}
 
 // askByKey sends the questions of b in a read-only transaction of one round
 // trip, each planned afresh, as a release is, with no sequential scan, and

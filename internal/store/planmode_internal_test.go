@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	neturl "net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,20 +20,22 @@ import (
 )
 
 // Parking checks each row's key to its batch against the partitioned
-// sync_batches by the check's generic plan, and gives the plan mode back: a
+// sync_batches by the check's generic plan, with no sequential scan, and gives
+// the settings back: a statement queued before it runs with the defaults, a
 // lookup right after it is still planned afresh, and the statement after that
-// runs in the default mode. A trigger on the queue notes the mode each parked row was
-// written in (the key checks run at the end of that statement, in the same
-// mode). Under the generic plan the key is still checked: a row of a batch that
-// does not exist is refused, and the savepoint it ran under gives the mode
-// back too.
+// runs with the defaults. A trigger on the queue notes the settings each parked
+// row was written with (the key checks run at the end of that statement, with
+// the same). Under the generic plan the key is still checked: a row of a batch
+// that does not exist is refused, and the savepoint it ran under gives the
+// defaults back too.
 func TestParkingChecksItsKeysByTheGenericPlan(t *testing.T) {
 	ctx := context.Background()
 	s := migratedStore(t, "planmode")
+	const settings = `current_setting('plan_cache_mode') || '/' || current_setting('enable_seqscan')`
 	if _, err := s.pool.Exec(ctx, `
-		CREATE TABLE public.modes (mode text);
+		CREATE TABLE public.modes (n serial, mode text);
 		CREATE FUNCTION public.note_mode() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN INSERT INTO public.modes VALUES (current_setting('plan_cache_mode')); RETURN NEW; END $$;
+		BEGIN INSERT INTO public.modes (mode) VALUES ('parked ' || `+settings+`); RETURN NEW; END $$;
 		CREATE TRIGGER note_mode BEFORE INSERT ON bridge.pending_children FOR EACH ROW EXECUTE FUNCTION public.note_mode()`); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +46,7 @@ func TestParkingChecksItsKeysByTheGenericPlan(t *testing.T) {
 	}
 	mode := func(tx *tx, args ...any) string {
 		t.Helper()
-		q, err := tx.query(ctx, `SELECT current_setting('plan_cache_mode')`, args...)
+		q, err := tx.query(ctx, `SELECT `+settings, args...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,10 +59,12 @@ func TestParkingChecksItsKeysByTheGenericPlan(t *testing.T) {
 	var after, lookup, afterRefused string
 	var refused error
 	err := s.inTx(ctx, func(tx *tx) error {
+		// Sent in the park's pipeline, ahead of it.
+		tx.laterExec("probe", `INSERT INTO public.modes (mode) VALUES ('before ' || `+settings+`)`)
 		if _, err := tx.Park(ctx, batch, "work_centers", []apply.ParkRow{parkRow("WC1")}, time.Minute, 10); err != nil {
 			return err
 		}
-		// The lookup goes with the mode's reset parking left pending.
+		// The lookup goes with the reset parking left pending.
 		lookup = mode(tx, customPlan)
 		after = mode(tx)
 		refused = tx.Savepoint(ctx, func() error {
@@ -73,16 +78,15 @@ func TestParkingChecksItsKeysByTheGenericPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	var modes string
-	if err := s.pool.QueryRow(ctx, `SELECT string_agg(mode, ',') FROM public.modes`).Scan(&modes); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT string_agg(mode, ', ' ORDER BY n) FROM public.modes`).Scan(&modes); err != nil {
 		t.Fatal(err)
 	}
-	// Both rows were written under the generic plan; the second was then
-	// rolled back with its savepoint, its note with it.
-	if modes != "force_generic_plan" {
-		t.Errorf("parked rows written in the modes %q, want force_generic_plan", modes)
+	// The second row was rolled back with its savepoint, its note with it.
+	if want := "before auto/on, parked force_generic_plan/off"; modes != want {
+		t.Errorf("settings noted: %q, want %q", modes, want)
 	}
-	if after != "auto" || lookup != "force_custom_plan" || afterRefused != "auto" {
-		t.Errorf("after parking: %q, a lookup after it: %q, after a refused park: %q; want auto, force_custom_plan, auto", after, lookup, afterRefused)
+	if lookup != "force_custom_plan/on" || after != "auto/on" || afterRefused != "auto/on" {
+		t.Errorf("a lookup right after parking: %q, the statement after: %q, after a refused park: %q; want force_custom_plan/on, auto/on, auto/on", lookup, after, afterRefused)
 	}
 	var pgErr *pgconn.PgError
 	if !errors.As(refused, &pgErr) || pgErr.Code != "23503" || pgErr.TableName != "pending_children" {
@@ -91,6 +95,51 @@ func TestParkingChecksItsKeysByTheGenericPlan(t *testing.T) {
 	var parked int
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM bridge.pending_children`).Scan(&parked); err != nil || parked != 1 {
 		t.Errorf("%d rows parked (%v), want 1", parked, err)
+	}
+}
+
+// The generic plan of the key check is made once per connection, for the
+// month as it was then: made for a month analyzed while it held a few batches,
+// with sequential scans allowed, it scanned the whole month for every key as
+// the month grew. With parking's settings it looks the key up by the month's
+// primary key. The statement is the one PostgreSQL checks the key with.
+func TestTheGenericKeyCheckOfAYoungMonthUsesItsIndex(t *testing.T) {
+	ctx := context.Background()
+	s := migratedStore(t, "youngmonth")
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	for range 50 {
+		if _, err := conn.Exec(ctx, `INSERT INTO bridge.sync_batches (uid, entity_name, source_system, sync_type, status)
+			VALUES ($1, 'work_centers', 'realtime', 'realtime', 'running')`, uuid.Must(uuid.NewV7())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`ANALYZE bridge.sync_batches`)
+	exec(`BEGIN`)
+	defer exec(`ROLLBACK`)
+	exec(planModeGeneric)
+	exec(noSeqScan)
+	exec(`PREPARE check_key (uuid) AS SELECT 1 FROM "bridge"."sync_batches" x WHERE "uid" OPERATOR(pg_catalog.=) $1 FOR KEY SHARE OF x`)
+	rows, err := conn.Query(ctx, `EXPLAIN EXECUTE check_key ('`+uuid.Must(uuid.NewV7()).String()+`')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if strings.Contains(plan, "Seq Scan") || !strings.Contains(plan, "Index Scan using sync_batches_") {
+		t.Errorf("the key check's generic plan does not look the key up by index:\n%s", plan)
 	}
 }
 

@@ -235,17 +235,28 @@ func (t *tx) planCustom() func() {
 }
 
 // planGeneric makes the statements sent next in a pipeline run their generic
-// plans, and returns what puts the default back after them. It is for a
-// statement whose rows' foreign keys point into a partitioned table: PostgreSQL
-// checks each row's key with a statement it caches per connection, and in the
-// default mode it plans that check afresh for every row (to a plan that prunes
-// the other partitions, since the generic plan, which prunes them when it runs,
-// looks dearer), 0.1 to 0.2 ms a row. The generic plan is made once. The
-// checks run when the statement ends (the keys are not deferrable), so they
-// run in this mode.
+// plans, with no sequential scan, and returns what puts the defaults back
+// after them. It is for a statement whose rows' foreign keys point into a
+// partitioned table: PostgreSQL checks each row's key with a statement it
+// caches per connection, and in the default mode it plans that check afresh
+// for every row (to a plan that prunes the other partitions, since the generic
+// plan, which prunes them when it runs, looks dearer), 0.1 to 0.2 ms a row.
+// The generic plan is made once per connection (again after a partition is
+// added or a table analyzed), so it must not depend on the tables' size: made
+// for a month analyzed while it held a few batches, it scanned the whole month
+// for every key as the month grew; with sequential scans off it looks each key
+// up by the primary key of each partition. The checks run when the statement
+// ends (the keys are not deferrable), so they run in this mode. A generic plan
+// locks every partition when it runs, not only the key's: the statement's
+// transaction holds a lock on every month of sync_batches (prune's DETACH
+// already waited for it, on the parent).
 func (t *tx) planGeneric() func() {
 	t.later(pendingStmt{what: "plan mode", sql: planModeGeneric, control: true})
-	return func() { t.later(pendingStmt{what: "plan mode (generic)", sql: planModeDefault, control: true}) }
+	t.later(pendingStmt{what: "plan mode", sql: noSeqScan, control: true})
+	return func() {
+		t.later(pendingStmt{what: "plan mode (generic)", sql: seqScanDefault, control: true})
+		t.later(pendingStmt{what: "plan mode (generic)", sql: planModeDefault, control: true})
+	}
 }
 
 // backFromCustom puts the default plan mode back after statements planned
@@ -268,6 +279,8 @@ const (
 	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
 	planModeGeneric = "SET LOCAL plan_cache_mode = force_generic_plan"
 	planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
+	noSeqScan       = "SET LOCAL enable_seqscan = off"
+	seqScanDefault  = "SET LOCAL enable_seqscan TO DEFAULT"
 )
 
 // exec runs sql after the pending statements, in one round trip.
