@@ -54,6 +54,12 @@ func processCPU(pid string, children bool) (time.Duration, string) {
 	return time.Duration(sum) * time.Second / clockTick, comm
 }
 
+// selfCPU is the CPU this process has used.
+func selfCPU() time.Duration {
+	t, _ := processCPU("self", false)
+	return t
+}
+
 // postgresCPU is the CPU PostgreSQL has used on this machine: its processes,
 // and the postmaster's exited children. Zero when PostgreSQL runs elsewhere.
 func postgresCPU() time.Duration {

@@ -700,6 +700,9 @@ func (b *bench) latencyRun(rate int) (p50, p99 time.Duration, n int, err error) 
 		})
 	}()
 	time.Sleep(time.Second)
+	// What the run cost: the CPU of this process (the service, its NATS server
+	// and the publisher) and of PostgreSQL, in cores.
+	start, pgBefore, selfBefore := time.Now(), postgresCPU(), selfCPU()
 	total := int(b.cfg.latencyFor.Seconds() * float64(rate))
 	tick := time.Second / time.Duration(rate)
 	next := time.Now()
@@ -725,6 +728,9 @@ func (b *bench) latencyRun(rate int) (p50, p99 time.Duration, n int, err error) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	secs := time.Since(start).Seconds()
+	fmt.Printf("  latency at %d events/s: CPU of the bench's process %.2f cores, of PostgreSQL %.2f cores\n",
+		rate, (selfCPU()-selfBefore).Seconds()/secs, (postgresCPU()-pgBefore).Seconds()/secs)
 	cancel()
 	if err := <-done; err != nil {
 		return 0, 0, 0, err
