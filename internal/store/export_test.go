@@ -40,6 +40,10 @@ const OrphansListed = orphansListed
 // AskSettings are the settings of the re-check's questions.
 var AskSettings = askSettings
 
+// LookupSettings are the settings of the key lookups of queryEach (the ledger
+// read and the parents check) and of parking.
+var LookupSettings = genericSettings
+
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.
 var KeptReasonSQL = keptReasonSQL
 

@@ -70,7 +70,7 @@ func (t *tx) Park(ctx context.Context, batch uuid.UUID, entity string, rows []ap
 		}
 	}
 	// Each row's key to its batch is checked against the partitioned
-	// sync_batches: by the check's generic plan, a fifth of the cost.
+	// sync_batches, by a check planned once per connection, not per row.
 	defer t.planGeneric()()
 	q, err := t.query(ctx, parkSQL, batch, entity, maxRetries, firstRetry,
 		uids, hashes, pents, phashes, pkeys, payloads, raws, rvs, ords, srcs, streams, subjects, seqs, phash, published)
@@ -452,11 +452,13 @@ func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Ke
 }
 
 // askSettings are the settings of askByKey's transactions.
-var askSettings = []string{planModeCustom, noSeqScan, "SET LOCAL join_collapse_limit = 1"}
+var askSettings = []string{planModeGeneric, noSeqScan, "SET LOCAL join_collapse_limit = 1"}
 
 // askByKey sends the questions of b in a read-only transaction of one round
-// trip, each planned afresh, as a release is, with no sequential scan, and
-// with its joins in the order written: each looks parents up by key, and where
+// trip, each by its generic plan (made once per connection: each looks every
+// parent up in LATERAL subqueries, which the planner cannot turn around), with
+// no sequential scan, and with its joins in the order written: each looks
+// parents up by key, and where
 // the queue's statistics say most children wait for one parent (a mass
 // release), a plan made for them scanned the whole queue for each of the other
 // parents of a re-check. A failure rolls the transaction back, so that the

@@ -125,7 +125,7 @@ func TestTheGenericKeyCheckOfAYoungMonthUsesItsIndex(t *testing.T) {
 	}
 	exec(`ANALYZE bridge.sync_batches`)
 	exec(`BEGIN`)
-	defer exec(`ROLLBACK`)
+	defer func() { _, _ = conn.Exec(ctx, `ROLLBACK`) }()
 	exec(planModeGeneric)
 	exec(noSeqScan)
 	exec(`PREPARE check_key (uuid) AS SELECT 1 FROM "bridge"."sync_batches" x WHERE "uid" OPERATOR(pg_catalog.=) $1 FOR KEY SHARE OF x`)
