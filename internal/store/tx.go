@@ -246,6 +246,12 @@ func (t *tx) planCustom() func() {
 // running such a lookup for the few keys of a small batch: at 1,000 events/s
 // planning was 40 % of PostgreSQL's time.
 //
+// PostgreSQL keeps a statement's generic plan, once made, whatever settings
+// later runs have: a statement sent under planGeneric must never be sent under
+// other settings on the same connection (in the default mode the generic plan
+// is made after five runs, sequential scans allowed). Each of them is sent
+// from one place only.
+//
 // Two kinds of statement run so. Lookups of each key in a LATERAL subquery
 // fenced with OFFSET 0 (queryEach), which the planner cannot turn into a join.
 // And parking, whose rows' foreign keys point into the partitioned
