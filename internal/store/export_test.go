@@ -37,8 +37,9 @@ var OrphansOfSQL = orphansOfSQL
 // OrphansListed is how many orphans OrphansOfSQL lists at most.
 const OrphansListed = orphansListed
 
-// AskSettings are the settings of the re-check's questions.
-var AskSettings = askSettings
+// InOrderSettings are the settings of the re-check's questions and of the
+// children's release.
+var InOrderSettings = inOrderSettings
 
 // LookupSettings are the settings of the key lookups of queryEach (the ledger
 // read and the parents check) and of parking.

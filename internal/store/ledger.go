@@ -41,12 +41,12 @@ func (t *tx) ReadLedger(ctx context.Context, entity string, hashes []string, par
 	var stmts []statement
 	var scans []func(pgx.Rows) error
 	if len(hashes) > 0 {
-		stmts = append(stmts, statement{readLedgerSQL, []any{entity, slices.Sorted(slices.Values(hashes))}})
+		stmts = append(stmts, statement{sql: readLedgerSQL, args: []any{entity, slices.Sorted(slices.Values(hashes))}})
 		scans = append(scans, func(rows pgx.Rows) error { return scanApplied(rows, applied) })
 	}
 	if len(parents) > 0 {
 		entities, keys := keyArrays(parents)
-		stmts = append(stmts, statement{presentParentsSQL, []any{entities, keys}})
+		stmts = append(stmts, statement{sql: presentParentsSQL, args: []any{entities, keys}})
 		scans = append(scans, func(rows pgx.Rows) error { return scanKeys(rows, present) })
 	}
 	if len(stmts) == 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -121,15 +122,18 @@ func (t *tx) laterExec(what, sql string, args ...any) {
 	t.later(pendingStmt{what: what, sql: sql, args: args})
 }
 
-// statement is a statement to send, and its arguments.
+// statement is a statement to send, and its arguments; setting marks a plan
+// setting (plannedBy), whose result the pipeline's reader passes over.
 type statement struct {
-	sql  string
-	args []any
+	sql     string
+	args    []any
+	setting bool
 }
 
 // send sends the pending statements and stmts after them, in one pipeline, and
 // reads the pending statements' results. The caller reads the results of stmts
-// from the BatchResults returned and closes it.
+// from the BatchResults returned, in order, and closes it; those of the plan
+// settings among stmts are passed over (pipelineResults).
 func (t *tx) send(ctx context.Context, stmts ...statement) (pgx.BatchResults, error) {
 	if len(t.pending) > 0 && strings.HasPrefix(t.pending[0].sql, "ROLLBACK TO") {
 		// An aborted transaction runs nothing before it, not even the parsing
@@ -152,9 +156,12 @@ func (t *tx) send(ctx context.Context, stmts ...statement) (pgx.BatchResults, er
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}
-	br := t.conn.SendBatch(ctx, b)
+	br := &pipelineResults{BatchResults: t.conn.SendBatch(ctx, b), settings: make([]bool, 0, len(stmts))}
+	for _, st := range stmts {
+		br.settings = append(br.settings, st.setting)
+	}
 	for _, p := range pending {
-		if _, err := br.Exec(); err != nil {
+		if _, err := br.BatchResults.Exec(); err != nil {
 			_ = br.Close() //nolint:errcheck // the first error is the one to report
 			return nil, pendingError(p, err)
 		}
@@ -164,6 +171,54 @@ func (t *tx) send(ctx context.Context, stmts ...statement) (pgx.BatchResults, er
 	}
 	return br, nil
 }
+
+// pipelineResults reads the results of the statements of a pipeline in order,
+// passing over those of the plan settings among them: an error of a setting
+// is the next read's.
+type pipelineResults struct {
+	pgx.BatchResults
+	settings []bool // of the statements not read yet, in order: whether each is a setting
+}
+
+// pass reads the results of the settings before the next statement.
+func (r *pipelineResults) pass() error {
+	for len(r.settings) > 0 && r.settings[0] {
+		r.settings = r.settings[1:]
+		if _, err := r.BatchResults.Exec(); err != nil {
+			return err
+		}
+	}
+	if len(r.settings) > 0 {
+		r.settings = r.settings[1:]
+	}
+	return nil
+}
+
+func (r *pipelineResults) Exec() (pgconn.CommandTag, error) {
+	if err := r.pass(); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return r.BatchResults.Exec()
+}
+
+func (r *pipelineResults) Query() (pgx.Rows, error) {
+	if err := r.pass(); err != nil {
+		return nil, err
+	}
+	return r.BatchResults.Query()
+}
+
+func (r *pipelineResults) QueryRow() pgx.Row {
+	if err := r.pass(); err != nil {
+		return errRow{err}
+	}
+	return r.BatchResults.QueryRow()
+}
+
+// errRow is a row whose reading failed.
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
 
 // pendingError names the pending statement that failed. Its kind is kept, but a
 // rejection is not the rows' (only a statement of the rows' own is isolated):
@@ -186,7 +241,7 @@ func (t *tx) query(ctx context.Context, sql string, args ...any) (pgx.Rows, erro
 		args = args[1:]
 		defer t.planCustom()()
 	}
-	br, err := t.send(ctx, statement{sql, args})
+	br, err := t.send(ctx, statement{sql: sql, args: args})
 	if err != nil {
 		return nil, err
 	}
@@ -284,16 +339,45 @@ var genericSettings = []string{planModeGeneric, noSeqScan}
 var backFromCustom = pendingStmt{what: "plan mode", sql: planModeDefault, control: true}
 
 // customPlanned returns stmts between the plan modes that have PostgreSQL plan
-// them afresh, for the tables as they are now, in a pipeline (its reader skips
-// the two results of the plan modes). A statement that finds rows by key
-// through a join or a lateral lookup is sent so: the generic plan a prepared
+// them afresh, for the tables as they are now, in a pipeline. A statement that
+// finds rows by key through a join is sent so: the generic plan a prepared
 // statement settles on after five executions is made once, for the tables as
 // large as they were then, and a young installation's tables (empty, or
 // analyzed while they held a few rows) had it scan them whole, for every key,
 // until the next ANALYZE.
 func customPlanned(stmts ...statement) []statement {
-	return append(append([]statement{{planModeCustom, nil}}, stmts...), statement{planModeDefault, nil})
+	return plannedBy([]string{planModeCustom}, stmts...)
 }
+
+// plannedBy returns stmts between settings and the statements that put their
+// defaults back, in a pipeline; its reader passes over the settings
+// (pipelineResults). Statements sent under genericSettings or inOrderSettings
+// are bound by what planGeneric says: each must look every key up by an index
+// in any plan made without sequential scans, and must never be sent under
+// other settings on the same connection.
+func plannedBy(settings []string, stmts ...statement) []statement {
+	out := make([]statement, 0, 2*len(settings)+len(stmts))
+	for _, set := range settings {
+		out = append(out, statement{sql: set, setting: true})
+	}
+	out = append(out, stmts...)
+	for _, set := range slices.Backward(settings) {
+		out = append(out, statement{sql: defaultOf(set), setting: true})
+	}
+	return out
+}
+
+// defaultOf returns the statement that puts back the default of the setting
+// set ("SET LOCAL name = value").
+func defaultOf(set string) string {
+	return "SET LOCAL " + strings.Fields(set)[2] + " TO DEFAULT"
+}
+
+// inOrderSettings are genericSettings, with the joins made in the order
+// written: for statements that join lookups of several tables for each key
+// (a parent's row in the ledger, then the children waiting for it), whose
+// order the written one is, whatever the statistics say.
+var inOrderSettings = append(slices.Clip(genericSettings), "SET LOCAL join_collapse_limit = 1")
 
 const (
 	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
@@ -312,7 +396,7 @@ func (t *tx) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 		args = args[1:]
 		defer t.planCustom()()
 	}
-	br, err := t.send(ctx, statement{sql, args})
+	br, err := t.send(ctx, statement{sql: sql, args: args})
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
