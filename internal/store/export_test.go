@@ -37,9 +37,8 @@ var OrphansOfSQL = orphansOfSQL
 // OrphansListed is how many orphans OrphansOfSQL lists at most.
 const OrphansListed = orphansListed
 
-// InOrderSettings are the settings of the re-check's questions and of the
-// children's release.
-var InOrderSettings = inOrderSettings
+// AskSettings are the settings of the re-check's questions.
+var AskSettings = askSettings
 
 // LookupSettings are the settings of the key lookups of queryEach (the ledger
 // read and the parents check) and of parking.

@@ -108,16 +108,6 @@ func parkablePayload(body []byte) *string {
 // counts the parked rows locked, to tell whether the bounds cut the release
 // short.
 //
-// It runs by its generic plan (every parent batch runs it: planned afresh, it
-// cost more than running it, 0.75 ms against 0.35 at 1,000 events/s), so no
-// plan made without sequential scans may read anything but the parents' keys:
-// the children are found parent by parent in subqueries fenced with OFFSET 0
-// (after the parent's ledger row, in the order written: inOrderSettings), and
-// locked, taken and deleted by their uids (= ANY of an array, which only a
-// lookup of the primary key can answer). A join of the queue to the parents,
-// with its LIMIT a parameter, could be planned as a read of the whole queue in
-// uid order.
-//
 // releaseOrphansSQL locks, the same way, the unresolved orphan dead letters
 // that name the parents. A release runs it only for the parents that
 // orphansOfSQL, sent right after releaseChildrenSQL, lists as awaited: most of
@@ -131,23 +121,18 @@ const (
 	releaseChildrenSQL = `
 WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
-waiting AS (
-    SELECT c.uid
-    FROM k CROSS JOIN ` + appliedParent + `
-        CROSS JOIN LATERAL (SELECT p.uid FROM bridge.pending_children p
-            WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash OFFSET 0) c),
 locked AS (
-    SELECT q.uid, octet_length(q.child_raw) AS size
-    FROM bridge.pending_children q
-    WHERE q.uid = ANY (ARRAY(SELECT uid FROM waiting))
-    ORDER BY q.uid
+    SELECT p.uid, octet_length(p.child_raw) AS size
+    FROM k, ` + appliedParent + `, bridge.pending_children p
+    WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    ORDER BY p.uid
     LIMIT $3
-    FOR UPDATE OF q SKIP LOCKED),
+    FOR UPDATE OF p SKIP LOCKED),
 chunk AS (
     SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - size AS before FROM locked) c
     WHERE before < $4),
 released AS (
-    DELETE FROM bridge.pending_children p WHERE p.uid = ANY (ARRAY(SELECT uid FROM chunk))
+    DELETE FROM bridge.pending_children p USING chunk WHERE p.uid = chunk.uid
     RETURNING p.uid, p.child_entity, p.child_raw, p.source_stream, p.stream, p.subject, p.stream_seq, p.published_at)
 SELECT false, uid, child_entity, child_raw, source_stream, coalesce(stream, ''), coalesce(subject, ''),
        coalesce(stream_seq, 0), published_at, (SELECT count(*) FROM locked)
@@ -234,10 +219,12 @@ func orphansWaiting(rows pgx.Rows, parents []apply.Key) ([]apply.Key, error) {
 }
 
 // releaseStatements are the statements of a release for parents: the
-// children's, by its generic plan (releaseChildrenSQL), then which parents
-// orphans wait for (readRelease reads them).
+// children's, planned afresh for the tables as they are now (as the joins of
+// the rows of deletes are: a generic plan made while the queue and the ledger
+// were young scans them whole for every parent batch until the next ANALYZE),
+// then which parents orphans wait for (readRelease reads them).
 func releaseStatements(parents []apply.Key, limit, maxBytes int) []statement {
-	return append(plannedBy(inOrderSettings, statement{sql: releaseChildrenSQL, args: releaseArgs(parents, limit, maxBytes)}),
+	return append(customPlanned(statement{sql: releaseChildrenSQL, args: releaseArgs(parents, limit, maxBytes)}),
 		statement{sql: orphansOfSQL(parents)})
 }
 
@@ -459,6 +446,9 @@ func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Ke
 	return apply.KeysIn(parents, found), nil
 }
 
+// askSettings are the settings of askByKey's transactions.
+var askSettings = []string{planModeGeneric, noSeqScan, "SET LOCAL join_collapse_limit = 1"}
+
 // askByKey sends the questions of b in a read-only transaction of one round
 // trip, each by its generic plan (made once per connection: each looks every
 // parent up in LATERAL subqueries, which the planner cannot turn around), with
@@ -471,7 +461,7 @@ func (s *Store) Releasable(ctx context.Context, parents []apply.Key) ([]apply.Ke
 // transaction is closed by the pool).
 func (s *Store) askByKey(ctx context.Context, b *pgx.Batch) error {
 	qs := []*pgx.QueuedQuery{{SQL: "BEGIN READ ONLY"}}
-	for _, set := range inOrderSettings {
+	for _, set := range askSettings {
 		qs = append(qs, &pgx.QueuedQuery{SQL: set})
 	}
 	b.QueuedQueries = append(append(qs, b.QueuedQueries...), &pgx.QueuedQuery{SQL: "COMMIT"})

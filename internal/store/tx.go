@@ -351,10 +351,10 @@ func customPlanned(stmts ...statement) []statement {
 
 // plannedBy returns stmts between settings and the statements that put their
 // defaults back, in a pipeline; its reader passes over the settings
-// (pipelineResults). Statements sent under genericSettings or inOrderSettings
-// are bound by what planGeneric says: each must look every key up by an index
-// in any plan made without sequential scans, and must never be sent under
-// other settings on the same connection.
+// (pipelineResults). Statements sent under genericSettings are bound by what
+// planGeneric says: each must look every key up by an index in any plan made
+// without sequential scans, and must never be sent under other settings on the
+// same connection.
 func plannedBy(settings []string, stmts ...statement) []statement {
 	out := make([]statement, 0, 2*len(settings)+len(stmts))
 	for _, set := range settings {
@@ -372,12 +372,6 @@ func plannedBy(settings []string, stmts ...statement) []statement {
 func defaultOf(set string) string {
 	return "SET LOCAL " + strings.Fields(set)[2] + " TO DEFAULT"
 }
-
-// inOrderSettings are genericSettings, with the joins made in the order
-// written: for statements that join lookups of several tables for each key
-// (a parent's row in the ledger, then the children waiting for it), whose
-// order the written one is, whatever the statistics say.
-var inOrderSettings = append(slices.Clip(genericSettings), "SET LOCAL join_collapse_limit = 1")
 
 const (
 	planModeCustom  = "SET LOCAL plan_cache_mode = force_custom_plan"
