@@ -40,9 +40,6 @@ const OrphansListed = orphansListed
 // AskSettings are the settings of the re-check's questions.
 var AskSettings = askSettings
 
-// ReleaseSettings are the settings of the children's release.
-var ReleaseSettings = releaseSettings
-
 // LookupSettings are the settings of the key lookups of queryEach (the ledger
 // read and the parents check) and of parking.
 var LookupSettings = genericSettings

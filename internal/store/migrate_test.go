@@ -197,11 +197,7 @@ func holdIndexDrop(t *testing.T, prefix string) *heldIndexDrop {
 	if err := m.Up(); err != nil {
 		t.Fatal(err)
 	}
-	latest, err := store.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Down(int(latest) - 6); err != nil {
+	if err := m.Down(1); err != nil {
 		t.Fatal(err)
 	}
 	h := &heldIndexDrop{db: db, up: make(chan error, 1)}

@@ -106,20 +106,7 @@ func parkablePayload(body []byte) *string {
 // parking a newer version of the child): waiting for them deadlocked with that
 // transaction, and the re-check after commit releases them. The last column
 // counts the parked rows locked, to tell whether the bounds cut the release
-// short, or is the limit when a parent has more children waiting than it.
-//
-// It runs by its generic plan, with releaseSettings (every parent batch runs
-// it: planned afresh, it cost more to plan than to run, 0.70 ms against 0.24
-// at 1,000 events/s), so no plan made with those settings may read anything
-// but the parents' keys, whatever the tables' statistics. Each parent's ledger
-// row, then its first children in uid order, up to the limit, are read in
-// subqueries fenced by OFFSET 0 and LIMIT, from the parents' index, whose last
-// column is uid: a parent with 300,000 children gives a round its first 1,000,
-// and no more. Each child is then locked by its uid together with its
-// parent's columns: PostgreSQL checks the row it locks again, at its newest
-// version, so a child parked again under another parent after the statement
-// began is left alone. The limit being a parameter, a join of the queue to the
-// parents could otherwise be planned as a read of the whole queue in uid order.
+// short.
 //
 // releaseOrphansSQL locks, the same way, the unresolved orphan dead letters
 // that name the parents. A release runs it only for the parents that
@@ -134,19 +121,13 @@ const (
 	releaseChildrenSQL = `
 WITH k AS (
     SELECT * FROM unnest($1::text[], $2::text[]) AS k (entity_name, bk_hash)),
-waiting AS (
-    SELECT k.entity_name, k.bk_hash, c.uid
-    FROM k CROSS JOIN ` + appliedParent + `
-        CROSS JOIN LATERAL (SELECT p.uid FROM bridge.pending_children p
-            WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
-            ORDER BY p.uid LIMIT $3) c),
 locked AS (
-    SELECT q.uid, octet_length(q.child_raw) AS size
-    FROM waiting w JOIN bridge.pending_children q
-        ON q.uid = w.uid AND q.parent_entity = w.entity_name AND q.parent_bk_hash = w.bk_hash
-    ORDER BY q.uid
+    SELECT p.uid, octet_length(p.child_raw) AS size
+    FROM k, ` + appliedParent + `, bridge.pending_children p
+    WHERE p.parent_entity = k.entity_name AND p.parent_bk_hash = k.bk_hash
+    ORDER BY p.uid
     LIMIT $3
-    FOR UPDATE OF q SKIP LOCKED),
+    FOR UPDATE OF p SKIP LOCKED),
 chunk AS (
     SELECT uid FROM (SELECT uid, sum(size) OVER (ORDER BY uid) - size AS before FROM locked) c
     WHERE before < $4),
@@ -154,8 +135,7 @@ released AS (
     DELETE FROM bridge.pending_children p USING chunk WHERE p.uid = chunk.uid
     RETURNING p.uid, p.child_entity, p.child_raw, p.source_stream, p.stream, p.subject, p.stream_seq, p.published_at)
 SELECT false, uid, child_entity, child_raw, source_stream, coalesce(stream, ''), coalesce(subject, ''),
-       coalesce(stream_seq, 0), published_at,
-       CASE WHEN (SELECT count(*) FROM waiting) >= $3 THEN $3 ELSE (SELECT count(*) FROM locked) END
+       coalesce(stream_seq, 0), published_at, (SELECT count(*) FROM locked)
 FROM released`
 	releaseOrphansSQL = `
 WITH k AS (
@@ -239,18 +219,14 @@ func orphansWaiting(rows pgx.Rows, parents []apply.Key) ([]apply.Key, error) {
 }
 
 // releaseStatements are the statements of a release for parents: the
-// children's, by its generic plan (releaseChildrenSQL), then which parents
-// orphans wait for (readRelease reads them).
+// children's, planned afresh for the tables as they are now (as the joins of
+// the rows of deletes are: a generic plan made while the queue and the ledger
+// were young scans them whole for every parent batch until the next ANALYZE),
+// then which parents orphans wait for (readRelease reads them).
 func releaseStatements(parents []apply.Key, limit, maxBytes int) []statement {
-	return append(plannedBy(releaseSettings, statement{sql: releaseChildrenSQL, args: releaseArgs(parents, limit, maxBytes)}),
+	return append(customPlanned(statement{sql: releaseChildrenSQL, args: releaseArgs(parents, limit, maxBytes)}),
 		statement{sql: orphansOfSQL(parents)})
 }
-
-// releaseSettings are the settings of releaseChildrenSQL: askSettings (a
-// generic plan, no sequential scan, the joins in the order written), and no
-// hash or merge join, either of which would read the whole queue (its primary
-// key in uid order, for a merge join) to find the children waiting.
-var releaseSettings = append(slices.Clip(askSettings), "SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off")
 
 // readRelease reads the results of releaseStatements for parents from br: the
 // children taken, and which of parents orphans wait for (for addOrphans, once
