@@ -1,13 +1,22 @@
 package store_test
 
 import (
+	"context"
+	"crypto/md5"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/syncflow/syncflow/internal/apply"
 	"github.com/syncflow/syncflow/internal/event"
 	"github.com/syncflow/syncflow/internal/pipeline"
+	"github.com/syncflow/syncflow/internal/store"
+	"github.com/syncflow/syncflow/internal/testenv"
 )
 
 func wcEvent(contract, wc, rv string) string {
@@ -77,5 +86,89 @@ CREATE TRIGGER slow_take BEFORE DELETE ON bridge.pending_children FOR EACH ROW E
 	}
 	if got := f.rows(`SELECT contract, work_center_no FROM schedulehub.work_centers`); got != "S1|WC1" {
 		t.Errorf("work centers: %q, want the released child", got)
+	}
+}
+
+// A child parked again under another parent while a release of its first
+// parent runs (after the statement began, before it locked the row) is left
+// parked: PostgreSQL checks a row it locks again at its newest version, and
+// the release finds each child by its parent's columns. Locked by its uid
+// alone (a form tried in 8ce886a), the child was released for a parent that
+// is not its own, maybe not applied. The release is run as the store runs it
+// (planned afresh), slowed down before it reads the queue; meanwhile another
+// session moves the child to a parent that is not applied.
+func TestAReleaseLeavesAChildParkedAgainMeanwhile(t *testing.T) {
+	conn, exec := planDatabase(t, "parkedagain")
+	ctx := context.Background()
+	exec(`INSERT INTO bridge.synced_records (entity_name, bk_hash, business_key, rowversion, rowversion_ord, source_stream, stream_seq)
+		VALUES ('sites', md5('S1'), '["S1"]', 'x', 1, 'realtime', 1)`)
+	exec(`INSERT INTO bridge.pending_children (uid, child_entity, child_bk_hash, parent_entity, parent_bk_hash, parent_key,
+		    child_payload, child_raw, child_rowversion, rowversion_ord, source_stream, stream_seq, next_retry_at)
+		SELECT gen_random_uuid(), 'work_centers', md5('W' || i), 'sites', md5('S1'), '["S1"]', '{}', '\x7b7d', 'x', i, 'realtime', i, now()
+		FROM generate_series(1, 3) i`)
+	const slowDown = "AS k (entity_name, bk_hash) WHERE pg_sleep(1) IS NOT NULL)"
+	slow := strings.Replace(store.ReleaseChildrenSQL, "AS k (entity_name, bk_hash))", slowDown, 1)
+	if !strings.Contains(slow, slowDown) {
+		t.Fatal("the release has no list of parents to slow down")
+	}
+	other, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	moved := make(chan error, 1)
+	go func() {
+		// Once the release has begun, and sleeps.
+		deadline := time.Now().Add(10 * time.Second)
+		for sleeping := false; !sleeping; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				moved <- errors.New("the release never slept")
+				return
+			}
+			if err := other.QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event = 'PgSleep'`).Scan(&sleeping); err != nil {
+				moved <- err
+				return
+			}
+		}
+		_, err := other.Exec(ctx, `UPDATE bridge.pending_children SET parent_bk_hash = md5('S2'), parent_key = '["S2"]'
+			WHERE child_bk_hash = md5('W2')`)
+		moved <- err
+	}()
+	exec(`BEGIN`)
+	exec(`SET LOCAL plan_cache_mode = force_custom_plan`)
+	rows, err := conn.Query(ctx, slow, []string{"sites"}, []string{fmt.Sprintf("%x", md5.Sum([]byte("S1")))}, 1000, 4194304)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var released []string
+	for rows.Next() {
+		var (
+			orphan      bool
+			uid         uuid.UUID
+			entity      string
+			raw         []byte
+			src, stream string
+			subject     string
+			seq, locked int64
+			published   *time.Time
+		)
+		if err := rows.Scan(&orphan, &uid, &entity, &raw, &src, &stream, &subject, &seq, &published, &locked); err != nil {
+			t.Fatal(err)
+		}
+		released = append(released, fmt.Sprint(seq))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	exec(`COMMIT`)
+	if err := <-moved; err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(released, ","); got != "1,3" && got != "3,1" {
+		t.Errorf("released the children of stream sequences %q, want 1 and 3: the second was parked again under S2, which is not applied", got)
+	}
+	if got := testenv.Rows(t, conn, `SELECT child_bk_hash = md5('W2') AND parent_bk_hash = md5('S2') FROM bridge.pending_children`); got != "true" {
+		t.Errorf("the queue holds %q, want the second child alone, waiting for S2", got)
 	}
 }
