@@ -41,7 +41,7 @@ const OrphansListed = orphansListed
 var AskSettings = askSettings
 
 // LookupSettings are the settings of the key lookups of queryEach (the ledger
-// read and the parents check) and of parking.
+// read and the parents check), of the ledger write and of parking.
 var LookupSettings = genericSettings
 
 // KeptReasonSQL holds the checks that decide whether prune may drop a month.

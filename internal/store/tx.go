@@ -307,8 +307,10 @@ func (t *tx) planCustom() func() {
 // is made after five runs, sequential scans allowed). Each of them is sent
 // from one place only.
 //
-// Two kinds of statement run so. Lookups of each key in a LATERAL subquery
+// Three kinds of statement run so. Lookups of each key in a LATERAL subquery
 // fenced with OFFSET 0 (queryEach), which the planner cannot turn into a join.
+// The ledger write of Write, whose lookup of each target row is fenced so too
+// (sent in the pipeline with plannedBy(genericSettings), the same settings).
 // And parking, whose rows' foreign keys point into the partitioned
 // sync_batches: PostgreSQL checks each row's key with a statement it caches
 // per connection, and in the default mode it planned that check afresh for
@@ -326,8 +328,9 @@ func (t *tx) planGeneric() func() {
 		t.later(pendingStmt{what: "plan mode", sql: set, control: true})
 	}
 	return func() {
-		t.later(pendingStmt{what: "plan mode (generic)", sql: seqScanDefault, control: true})
-		t.later(pendingStmt{what: "plan mode (generic)", sql: planModeDefault, control: true})
+		for _, set := range slices.Backward(genericSettings) {
+			t.later(pendingStmt{what: "plan mode (generic)", sql: defaultOf(set), control: true})
+		}
 	}
 }
 
@@ -378,7 +381,6 @@ const (
 	planModeGeneric = "SET LOCAL plan_cache_mode = force_generic_plan"
 	planModeDefault = "SET LOCAL plan_cache_mode TO DEFAULT"
 	noSeqScan       = "SET LOCAL enable_seqscan = off"
-	seqScanDefault  = "SET LOCAL enable_seqscan TO DEFAULT"
 )
 
 // exec runs sql after the pending statements, in one round trip.
